@@ -1,0 +1,128 @@
+"""Configuration dataclasses shared by the core, the CLI and the widgets.
+
+Every long-running core function takes one of these instead of a long list of keyword
+arguments. They are plain data (JSON-serialisable via ``to_dict``/``from_dict``) so a model
+folder can carry the exact configuration it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+Task = Literal["instances", "semantic"]
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Return a JSON-ready dict of a (possibly nested) config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from a dict, ignoring unknown keys and recursing into nested configs."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        sub = _NESTED.get((cls, f.name))
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a U-Net (Ronneberger 2015, with common later options)."""
+
+    in_channels: int = 1
+    out_channels: int = 3
+    dims: Literal[2, 3] = 2
+    depth: int = 4  # number of down-sampling steps
+    base_width: int = 32  # channels after the first block; doubles at each level
+    padding: Literal["same", "valid"] = "same"
+    norm: Literal["batch", "group", "none"] = "batch"
+    dropout: float = 0.1  # dropout in the deepest blocks; used for MC-dropout
+    attention: bool = False  # additive attention gates on the skips (Oktay 2018)
+    upsample: Literal["transpose", "interpolate"] = "transpose"
+    reduce_after_concat: bool = False  # 1x1 conv halving channels after concatenation
+    checkpointing: bool = False  # gradient checkpointing of the conv blocks
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation applied on the training device."""
+
+    elastic: bool = True
+    elastic_grid: int = 3  # control points per axis of the coarse displacement grid
+    elastic_sigma: float = 10.0  # std-dev of control-point displacements, pixels
+    flip: bool = True
+    rot90: bool = True
+    intensity_scale: float = 0.2  # image * U(1-s, 1+s)
+    intensity_shift: float = 0.1  # image + U(-s, s)
+    gamma: float = 0.2  # image ** exp(U(-g, g)) on the [0, 1]-ranged part
+    noise: float = 0.03  # Gaussian noise std (in normalised units)
+    probability: float = 1.0  # chance that a sample is augmented at all
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weighted cross-entropy with the U-Net border weight map, plus optional Dice."""
+
+    border_w0: float = 10.0
+    border_sigma: float = 5.0
+    balance_classes: bool = True  # the w_c term
+    dice_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the data."""
+
+    task: Task = "instances"
+    model: UNetConfig = field(default_factory=UNetConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    n_classes: int = 2  # semantic task: number of classes including background
+    patch_size: int = 256
+    batch_size: int = 4
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    epochs: int | None = None  # passes over the training patches; None = until time limit
+    steps: int | None = None  # hard cap on optimiser steps
+    time_limit: float | None = 120.0  # seconds; None = no limit
+    validation_fraction: float = 0.15
+    validate_every: float = 20.0  # seconds between validations
+    preview_every: float = 5.0  # seconds between preview events (0 = never)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0
+    threads: int | None = None  # torch intra-op threads; None = torch default
+    low_precision: bool | None = None  # bf16 on CPU / AMP on CUDA; None = auto
+    sparse: bool = False  # labels use 0 = unannotated, 1 = background, 2.. = classes
+    percentiles: tuple[float, float] = (1.0, 99.8)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How to apply a trained model."""
+
+    tile_size: int = 512
+    overlap: int = 64
+    batch_size: int = 1
+    device: str = "auto"
+    mc_samples: int = 0  # >0: MC-dropout samples for uncertainty
+    min_size: int = 10  # smallest instance kept, pixels
+    threads: int | None = None
+
+
+_NESTED: dict[tuple[type, str], type] = {
+    (TrainConfig, "model"): UNetConfig,
+    (TrainConfig, "augment"): AugmentConfig,
+    (TrainConfig, "loss"): LossConfig,
+}
