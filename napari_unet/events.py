@@ -20,10 +20,13 @@ class Progress:
     total: int | None
     elapsed: float = 0.0
     message: str = ""
+    remaining: float | None = None  # seconds left when known directly (time-limited work)
 
     @property
     def eta(self) -> float | None:
-        """Seconds left, extrapolated linearly; None when unknown."""
+        """Seconds left: ``remaining`` if given, else extrapolated linearly; None when unknown."""
+        if self.remaining is not None:
+            return self.remaining
         if not self.total or self.done <= 0:
             return None
         return self.elapsed * (self.total - self.done) / self.done

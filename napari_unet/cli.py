@@ -1,0 +1,215 @@
+"""Command-line interface: ``napari-unet train | predict | evaluate | demo``.
+
+Bad input ends with one line on stderr and exit code 2, never a traceback (set
+``NAPARI_UNET_DEBUG=1`` to see tracebacks of unexpected errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Generator, Sequence
+
+from napari_unet.errors import UserError
+
+
+def drive(events: Generator, desc: str, quiet: bool = False):
+    """Run a core generator to completion with a tqdm progress bar; return its return value."""
+    from tqdm import tqdm
+
+    from napari_unet.events import LossReport, Message, Progress, ValidationReport
+
+    bar = tqdm(desc=desc, unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+    try:
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(event, Progress):
+                bar.total = event.total
+                bar.n = event.done
+                postfix = {"eta": f"{event.eta:.0f}s"} if event.eta is not None else {}
+                bar.set_postfix(postfix, refresh=False)
+                bar.refresh()
+            elif isinstance(event, LossReport):
+                bar.set_description(f"{desc} loss {event.loss:.3f}", refresh=False)
+            elif isinstance(event, ValidationReport):
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items() if k != "score")
+                bar.write(f"step {event.step}: validation {shown}{' (best)' if event.best else ''}")
+            elif isinstance(event, Message):
+                bar.write(event.text)
+    finally:
+        bar.close()
+
+
+def _train_config(args: argparse.Namespace, pairs_masks: Sequence) -> "TrainConfig":
+    from dataclasses import replace
+
+    import numpy as np
+
+    from napari_unet.config import TrainConfig, UNetConfig
+
+    n_classes = 2
+    if args.task == "semantic":
+        top = max(int(np.max(m)) for m in pairs_masks)
+        n_classes = args.n_classes or (2 if top == 255 else top + 1 - int(args.sparse))
+    model = UNetConfig(depth=args.depth, base_width=args.base_width)
+    cfg = TrainConfig(task=args.task, model=model, n_classes=n_classes, time_limit=args.time_limit,
+                      epochs=args.epochs, steps=args.steps, device=args.device, seed=args.seed,
+                      sparse=args.sparse, batch_size=args.batch_size, patch_size=args.patch_size)
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise UserError("--time-limit must be positive")
+    if args.time_limit is None and args.epochs is None and args.steps is None:
+        cfg = replace(cfg, time_limit=120.0)
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from napari_unet.io import pair_files, read_image, read_mask
+    from napari_unet.training.checkpoint import load_bundle, save_bundle
+    from napari_unet.training.engine import Trainer
+
+    files = pair_files(args.images, args.masks)
+    images = [read_image(i) for i, _ in files]
+    masks = [read_mask(m) for _, m in files]
+    cfg = _train_config(args, masks)
+    init = None
+    if args.init and args.init != "none":
+        init = load_bundle(args.init)
+        if init.task != cfg.task:
+            raise UserError(f"--init model was trained for {init.task}, not {cfg.task}")
+        cfg = replace(cfg, model=replace(init.config.model), percentiles=init.config.percentiles)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    trainer = Trainer(list(zip(images, masks)), cfg, init=init, names=[i.name for i, _ in files])
+    bundle = drive(trainer.run(), "training", args.quiet)
+    save_bundle(bundle, out)
+    val = bundle.meta.get("validation") or {}
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "score")
+    print(f"saved model to {out} ({bundle.meta['training']['steps']} steps{'; ' + summary if summary else ''})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from napari_unet.config import PredictConfig
+    from napari_unet.inference.predict import predict_files
+    from napari_unet.io import list_images
+    from napari_unet.training.checkpoint import load_bundle
+    from napari_unet.training.device import resolve_device
+
+    bundle = load_bundle(args.model, resolve_device(args.device))
+    paths = list_images(args.inputs, recursive=args.recursive)
+    if not paths:
+        raise UserError("no images found in the given inputs")
+    cfg = PredictConfig(tile_size=args.tile_size, device=args.device)
+    written = drive(predict_files(bundle, paths, Path(args.out), cfg), "predicting", args.quiet)
+    print(f"wrote {len(written)} label image(s) to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_unet.io import pair_files, read_mask
+    from napari_unet.metrics import evaluate_instances, evaluate_semantic
+
+    files = pair_files(args.pred, args.gt)
+    pairs = []
+    for pred, gt in files:
+        p, g = read_mask(pred), read_mask(gt)
+        if p.shape != g.shape:
+            raise UserError(f"{pred.name}: prediction shape {p.shape} differs from ground truth {g.shape}")
+        pairs.append((p, g))
+    if args.task == "instances":
+        result = evaluate_instances(pairs)
+        keys = ("ap50", "map", "dice", "iou", "pixel_error")
+    else:
+        result = evaluate_semantic(pairs)
+        keys = tuple(k for k in ("pixel_error", "dice", "iou", "rand_error") if k in result)
+    print(f"{len(pairs)} image pair(s)")
+    for key in keys:
+        print(f"{key:12s} {float(result[key]):.4f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from napari_unet.demo import run_demo
+
+    summary = drive(run_demo(Path(args.out), args.time_limit, args.seed), "demo", args.quiet)
+    print(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-unet", description="Train and apply U-Nets for segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on image/mask folders")
+    t.add_argument("images", help="folder of images")
+    t.add_argument("masks", help="folder of masks matched to images by file name")
+    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--task", choices=("instances", "semantic"), default="instances")
+    t.add_argument("--n-classes", type=int, default=None, help="semantic: number of classes (default: from masks)")
+    t.add_argument("--sparse", action="store_true", help="masks are scribbles: 0 = unannotated, 1 = background, 2.. = classes")
+    t.add_argument("--time-limit", type=float, default=None, help="seconds (default 120 when no --epochs/--steps)")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", default=None, help="model folder to fine-tune from ('none' = from scratch)")
+    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--base-width", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--patch-size", type=int, default=256)
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment images with a trained model")
+    p.add_argument("model", help="model folder")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="output folder for <stem>.tif label images")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="score predicted masks against ground truth")
+    e.add_argument("pred", help="folder of predicted masks")
+    e.add_argument("gt", help="folder of ground-truth masks (matched by file name)")
+    e.add_argument("--task", choices=("instances", "semantic"), default="instances")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="train briefly on the bundled nuclei images and segment one")
+    d.add_argument("--out", default="demo-output")
+    d.add_argument("--time-limit", type=float, default=60.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    for sp in (t, p, e, d):
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"napari-unet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("napari-unet: error: out of memory; try a smaller --tile-size or --batch-size", file=sys.stderr)
+        return 2
+    except Exception as exc:  # last resort: one line, not a traceback
+        if os.environ.get("NAPARI_UNET_DEBUG"):
+            raise
+        print(f"napari-unet: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1

@@ -1,0 +1,126 @@
+"""Training pairs: validation of user input, target/weight computation and patch sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from napari_unet.config import TrainConfig
+from napari_unet.data.normalize import prepare_image
+from napari_unet.data.targets import (
+    IGNORE,
+    class_balance_weights,
+    instance_classes,
+    pixel_weights,
+    semantic_classes,
+)
+from napari_unet.errors import UserError
+
+
+@dataclass
+class PreparedPair:
+    """One image ready for training: normalised pixels, class targets and loss weights."""
+
+    image: np.ndarray  # (C, H, W) float32
+    target: np.ndarray  # (H, W) int64, IGNORE where unannotated
+    weights: np.ndarray  # (H, W) float32, 0 where unannotated
+    instances: np.ndarray | None = None  # (H, W) ground-truth ids for validation (instances task)
+    name: str = ""
+
+
+def n_output_classes(cfg: TrainConfig) -> int:
+    """Network output channels for a task: 3 for instances, ``n_classes`` for semantic."""
+    return 3 if cfg.task == "instances" else cfg.n_classes
+
+
+def _targets(mask: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    if cfg.task == "instances":
+        instances = np.asarray(mask)
+        if instances.min() < 0:
+            raise UserError("instance labels must be >= 0 (0 = background)")
+        return instance_classes(instances), instances
+    return semantic_classes(mask, cfg.n_classes, cfg.sparse), None
+
+
+def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig,
+                  names: Sequence[str] | None = None) -> list[PreparedPair]:
+    """Check and convert (image, mask) pairs; raises ``UserError`` with a one-line reason."""
+    if len(pairs) == 0:
+        raise UserError("no training pairs given")
+    k = n_output_classes(cfg)
+    staged = []
+    for i, (image, mask) in enumerate(pairs):
+        name = names[i] if names else f"image {i}"
+        chw = prepare_image(image, cfg.model.in_channels, cfg.percentiles)
+        mask = np.asarray(mask)
+        if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+            mask = mask[..., 0]
+        if mask.shape != chw.shape[1:]:
+            raise UserError(f"{name}: mask shape {mask.shape} does not match image shape {chw.shape[1:]}")
+        target, instances = _targets(mask, cfg)
+        staged.append((name, chw, target, instances))
+    all_targets = np.concatenate([t[2].ravel() for t in staged])
+    annotated = all_targets[all_targets >= 0]
+    if annotated.size == 0:
+        raise UserError("the labels are empty: nothing is annotated")
+    if np.unique(annotated).size < 2:
+        raise UserError("the labels hold a single class: annotate background and objects")
+    class_w = class_balance_weights(all_targets, k) if cfg.loss.balance_classes else np.ones(k)
+    return [
+        PreparedPair(chw, target, pixel_weights(target, instances, k, cfg.loss, class_w), instances, name)
+        for name, chw, target, instances in staged
+    ]
+
+
+def split_validation(pairs: list[PreparedPair], fraction: float, seed: int) -> tuple[list[PreparedPair], list[PreparedPair]]:
+    """Hold out whole images for validation (none when fewer than 3 images)."""
+    n_val = int(round(len(pairs) * fraction)) if len(pairs) >= 3 else 0
+    if fraction > 0 and len(pairs) >= 3:
+        n_val = max(1, n_val)
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    val = [pairs[i] for i in sorted(order[:n_val])]
+    train = [pairs[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+class PatchSampler:
+    """Random fixed-size crops, drawn from images in proportion to their annotated area."""
+
+    def __init__(self, pairs: Sequence[PreparedPair], patch_size: int, rng: np.random.Generator,
+                 focus_annotated: bool = False) -> None:
+        self.pairs = list(pairs)
+        self.patch = patch_size
+        self.rng = rng
+        self.focus = focus_annotated
+        areas = np.array([(p.target >= 0).sum() for p in self.pairs], dtype=np.float64)
+        self.p = areas / areas.sum()
+        self._annotated = [np.flatnonzero(p.target.ravel() >= 0) for p in self.pairs] if focus_annotated else None
+
+    def _crop(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pair, s = self.pairs[index], self.patch
+        h, w = pair.target.shape
+        if self._annotated is not None and self.rng.random() < 0.8:
+            flat = self._annotated[index][self.rng.integers(len(self._annotated[index]))]
+            cy, cx = divmod(int(flat), w)
+            y0 = int(np.clip(cy - s // 2, 0, max(h - s, 0)))
+            x0 = int(np.clip(cx - s // 2, 0, max(w - s, 0)))
+        else:
+            y0 = int(self.rng.integers(0, max(h - s, 0) + 1))
+            x0 = int(self.rng.integers(0, max(w - s, 0) + 1))
+        sl = (slice(y0, y0 + s), slice(x0, x0 + s))
+        image, target, weights = pair.image[(slice(None), *sl)], pair.target[sl], pair.weights[sl]
+        ph, pw = s - target.shape[0], s - target.shape[1]
+        if ph or pw:  # image smaller than the patch: mirror the pixels, ignore the padding
+            mode = "reflect" if min(target.shape) > 1 else "edge"
+            image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode=mode)
+            target = np.pad(target, ((0, ph), (0, pw)), constant_values=IGNORE)
+            weights = np.pad(weights, ((0, ph), (0, pw)))
+        return image, target, weights
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A batch: images (B, C, P, P), targets (B, P, P), weights (B, P, P)."""
+        idx = self.rng.choice(len(self.pairs), size=batch_size, p=self.p)
+        crops = [self._crop(int(i)) for i in idx]
+        return tuple(np.stack(parts) for parts in zip(*crops))  # type: ignore[return-value]

@@ -1,0 +1,63 @@
+"""Turning raw images of any dtype and layout into normalised (C, H, W) float32 arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_unet.errors import UserError
+
+
+def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.ndarray:
+    """Return ``image`` as (C, *spatial) with C == ``in_channels``.
+
+    Accepts (H, W), (H, W, C) with C <= 4 (colour, channels last) and (C, H, W) with
+    C <= 4 when it is unambiguous. RGB(A) fed to a one-channel model is averaged to grey;
+    alpha is dropped.
+    """
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    if image.ndim == dims:
+        chw = image[None]
+    elif image.ndim == dims + 1:
+        if image.shape[-1] <= 4 and image.shape[0] > 4:
+            chw = np.moveaxis(image, -1, 0)
+        elif image.shape[0] <= 4:
+            chw = image
+        elif image.shape[-1] <= 4:
+            chw = np.moveaxis(image, -1, 0)
+        else:
+            raise UserError(f"cannot tell the channel axis of an image of shape {image.shape}")
+    else:
+        raise UserError(f"expected a {dims}D image (optionally with channels), got shape {image.shape}")
+    if chw.shape[0] == 4 and in_channels != 4:
+        chw = chw[:3]  # drop alpha
+    if chw.shape[0] == in_channels:
+        return chw
+    if in_channels == 1:
+        return chw.astype(np.float32).mean(axis=0, keepdims=True)
+    if chw.shape[0] == 1:
+        return np.repeat(chw, in_channels, axis=0)
+    raise UserError(f"the model expects {in_channels} channels, the image has {chw.shape[0]}")
+
+
+def normalize(chw: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
+    """Scale each channel so its low/high percentiles map to 0/1 (float32, not clipped)."""
+    out = np.empty(chw.shape, dtype=np.float32)
+    for c, channel in enumerate(chw):
+        channel = channel.astype(np.float32, copy=False)
+        finite = np.isfinite(channel)
+        if not finite.all():
+            if not finite.any():
+                raise UserError("the image holds no finite pixel values (all NaN/Inf)")
+            channel = np.where(finite, channel, np.median(channel[finite]))
+        lo, hi = np.percentile(channel, percentiles)
+        if hi - lo < 1e-6:
+            hi = lo + max(1.0, abs(lo)) if channel.max() == channel.min() else channel.max()
+        out[c] = (channel - lo) / (hi - lo)
+    return out
+
+
+def prepare_image(image: np.ndarray, in_channels: int, percentiles: tuple[float, float], dims: int = 2) -> np.ndarray:
+    """Channels first and normalised: what the network sees."""
+    return normalize(to_channels_first(image, in_channels, dims), percentiles)

@@ -1,0 +1,105 @@
+"""Applying a trained model to images, files and folders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generator, Sequence
+
+import numpy as np
+import torch
+
+from napari_unet.config import PredictConfig
+from napari_unet.data.normalize import prepare_image
+from napari_unet.events import Finished, Progress
+from napari_unet.inference.postprocess import labels_from_probabilities
+from napari_unet.inference.tiling import predict_tiled
+from napari_unet.inference.uncertainty import mc_uncertainty
+from napari_unet.training.checkpoint import ModelBundle
+from napari_unet.training.device import autocast, low_precision_dtype
+
+
+@dataclass
+class Prediction:
+    """Result for one image: probabilities (K, H, W), labels (H, W), optional uncertainty maps."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    uncertainty: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def network_forward(net: torch.nn.Module, batch: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarray:
+    """Softmax probabilities for a batch (B, C, H, W) -> (B, K, H, W), on the network's device."""
+    device = next(net.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+    if dtype is not None and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device, dtype):
+        logits = net(x)
+    return logits.float().softmax(dim=1).cpu().numpy()
+
+
+def predict_normalized(net: torch.nn.Module, chw: np.ndarray, n_out: int, cfg: PredictConfig,
+                       dtype: torch.dtype | None) -> np.ndarray:
+    """Probabilities (K, H, W) of an already normalised (C, H, W) image, tiled when large."""
+    margin = net.output_crop(cfg.tile_size) if getattr(net, "cfg", None) and net.cfg.padding == "valid" else 0
+    return predict_tiled(lambda b: network_forward(net, b, dtype), chw, n_out, cfg.tile_size, cfg.overlap,
+                         margin=margin, batch_size=cfg.batch_size)
+
+
+def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(),
+                          mc_dropout: bool = False, seed: int = 0) -> np.ndarray:
+    """Class probabilities (K, H, W) for one raw 2D image; tiles large images."""
+    from napari_unet.models import enable_mc_dropout
+
+    mcfg = bundle.config.model
+    chw = prepare_image(image, mcfg.in_channels, bundle.config.percentiles)
+    device = next(bundle.net.parameters()).device
+    dtype = low_precision_dtype(device, None)
+    net = bundle.net
+    net.eval()
+    if mc_dropout:
+        torch.manual_seed(seed)
+        enable_mc_dropout(net)
+    try:
+        return predict_normalized(net, chw, len(bundle.class_names), cfg, dtype)
+    finally:
+        net.eval()
+
+
+def predict_image(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = PredictConfig()) -> Prediction:
+    """Probabilities, labels and (with ``cfg.mc_samples`` > 0) MC-dropout uncertainty."""
+    if cfg.mc_samples > 0:
+        samples = np.stack([predict_probabilities(bundle, image, cfg, mc_dropout=True, seed=t)
+                            for t in range(cfg.mc_samples)])
+        maps = mc_uncertainty(samples)
+        probs = maps.pop("probabilities")
+    else:
+        probs, maps = predict_probabilities(bundle, image, cfg), {}
+    return Prediction(probs, labels_from_probabilities(probs, bundle.task, cfg.min_size), maps)
+
+
+def output_path(out_dir: Path, image_path: Path, suffix: str = ".tif") -> Path:
+    """Where the labels of ``image_path`` go: ``OUT_DIR/<stem>.tif``."""
+    return out_dir / f"{image_path.stem}{suffix}"
+
+
+def predict_files(bundle: ModelBundle, paths: Sequence[Path], out_dir: Path,
+                  cfg: PredictConfig = PredictConfig()) -> Generator[object, None, list[Path]]:
+    """Predict each file and write its labels; yields ``Progress`` per image, then ``Finished``."""
+    import time
+
+    from napari_unet.io import labels_dtype, read_image, write_image
+
+    start, written = time.perf_counter(), []
+    for i, path in enumerate(paths):
+        prediction = predict_image(bundle, read_image(path), cfg)
+        labels = prediction.labels
+        if bundle.task == "instances":
+            labels = labels.astype(labels_dtype(int(labels.max()) if labels.size else 0))
+        target = output_path(out_dir, Path(path))
+        write_image(target, labels)
+        written.append(target)
+        yield Progress(i + 1, len(paths), time.perf_counter() - start, Path(path).name)
+    yield Finished(written, {"images": len(written)})
+    return written

@@ -1,0 +1,107 @@
+"""A trained model with everything needed to use it again: network, config, metadata.
+
+On disk a model folder holds ``model.safetensors`` and ``model.json``; the JSON carries the
+full ``TrainConfig`` (architecture, task, normalisation), so the network is rebuilt from the
+folder alone and no pickle is involved.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_unet import __version__
+from napari_unet.config import TrainConfig, from_dict, to_dict
+from napari_unet.errors import UserError
+from napari_unet.io import load_model_folder, save_model_folder
+
+MODEL_KIND = "napari-unet/segmentation"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelBundle:
+    """A segmentation network and the configuration it was trained with."""
+
+    net: torch.nn.Module
+    config: TrainConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def class_names(self) -> list[str]:
+        from napari_unet.data.targets import INSTANCE_CLASSES
+
+        if self.task == "instances":
+            return list(INSTANCE_CLASSES)
+        return self.meta.get("class_names") or [f"class {i}" for i in range(self.config.n_classes)]
+
+
+def build_network(cfg: TrainConfig) -> torch.nn.Module:
+    """A fresh U-Net whose output channels fit the task."""
+    from dataclasses import replace
+
+    from napari_unet.data.dataset import n_output_classes
+    from napari_unet.models import UNet
+
+    return UNet(replace(cfg.model, out_channels=n_output_classes(cfg)))
+
+
+def cpu_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the weights (used to keep the best model while training)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
+def save_bundle(bundle: ModelBundle, folder: str | os.PathLike) -> Path:
+    """Write the model folder atomically."""
+    meta = copy.deepcopy(bundle.meta)
+    meta.update(
+        kind=MODEL_KIND,
+        format_version=FORMAT_VERSION,
+        napari_unet_version=__version__,
+        saved=_dt.datetime.now().isoformat(timespec="seconds"),
+        config=to_dict(bundle.config),
+    )
+    state = {k: v.float() if v.is_floating_point() else v for k, v in cpu_state_dict(bundle.net).items()}
+    return save_model_folder(folder, state, meta)
+
+
+def load_bundle(folder: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
+    """Rebuild a model from its folder; clear errors for other kinds or newer formats."""
+    tensors, meta = load_model_folder(folder)
+    if meta.get("kind") != MODEL_KIND:
+        raise UserError(f"{folder} holds a {meta.get('kind', 'unknown')!r} model, not a segmentation model")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise UserError(
+            f"{folder} was saved by napari-unet {meta.get('napari_unet_version', '?')} in a newer format; "
+            f"upgrade napari-unet (this is {__version__})"
+        )
+    cfg = from_dict(TrainConfig, meta.get("config", {}))
+    net = build_network(cfg)
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise UserError(f"the weights in {folder} do not fit its configuration: {str(exc).splitlines()[0]}") from None
+    net.to(device).eval()
+    return ModelBundle(net, cfg, meta)
+
+
+def load_compatible_weights(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor whose name and shape fit; return the names left freshly initialised.
+
+    Used to fine-tune from a model with a different number of input channels or classes:
+    only the first and last layers are re-initialised.
+    """
+    own = net.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(fitting, strict=False)
+    return sorted(k for k in own if k not in fitting)

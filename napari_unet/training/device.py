@@ -1,0 +1,68 @@
+"""Choosing the device and the numeric precision for training and prediction."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+from napari_unet.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU; an unavailable explicit choice is an error."""
+    name = name.lower()
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for, but no CUDA GPU is available (use --device auto or cpu)")
+    if name == "mps" and not has_mps:
+        raise UserError("MPS was asked for, but Apple's Metal backend is not available")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where autocast pays off."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def low_precision_dtype(device: torch.device, wanted: bool | None) -> torch.dtype | None:
+    """The autocast dtype to use, or None for fp32.
+
+    ``wanted=None`` means automatic: bf16 on CPUs with native bf16 and on CUDA GPUs that
+    support it, fp16 on older CUDA GPUs, fp32 elsewhere.
+    """
+    if wanted is False:
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if (wanted or cpu_supports_bf16()) else None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    """An autocast context, or a no-op one for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def describe(device: torch.device) -> str:
+    """A short human-readable device name ("CPU (2 threads)", "CUDA: NVIDIA H100")."""
+    if device.type == "cuda":
+        return f"CUDA: {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "MPS (Apple GPU)"
+    return f"CPU ({torch.get_num_threads()} threads)"

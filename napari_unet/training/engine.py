@@ -1,0 +1,209 @@
+"""The training loop, written as a generator of events.
+
+``Trainer.run()`` yields ``Message``, ``Progress``, ``LossReport``, ``ValidationReport``,
+``Preview`` and finally ``Finished``; it returns the best ``ModelBundle``. The CLI drives it
+with a progress bar, the napari widget in a thread worker. Stopping takes effect at the next
+step (``Trainer.stop()``), and new annotations can be swapped in while it runs
+(``Trainer.update_pairs()``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Generator, Sequence
+
+import numpy as np
+import torch
+
+from napari_unet.config import PredictConfig, TrainConfig
+from napari_unet.data.augment import augment_batch
+from napari_unet.data.dataset import PatchSampler, PreparedPair, n_output_classes, prepare_pairs, split_validation
+from napari_unet.data.normalize import prepare_image
+from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
+from napari_unet.training.checkpoint import ModelBundle, build_network, cpu_state_dict, load_compatible_weights
+from napari_unet.training.device import autocast, describe, low_precision_dtype, resolve_device
+from napari_unet.training.losses import segmentation_loss
+from napari_unet.training.validation import validate
+
+Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
+
+
+def learning_rate(base: float, fraction: float) -> float:
+    """Linear warm-up over the first 3 %, then cosine decay to 5 % of ``base``."""
+    if fraction < 0.03:
+        return base * (0.1 + 0.9 * fraction / 0.03)
+    t = (fraction - 0.03) / 0.97
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def steps_per_epoch(pairs: Sequence[PreparedPair], cfg: TrainConfig) -> int:
+    """Batches needed to see every annotated pixel about once."""
+    pixels = sum(int((p.target >= 0).sum()) for p in pairs)
+    return max(1, math.ceil(pixels / (cfg.patch_size**2 * cfg.batch_size)))
+
+
+class Trainer:
+    """One training run over (image, mask) pairs; see the module docstring."""
+
+    def __init__(self, pairs: Pairs, cfg: TrainConfig, *, init: ModelBundle | None = None,
+                 names: Sequence[str] | None = None, validation: Pairs | None = None,
+                 preview_image: np.ndarray | None = None) -> None:
+        self.cfg = cfg
+        self._pairs, self._names, self._validation = pairs, names, validation
+        self._init = init
+        self._preview = preview_image
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: tuple[Pairs, Sequence[str] | None] | None = None
+
+    def stop(self) -> None:
+        """Ask the run to end at its next step; the best model so far is kept."""
+        self._stop.set()
+
+    def update_pairs(self, pairs: Pairs, names: Sequence[str] | None = None) -> None:
+        """Replace the training pairs (e.g. after the user painted more); picked up at the next step."""
+        with self._lock:
+            self._pending = (pairs, names)
+
+    def set_preview_image(self, image: np.ndarray | None) -> None:
+        """Change which image the ``Preview`` events show."""
+        self._preview = image
+
+    def _take_pending(self) -> tuple[Pairs, Sequence[str] | None] | None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+    def _build(self, device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, list[str]]:
+        net = build_network(self.cfg)
+        fresh: list[str] = []
+        if self._init is not None:
+            fresh = load_compatible_weights(net, self._init.net.state_dict())
+        net.to(device)
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+        return net, fresh
+
+    def run(self) -> Generator[object, None, ModelBundle]:
+        cfg = self.cfg
+        start = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = resolve_device(cfg.device)
+        dtype = low_precision_dtype(device, cfg.low_precision)
+        channels_last = dtype is not None and cfg.model.dims == 2
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        yield Message(f"training on {describe(device)}" + (f" with {str(dtype).split('.')[-1]} autocast" if dtype else ""))
+
+        prepared = prepare_pairs(self._pairs, cfg, self._names)
+        if self._validation is not None:
+            train_pairs, val_pairs = prepared, prepare_pairs(self._validation, cfg)
+        else:
+            train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed)
+        sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse)
+        net, fresh = self._build(device, channels_last)
+        if self._init is not None:
+            yield Message(f"fine-tuning; re-initialised {len(fresh)} tensors that did not fit" if fresh else "fine-tuning")
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+        total_steps = cfg.steps
+        if cfg.epochs is not None:
+            epoch_steps = cfg.epochs * steps_per_epoch(train_pairs, cfg)
+            total_steps = min(total_steps or epoch_steps, epoch_steps)
+        if total_steps is None and cfg.time_limit is None:
+            raise ValueError("give at least one of steps, epochs or time_limit")
+
+        best_state, best_score, best_metrics = None, -1.0, {}
+        step, losses = 0, []
+        last_report = last_val = last_preview = start
+        k = n_output_classes(cfg)
+        net.train()
+
+        def fraction_done() -> float:
+            elapsed = time.perf_counter() - start
+            parts = [step / total_steps] if total_steps else []
+            parts += [elapsed / cfg.time_limit] if cfg.time_limit else []
+            return max(parts)
+
+        while not self._stop.is_set() and fraction_done() < 1.0:
+            pending = self._take_pending()
+            if pending is not None:
+                train_pairs = prepare_pairs(pending[0], cfg, pending[1])
+                sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse)
+                yield Message(f"training data updated: {len(train_pairs)} image(s)")
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg.learning_rate, fraction_done())
+            images, targets, weights = (torch.from_numpy(a).to(device) for a in sampler.sample(cfg.batch_size))
+            images, targets, weights = augment_batch(images, targets, weights, cfg.augment, generator)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                logits = net(images)  # (B, K, P, P)
+            loss = segmentation_loss(logits, targets, weights, cfg.loss.dice_weight)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            now = time.perf_counter()
+            elapsed = now - start
+            remaining = None if cfg.time_limit is None else max(cfg.time_limit - elapsed, 0.0)
+            yield Progress(step, total_steps, elapsed, f"step {step}", remaining)
+            if now - last_report >= 1.0:
+                yield LossReport(step, float(np.mean(losses)), elapsed)
+                losses, last_report = [], now
+            if val_pairs and now - last_val >= cfg.validate_every:
+                metrics = validate(net, val_pairs, cfg, dtype)
+                improved = metrics["score"] > best_score
+                if improved:
+                    best_state, best_score, best_metrics = cpu_state_dict(net), metrics["score"], metrics
+                yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
+                last_val = time.perf_counter()
+            if self._preview is not None and cfg.preview_every > 0 and now - last_preview >= cfg.preview_every:
+                yield self._preview_event(net, step, dtype, k)
+                last_preview = time.perf_counter()
+
+        if val_pairs:
+            metrics = validate(net, val_pairs, cfg, dtype)
+            improved = metrics["score"] > best_score
+            if improved:
+                best_state, best_metrics = None, metrics
+            yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        elapsed = time.perf_counter() - start
+        meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "device": describe(device),
+                             "images": len(train_pairs), "validation_images": len(val_pairs),
+                             "stopped_early": self._stop.is_set()},
+                "validation": best_metrics}
+        bundle = ModelBundle(net, cfg, meta)
+        yield Finished(bundle, {"steps": step, "seconds": elapsed, **best_metrics})
+        return bundle
+
+    def _preview_event(self, net: torch.nn.Module, step: int, dtype: torch.dtype | None, k: int) -> Preview:
+        from napari_unet.inference.postprocess import labels_from_probabilities
+        from napari_unet.inference.predict import predict_normalized
+
+        chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles)
+        net.eval()
+        try:
+            probs = predict_normalized(net, chw, k, PredictConfig(), dtype)
+        finally:
+            net.train()
+        return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task))
+
+
+def train(pairs: Pairs, cfg: TrainConfig, **kwargs) -> Generator[object, None, ModelBundle]:
+    """Shortcut for ``Trainer(pairs, cfg, **kwargs).run()``."""
+    return (yield from Trainer(pairs, cfg, **kwargs).run())

@@ -1,0 +1,53 @@
+"""Scoring the network on held-out images while it trains."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from napari_unet.config import PredictConfig, TrainConfig
+from napari_unet.data.dataset import PreparedPair, n_output_classes
+from napari_unet.inference.postprocess import instances_from_probabilities
+
+
+def semantic_scores(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Accuracy and mean IoU over annotated pixels (target >= 0)."""
+    valid = target >= 0
+    p, t = pred[valid], target[valid]
+    ious = []
+    for c in range(n_classes):
+        union = np.logical_or(p == c, t == c).sum()
+        if union:
+            ious.append(np.logical_and(p == c, t == c).sum() / union)
+    return {"accuracy": float((p == t).mean()) if t.size else 0.0, "iou": float(np.mean(ious)) if ious else 0.0}
+
+
+def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConfig,
+             dtype: torch.dtype | None) -> dict[str, float]:
+    """Metrics on the validation pairs; ``score`` is the one used to keep the best model.
+
+    Instances: AP@0.5 (objects pooled), semantic: mean IoU on annotated pixels.
+    """
+    from napari_unet.inference.predict import predict_normalized
+    from napari_unet.metrics import evaluate_instances
+
+    was_training = net.training
+    net.eval()
+    pcfg = PredictConfig(tile_size=512, overlap=64)
+    k = n_output_classes(cfg)
+    try:
+        probs = [predict_normalized(net, p.image, k, pcfg, dtype) for p in pairs]
+    finally:
+        net.train(was_training)
+    if cfg.task == "instances":
+        metrics = evaluate_instances([(instances_from_probabilities(pr), p.instances) for pr, p in zip(probs, pairs)])
+        scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
+        scores["score"] = scores["ap50"]
+        return scores
+    preds = np.concatenate([pr.argmax(0).ravel() for pr in probs])
+    targets = np.concatenate([p.target.ravel() for p in pairs])
+    scores = semantic_scores(preds, targets, k)
+    scores["score"] = scores["iou"]
+    return scores
