@@ -129,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         keys = ("ap50", "map", "dice", "iou", "pixel_error")
     else:
         result = evaluate_semantic(pairs)
-        keys = tuple(k for k in ("pixel_error", "dice", "iou", "rand_error") if k in result)
+        keys = tuple(k for k in ("pixel_error", "mean_dice", "mean_iou", "rand_error") if k in result)
     print(f"{len(pairs)} image pair(s)")
     for key in keys:
         print(f"{key:12s} {float(result[key]):.4f}")

@@ -98,6 +98,7 @@ class TrainConfig:
     steps: int | None = None  # hard cap on optimiser steps
     time_limit: float | None = 120.0  # seconds; None = no limit
     validation_fraction: float = 0.15
+    validation_max_images: int = 12  # validation predicts at most this many held-out images
     validate_every: float = 20.0  # seconds between validations
     preview_every: float = 5.0  # seconds between preview events (0 = never)
     device: str = "auto"  # auto | cpu | cuda | mps

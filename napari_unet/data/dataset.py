@@ -74,11 +74,14 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     ]
 
 
-def split_validation(pairs: list[PreparedPair], fraction: float, seed: int) -> tuple[list[PreparedPair], list[PreparedPair]]:
-    """Hold out whole images for validation (none when fewer than 3 images)."""
+def split_validation(pairs: list[PreparedPair], fraction: float, seed: int,
+                     max_images: int | None = None) -> tuple[list[PreparedPair], list[PreparedPair]]:
+    """Hold out whole images for validation (none when fewer than 3 images, at most ``max_images``)."""
     n_val = int(round(len(pairs) * fraction)) if len(pairs) >= 3 else 0
     if fraction > 0 and len(pairs) >= 3:
         n_val = max(1, n_val)
+    if max_images is not None:
+        n_val = min(n_val, max_images)
     order = np.random.default_rng(seed).permutation(len(pairs))
     val = [pairs[i] for i in sorted(order[:n_val])]
     train = [pairs[i] for i in sorted(order[n_val:])]

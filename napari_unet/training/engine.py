@@ -88,7 +88,7 @@ class Trainer:
 
     def run(self) -> Generator[object, None, ModelBundle]:
         cfg = self.cfg
-        start = time.perf_counter()
+        setup_start = time.perf_counter()
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         if cfg.threads:
@@ -103,7 +103,8 @@ class Trainer:
         if self._validation is not None:
             train_pairs, val_pairs = prepared, prepare_pairs(self._validation, cfg)
         else:
-            train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed)
+            train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed,
+                                                      cfg.validation_max_images)
         sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse)
         net, fresh = self._build(device, channels_last)
         if self._init is not None:
@@ -118,6 +119,10 @@ class Trainer:
         if total_steps is None and cfg.time_limit is None:
             raise ValueError("give at least one of steps, epochs or time_limit")
 
+        start = time.perf_counter()  # the time limit covers training, not data preparation
+        setup_seconds = start - setup_start
+        yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
+                      f"in {setup_seconds:.1f} s")
         best_state, best_score, best_metrics = None, -1.0, {}
         step, losses = 0, []
         last_report = last_val = last_preview = start
@@ -183,7 +188,8 @@ class Trainer:
             net.load_state_dict(best_state)
         net.eval()
         elapsed = time.perf_counter() - start
-        meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "device": describe(device),
+        meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "setup_seconds": round(setup_seconds, 1),
+                             "device": describe(device),
                              "images": len(train_pairs), "validation_images": len(val_pairs),
                              "stopped_early": self._stop.is_set()},
                 "validation": best_metrics}

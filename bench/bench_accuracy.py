@@ -1,0 +1,113 @@
+"""Accuracy on real data, measured side by side in one run.
+
+dsb2018_fluo: the default U-Net trained for ``--time-limit`` seconds on the train split (3
+seeds), against the ilastik-style random forest and the Otsu floors; all scored on the val
+split (94 images, objects pooled). isbi2012_em: semantic U-Net on 25 sections, pixel error on 5.
+
+    .venv/bin/python bench/bench_accuracy.py [--time-limit 120] [--seeds 0 1 2] [--skip-rf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, load_dsb, load_isbi, machine_description  # noqa: E402
+
+from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
+from napari_unet.inference.predict import predict_image  # noqa: E402
+from napari_unet.metrics import evaluate_instances, evaluate_semantic  # noqa: E402
+from napari_unet.training.engine import Trainer  # noqa: E402
+
+
+def drain(gen):
+    """Run a core generator to the end, printing validation lines; return its value."""
+    from napari_unet.events import Message, ValidationReport
+
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, ValidationReport):
+            print(f"    step {event.step:5d} {event.elapsed:6.1f}s val {event.metrics}", flush=True)
+        elif isinstance(event, Message):
+            print(f"    {event.text}", flush=True)
+
+
+def unet_dsb(train, val, seed: int, time_limit: float) -> dict:
+    cfg = replace(TrainConfig(), time_limit=time_limit, seed=seed)
+    start = time.perf_counter()
+    bundle = drain(Trainer([(im, m) for _, im, m in train], cfg, names=[n for n, _, _ in train]).run())
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    preds = [(predict_image(bundle, im, PredictConfig()).labels, m) for _, im, m in val]
+    result = evaluate_instances(preds)
+    result.update(train_s=train_s, predict_s=time.perf_counter() - start, steps=bundle.meta["training"]["steps"])
+    return result
+
+
+def unet_isbi(time_limit: float, seed: int = 0) -> dict:
+    data = load_isbi()
+    train, test = data[:25], data[25:]
+    cfg = replace(TrainConfig(task="semantic", n_classes=2), time_limit=time_limit, seed=seed)
+    bundle = drain(Trainer([(im, m) for _, im, m in train], cfg).run())
+    preds = [(predict_image(bundle, im).labels, (m > 0).astype(np.uint8)) for _, im, m in test]
+    result = evaluate_semantic(preds)
+    result["steps"] = bundle.meta["training"]["steps"]
+    always_interior = evaluate_semantic([(np.ones_like(g), g) for _, g in preds])["pixel_error"]
+    result["baseline_all_interior"] = always_interior
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--time-limit", type=float, default=120.0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--skip-rf", action="store_true")
+    parser.add_argument("--skip-isbi", action="store_true")
+    args = parser.parse_args()
+    print(machine_description(), flush=True)
+    train, val = load_dsb("train"), load_dsb("val")
+    print(f"dsb2018_fluo: {len(train)} train, {len(val)} val images", flush=True)
+    rows: dict[str, dict] = {}
+    if not args.skip_rf:
+        from reference_rf import run_rf_reference
+
+        rows.update(run_rf_reference(train, val, seed=0))
+    unet = []
+    for seed in args.seeds:
+        print(f"U-Net seed {seed}: training {args.time_limit:.0f} s", flush=True)
+        unet.append(unet_dsb(train, val, seed, args.time_limit))
+        rows[f"U-Net {args.time_limit:.0f}s seed {seed}"] = unet[-1]
+    print(f"\n{'method':36s} {'AP@0.5':>7s} {'mAP':>6s} {'Dice':>6s}")
+    for name, r in rows.items():
+        print(f"{name:36s} {r['ap50']:7.3f} {r['map']:6.3f} {r['dice']:6.3f}")
+    ap = np.array([r["ap50"] for r in unet])
+    best_rf = max((r["ap50"] for n, r in rows.items() if not n.startswith(("U-Net", "otsu", "Otsu"))), default=float("nan"))
+    summary = {"unet_ap50_mean": float(ap.mean()), "unet_ap50_std": float(ap.std()), "best_rf_ap50": best_rf}
+    print(f"\nU-Net AP@0.5 {ap.mean():.3f} ± {ap.std():.3f} over seeds {args.seeds} "
+          f"(min {ap.min():.3f}, max {ap.max():.3f}); best random forest {best_rf:.3f}; "
+          f"ratio {ap.mean() / best_rf:.2f}x")
+    if not args.skip_isbi:
+        print(f"\nisbi2012_em: training {args.time_limit:.0f} s on 25 sections", flush=True)
+        isbi = unet_isbi(args.time_limit)
+        summary.update(isbi_pixel_error=isbi["pixel_error"], isbi_rand_error=isbi.get("rand_error"),
+                       isbi_all_interior=isbi["baseline_all_interior"])
+        print(f"isbi2012_em pixel error on 5 held-out sections: {isbi['pixel_error']:.4f} "
+              f"(all-interior baseline {isbi['baseline_all_interior']:.4f}), rand error {isbi.get('rand_error')}")
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    clean = {k: {m: v for m, v in r.items() if isinstance(v, (int, float))} for k, r in rows.items()}
+    (out / "accuracy.json").write_text(json.dumps({"rows": clean, "summary": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
