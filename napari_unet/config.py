@@ -113,7 +113,7 @@ class TrainConfig:
 class PredictConfig:
     """How to apply a trained model."""
 
-    tile_size: int = 512
+    tile_size: int = 1024  # "same" models see whole images up to this size; larger ones are tiled
     overlap: int = 64
     batch_size: int = 1
     device: str = "auto"

@@ -35,7 +35,7 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
 
     was_training = net.training
     net.eval()
-    pcfg = PredictConfig(tile_size=512, overlap=64)
+    pcfg = PredictConfig()
     k = n_output_classes(cfg)
     try:
         probs = [predict_normalized(net, p.image, k, pcfg, dtype) for p in pairs]
