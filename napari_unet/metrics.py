@@ -279,7 +279,8 @@ def rand_error(seg_pred: np.ndarray, seg_gt: np.ndarray) -> float:
     precision = sum n_ij(n_ij-1) / sum b_i(b_i-1), recall = sum n_ij(n_ij-1) / sum a_j(a_j-1)
     and the error is 1 - 2PR/(P+R). Predicted boundary pixels (label 0) inside a true segment
     are treated as singletons: they belong to no predicted segment, so they only cost recall.
-    A ratio with a zero denominator (no pairs to get wrong) counts as 1.
+    (This equals ``skimage.metrics.adapted_rand_error`` after giving each such pixel its own
+    id.) A ratio with a zero denominator (no pairs to get wrong) counts as 1.
     """
     ids_p, ids_g, r, c, n = contingency(seg_pred, seg_gt)
     keep = c > 0

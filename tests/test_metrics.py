@@ -211,6 +211,18 @@ def test_rand_error_known_values() -> None:
     assert rand_error(np.zeros((1, 4), int), gt) == 1.0
 
 
+def test_rand_error_matches_skimage_adapted_rand() -> None:
+    from skimage.metrics import adapted_rand_error
+
+    rng = np.random.default_rng(3)
+    gt = _random_labels(rng, 8, (32, 32))
+    pred = _random_labels(rng, 8, (32, 32))
+    singles = pred.copy()                       # our boundary pixels are singleton segments
+    zero = singles == 0
+    singles[zero] = 10_000 + np.arange(int(zero.sum()))
+    assert rand_error(pred, gt) == pytest.approx(adapted_rand_error(gt, singles)[0])
+
+
 label_images = st.integers(0, 2**16 - 1).flatmap(
     lambda seed: st.tuples(st.just(seed), st.integers(0, 6), st.integers(0, 6))
 )
