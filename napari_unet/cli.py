@@ -162,9 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", default=None, help="model folder to fine-tune from ('none' = from scratch)")
     t.add_argument("--depth", type=int, default=4)
-    t.add_argument("--base-width", type=int, default=32)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--patch-size", type=int, default=256)
+    t.add_argument("--base-width", type=int, default=16)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--patch-size", type=int, default=128)
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment images with a trained model")

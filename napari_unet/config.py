@@ -45,7 +45,7 @@ class UNetConfig:
     out_channels: int = 3
     dims: Literal[2, 3] = 2
     depth: int = 4  # number of down-sampling steps
-    base_width: int = 32  # channels after the first block; doubles at each level
+    base_width: int = 16  # channels after the first block; doubles at each level
     padding: Literal["same", "valid"] = "same"
     norm: Literal["batch", "group", "none"] = "batch"
     dropout: float = 0.1  # dropout in the deepest blocks; used for MC-dropout
@@ -90,16 +90,16 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     n_classes: int = 2  # semantic task: number of classes including background
-    patch_size: int = 256
-    batch_size: int = 4
-    learning_rate: float = 2e-3
+    patch_size: int = 128
+    batch_size: int = 8
+    learning_rate: float = 5e-3
     weight_decay: float = 1e-4
     epochs: int | None = None  # passes over the training patches; None = until time limit
     steps: int | None = None  # hard cap on optimiser steps
     time_limit: float | None = 120.0  # seconds; None = no limit
     validation_fraction: float = 0.15
     validation_max_images: int = 12  # validation predicts at most this many held-out images
-    validate_every: float = 20.0  # seconds between validations
+    validate_every: float = 30.0  # seconds between validations
     preview_every: float = 5.0  # seconds between preview events (0 = never)
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0
