@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, load_dsb, load_isbi, machine_description  # noqa: E402
 
+from napari_unet.cli import drive  # noqa: E402
 from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
 from napari_unet.inference.predict import predict_image  # noqa: E402
 from napari_unet.metrics import evaluate_instances, evaluate_semantic  # noqa: E402
@@ -28,18 +29,8 @@ from napari_unet.training.engine import Trainer  # noqa: E402
 
 
 def drain(gen):
-    """Run a core generator to the end, printing validation lines; return its value."""
-    from napari_unet.events import Message, ValidationReport
-
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(event, ValidationReport):
-            print(f"    step {event.step:5d} {event.elapsed:6.1f}s val {event.metrics}", flush=True)
-        elif isinstance(event, Message):
-            print(f"    {event.text}", flush=True)
+    """Run a core generator to the end (validation lines printed, no bar); return its value."""
+    return drive(gen, "training", quiet=True)
 
 
 def unet_dsb(train, val, seed: int, time_limit: float) -> dict:

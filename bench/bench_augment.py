@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,22 +25,19 @@ import torch
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timeit as _timeit  # noqa: E402
 from napari_unet.config import AugmentConfig  # noqa: E402
 from napari_unet.data.augment import augment_batch, elastic_deform, random_displacement  # noqa: E402
 
 SIZE, GRID, SIGMA = 512, 3, 10.0
 
 
-def timeit(fn: Callable[[], object], repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """(median, min) wall time in seconds of ``fn()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
+
+
+def timeit(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median, min) seconds after 3 warm-up calls (the torch paths need them)."""
+    return _timeit(fn, repeats, warmup=3)
 
 
 def scipy_elastic(

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +22,14 @@ from scipy import ndimage as ndi
 from skimage.draw import disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DSB, timeit  # noqa: E402
 from napari_unet.data.weights import border_weight_map, border_weight_map_bruteforce  # noqa: E402
 
-MASKS = Path("/work/shared/data/dsb2018_fluo/masks")
+MASKS = DSB / "masks"
 TARGET_S = 0.5
 
 
-def timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """(median, min) wall time in seconds of ``fn()`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
 
 
 def synthetic_disks(shape: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -114,6 +116,18 @@ def machine_description() -> str:
     except ImportError:
         parts.append("torch not installed")
     return ", ".join(parts)
+
+
+def timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float]:
+    """(median, min) wall time in seconds of ``fn()`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
 
 
 class Timer:
