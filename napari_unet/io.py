@@ -7,6 +7,7 @@ next to the target and rename, so a crash never leaves a half-written file behin
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -98,6 +99,7 @@ def _atomic_target(path: Path) -> Path:
 def write_atomic_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to ``path`` so that readers see the old or the new file, never half of one."""
     path = Path(path)
+    tmp: Path | None = None
     try:
         tmp = _atomic_target(path)
         with open(tmp, "wb") as fh:
@@ -106,7 +108,19 @@ def write_atomic_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)  # a full disk must not also keep a half-written temporary
+        raise UserError(f"cannot write {path}: {_os_reason(exc)}") from None
+
+
+def _os_reason(exc: OSError) -> str:
+    """A short reason for a failed write, with a hint for the common cases."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        return f"{reason} (the disk is full; free space or choose another folder)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{reason} (the folder is read-only; choose another output folder)"
+    return reason
 
 
 def write_image(path: str | os.PathLike, data: np.ndarray) -> None:
@@ -136,20 +150,52 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
     write_atomic_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (best effort; not every platform can)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _recover_model_folder(folder: Path) -> None:
+    """Finish a swap that a crash interrupted: restore ``.NAME.old`` when ``NAME`` is missing."""
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and (old / META_FILE).is_file():
+        os.replace(old, folder)
+
+
 def save_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write weights (safetensors) and metadata (JSON) into ``folder`` atomically.
 
-    The folder is assembled beside the target and swapped in, so an interrupted save leaves
-    the previous model intact.
+    The folder is assembled (and fsynced) in a hidden staging folder beside the target, then
+    swapped in with renames: readers see the previous model or the new one, never a mix. A
+    crash between the two renames leaves ``.NAME.old``, which the next load or save restores.
     """
     from safetensors.torch import save_file
 
     folder = Path(folder)
+    staging: Path | None = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        _recover_model_folder(folder)
+        for stale in folder.parent.glob(f".{folder.name}.stage-*"):  # left by a killed save
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stage-", dir=folder.parent))
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(staging / WEIGHTS_FILE))
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        with open(staging / META_FILE, "w") as fh:
+            fh.write(json.dumps(meta, indent=2, sort_keys=True))
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(staging / WEIGHTS_FILE, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(staging, 0o755)  # mkdtemp makes it private
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -158,24 +204,78 @@ def save_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], meta: 
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, folder)
+        staging = None
+        _fsync_dir(folder.parent)
     except OSError as exc:
-        raise UserError(f"cannot save model to {folder}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot save model to {folder}: {_os_reason(exc)}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
+LEGACY_WEIGHTS = ("model.pt", "model.pth")
+
+
+def _load_legacy_weights(path: Path) -> dict[str, Any]:
+    """Tensors from a PyTorch ``.pt``/``.pth`` state dict, unpickled only by torch's weights-only loader.
+
+    ``weights_only=True`` refuses any pickle that would build objects other than tensors and
+    plain containers, so a crafted file cannot run code; we refuse it with a clear message.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"refusing to load {path.name}: it is not a plain PyTorch state dict "
+                        f"(only tensors are accepted; nothing was executed): {first}"[:300]) from None
+    except Exception as exc:
+        raise UserError(f"cannot read {path}: {type(exc).__name__}: {exc}".split("\n")[0]) from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path.name} does not hold a state dict of tensors")
+    return dict(state)
+
+
 def load_model_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read (tensors, metadata) from a model folder; never unpickles anything."""
+    """Read (tensors, metadata) from a model folder; never runs code from the files.
+
+    Weights come from ``model.safetensors``; a legacy ``model.pt``/``model.pth`` state dict is
+    accepted only through ``torch.load(weights_only=True)``.
+    """
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    if not folder.exists():
+        try:
+            _recover_model_folder(folder)
+        except OSError:
+            pass
     meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
+    if folder.is_file():
+        raise UserError(f"{folder} is a file; a model is a folder holding {META_FILE} and {WEIGHTS_FILE}")
     if not folder.is_dir():
         raise UserError(f"no such model folder: {folder}")
-    if not meta_path.is_file() or not weights_path.is_file():
+    legacy = [folder / name for name in LEGACY_WEIGHTS if (folder / name).is_file()]
+    if not meta_path.is_file() or not (weights_path.is_file() or legacy):
         raise UserError(f"{folder} is not a napari-unet model folder (needs {META_FILE} and {WEIGHTS_FILE})")
     try:
         meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"cannot read {meta_path}: {type(exc).__name__}: {exc}".split("\n")[0]) from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path} is not a napari-unet model description (expected a JSON object)")
+    if not weights_path.is_file():
+        return _load_legacy_weights(legacy[0]), meta
+    try:
         tensors = load_file(str(weights_path))
     except Exception as exc:
-        raise UserError(f"cannot read model in {folder}: {type(exc).__name__}: {exc}".split("\n")[0]) from None
+        raise UserError(f"cannot read {weights_path} (corrupt or truncated?): {type(exc).__name__}: {exc}"
+                        .split("\n")[0]) from None
     return tensors, meta

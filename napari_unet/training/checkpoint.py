@@ -85,14 +85,26 @@ def load_bundle(folder: str | os.PathLike, device: str | torch.device = "cpu") -
             f"{folder} was saved by napari-unet {meta.get('napari_unet_version', '?')} in a newer format; "
             f"upgrade napari-unet (this is {__version__})"
         )
-    cfg = from_dict(TrainConfig, meta.get("config", {}))
-    net = build_network(cfg)
+    if not isinstance(meta.get("config"), dict):
+        raise UserError(f"{folder}/model.json has no training configuration")
+    try:
+        cfg = from_dict(TrainConfig, meta["config"])
+        net = build_network(cfg)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise UserError(f"{folder}/model.json holds an invalid configuration: {type(exc).__name__}: {exc}"
+                        .split("\n")[0]) from None
     try:
         net.load_state_dict(tensors)
     except RuntimeError as exc:
-        raise UserError(f"the weights in {folder} do not fit its configuration: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"the weights in {folder} do not fit its configuration: {_first_reason(exc)}") from None
     net.to(device).eval()
     return ModelBundle(net, cfg, meta)
+
+
+def _first_reason(exc: Exception) -> str:
+    """The first informative line of a ``load_state_dict`` error (its first line is a header)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]
 
 
 def load_compatible_weights(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
