@@ -13,7 +13,7 @@ from napari_unet.config import PredictConfig
 from napari_unet.data.normalize import prepare_image
 from napari_unet.events import Finished, Progress
 from napari_unet.inference.postprocess import labels_from_probabilities
-from napari_unet.inference.tiling import predict_tiled
+from napari_unet.inference.tiling import AllowedFn, TileFn, TileSpec, predict_tiled, round_up
 from napari_unet.inference.uncertainty import mc_uncertainty
 from napari_unet.training.checkpoint import ModelBundle
 from napari_unet.training.device import autocast, low_precision_dtype
@@ -39,21 +39,58 @@ def network_forward(net: torch.nn.Module, batch: np.ndarray, dtype: torch.dtype 
     return logits.float().softmax(dim=1).cpu().numpy()
 
 
+def tile_geometry(net: torch.nn.Module, cfg: PredictConfig) -> tuple[TileSpec, AllowedFn]:
+    """Overlap-tile geometry for ``net``: mirrored margin for valid networks, a halo of at least
+    the receptive radius for same networks, tile starts on the pooling grid."""
+    from napari_unet.models.unet import _valid_input_size, _valid_output_size
+
+    ucfg = getattr(net, "cfg", None)
+    if ucfg is None:  # an arbitrary callable network: plain tiles
+        return TileSpec(cfg.tile_size, cfg.overlap), lambda n: n
+    depth, align = ucfg.depth, 2**ucfg.depth
+    probe = _valid_input_size(1, depth)
+    radius = (probe - _valid_output_size(probe, depth)) // 2  # pixels each output sees per side
+    if ucfg.padding == "valid":
+        def allowed(n: int) -> int:
+            return _valid_output_size(_valid_input_size(n, depth), depth)
+        return TileSpec(allowed(cfg.tile_size), cfg.overlap, margin=radius, align=align), allowed
+    extra = align if (ucfg.attention or ucfg.upsample == "interpolate") else 1  # linear resampling reach
+    context = round_up(radius + extra, align)
+    return TileSpec(round_up(cfg.tile_size, align), cfg.overlap, context=context, align=align), \
+        (lambda n: round_up(n, align))
+
+
+def network_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None) -> TileFn:
+    """The network as a tile function: (B, C, *S_in) -> softmax (B, K, *S_out)."""
+    return lambda batch: network_forward(net, batch, dtype)
+
+
 def predict_normalized(net: torch.nn.Module, chw: np.ndarray, n_out: int, cfg: PredictConfig,
                        dtype: torch.dtype | None) -> np.ndarray:
-    """Probabilities (K, H, W) of an already normalised (C, H, W) image, tiled when large."""
-    margin = net.output_crop(cfg.tile_size) if getattr(net, "cfg", None) and net.cfg.padding == "valid" else 0
-    return predict_tiled(lambda b: network_forward(net, b, dtype), chw, n_out, cfg.tile_size, cfg.overlap,
-                         margin=margin, batch_size=cfg.batch_size)
+    """Probabilities (K, *S) of an already normalised (C, *S) image, tiled when large."""
+    spec, allowed = tile_geometry(net, cfg)
+    return predict_tiled(network_tile_fn(net, dtype), chw, n_out, spec.tile, spec.overlap, margin=spec.margin,
+                         batch_size=cfg.batch_size, context=spec.context, align=spec.align, allowed=allowed)
+
+
+def is_stack(image: np.ndarray, dims: int) -> bool:
+    """True when a 2D model must be applied slice by slice: (Z, H, W) with Z and W > 4, or (Z, H, W, C)."""
+    if dims != 2:
+        return False
+    return (image.ndim == 3 and image.shape[0] > 4 and image.shape[-1] > 4) or image.ndim == 4
 
 
 def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(),
                           mc_dropout: bool = False, seed: int = 0) -> np.ndarray:
-    """Class probabilities (K, H, W) for one raw 2D image; tiles large images."""
+    """Class probabilities (K, *S) for one raw image (2D, a 3D volume for a 3D model, or a
+    (Z, H, W) stack predicted slice by slice by a 2D model); tiles large images."""
     from napari_unet.models import enable_mc_dropout
 
     mcfg = bundle.config.model
-    chw = prepare_image(image, mcfg.in_channels, bundle.config.percentiles)
+    if is_stack(image, mcfg.dims):
+        slices = [predict_probabilities(bundle, plane, cfg, mc_dropout, seed + z) for z, plane in enumerate(image)]
+        return np.stack(slices, axis=1)  # (K, Z, H, W)
+    chw = prepare_image(image, mcfg.in_channels, bundle.config.percentiles, mcfg.dims)
     device = next(bundle.net.parameters()).device
     dtype = low_precision_dtype(device, None)
     net = bundle.net

@@ -1,32 +1,108 @@
-"""Overlap-tile prediction of images of any size (the U-Net paper's tiling strategy).
+"""Overlap-tile prediction of images of any size and dimension (the U-Net paper's strategy).
 
-The image is mirrored at its borders, cut into overlapping tiles, and the tile outputs are
-blended with a smooth window so tile seams leave no trace. ``margin`` is the context a
-``valid``-padding network consumes per side (0 for ``same`` networks).
+Output tiles overlap by ``overlap`` pixels and are blended with a raised-cosine window; every
+tile's input carries enough surrounding pixels that the network output is the same as it would
+be on the whole image:
+
+- ``valid`` networks (``margin`` > 0): the image is mirrored at its borders and each tile reads
+  ``margin`` extra pixels per side, which the network consumes (Ronneberger 2015, Fig. 2).
+- ``same`` networks (``context`` > 0): each tile reads a halo of ``context`` pixels from its
+  neighbours (clipped at the image border, where the network pads exactly as it would on the
+  whole image); the halo is cropped from the output. With ``context`` at least the network's
+  receptive radius, the tile's output equals the whole-image output.
+
+Tile starts are multiples of ``align`` (the network's total down-sampling 2**depth), so max
+pooling sees the same grid in every tile. The image is read lazily per tile: any array with
+numpy slicing (numpy, zarr, dask) works, and ``iter_tiled`` hands back finished slabs along the
+first spatial axis, so a caller can stream a huge image to disk with one band of tiles in memory.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-TileFn = Callable[[np.ndarray], np.ndarray]  # (B, C, h + 2m, w + 2m) -> (B, K, h, w)
+from napari_unet.events import Progress
+
+TileFn = Callable[[np.ndarray], np.ndarray]  # (B, C, *S_in) -> (B, K, *S_out)
+AllowedFn = Callable[[int], int]  # smallest output tile size the network supports >= n
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap``."""
+@dataclass(frozen=True)
+class TileSpec:
+    """Geometry of overlap-tile prediction (all sizes in pixels, per spatial axis)."""
+
+    tile: int = 1024  # output tile size
+    overlap: int = 64  # minimum overlap of neighbouring output tiles (blended)
+    margin: int = 0  # valid networks: input = output + 2 * margin, image mirrored
+    context: int = 0  # same networks: halo read from neighbouring pixels, cropped after
+    align: int = 1  # tile starts (and same-network tile sizes) are multiples of this
+
+
+@dataclass(frozen=True)
+class Slab:
+    """Finished output rows ``[start, stop)`` along the first spatial axis: (K, stop - start, *rest)."""
+
+    start: int
+    stop: int
+    data: np.ndarray
+
+
+def round_up(n: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``n``."""
+    return -(-n // multiple) * multiple
+
+
+def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Starts (multiples of ``align``) of tiles of length ``tile`` covering ``size``, overlapping
+    by at least ``overlap``; the last tile may reach past ``size`` (the image is mirrored there)."""
     if size <= tile:
         return [0]
-    step = max(tile - overlap, 1)
-    starts = list(range(0, size - tile, step))
-    return starts + [size - tile]
+    step = max((tile - overlap) // align * align, align)
+    starts = [0]
+    while starts[-1] + tile < size:
+        starts.append(starts[-1] + step)
+    return starts
 
 
-@lru_cache(maxsize=16)
-def blend_window(h: int, w: int, overlap: int) -> np.ndarray:
-    """(h, w) weights: 1 in the middle, a raised-cosine ramp over ``overlap`` pixels at the edges."""
+def axis_plan(size: int, spec: TileSpec, allowed: AllowedFn) -> tuple[int, list[int]]:
+    """(output tile length, tile starts) along one axis of length ``size``."""
+    t = allowed(min(size, spec.tile))
+    return t, tile_starts(size, t, spec.overlap, spec.align)
+
+
+def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
+    """Map coordinates outside [0, size) into it by mirroring without repeating the edge pixel
+    (numpy's ``reflect`` padding, for any distance)."""
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = np.mod(index, period)
+    return np.where(index >= size, period - index, index)
+
+
+def read_box(image: Any, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+    """(C, *box) pixels of ``image`` (C, *S) in the box [lo, hi), mirrored where it leaves the image."""
+    slices, takes = [slice(None)], []
+    for a, (l, h) in enumerate(zip(lo, hi)):
+        idx = reflect_index(np.arange(l, h), image.shape[a + 1])
+        first, last = int(idx.min()), int(idx.max()) + 1
+        slices.append(slice(first, last))
+        takes.append(idx - first)
+    block = np.asarray(image[tuple(slices)], dtype=np.float32)  # (C, *bounding box)
+    for a, idx in enumerate(takes):
+        if len(idx) != block.shape[a + 1] or np.any(idx != np.arange(len(idx))):
+            block = np.take(block, idx, axis=a + 1)
+    return block
+
+
+@lru_cache(maxsize=32)
+def blend_window(shape: tuple[int, ...], overlap: int) -> np.ndarray:
+    """Weights of ``shape``: 1 in the middle, a raised-cosine ramp over ``overlap`` pixels at the edges."""
 
     def ramp(n: int) -> np.ndarray:
         r = np.ones(n, dtype=np.float32)
@@ -36,33 +112,101 @@ def blend_window(h: int, w: int, overlap: int) -> np.ndarray:
             r[:k], r[n - k:] = edge, edge[::-1]
         return r
 
-    return np.outer(ramp(h), ramp(w))
+    window = np.ones((), dtype=np.float32)
+    for n in shape:
+        window = np.multiply.outer(window, ramp(n))
+    return window.astype(np.float32)
 
 
-def iter_tiles(shape: tuple[int, int], tile: int, overlap: int) -> Iterator[tuple[int, int, int, int]]:
-    """(y0, x0, h, w) of each output tile."""
-    h, w = shape
-    for y in tile_starts(h, tile, overlap):
-        for x in tile_starts(w, tile, overlap):
-            yield y, x, min(tile, h), min(tile, w)
+def _tile_boxes(starts: Sequence[int], tiles: Sequence[int], limit: Sequence[int],
+                spec: TileSpec) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Per axis: input box [lo, hi) in image coordinates, output crop offset and output length."""
+    lo, hi, crop, length = [], [], [], []
+    for s, t, c in zip(starts, tiles, limit):
+        if spec.margin:  # valid network: mirrored context that the network consumes
+            lo.append(s - spec.margin)
+            hi.append(s + t + spec.margin)
+            crop.append(0)
+            length.append(t)
+        else:  # same network: halo from the neighbours, clipped where the whole image would end
+            n = min(t, c - s)
+            a, b = max(s - spec.context, 0), min(s + n + spec.context, c)
+            lo.append(a)
+            hi.append(b)
+            crop.append(s - a)
+            length.append(n)
+    return lo, hi, crop, length
 
 
-def predict_tiled(fn: TileFn, image: np.ndarray, n_out: int, tile: int, overlap: int, margin: int = 0,
-                  batch_size: int = 1, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Blend ``fn`` over tiles of ``image`` (C, H, W) -> (K, H, W) float32."""
-    c, h, w = image.shape
-    padded = np.pad(image, ((0, 0), (margin, margin), (margin, margin)), mode="reflect" if min(h, w) > margin else "symmetric") if margin else image
-    out = np.zeros((n_out, h, w), dtype=np.float32)
-    norm = np.zeros((h, w), dtype=np.float32)
-    tiles = list(iter_tiles((h, w), tile, overlap))
-    for i in range(0, len(tiles), batch_size):
-        group = tiles[i:i + batch_size]
-        batch = np.stack([padded[:, y:y + th + 2 * margin, x:x + tw + 2 * margin] for y, x, th, tw in group])
-        result = fn(batch)  # (B, K, th, tw)
-        for (y, x, th, tw), res in zip(group, result):
-            win = blend_window(th, tw, overlap) if len(tiles) > 1 else np.ones((th, tw), np.float32)
-            out[:, y:y + th, x:x + tw] += res * win
-            norm[y:y + th, x:x + tw] += win
-        if on_tile is not None:
-            on_tile(min(i + batch_size, len(tiles)), len(tiles))
-    return out / np.maximum(norm, 1e-8)
+def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: AllowedFn | None = None,
+               batch_size: int = 1) -> Generator[Progress | Slab, None, None]:
+    """Predict ``image`` (C, *S) tile by tile; yields ``Progress`` per batch and ``Slab`` s of
+    blended float32 output in order along the first spatial axis (together covering it once)."""
+    allowed = allowed or (lambda n: round_up(n, spec.align))
+    shape = tuple(image.shape[1:])
+    plans = [axis_plan(size, spec, allowed) for size in shape]
+    tiles = tuple(t for t, _ in plans)
+    canvas = [starts[-1] + t for t, starts in plans]
+    # same networks see the image mirrored up to a multiple of ``align``, as a whole-image run would
+    limit = canvas if spec.margin else [round_up(size, spec.align) for size in shape]
+    single = all(len(starts) == 1 for _, starts in plans)
+    window = np.ones(tiles, np.float32) if single else blend_window(tiles, spec.overlap)
+    rest_starts = [starts for _, starts in plans[1:]]
+    grid_rest = np.stack(np.meshgrid(*rest_starts, indexing="ij"), -1).reshape(-1, len(rest_starts)) \
+        if rest_starts else np.zeros((1, 0), int)
+    total = len(plans[0][1]) * len(grid_rest)
+    done, begin = 0, time.perf_counter()
+    band_lo = 0  # first row of the band buffer (image coordinates along axis 0)
+    band = np.zeros((n_out, 0, *canvas[1:]), np.float32)
+    norm = np.zeros((0, *canvas[1:]), np.float32)
+    row_starts = plans[0][1]
+    for r, y in enumerate(row_starts):
+        need = y + tiles[0] - band_lo  # grow the band to cover this row of tiles
+        if need > band.shape[1]:
+            extra = need - band.shape[1]
+            band = np.concatenate([band, np.zeros((n_out, extra, *canvas[1:]), np.float32)], axis=1)
+            norm = np.concatenate([norm, np.zeros((extra, *canvas[1:]), np.float32)], axis=0)
+        boxes = [[y, *rest] for rest in grid_rest.tolist()]
+        groups: list[list[tuple[list[int], ...]]] = []
+        for starts in boxes:
+            lo, hi, crop, length = _tile_boxes(starts, tiles, limit, spec)
+            entry = (starts, lo, hi, crop, length)
+            shape_in = [h - l for l, h in zip(lo, hi)]
+            prev = groups[-1][-1] if groups else None
+            if prev and len(groups[-1]) < batch_size and [h - l for l, h in zip(prev[1], prev[2])] == shape_in:
+                groups[-1].append(entry)
+            else:
+                groups.append([entry])
+        for group in groups:
+            batch = np.stack([read_box(image, lo, hi) for _, lo, hi, _, _ in group])  # (B, C, *S_in)
+            result = fn(batch)  # (B, K, *S_res)
+            for (starts, _, _, crop, length), res in zip(group, result):
+                res = res[(slice(None), *(slice(c, c + n) for c, n in zip(crop, length)))]  # (K, *length)
+                win = window[tuple(slice(0, n) for n in length)]
+                dst = (slice(starts[0] - band_lo, starts[0] - band_lo + length[0]),
+                       *(slice(s, s + n) for s, n in zip(starts[1:], length[1:])))
+                band[(slice(None), *dst)] += res * win
+                norm[dst] += win
+            done += len(group)
+            yield Progress(done, total, time.perf_counter() - begin, "tiles")
+        final = shape[0] if r + 1 == len(row_starts) else min(row_starts[r + 1], shape[0])
+        if final > band_lo:
+            n = final - band_lo
+            rest = tuple(slice(0, s) for s in shape[1:])
+            data = band[(slice(None), slice(0, n), *rest)] / np.maximum(norm[(slice(0, n), *rest)], 1e-8)
+            yield Slab(band_lo, final, data.astype(np.float32, copy=False))
+            band, norm, band_lo = band[:, n:], norm[n:], final
+
+
+def predict_tiled(fn: TileFn, image: Any, n_out: int, tile: int, overlap: int, margin: int = 0,
+                  batch_size: int = 1, on_tile: Callable[[int, int], None] | None = None, *,
+                  context: int = 0, align: int = 1, allowed: AllowedFn | None = None) -> np.ndarray:
+    """Blend ``fn`` over tiles of ``image`` (C, *S) -> (K, *S) float32 in memory."""
+    spec = TileSpec(tile, overlap, margin, context, align)
+    out = np.empty((n_out, *image.shape[1:]), np.float32)
+    for item in iter_tiled(fn, image, n_out, spec, allowed, batch_size):
+        if isinstance(item, Slab):
+            out[:, item.start:item.stop] = item.data
+        elif on_tile is not None:
+            on_tile(item.done, item.total or 0)
+    return out
