@@ -1,0 +1,123 @@
+"""Prompts for the diffusion model: mask channels, automatic mask layouts and style tags.
+
+A mask prompt is an instance mask (0 = background, 1..N = objects): drawn in a Labels
+layer, taken from an annotation, or made by ``auto_masks`` from the annotated object shapes
+(recombined, flipped/rotated, rescaled and elastically deformed, placed without overlap).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from napari_unet.data.targets import instance_classes
+from napari_unet.errors import UserError
+
+MASK_CHANNELS = 3  # foreground, boundary, "a prompt is present"
+
+
+def mask_channels(mask: np.ndarray) -> np.ndarray:
+    """(H, W) instance ids -> (3, H, W) float32: foreground, object boundary, ones."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise UserError(f"a mask prompt must be 2D, got shape {mask.shape}")
+    classes = instance_classes(mask.astype(np.int64))
+    return np.stack([classes > 0, classes == 2, np.ones_like(classes, bool)]).astype(np.float32)
+
+
+def object_shapes(masks: Sequence[np.ndarray], min_size: int = 10, max_shapes: int = 2000) -> list[np.ndarray]:
+    """Binary crops (h, w) of every annotated object, objects touching an image edge left out."""
+    shapes: list[np.ndarray] = []
+    for mask in masks:
+        mask = np.asarray(mask)
+        h, w = mask.shape
+        for label, sl in enumerate(ndi.find_objects(mask.astype(np.int64)), start=1):
+            if sl is None or sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h or sl[1].stop == w:
+                continue
+            crop = mask[sl] == label
+            if crop.sum() >= min_size:
+                shapes.append(crop)
+            if len(shapes) >= max_shapes:
+                return shapes
+    if not shapes:
+        raise UserError("no object shapes to recombine: the masks hold no object away from the image edge")
+    return shapes
+
+
+def _deform(shape: np.ndarray, rng: np.random.Generator, scale: float, sigma: float) -> np.ndarray:
+    """Flip/rotate, rescale and elastically deform one binary shape (h, w) -> (h', w')."""
+    from napari_unet.data.augment import elastic_deform
+
+    shape = np.rot90(shape, int(rng.integers(4)))
+    if rng.random() < 0.5:
+        shape = shape[:, ::-1]
+    pad = int(np.ceil(sigma)) + 2
+    grown = ndi.zoom(np.pad(shape.astype(np.float32), pad), scale, order=1)  # (h', w')
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    img = torch.from_numpy(np.ascontiguousarray(grown))[None, None]  # (1, 1, h', w')
+    warped, _, _ = elastic_deform(img, grid=3, sigma=sigma * scale, generator=gen)
+    out = warped[0, 0].numpy() > 0.5
+    out = ndi.binary_fill_holes(out)
+    lab, n = ndi.label(out)
+    if n > 1:  # keep the largest piece
+        out = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    rows, cols = np.flatnonzero(out.any(1)), np.flatnonzero(out.any(0))
+    return out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] if rows.size else shape
+
+
+def auto_masks(source_masks: Sequence[np.ndarray], shape: tuple[int, int], count: int | None = None,
+               density: float | None = None, seed: int = 0, scale: tuple[float, float] = (0.8, 1.2),
+               sigma: float = 2.0, gap: int = 1, attempts: int = 200) -> np.ndarray:
+    """A new (H, W) uint16 instance mask with ``count`` objects (ids 1..count, no overlap).
+
+    Shapes come from ``source_masks`` (annotated instance masks); ``density`` (objects per
+    10,000 px) sets the count when ``count`` is None. Objects keep ``gap`` pixels apart.
+    """
+    h, w = (int(s) for s in shape)
+    if h < 8 or w < 8:
+        raise UserError(f"the prompt mask must be at least 8x8, got {h}x{w}")
+    if count is None:
+        if density is None:
+            raise UserError("give a count or a density of objects")
+        count = int(round(density * h * w / 1e4))
+    if count < 0:
+        raise UserError(f"the object count must be >= 0, got {count}")
+    shapes = object_shapes(source_masks)
+    rng = np.random.default_rng(seed)
+    out = np.zeros((h, w), np.uint16)
+    blocked = np.zeros((h, w), bool)  # occupied pixels grown by the gap
+    grow = np.ones((2 * gap + 1,) * 2, bool) if gap > 0 else None
+    placed = 0
+    for _ in range(count * attempts):
+        if placed == count:
+            break
+        obj = _deform(shapes[int(rng.integers(len(shapes)))], rng, float(rng.uniform(*scale)), sigma)
+        oh, ow = obj.shape
+        if oh >= h or ow >= w:
+            continue
+        y, x = int(rng.integers(0, h - oh + 1)), int(rng.integers(0, w - ow + 1))
+        if (blocked[y:y + oh, x:x + ow] & obj).any():
+            continue
+        placed += 1
+        out[y:y + oh, x:x + ow][obj] = placed
+        footprint = np.zeros((h, w), bool)
+        footprint[y:y + oh, x:x + ow] = obj
+        blocked |= ndi.binary_dilation(footprint, grow) if grow is not None else footprint
+    if placed < count:
+        raise UserError(f"could place only {placed} of {count} objects in {h}x{w}: ask for fewer")
+    return out
+
+
+def auto_tags(mask: np.ndarray) -> list[str]:
+    """Style tags read off an annotation: object density (dense/sparse) and size (small/large)."""
+    mask = np.asarray(mask)
+    ids = np.unique(mask[mask > 0])
+    per_10k = ids.size * 1e4 / mask.size
+    tags = ["dense" if per_10k >= 8 else "sparse" if per_10k < 2 else "medium"]
+    if ids.size:
+        mean_area = float((mask > 0).sum()) / ids.size
+        tags.append("small" if mean_area < 150 else "large" if mean_area > 600 else "midsize")
+    return tags
