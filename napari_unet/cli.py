@@ -87,7 +87,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    trainer = Trainer(list(zip(images, masks)), cfg, init=init, names=[i.name for i, _ in files])
+    if args.checkpoint_every < 0:
+        raise UserError("--checkpoint-every must be >= 0")
+    cfg = replace(cfg, checkpoint_every=args.checkpoint_every or None)
+    trainer = Trainer(list(zip(images, masks)), cfg, init=init, names=[i.name for i, _ in files], checkpoint_to=out)
     bundle = drive(trainer.run(), "training", args.quiet)
     save_bundle(bundle, out)
     val = bundle.meta.get("validation") or {}
@@ -165,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--base-width", type=int, default=16)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--patch-size", type=int, default=128)
+    t.add_argument("--checkpoint-every", type=float, default=30.0,
+                   help="seconds between atomic saves of the model while training (0 = only at the end)")
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment images with a trained model")

@@ -107,6 +107,7 @@ class TrainConfig:
     low_precision: bool | None = None  # bf16 on CPU / AMP on CUDA; None = auto
     sparse: bool = False  # labels use 0 = unannotated, 1 = background, 2.. = classes
     percentiles: tuple[float, float] = (1.0, 99.8)
+    checkpoint_every: float | None = None  # seconds between atomic saves to the Trainer's checkpoint folder
 
 
 @dataclass(frozen=True)

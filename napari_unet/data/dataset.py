@@ -65,6 +65,8 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     annotated = all_targets[all_targets >= 0]
     if annotated.size == 0:
         raise UserError("the labels are empty: nothing is annotated")
+    if cfg.task == "instances" and not any(int(t[3].max()) > 0 for t in staged):
+        raise UserError("the masks hold no objects: every pixel is 0 (background)")
     if np.unique(annotated).size < 2:
         raise UserError("the labels hold a single class: annotate background and objects")
     class_w = class_balance_weights(all_targets, k) if cfg.loss.balance_classes else np.ones(k)

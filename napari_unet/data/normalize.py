@@ -15,8 +15,12 @@ def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.
     alpha is dropped.
     """
     image = np.asarray(image)
+    if image.size == 0:
+        raise UserError(f"the image is empty (shape {image.shape})")
     if image.dtype == bool:
         image = image.astype(np.uint8)
+    if not (np.issubdtype(image.dtype, np.number)):
+        raise UserError(f"cannot use pixels of type {image.dtype}")
     if image.ndim == dims:
         chw = image[None]
     elif image.ndim == dims + 1:
@@ -27,7 +31,8 @@ def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.
         elif image.shape[-1] <= 4:
             chw = np.moveaxis(image, -1, 0)
         else:
-            raise UserError(f"cannot tell the channel axis of an image of shape {image.shape}")
+            raise UserError(f"an array of shape {image.shape} is a {dims + 1}D stack or has more than 4 channels; "
+                            f"this model takes {dims}D images with up to 4 channels")
     else:
         raise UserError(f"expected a {dims}D image (optionally with channels), got shape {image.shape}")
     if chw.shape[0] == 4 and in_channels != 4:
@@ -39,6 +44,12 @@ def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.
     if chw.shape[0] == 1:
         return np.repeat(chw, in_channels, axis=0)
     raise UserError(f"the model expects {in_channels} channels, the image has {chw.shape[0]}")
+
+
+def has_nonfinite(image: np.ndarray) -> bool:
+    """True when a floating-point image holds NaN or Inf pixels."""
+    image = np.asarray(image)
+    return bool(np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all())
 
 
 def normalize(chw: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:

@@ -10,8 +10,10 @@ step (``Trainer.stop()``), and new annotations can be swapped in while it runs
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Generator, Sequence
 
 import numpy as np
@@ -20,9 +22,16 @@ import torch
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
 from napari_unet.data.dataset import PatchSampler, PreparedPair, n_output_classes, prepare_pairs, split_validation
-from napari_unet.data.normalize import prepare_image
+from napari_unet.data.normalize import has_nonfinite, prepare_image
+from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
-from napari_unet.training.checkpoint import ModelBundle, build_network, cpu_state_dict, load_compatible_weights
+from napari_unet.training.checkpoint import (
+    ModelBundle,
+    build_network,
+    cpu_state_dict,
+    load_compatible_weights,
+    save_bundle,
+)
 from napari_unet.training.device import autocast, describe, low_precision_dtype, resolve_device
 from napari_unet.training.losses import segmentation_loss
 from napari_unet.training.validation import validate
@@ -49,8 +58,11 @@ class Trainer:
 
     def __init__(self, pairs: Pairs, cfg: TrainConfig, *, init: ModelBundle | None = None,
                  names: Sequence[str] | None = None, validation: Pairs | None = None,
-                 preview_image: np.ndarray | None = None) -> None:
+                 preview_image: np.ndarray | None = None,
+                 checkpoint_to: str | os.PathLike | None = None) -> None:
+        """``checkpoint_to``: model folder saved atomically every ``cfg.checkpoint_every`` seconds."""
         self.cfg = cfg
+        self._checkpoint_to = None if checkpoint_to is None else Path(checkpoint_to)
         self._pairs, self._names, self._validation = pairs, names, validation
         self._init = init
         self._preview = preview_image
@@ -80,7 +92,10 @@ class Trainer:
         net = build_network(self.cfg)
         fresh: list[str] = []
         if self._init is not None:
-            fresh = load_compatible_weights(net, self._init.net.state_dict())
+            state = self._init.net.state_dict()
+            if self._init.config.task != self.cfg.task:  # same shape, other meaning: a fresh head
+                state = {k: v for k, v in state.items() if not k.startswith("head.")}
+            fresh = load_compatible_weights(net, state)
         net.to(device)
         if channels_last:
             net.to(memory_format=torch.channels_last)
@@ -98,6 +113,10 @@ class Trainer:
         channels_last = dtype is not None and cfg.model.dims == 2
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         yield Message(f"training on {describe(device)}" + (f" with {str(dtype).split('.')[-1]} autocast" if dtype else ""))
+        n_bad = sum(has_nonfinite(image) for image, _ in self._pairs)
+        if n_bad:
+            yield Message(f"{n_bad} image(s) hold NaN/Inf pixels; they are replaced by the image median",
+                          level="warning")
 
         prepared = prepare_pairs(self._pairs, cfg, self._names)
         if self._validation is not None:
@@ -124,8 +143,8 @@ class Trainer:
         yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
                       f"in {setup_seconds:.1f} s")
         best_state, best_score, best_metrics = None, -1.0, {}
-        step, losses = 0, []
-        last_report = last_val = last_preview = start
+        step, losses, batch = 0, [], cfg.batch_size
+        last_report = last_val = last_preview = last_checkpoint = start
         k = n_output_classes(cfg)
         net.train()
 
@@ -143,23 +162,22 @@ class Trainer:
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.learning_rate, fraction_done())
-            images, targets, weights = (torch.from_numpy(a).to(device) for a in sampler.sample(cfg.batch_size))
-            images, targets, weights = augment_batch(images, targets, weights, cfg.augment, generator)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device, dtype):
-                logits = net(images)  # (B, K, P, P)
-            loss = segmentation_loss(logits, targets, weights, cfg.loss.dice_weight)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            try:
+                loss = self._step(net, optimizer, scaler, sampler.sample(batch), device, dtype, channels_last, generator)
+            except torch.cuda.OutOfMemoryError:
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if batch == 1:
+                    raise UserError("the GPU ran out of memory even with batch size 1; "
+                                    "use a smaller patch size or train on the CPU") from None
+                batch //= 2
+                yield Message(f"GPU out of memory: batch size halved to {batch}; retrying", level="warning")
+                continue
+            except MemoryError:
+                raise UserError("out of memory (RAM) while training; use a smaller batch or patch size") from None
             step += 1
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             now = time.perf_counter()
             elapsed = now - start
             remaining = None if cfg.time_limit is None else max(cfg.time_limit - elapsed, 0.0)
@@ -167,8 +185,13 @@ class Trainer:
             if now - last_report >= 1.0:
                 yield LossReport(step, float(np.mean(losses)), elapsed)
                 losses, last_report = [], now
+            if self._checkpoint_to is not None and cfg.checkpoint_every and now - last_checkpoint >= cfg.checkpoint_every:
+                self._save_checkpoint(net, step, now - start)
+                last_checkpoint = time.perf_counter()
             if val_pairs and now - last_val >= cfg.validate_every:
-                metrics = validate(net, val_pairs, cfg, dtype)
+                metrics = validate(net, val_pairs, cfg, dtype, self._stop.is_set)
+                if metrics is None:  # cancelled half-way through
+                    break
                 improved = metrics["score"] > best_score
                 if improved:
                     best_state, best_score, best_metrics = cpu_state_dict(net), metrics["score"], metrics
@@ -178,7 +201,7 @@ class Trainer:
                 yield self._preview_event(net, step, dtype, k)
                 last_preview = time.perf_counter()
 
-        if val_pairs:
+        if val_pairs and not self._stop.is_set():  # a cancelled run ends now: no final validation
             metrics = validate(net, val_pairs, cfg, dtype)
             improved = metrics["score"] > best_score
             if improved:
@@ -191,11 +214,37 @@ class Trainer:
         meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "setup_seconds": round(setup_seconds, 1),
                              "device": describe(device),
                              "images": len(train_pairs), "validation_images": len(val_pairs),
-                             "stopped_early": self._stop.is_set()},
+                             "stopped_early": self._stop.is_set(), "batch_size": batch},
                 "validation": best_metrics}
         bundle = ModelBundle(net, cfg, meta)
         yield Finished(bundle, {"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
+
+    def _step(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+              arrays: tuple[np.ndarray, np.ndarray, np.ndarray], device: torch.device, dtype: torch.dtype | None,
+              channels_last: bool, generator: torch.Generator) -> float:
+        """One optimiser step on a batch of (images, targets, weights); returns the loss."""
+        images, targets, weights = (torch.from_numpy(a).to(device) for a in arrays)
+        images, targets, weights = augment_batch(images, targets, weights, self.cfg.augment, generator)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            logits = net(images)  # (B, K, P, P)
+        loss = segmentation_loss(logits, targets, weights, self.cfg.loss.dice_weight)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return float(loss.detach())
+
+    def _save_checkpoint(self, net: torch.nn.Module, step: int, seconds: float) -> None:
+        """Save the current weights atomically so a killed run still leaves a usable model."""
+        meta = {"training": {"steps": step, "seconds": round(seconds, 1), "checkpoint": True}}
+        save_bundle(ModelBundle(net, self.cfg, meta), self._checkpoint_to)
 
     def _preview_event(self, net: torch.nn.Module, step: int, dtype: torch.dtype | None, k: int) -> Preview:
         from napari_unet.inference.postprocess import labels_from_probabilities

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,10 +25,11 @@ def semantic_scores(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dic
 
 
 def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConfig,
-             dtype: torch.dtype | None) -> dict[str, float]:
+             dtype: torch.dtype | None, should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
     """Metrics on the validation pairs; ``score`` is the one used to keep the best model.
 
-    Instances: AP@0.5 (objects pooled), semantic: mean IoU on annotated pixels.
+    Instances: AP@0.5 (objects pooled), semantic: mean IoU on annotated pixels. Returns None
+    when ``should_stop()`` turns true between images (the run was cancelled).
     """
     from napari_unet.inference.predict import predict_normalized
     from napari_unet.metrics import evaluate_instances
@@ -38,7 +39,11 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     pcfg = PredictConfig()
     k = n_output_classes(cfg)
     try:
-        probs = [predict_normalized(net, p.image, k, pcfg, dtype) for p in pairs]
+        probs = []
+        for p in pairs:
+            if should_stop is not None and should_stop():
+                return None
+            probs.append(predict_normalized(net, p.image, k, pcfg, dtype))
     finally:
         net.train(was_training)
     if cfg.task == "instances":
