@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import remove_small_objects
@@ -23,11 +25,13 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_thres
     if n == 0:
         return np.zeros(probs.shape[1:], dtype=np.uint16)
     seed_min = max(min_size // 4, 1)  # tiny interior specks are noise, not objects
-    if seed_min > 1:
-        seeds = remove_small_objects(seeds, max_size=seed_min - 1)
-    labels = watershed(probs[2], markers=seeds, mask=foreground | (seeds > 0))
-    if min_size > 1:
-        labels = remove_small_objects(labels, max_size=min_size - 1)
+    with warnings.catch_warnings():  # skimage warns when an image holds a single object
+        warnings.simplefilter("ignore", UserWarning)
+        if seed_min > 1:
+            seeds = remove_small_objects(seeds, max_size=seed_min - 1)
+        labels = watershed(probs[2], markers=seeds, mask=foreground | (seeds > 0))
+        if min_size > 1:
+            labels = remove_small_objects(labels, max_size=min_size - 1)
     return relabel_sequential(labels)
 
 

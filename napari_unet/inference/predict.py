@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generator, Sequence
 
@@ -10,13 +11,16 @@ import numpy as np
 import torch
 
 from napari_unet.config import PredictConfig
-from napari_unet.data.normalize import prepare_image
-from napari_unet.events import Finished, Progress
+from napari_unet.data.normalize import has_nonfinite, prepare_image
+from napari_unet.errors import UserError
+from napari_unet.events import Finished, Message, Progress
 from napari_unet.inference.postprocess import labels_from_probabilities
 from napari_unet.inference.tiling import AllowedFn, TileFn, TileSpec, predict_tiled, round_up
 from napari_unet.inference.uncertainty import mc_uncertainty
 from napari_unet.training.checkpoint import ModelBundle
 from napari_unet.training.device import autocast, low_precision_dtype
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,12 +69,35 @@ def network_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None) -> TileFn:
     return lambda batch: network_forward(net, batch, dtype)
 
 
+MIN_OOM_TILE = 64  # the smallest tile tried after the GPU ran out of memory
+
+
+def smaller_after_oom(cfg: PredictConfig) -> PredictConfig:
+    """Half the batch, else half the tile; ``UserError`` when both are already minimal."""
+    if cfg.batch_size > 1:
+        return replace(cfg, batch_size=cfg.batch_size // 2)
+    if cfg.tile_size > MIN_OOM_TILE:
+        return replace(cfg, tile_size=max(cfg.tile_size // 2, MIN_OOM_TILE))
+    raise UserError(f"the GPU ran out of memory even with {MIN_OOM_TILE}-pixel tiles; predict on the CPU")
+
+
 def predict_normalized(net: torch.nn.Module, chw: np.ndarray, n_out: int, cfg: PredictConfig,
                        dtype: torch.dtype | None) -> np.ndarray:
-    """Probabilities (K, *S) of an already normalised (C, *S) image, tiled when large."""
-    spec, allowed = tile_geometry(net, cfg)
-    return predict_tiled(network_tile_fn(net, dtype), chw, n_out, spec.tile, spec.overlap, margin=spec.margin,
-                         batch_size=cfg.batch_size, context=spec.context, align=spec.align, allowed=allowed)
+    """Probabilities (K, *S) of an already normalised (C, *S) image, tiled when large.
+
+    When the GPU runs out of memory the batch, then the tile, is halved and the image retried.
+    """
+    while True:
+        spec, allowed = tile_geometry(net, cfg)
+        try:
+            return predict_tiled(network_tile_fn(net, dtype), chw, n_out, spec.tile, spec.overlap,
+                                 margin=spec.margin, batch_size=cfg.batch_size, context=spec.context,
+                                 align=spec.align, allowed=allowed)
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            cfg = smaller_after_oom(cfg)
+            _log.warning("GPU out of memory: retrying with tile %d, batch %d", cfg.tile_size, cfg.batch_size)
 
 
 def is_stack(image: np.ndarray, dims: int) -> bool:
@@ -129,8 +156,16 @@ def predict_files(bundle: ModelBundle, paths: Sequence[Path], out_dir: Path,
     from napari_unet.io import labels_dtype, read_image, write_image
 
     start, written = time.perf_counter(), []
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"the output {out_dir} exists and is not a folder")
     for i, path in enumerate(paths):
-        prediction = predict_image(bundle, read_image(path), cfg)
+        try:
+            image = read_image(path)
+            if has_nonfinite(image):
+                yield Message(f"{Path(path).name}: NaN/Inf pixels replaced by the image median", level="warning")
+            prediction = predict_image(bundle, image, cfg)
+        except MemoryError:
+            raise UserError(f"out of memory (RAM) predicting {Path(path).name}; use a smaller tile size") from None
         labels = prediction.labels
         if bundle.task == "instances":
             labels = labels.astype(labels_dtype(int(labels.max()) if labels.size else 0))
