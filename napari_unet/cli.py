@@ -56,7 +56,9 @@ def _train_config(args: argparse.Namespace, pairs_masks: Sequence) -> "TrainConf
     if args.task == "semantic":
         top = max(int(np.max(m)) for m in pairs_masks)
         n_classes = args.n_classes or (2 if top == 255 else top + 1 - int(args.sparse))
-    model = UNetConfig(depth=args.depth, base_width=args.base_width)
+    if not 1 <= args.in_channels <= 4:
+        raise UserError("--in-channels must be between 1 and 4")
+    model = UNetConfig(depth=args.depth, base_width=args.base_width, in_channels=args.in_channels)
     cfg = TrainConfig(task=args.task, model=model, n_classes=n_classes, time_limit=args.time_limit,
                       epochs=args.epochs, steps=args.steps, device=args.device, seed=args.seed,
                       sparse=args.sparse, batch_size=args.batch_size, patch_size=args.patch_size)
@@ -67,23 +69,35 @@ def _train_config(args: argparse.Namespace, pairs_masks: Sequence) -> "TrainConf
     return cfg
 
 
+def _load_init(spec: str | None, task: str):
+    """The ``ModelBundle`` to fine-tune from (``pretrained:NAME``, a folder) or None for ``none``.
+
+    No ``--init`` means the task's default: ``pretrained:nuclei`` for instances, scratch otherwise.
+    """
+    from napari_unet.pretrained import default_init, resolve_init
+    from napari_unet.training.checkpoint import load_bundle
+
+    folder = resolve_init(default_init(task) if spec is None else spec)
+    return None if folder is None else load_bundle(folder)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from napari_unet.io import pair_files, read_image, read_mask
-    from napari_unet.training.checkpoint import load_bundle, save_bundle
+    from napari_unet.training.checkpoint import save_bundle
     from napari_unet.training.engine import Trainer
 
+    init = _load_init(args.init, args.task)  # before reading data: a bad --init fails fast
     files = pair_files(args.images, args.masks)
     images = [read_image(i) for i, _ in files]
     masks = [read_mask(m) for _, m in files]
     cfg = _train_config(args, masks)
-    init = None
-    if args.init and args.init != "none":
-        init = load_bundle(args.init)
-        if init.task != cfg.task:
-            raise UserError(f"--init model was trained for {init.task}, not {cfg.task}")
-        cfg = replace(cfg, model=replace(init.config.model), percentiles=init.config.percentiles)
+    if init is not None:
+        # the starting model's architecture and normalisation; layers that do not fit the
+        # input channels or classes of this task are re-initialised by the Trainer
+        cfg = replace(cfg, model=replace(init.config.model, in_channels=args.in_channels),
+                      percentiles=init.config.percentiles)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
@@ -103,10 +117,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_unet.config import PredictConfig
     from napari_unet.inference.predict import predict_files
     from napari_unet.io import list_images
+    from napari_unet.pretrained import resolve_model
     from napari_unet.training.checkpoint import load_bundle
     from napari_unet.training.device import resolve_device
 
-    bundle = load_bundle(args.model, resolve_device(args.device))
+    bundle = load_bundle(resolve_model(args.model), resolve_device(args.device))
     paths = list_images(args.inputs, recursive=args.recursive)
     if not paths:
         raise UserError("no images found in the given inputs")
@@ -163,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--init", default=None, help="model folder to fine-tune from ('none' = from scratch)")
+    t.add_argument("--init", default=None,
+                   help="starting model: pretrained:nuclei, a model folder, or 'none' for scratch "
+                        "(default: pretrained:nuclei for instances, none for semantic)")
+    t.add_argument("--in-channels", type=int, default=1,
+                   help="network input channels (default 1: colour is averaged to grey)")
     t.add_argument("--depth", type=int, default=4)
     t.add_argument("--base-width", type=int, default=16)
     t.add_argument("--batch-size", type=int, default=8)
@@ -173,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment images with a trained model")
-    p.add_argument("model", help="model folder")
+    p.add_argument("model", help="model folder, or pretrained:nuclei")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder for <stem>.tif label images")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
@@ -195,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sp in (t, p, e, d):
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    from napari_unet.diffusion.cli import add_synth_parser  # synth train | generate (diffusion)
+
+    add_synth_parser(sub)
     return parser
 
 

@@ -1,0 +1,121 @@
+"""Starting models shipped inside the package, by name.
+
+A starting model is an ordinary model folder (``model.safetensors`` + ``model.json`` +
+``MODEL_CARD.md``) under this package. ``resolve_init`` turns what a user typed
+(``pretrained:nuclei``, ``none`` or a model folder path) into a folder or ``None``; the CLI's
+``--init`` and ``predict`` and the Train widget all go through it. Only models whose training
+data allows redistribution are shipped (the ISBI 2012 EM data is non-commercial: no EM model).
+
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from napari_unet.errors import UserError
+
+PREFIX = "pretrained:"
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class StartingModel:
+    """One registry entry: where the folder is and what it is for."""
+
+    name: str
+    folder: Path
+    task: str
+    description: str
+    data_licence: str
+
+
+REGISTRY: dict[str, StartingModel] = {
+    "nuclei": StartingModel(
+        name="nuclei",
+        folder=HERE / "nuclei",
+        task="instances",
+        description="fluorescence nuclei, instance segmentation (DSB 2018 stage 1, fluorescence subset)",
+        data_licence="CC0",
+    ),
+}
+
+
+def available() -> list[str]:
+    """Names of the shipped starting models whose folder is present."""
+    return [name for name, entry in REGISTRY.items() if (entry.folder / "model.json").is_file()]
+
+
+def default_init(task: str) -> str:
+    """The ``--init`` used when none is given: ``pretrained:nuclei`` for instances, else ``none``."""
+    return f"{PREFIX}nuclei" if task == "instances" and "nuclei" in available() else "none"
+
+
+def model_folder(name: str) -> Path:
+    """Folder of the starting model ``name``; ``UserError`` naming the available ones otherwise."""
+    entry = REGISTRY.get(name)
+    if entry is None or name not in available():
+        names = ", ".join(PREFIX + n for n in available()) or "none shipped"
+        raise UserError(f"unknown starting model {PREFIX}{name!r}; available: {names}")
+    return entry.folder
+
+
+def resolve_init(spec: str | os.PathLike | None) -> Path | None:
+    """``None``/``"none"``/``""`` -> None; ``"pretrained:NAME"`` -> shipped folder; else an existing path.
+
+    Whether a path really holds a model is checked by ``load_bundle``.
+    """
+    if spec is None:
+        return None
+    text = os.fspath(spec).strip()
+    if text.lower() in ("", "none", "scratch"):
+        return None
+    if text.startswith(PREFIX):
+        return model_folder(text[len(PREFIX):])
+    path = Path(text).expanduser()
+    if not path.exists():
+        names = "".join(f", {PREFIX}{n}" for n in available())
+        raise UserError(f"no such model folder: {text} (starting models: none{names})")
+    return path  # load_bundle checks what the folder holds
+
+
+def resolve_model(spec: str | os.PathLike) -> Path:
+    """Like ``resolve_init`` but a model is required (``predict``): ``none`` is an error."""
+    folder = resolve_init(spec)
+    if folder is None:
+        raise UserError("a model is required: give a model folder or " + " / ".join(PREFIX + n for n in available()))
+    return folder
+
+
+def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = None) -> Path:
+    """Write ``bundle`` as the starting model ``name`` with float16 weights (halves the size).
+
+    The weights load back as float32 (``load_state_dict`` casts); ``model.json`` records
+    ``weights_dtype`` and the val-split ``figures``. The model card is written by hand.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_unet.training.checkpoint import save_bundle
+
+    folder = REGISTRY[name].folder
+    card = folder / "MODEL_CARD.md"
+    card_text = card.read_text() if card.is_file() else None
+    if figures is not None:
+        bundle.meta["val_split"] = figures
+    save_bundle(bundle, folder)  # replaces the whole folder atomically
+    if card_text is not None:
+        card.write_text(card_text)
+    state = {k: (v.to(torch.float16) if v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in bundle.net.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    os.chmod(folder / "model.safetensors", 0o644)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["weights_dtype"] = "float16"
+    (folder / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return folder
