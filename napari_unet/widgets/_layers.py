@@ -1,0 +1,75 @@
+"""Small helpers that find, create and refresh napari layers by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def annotations_name(image_name: str) -> str:
+    return f"{image_name} annotations"
+
+
+def prediction_name(image_name: str) -> str:
+    return f"{image_name} prediction"
+
+
+def probability_name(image_name: str) -> str:
+    return f"{image_name} probability"
+
+
+def uncertainty_name(image_name: str) -> str:
+    return f"{image_name} uncertainty"
+
+
+def layers_of_type(viewer: Any, kind: str) -> list:
+    """Layers of one type ('image' or 'labels'), excluding this plugin's output layers for images."""
+    from napari.layers import Image, Labels
+
+    cls = Image if kind == "image" else Labels
+    outputs = (" probability", " uncertainty")
+    return [layer for layer in viewer.layers if isinstance(layer, cls)
+            and not (kind == "image" and layer.name.endswith(outputs))]
+
+
+def find_layer(viewer: Any, name: str | None):
+    """The layer called ``name`` or None."""
+    if name is None:
+        return None
+    return viewer.layers[name] if name in viewer.layers else None
+
+
+def show_labels(viewer: Any, name: str, data: np.ndarray, like: Any = None, **kwargs):
+    """Replace the data of Labels layer ``name`` (creating it when missing)."""
+    layer = find_layer(viewer, name)
+    if layer is not None and layer.data.shape == data.shape:
+        layer.data = data
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    kwargs.setdefault("opacity", 0.6)
+    return viewer.add_labels(data, name=name, **_geometry(like, data.ndim), **kwargs)
+
+
+def show_image(viewer: Any, name: str, data: np.ndarray, like: Any = None, **kwargs):
+    """Replace the data of Image layer ``name`` (creating it when missing)."""
+    layer = find_layer(viewer, name)
+    if layer is not None and layer.data.shape == data.shape:
+        layer.data = data
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    return viewer.add_image(data, name=name, **_geometry(like, data.ndim), **kwargs)
+
+
+def _geometry(like: Any, ndim: int) -> dict:
+    """Scale/translate of a reference layer (its last ``ndim`` axes), so outputs overlay it."""
+    if like is None or like.ndim < ndim:
+        return {}
+    return {"scale": tuple(like.scale[-ndim:]), "translate": tuple(like.translate[-ndim:])}
+
+
+def spatial_data(layer: Any) -> np.ndarray:
+    """An Image layer's data as an in-memory numpy array (channels last for RGB)."""
+    return np.asarray(layer.data)

@@ -1,0 +1,242 @@
+"""The Annotate widget: an annotation layer per image, painting helpers, the training set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox
+
+from napari_unet import annotation
+from napari_unet.widgets._layers import annotations_name, find_layer, layers_of_type, prediction_name
+from napari_unet.widgets._session import session_for, unwrap
+
+MODES = {"instances (one id per object)": "instances", "sparse classes (scribbles)": "sparse"}
+SPARSE_COLOURS = [(0.55, 0.55, 0.55, 1.0), (1.0, 0.85, 0.1, 1.0), (0.1, 0.9, 0.3, 1.0), (1.0, 0.3, 0.8, 1.0),
+                  (0.2, 0.6, 1.0, 1.0), (1.0, 0.45, 0.1, 1.0), (0.6, 0.3, 1.0, 1.0)]
+
+
+class AnnotateWidget(Container):
+    """Create/attach ``<image> annotations``, edit helpers, live stats, training set, project files."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=False)
+        viewer = unwrap(viewer)
+        self.viewer = viewer
+        self.session = session_for(viewer)
+        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
+        self.mode = ComboBox(label="Mode", choices=list(MODES), value=list(MODES)[0])
+        self.class_names = LineEdit(label="Classes", value="object",
+                                    tooltip="sparse mode: names of classes 2, 3, ... (1 is background)")
+        self.attach_button = PushButton(text="Create / attach annotations")
+        self.next_id_button = PushButton(text="Next free id (N)")
+        self.threshold_button = PushButton(text="Start from threshold")
+        self.accept_button = PushButton(text="Accept prediction as annotation")
+        self.fill_button = PushButton(text="Fill holes")
+        self.min_size = SpinBox(label="Min size", value=20, min=1, max=100000)
+        self.small_button = PushButton(text="Remove small objects")
+        self.clear_button = PushButton(text="Clear annotations")
+        self.stats = Label(value="")
+        self.training_set = Select(label="Training set", choices=self._sample_choices)
+        self.add_button = PushButton(text="Add image to training set")
+        self.remove_button = PushButton(text="Remove selected")
+        self.project_folder = FileEdit(label="Project", mode="d")
+        self.save_button = PushButton(text="Save project")
+        self.load_button = PushButton(text="Load project")
+        self.autosave_label = Label(value="")
+        self.extend([
+            Label(value="<b>Annotate</b>"), self.image, self.mode, self.class_names, self.attach_button,
+            self.next_id_button, self.threshold_button, self.accept_button, self.fill_button,
+            Container(widgets=[self.min_size, self.small_button], layout="horizontal", labels=False),
+            self.clear_button, self.stats, Label(value="<b>Training set</b>"), self.training_set,
+            Container(widgets=[self.add_button, self.remove_button], layout="horizontal", labels=False),
+            self.project_folder,
+            Container(widgets=[self.save_button, self.load_button], layout="horizontal", labels=False),
+            self.autosave_label,
+        ])
+        self.attach_button.changed.connect(self.attach)
+        self.next_id_button.changed.connect(self.next_id)
+        self.threshold_button.changed.connect(self.start_from_threshold)
+        self.accept_button.changed.connect(self.accept_prediction)
+        self.fill_button.changed.connect(lambda: self._edit(annotation.fill_holes))
+        self.small_button.changed.connect(lambda: self._edit(lambda a: annotation.remove_small(a, self.min_size.value)))
+        self.clear_button.changed.connect(lambda: self._edit(np.zeros_like))
+        self.add_button.changed.connect(self.attach)
+        self.remove_button.changed.connect(self.remove_selected)
+        self.save_button.changed.connect(self.save_project)
+        self.load_button.changed.connect(self.load_project)
+        self.image.changed.connect(self.refresh_stats)
+        self.session.changed.connect(self._on_session_changed)
+        self.session.annotations_edited.connect(lambda _name: self.refresh_stats())
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        self.refresh_stats()
+
+    # -- choices -----------------------------------------------------------------------------
+    def _image_choices(self, _widget=None) -> list:
+        return [layer.name for layer in layers_of_type(self.viewer, "image")]
+
+    def _sample_choices(self, _widget=None) -> list:
+        return self.session.project.names()
+
+    @property
+    def mode_key(self) -> str:
+        return MODES[self.mode.value]
+
+    def image_layer(self):
+        return find_layer(self.viewer, self.image.value)
+
+    def labels_layer(self):
+        layer = self.image_layer()
+        return None if layer is None else find_layer(self.viewer, annotations_name(layer.name))
+
+    # -- actions -----------------------------------------------------------------------------
+    def attach(self) -> Any:
+        """Create (or reuse) ``<image> annotations`` and add the pair to the training set."""
+        from napari.utils.notifications import show_warning
+
+        image = self.image_layer()
+        if image is None:
+            show_warning("Open an image first (File ▸ Open, or File ▸ Open Sample ▸ napari U-Net)")
+            return None
+        project = self.session.project
+        if project.samples and project.mode != self.mode_key:
+            show_warning(f"the training set holds {project.mode} annotations; "
+                         "save it and start a new viewer to switch modes")
+            self.mode.value = next(k for k, v in MODES.items() if v == project.mode)
+        project.mode = self.mode_key
+        project.class_names = ["background", *[n.strip() for n in self.class_names.value.split(",") if n.strip()]]
+        labels = self.labels_layer()
+        if labels is None:
+            shape = image.data.shape[:-1] if image.rgb else image.data.shape[-2:]
+            dtype = np.uint32 if self.mode_key == "instances" else np.uint8
+            labels = self.viewer.add_labels(np.zeros(shape, dtype), name=annotations_name(image.name),
+                                            scale=image.scale[-2:], translate=image.translate[-2:])
+        self._style(labels)
+        labels.bind_key("n", lambda layer: self.next_id(), overwrite=True)
+        self.session.attach(image, labels)
+        self.viewer.layers.selection.active = labels
+        labels.mode = "paint"
+        self.next_id()
+        return labels
+
+    def _style(self, labels: Any) -> None:
+        if self.mode_key != "sparse":
+            return
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+        colours.update({i + 1: c for i, c in enumerate(SPARSE_COLOURS)})
+        labels.colormap = DirectLabelColormap(color_dict=colours)
+
+    def _ensure_labels(self):
+        labels = self.labels_layer()
+        if labels is None or self.image_layer().name not in self.session.project.samples:
+            labels = self.attach()
+        return labels
+
+    def next_id(self) -> None:
+        """Select the next free label (a new object; in sparse mode a new class above the used ones)."""
+        labels = self.labels_layer()
+        if labels is None:
+            return
+        if self.mode_key == "instances":
+            labels.selected_label = annotation.next_free_id(labels.data, "instances")
+        else:
+            labels.selected_label = 2 if labels.selected_label < 2 else labels.selected_label
+
+    def _edit(self, fn) -> None:
+        labels = self._ensure_labels()
+        if labels is None:
+            return
+        labels.data = np.asarray(fn(labels.data)).astype(labels.data.dtype, copy=False)
+
+    def start_from_threshold(self) -> None:
+        """Replace the annotation by an Otsu threshold of the image (a rough start to correct)."""
+        image = self.image_layer()
+        if image is None:
+            return
+        data = np.asarray(image.data)
+        rough = annotation.threshold_start(data if data.ndim == 2 or image.rgb else data.mean(axis=0), self.mode_key,
+                                           self.min_size.value)
+        self._edit(lambda a: rough)
+
+    def accept_prediction(self) -> None:
+        """Copy ``<image> prediction`` into the annotation, to correct instead of paint."""
+        from napari.utils.notifications import show_warning
+
+        image = self.image_layer()
+        prediction = None if image is None else find_layer(self.viewer, prediction_name(image.name))
+        if prediction is None:
+            show_warning("no prediction for this image yet: train or run Predict first")
+            return
+        task = prediction.metadata.get("task", "instances")
+        converted = annotation.prediction_to_annotation(prediction.data, self.mode_key, task)
+        self._edit(lambda a: converted)
+
+    def remove_selected(self) -> None:
+        for name in list(self.training_set.value):
+            self.session.detach(name)
+
+    def save_project(self) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        from napari_unet.errors import UserError
+
+        try:
+            folder = self.session.save_project(self.project_folder.value)
+        except UserError as exc:
+            show_error(str(exc))
+            return
+        show_info(f"project saved to {folder}")
+        self.refresh_stats()
+
+    def load_project(self) -> None:
+        """Open a saved project: its images and annotations become layers and the training set."""
+        from napari.utils.notifications import show_error
+
+        from napari_unet.errors import UserError
+        from napari_unet.project import Project
+
+        try:
+            project = Project.load(self.project_folder.value)
+        except UserError as exc:
+            show_error(str(exc))
+            return
+        self.mode.value = next(k for k, v in MODES.items() if v == project.mode)
+        self.class_names.value = ", ".join(project.class_names[1:])
+        self.session.project.mode = project.mode
+        for sample in project.samples.values():
+            image = find_layer(self.viewer, sample.name) or self.viewer.add_image(sample.image, name=sample.name)
+            labels = find_layer(self.viewer, annotations_name(sample.name))
+            if labels is None:
+                labels = self.viewer.add_labels(sample.labels, name=annotations_name(sample.name))
+            else:
+                labels.data = sample.labels
+            self._style(labels)
+            self.session.attach(image, labels)
+        self.session.folder = self.project_folder.value
+        self.image.value = project.names()[0] if project.samples else None
+
+    # -- display -----------------------------------------------------------------------------
+    def _on_session_changed(self) -> None:
+        self.training_set.reset_choices()
+        self.refresh_stats()
+
+    def refresh_stats(self, *_args) -> None:
+        """Show what is painted in the current image and in the whole training set."""
+        labels = self.labels_layer()
+        lines = []
+        if labels is not None:
+            s = annotation.annotation_stats(labels.data, self.mode_key)
+            what = "objects" if self.mode_key == "instances" else "object regions"
+            lines.append(f"this image: {s.objects} {what}, {s.annotated_pixels} annotated px ({s.fraction:.1%})")
+        project = self.session.project
+        if project.samples:
+            total = sum(annotation.annotation_stats(x.labels, project.mode).objects for x in project.samples.values())
+            lines.append(f"training set: {len(project.samples)} image(s), {total} objects")
+        self.stats.value = "\n".join(lines) or "no annotations yet"
+        if self.session.last_saved is not None:
+            import time
+
+            self.autosave_label.value = f"saved to {self.session.folder} at {time.strftime('%H:%M:%S', time.localtime(self.session.last_saved))}"

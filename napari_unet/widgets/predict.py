@@ -1,0 +1,143 @@
+"""The Predict widget: run a model over the selected image layer in the background."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+
+from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
+                                         show_image, show_labels, uncertainty_name)
+from napari_unet.widgets._session import session_for, unwrap
+from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, unless_closed
+from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
+
+UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric"]
+
+
+class PredictWidget(Container):
+    """Model choice, MC-dropout samples, Predict/Cancel, progress; writes prediction layers."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        viewer = unwrap(viewer)
+        self.viewer = viewer
+        self.session = session_for(viewer)
+        self.worker = None
+        self.image = ComboBox(label="Image", nullable=True,
+                              choices=lambda _w: [l.name for l in layers_of_type(viewer, "image")])
+        self.model = ComboBox(label="Model", choices=self._model_choices)
+        self.model_folder = FileEdit(label="Model folder", mode="d", visible=False)
+        self.mc_samples = SpinBox(label="MC-dropout samples", value=8, min=0, max=64,
+                                  tooltip="0 = no uncertainty layer; more samples = smoother uncertainty, slower")
+        self.uncertainty = ComboBox(label="Uncertainty", choices=UNCERTAINTY_KINDS, value="epistemic")
+        self.predict_button = PushButton(text="Predict")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
+        self.status = Label(value="")
+        self.extend([self.image, self.model, self.model_folder, self.mc_samples, self.uncertainty,
+                     Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
+                     self.progress, self.status])
+        self.model.changed.connect(lambda v: setattr(self.model_folder, "visible", v == FOLDER))
+        self.predict_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.session.changed.connect(self.model.reset_choices)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        on_close(self, lambda w: w.worker.quit() if w.worker is not None else None)
+
+    def _model_choices(self, _widget=None) -> list[str]:
+        current = [CURRENT] if self.session.model is not None else []
+        return [*current, *pretrained_choices(), FOLDER]
+
+    def start(self) -> None:
+        """Predict the selected image in a worker thread."""
+        from napari.utils.notifications import show_warning
+
+        from napari_unet.config import PredictConfig
+
+        image = find_layer(self.viewer, self.image.value)
+        if image is None:
+            show_warning("pick an image layer to predict")
+            return
+        if self.worker is not None:
+            return
+        choice = self.model.value
+        if choice == CURRENT and self.session.model is None:
+            show_warning("no model yet: train one, load one, or choose a pretrained model")
+            return
+        spec = str(self.model_folder.value) if choice == FOLDER else choice
+        current = self.session.model
+        cfg = PredictConfig(mc_samples=self.mc_samples.value, threads=gui_threads())
+        data, rgb, kind = np.asarray(image.data), bool(image.rgb), self.uncertainty.value
+        self._target = image
+        self.progress.value = 0
+        self.status.value = "predicting…"
+        self.predict_button.enabled, self.cancel_button.enabled = False, True
+        self.worker = run_in_thread(lambda: _predict_events(spec, current, data, rgb, cfg, kind), self._on_event,
+                                    self._on_done, self._on_error, self._on_finished)
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.value = "cancelled"
+
+    @unless_closed
+    def _on_event(self, event: Any) -> None:
+        from napari_unet.events import Progress
+
+        if isinstance(event, Progress) and event.total:
+            self.progress.value = int(1000 * event.done / event.total)
+            self.status.value = f"{event.message} · {format_seconds(event.eta)} left"
+
+    @unless_closed
+    def _on_done(self, result: Any) -> None:
+        bundle, prediction = result
+        image = self._target
+        if image not in self.viewer.layers:
+            return
+        task = bundle.task
+        show_labels(self.viewer, prediction_name(image.name), prediction.labels, like=image, metadata={"task": task})
+        self.viewer.layers[prediction_name(image.name)].metadata["task"] = task
+        show_image(self.viewer, probability_name(image.name), (1.0 - prediction.probabilities[0]).astype(np.float32),
+                   like=image, colormap="magma", opacity=0.45, blending="additive", contrast_limits=(0.0, 1.0),
+                   visible=False)
+        for kind, values in prediction.uncertainty.items():
+            top = float(np.percentile(values, 99.5)) or 1e-3
+            show_image(self.viewer, uncertainty_name(image.name), values, like=image, colormap="inferno",
+                       opacity=0.6, blending="additive", contrast_limits=(0.0, top), metadata={"kind": kind})
+        self.progress.value = 1000
+        n = int(prediction.labels.max()) if task == "instances" else len(np.unique(prediction.labels))
+        self.status.value = f"done: {n} {'objects' if task == 'instances' else 'classes'}"
+
+    @unless_closed
+    def _on_error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.value = f"failed: {message}"
+        show_error(f"napari-unet: {message}")
+
+    @unless_closed
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.predict_button.enabled, self.cancel_button.enabled = True, False
+
+
+def _predict_events(spec: str, current: Any, data: np.ndarray, rgb: bool, cfg: Any, kind: str):
+    """Worker generator: load the model (unless it is the session's), then predict."""
+    import torch
+
+    from napari_unet.inference.arrays import predict_array
+    from napari_unet.training.checkpoint import load_bundle
+
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    if spec == CURRENT:
+        bundle = current
+    else:
+        from napari_unet.pretrained import resolve_init
+
+        folder = resolve_init(spec)
+        bundle = load_bundle(folder)
+    prediction = yield from predict_array(bundle, data, cfg, rgb=rgb, uncertainty=kind)
+    return bundle, prediction
