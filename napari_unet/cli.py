@@ -85,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from napari_unet.io import pair_files, read_image, read_mask
+    from napari_unet.pretrained import fine_tune_config
     from napari_unet.training.checkpoint import save_bundle
     from napari_unet.training.engine import Trainer
 
@@ -93,11 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     images = [read_image(i) for i, _ in files]
     masks = [read_mask(m) for _, m in files]
     cfg = _train_config(args, masks)
-    if init is not None:
-        # the starting model's architecture and normalisation; layers that do not fit the
-        # input channels or classes of this task are re-initialised by the Trainer
-        cfg = replace(cfg, model=replace(init.config.model, in_channels=args.in_channels),
-                      percentiles=init.config.percentiles)
+    if init is not None:  # its architecture and normalisation; the Trainer re-initialises what does not fit
+        cfg = fine_tune_config(cfg, init)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")

@@ -19,6 +19,7 @@ from typing import Any
 from napari_unet.errors import UserError
 
 PREFIX = "pretrained:"
+FINE_TUNE_LR = 1.0  # fine-tuning learning rate relative to training from scratch
 HERE = Path(__file__).resolve().parent
 
 
@@ -88,6 +89,20 @@ def resolve_model(spec: str | os.PathLike) -> Path:
     if folder is None:
         raise UserError("a model is required: give a model folder or " + " / ".join(PREFIX + n for n in available()))
     return folder
+
+
+def fine_tune_config(cfg: Any, init: Any) -> Any:
+    """``cfg`` (a ``TrainConfig``) adapted to start from ``init`` (a ``ModelBundle``).
+
+    Takes the starting model's architecture and normalisation, keeping this task's input
+    channels (the Trainer re-initialises what then does not fit: first layer, head), and scales
+    the learning rate by ``FINE_TUNE_LR``: a trained network needs smaller steps.
+    """
+    from dataclasses import replace
+
+    model = replace(init.config.model, in_channels=cfg.model.in_channels)
+    return replace(cfg, model=model, percentiles=init.config.percentiles,
+                   learning_rate=cfg.learning_rate * FINE_TUNE_LR)
 
 
 def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = None) -> Path:

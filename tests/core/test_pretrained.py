@@ -50,6 +50,9 @@ def test_shipped_model_is_small_default_architecture_float32(nuclei):
     assert all(p.dtype == torch.float32 for p in nuclei.net.parameters())
     assert nuclei.task == "instances"
     assert nuclei.config.model == UNetConfig()  # the default architecture: fast fine-tuning
+    cfg = pretrained.fine_tune_config(TrainConfig(model=UNetConfig(in_channels=3, depth=2), percentiles=(0, 100)), nuclei)
+    assert cfg.model == replace(nuclei.config.model, in_channels=3)
+    assert cfg.percentiles == nuclei.config.percentiles
 
 
 @pytest.mark.parametrize("task, in_channels, n_classes, expected", [

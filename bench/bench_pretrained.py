@@ -1,0 +1,111 @@
+"""What the shipped ``pretrained:nuclei`` starting model buys, measured side by side in one run.
+
+Four rows, all scored on the dsb2018_fluo val split (94 images, objects pooled, AP@0.5):
+
+1. the pretrained model as-is (no training);
+2. pretrained + ``--finetune`` seconds (30) of fine-tuning on 5 train-split images;
+3. scratch for ``--scratch`` seconds (120) on the same 5 images;
+4. scratch for ``--scratch`` seconds on the whole train split (404 images).
+
+The 5 images are drawn (seeded) from the 24 train-split images the shipped model held out for
+keep-best validation, so it never trained on them. Every run uses the engine's defaults (as
+``napari-unet train`` does), so each holds out one of the 5 images for keep-best.
+
+    .venv/bin/python bench/bench_pretrained.py [--finetune 30] [--scratch 120] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, load_dsb, machine_description  # noqa: E402
+
+from napari_unet.cli import drive  # noqa: E402
+from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
+from napari_unet.inference.predict import predict_image  # noqa: E402
+from napari_unet.metrics import evaluate_instances  # noqa: E402
+from napari_unet.pretrained import fine_tune_config, resolve_init  # noqa: E402
+from napari_unet.training.checkpoint import ModelBundle, load_bundle  # noqa: E402
+from napari_unet.training.engine import Trainer  # noqa: E402
+
+
+def few_images(n: int, seed: int) -> list[str]:
+    """``n`` names (seeded) among the train-split images the shipped model held out."""
+    held = load_bundle(resolve_init("pretrained:nuclei")).meta["training"].get("held_out")
+    if not held:
+        raise SystemExit("the shipped model records no held-out images; re-train it with scripts/train_pretrained.py")
+    return sorted(np.random.default_rng(seed).choice(sorted(held), size=n, replace=False).tolist())
+
+
+def train(samples, seconds: float, init: ModelBundle | None, threads: int, seed: int) -> tuple[ModelBundle, dict]:
+    """The engine with default settings for ``seconds`` (data preparation excluded)."""
+    cfg = replace(TrainConfig(), time_limit=seconds, seed=seed, threads=threads, preview_every=0.0)
+    if init is not None:
+        cfg = fine_tune_config(cfg, init)  # as `napari-unet train --init pretrained:nuclei` does
+    start = time.perf_counter()
+    bundle = drive(Trainer([(im, m) for _, im, m in samples], cfg, init=init,
+                           names=[n for n, _, _ in samples]).run(), "training", quiet=True)
+    info = {"steps": bundle.meta["training"]["steps"], "train_s": round(time.perf_counter() - start, 1)}
+    return bundle, info
+
+
+def score(bundle: ModelBundle, val, threads: int) -> dict:
+    """Pooled instance metrics on the val split."""
+    pcfg = PredictConfig(threads=threads)
+    result = evaluate_instances([(predict_image(bundle, im, pcfg).labels, m) for _, im, m in val])
+    return {k: float(result[k]) for k in ("ap50", "map", "dice")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--finetune", type=float, default=30.0, help="fine-tuning seconds")
+    parser.add_argument("--scratch", type=float, default=120.0, help="training-from-scratch seconds")
+    parser.add_argument("--n-images", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(machine_description(), flush=True)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    train_split, val = load_dsb("train"), load_dsb("val")
+    names = few_images(args.n_images, args.seed)
+    few = [s for s in train_split if s[0] in names]
+    print(f"{len(few)} images for the few-image runs: {', '.join(names)}", flush=True)
+
+    pretrained = load_bundle(resolve_init("pretrained:nuclei"))
+    rows: dict[str, dict] = {"pretrained as-is": {"steps": 0, "train_s": 0.0, **score(pretrained, val, args.threads)}}
+    print("pretrained as-is:", rows["pretrained as-is"], flush=True)
+    runs = [
+        (f"pretrained + {args.finetune:.0f} s fine-tuning, {len(few)} images", few, args.finetune, pretrained),
+        (f"scratch {args.scratch:.0f} s, same {len(few)} images", few, args.scratch, None),
+        (f"scratch {args.scratch:.0f} s, whole train split ({len(train_split)})", train_split, args.scratch, None),
+    ]
+    for label, samples, seconds, init in runs:
+        bundle, info = train(samples, seconds, init, args.threads, args.seed)
+        rows[label] = {**info, **score(bundle, val, args.threads)}
+        print(f"{label}: {rows[label]}", flush=True)
+
+    print(f"\nval split ({len(val)} images, objects pooled); load average at end: {os.getloadavg()}")
+    print(f"{'run':52s} {'steps':>6s} {'AP@0.5':>7s} {'mAP':>6s} {'Dice':>6s}")
+    for label, r in rows.items():
+        print(f"{label:52s} {r['steps']:6d} {r['ap50']:7.3f} {r['map']:6.3f} {r['dice']:6.3f}")
+    ft, few_scratch = rows[runs[0][0]]["ap50"], rows[runs[1][0]]["ap50"]
+    all_scratch = rows[runs[2][0]]["ap50"]
+    print(f"\nfine-tuned {args.finetune:.0f} s / scratch {args.scratch:.0f} s on the same images: "
+          f"AP@0.5 x{ft / max(few_scratch, 1e-9):.2f}; / scratch on the whole train split: "
+          f"x{ft / max(all_scratch, 1e-9):.2f}")
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pretrained.json").write_text(json.dumps({"images": names, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
