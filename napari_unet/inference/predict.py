@@ -73,11 +73,13 @@ MIN_OOM_TILE = 64  # the smallest tile tried after the GPU ran out of memory
 
 
 def smaller_after_oom(cfg: PredictConfig) -> PredictConfig:
-    """Half the batch, else half the tile; ``UserError`` when both are already minimal."""
+    """Half the batch, else half the tile (and keep the overlap below a quarter of it); ``UserError``
+    when both are already minimal."""
     if cfg.batch_size > 1:
         return replace(cfg, batch_size=cfg.batch_size // 2)
     if cfg.tile_size > MIN_OOM_TILE:
-        return replace(cfg, tile_size=max(cfg.tile_size // 2, MIN_OOM_TILE))
+        tile = max(cfg.tile_size // 2, MIN_OOM_TILE)
+        return replace(cfg, tile_size=tile, overlap=min(cfg.overlap, tile // 4))
     raise UserError(f"the GPU ran out of memory even with {MIN_OOM_TILE}-pixel tiles; predict on the CPU")
 
 
