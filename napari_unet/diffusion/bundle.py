@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from napari_unet import __version__
@@ -30,12 +31,17 @@ FORMAT_VERSION = 1
 
 @dataclass
 class DiffusionBundle:
-    """Everything needed to sample: denoiser, tag encoder, configuration, metadata."""
+    """Everything needed to sample: denoiser, tag encoder, configuration, metadata.
+
+    ``shapes`` (N, S, S) uint8 holds annotated object shapes for automatic mask prompts
+    (``prompts.unpack_shapes``); ``meta["density"]`` their median objects per 10,000 px.
+    """
 
     net: torch.nn.Module
     encoder: TagEncoder
     config: DiffusionConfig
     meta: dict[str, Any] = field(default_factory=dict)
+    shapes: np.ndarray | None = None
 
     @property
     def schedule(self) -> NoiseSchedule:
@@ -61,6 +67,8 @@ def save_diffusion(bundle: DiffusionBundle, folder: str | os.PathLike) -> Path:
                 saved=_dt.datetime.now().isoformat(timespec="seconds"), config=to_dict(bundle.config))
     state = {f"net.{k}": v for k, v in bundle.net.state_dict().items()}
     state.update({f"encoder.{k}": v for k, v in bundle.encoder.state_dict().items()})
+    if bundle.shapes is not None:
+        state["prompt_shapes"] = torch.from_numpy(np.ascontiguousarray(bundle.shapes, dtype=np.uint8))
     state = {k: (v.float() if v.is_floating_point() else v).detach().cpu() for k, v in state.items()}
     return save_model_folder(folder, state, meta)
 
@@ -81,4 +89,5 @@ def load_diffusion(folder: str | os.PathLike, device: str | torch.device = "cpu"
         raise UserError(f"the weights in {folder} do not fit its configuration: {str(exc).splitlines()[0]}") from None
     net.eval()
     encoder.eval()
-    return DiffusionBundle(net, encoder, cfg, meta).to(device)
+    shapes = tensors["prompt_shapes"].numpy() if "prompt_shapes" in tensors else None
+    return DiffusionBundle(net, encoder, cfg, meta, shapes).to(device)

@@ -28,7 +28,7 @@ def mask_channels(mask: np.ndarray) -> np.ndarray:
     return np.stack([classes > 0, classes == 2, np.ones_like(classes, bool)]).astype(np.float32)
 
 
-def object_shapes(masks: Sequence[np.ndarray], min_size: int = 10, max_shapes: int = 2000) -> list[np.ndarray]:
+def object_shapes(masks: Sequence[np.ndarray], min_size: int = 10, max_shapes: int | None = None) -> list[np.ndarray]:
     """Binary crops (h, w) of every annotated object, objects touching an image edge left out."""
     shapes: list[np.ndarray] = []
     for mask in masks:
@@ -40,7 +40,7 @@ def object_shapes(masks: Sequence[np.ndarray], min_size: int = 10, max_shapes: i
             crop = mask[sl] == label
             if crop.sum() >= min_size:
                 shapes.append(crop)
-            if len(shapes) >= max_shapes:
+            if max_shapes is not None and len(shapes) >= max_shapes:
                 return shapes
     if not shapes:
         raise UserError("no object shapes to recombine: the masks hold no object away from the image edge")
@@ -69,13 +69,25 @@ def _deform(shape: np.ndarray, rng: np.random.Generator, scale: float, sigma: fl
 
 
 def auto_masks(source_masks: Sequence[np.ndarray], shape: tuple[int, int], count: int | None = None,
-               density: float | None = None, seed: int = 0, scale: tuple[float, float] = (0.8, 1.2),
-               sigma: float = 2.0, gap: int = 1, attempts: int = 200) -> np.ndarray:
+               density: float | None = None, seed: int = 0, **kwargs) -> np.ndarray:
     """A new (H, W) uint16 instance mask with ``count`` objects (ids 1..count, no overlap).
 
     Shapes come from ``source_masks`` (annotated instance masks); ``density`` (objects per
-    10,000 px) sets the count when ``count`` is None. Objects keep ``gap`` pixels apart.
+    10,000 px) sets the count when ``count`` is None. See ``layout_shapes`` for the options.
     """
+    return layout_shapes(object_shapes(source_masks), shape, count, density, seed, **kwargs)
+
+
+def layout_shapes(shapes: Sequence[np.ndarray], shape: tuple[int, int], count: int | None = None,
+                  density: float | None = None, seed: int = 0, scale: tuple[float, float] = (0.8, 1.2),
+                  sigma: float = 2.0, gap: int = 1, attempts: int = 100) -> np.ndarray:
+    """Place ``count`` deformed copies of binary ``shapes`` in an (H, W) uint16 instance mask.
+
+    Each copy is flipped/rotated, rescaled by U(``scale``), elastically deformed (control-point
+    std ``sigma`` px) and put where it keeps ``gap`` pixels from the others.
+    """
+    if not len(shapes):
+        raise UserError("no object shapes to lay out")
     h, w = (int(s) for s in shape)
     if h < 8 or w < 8:
         raise UserError(f"the prompt mask must be at least 8x8, got {h}x{w}")
@@ -85,30 +97,59 @@ def auto_masks(source_masks: Sequence[np.ndarray], shape: tuple[int, int], count
         count = int(round(density * h * w / 1e4))
     if count < 0:
         raise UserError(f"the object count must be >= 0, got {count}")
-    shapes = object_shapes(source_masks)
     rng = np.random.default_rng(seed)
     out = np.zeros((h, w), np.uint16)
     blocked = np.zeros((h, w), bool)  # occupied pixels grown by the gap
     grow = np.ones((2 * gap + 1,) * 2, bool) if gap > 0 else None
     placed = 0
-    for _ in range(count * attempts):
-        if placed == count:
-            break
-        obj = _deform(shapes[int(rng.integers(len(shapes)))], rng, float(rng.uniform(*scale)), sigma)
-        oh, ow = obj.shape
-        if oh >= h or ow >= w:
-            continue
-        y, x = int(rng.integers(0, h - oh + 1)), int(rng.integers(0, w - ow + 1))
-        if (blocked[y:y + oh, x:x + ow] & obj).any():
-            continue
+    for _ in range(count):
+        for attempt in range(attempts):  # a fresh shape every 10 tries, a fresh position every try
+            if attempt % 10 == 0:
+                obj = _deform(shapes[int(rng.integers(len(shapes)))], rng, float(rng.uniform(*scale)), sigma)
+                if obj.shape[0] >= h or obj.shape[1] >= w:
+                    continue
+            oh, ow = obj.shape
+            if oh >= h or ow >= w:
+                continue
+            y, x = int(rng.integers(0, h - oh + 1)), int(rng.integers(0, w - ow + 1))
+            if not (blocked[y:y + oh, x:x + ow] & obj).any():
+                break
+        else:
+            break  # no room left for another object
         placed += 1
         out[y:y + oh, x:x + ow][obj] = placed
-        footprint = np.zeros((h, w), bool)
-        footprint[y:y + oh, x:x + ow] = obj
-        blocked |= ndi.binary_dilation(footprint, grow) if grow is not None else footprint
+        # block the object grown by the gap (dilated in a window padded by the gap)
+        y0, x0, y1, x1 = max(y - gap, 0), max(x - gap, 0), min(y + oh + gap, h), min(x + ow + gap, w)
+        local = out[y0:y1, x0:x1] == placed
+        blocked[y0:y1, x0:x1] |= ndi.binary_dilation(local, grow) if grow is not None else local
     if placed < count:
         raise UserError(f"could place only {placed} of {count} objects in {h}x{w}: ask for fewer")
     return out
+
+
+def pack_shapes(shapes: Sequence[np.ndarray], size: int = 64, limit: int = 256, seed: int = 0) -> np.ndarray:
+    """Up to ``limit`` shapes that fit ``size``², drawn at random, as one (N, size, size) uint8 array."""
+    fitting = [s for s in shapes if s.shape[0] <= size and s.shape[1] <= size]
+    order = np.random.default_rng(seed).permutation(len(fitting))[:limit]
+    out = np.zeros((len(order), size, size), np.uint8)
+    for k, i in enumerate(order):
+        out[k, : fitting[i].shape[0], : fitting[i].shape[1]] = fitting[i]
+    return out
+
+
+def unpack_shapes(packed: np.ndarray) -> list[np.ndarray]:
+    """Inverse of ``pack_shapes``: binary crops to their bounding boxes."""
+    out = []
+    for s in np.asarray(packed) > 0:
+        rows, cols = np.flatnonzero(s.any(1)), np.flatnonzero(s.any(0))
+        if rows.size:
+            out.append(s[: rows[-1] + 1, : cols[-1] + 1])
+    return out
+
+
+def median_density(masks: Sequence[np.ndarray]) -> float:
+    """Median objects per 10,000 px over annotated masks."""
+    return float(np.median([np.unique(m[m > 0]).size * 1e4 / m.size for m in masks]))
 
 
 def auto_tags(mask: np.ndarray) -> list[str]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from napari_unet.data.normalize import prepare_image
 from napari_unet.diffusion.bundle import DiffusionBundle, build_models
 from napari_unet.diffusion.config import DiffusionConfig
-from napari_unet.diffusion.prompts import mask_channels
+from napari_unet.diffusion.prompts import mask_channels, median_density, object_shapes, pack_shapes
 from napari_unet.diffusion.schedulers import NoiseSchedule
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Progress
@@ -99,6 +99,8 @@ class DiffusionTrainer:
         self._pairs, self._tags, self._names = pairs, tags, names
         self._stop = threading.Event()
         self._current: tuple[torch.nn.Module, torch.nn.Module, int] | None = None
+        self._shapes: np.ndarray | None = None
+        self._prompt_meta: dict[str, float] = {}
 
     def snapshot(self) -> DiffusionBundle | None:
         """A copy of the current EMA model (e.g. to save while training runs); None before the first step."""
@@ -106,7 +108,16 @@ class DiffusionTrainer:
             return None
         ema, encoder, step = self._current
         return DiffusionBundle(copy.deepcopy(ema).cpu(), copy.deepcopy(encoder).cpu().eval(), self.cfg,
-                               {"training": {"steps": step, "snapshot": True}})
+                               {"training": {"steps": step, "snapshot": True}, **self._prompt_meta}, self._shapes)
+
+    def _collect_shapes(self) -> None:
+        """Keep annotated object shapes and their density for automatic prompts at sampling time."""
+        masks = [np.asarray(m)[..., 0] if np.ndim(m) == 3 else np.asarray(m) for _, m in self._pairs]
+        try:
+            self._shapes = pack_shapes(object_shapes(masks), seed=self.cfg.seed)
+        except UserError:  # no whole object in the annotations: automatic prompts need source masks
+            self._shapes = None
+        self._prompt_meta = {"density": round(median_density(masks), 3)}
 
     def stop(self) -> None:
         """Ask the run to end at its next step."""
@@ -127,6 +138,7 @@ class DiffusionTrainer:
         dtype = low_precision_dtype(device, cfg.low_precision)
         yield Message(f"diffusion training on {describe(device)}" + (f" with {str(dtype).split('.')[-1]} autocast" if dtype else ""))
         data = prepare_diffusion_pairs(self._pairs, cfg, self._names)
+        self._collect_shapes()
         tag_lists = [list(t) for t in self._tags] if self._tags is not None else [[] for _ in data]
         net, encoder = build_models(cfg)
         net.to(device).train()
@@ -188,8 +200,8 @@ class DiffusionTrainer:
         elapsed = time.perf_counter() - start
         encoder.eval()
         meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "device": describe(device),
-                             "images": len(data), "stopped_early": self._stop.is_set()}}
-        bundle = DiffusionBundle(ema, encoder, cfg, meta)
+                             "images": len(data), "stopped_early": self._stop.is_set()}, **self._prompt_meta}
+        bundle = DiffusionBundle(ema, encoder, cfg, meta, self._shapes)
         yield Finished(bundle, {"steps": step, "seconds": elapsed})
         return bundle
 
