@@ -87,8 +87,11 @@ class Session:
 
     def training_pairs(self) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
         """Copies of all (image, labels) pairs, safe to hand to a worker thread."""
-        names = self.project.names()
-        pairs = [(s.image, np.array(s.labels, copy=True)) for s in self.project.samples.values()]
+        pairs, names = [], []
+        for sample in self.project.samples.values():
+            for name, image, labels in _planes(sample.name, np.asarray(sample.image), np.asarray(sample.labels)):
+                pairs.append((image, np.array(labels, copy=True)))
+                names.append(name)
         return pairs, names
 
     # -- files -------------------------------------------------------------------------------
@@ -126,6 +129,16 @@ class Session:
             self.project.save_image(self.folder, name)
         except UserError as exc:
             show_error(f"autosave failed: {exc}")
+
+
+def _planes(name: str, image: np.ndarray, labels: np.ndarray):
+    """A 2D pair as is; a stack (Z, H, W) with (Z, H, W) labels as its annotated slices."""
+    if labels.ndim == 3 and image.shape[: 3] == labels.shape:
+        for z in range(labels.shape[0]):
+            if labels[z].any():
+                yield f"{name}[{z}]", image[z], labels[z]
+        return
+    yield name, image, labels
 
 
 def unwrap(viewer: Any) -> Any:

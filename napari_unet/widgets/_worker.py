@@ -23,8 +23,22 @@ class _Failure:
         self.message = message
 
 
+def lower_thread_priority(niceness: int = 10) -> None:
+    """Make the calling (worker) thread yield the CPU to the viewer's thread (Linux; no-op elsewhere)."""
+    import os
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except (OSError, AttributeError):
+            pass
+
+
 def guarded(make: Callable[[], Generator]) -> Generator:
-    """Run ``make()``'s generator, turning exceptions into a returned ``_Failure``."""
+    """Run ``make()``'s generator at a lower thread priority, turning exceptions into a ``_Failure``."""
+    lower_thread_priority()
     try:
         return (yield from make())
     except UserError as exc:

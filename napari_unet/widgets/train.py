@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread,
 TASKS = {"instances": "instances", "sparse classes": "sparse", "classes (every pixel labelled)": "classes"}
 SCRATCH, CURRENT, FOLDER = "none (from scratch)", "current model", "model folder…"
 SYNC_INTERVAL_MS = 1000
+STATUS_INTERVAL_S = 1.0
 
 
 def gui_threads() -> int:
@@ -73,6 +75,10 @@ class TrainRun:
             folder = resolve_init(init_spec)
             init = load_bundle(folder) if folder is not None else None
             yield Message(f"starting from {init_spec}")
+        if init is not None:
+            from napari_unet.pretrained import fine_tune_config
+
+            cfg = fine_tune_config(cfg, init)  # the starting model's architecture, gentler learning rate
         self.trainer = Trainer(pairs, cfg, init=init, names=names, preview_image=self.preview)
         if self.pending is not None:
             self.trainer.update_pairs(*self.pending)
@@ -100,6 +106,7 @@ class TrainWidget(Container):
         self.run: TrainRun | None = None
         self.worker = None
         self.previews = 0
+        self._status_time = 0.0
         self._edited = False
         self.image = ComboBox(label="Image", choices=lambda _w: [l.name for l in layers_of_type(viewer, "image")],
                               nullable=True, tooltip="previewed while training; trained on with its annotations")
@@ -129,6 +136,7 @@ class TrainWidget(Container):
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="")
+        _fixed_height(self.status)
         self.model_folder = FileEdit(label="Model", mode="d")
         self.save_button = PushButton(text="Save model")
         self.load_button = PushButton(text="Load model")
@@ -291,7 +299,10 @@ class TrainWidget(Container):
             if event.remaining is not None and event.elapsed + event.remaining > 0:
                 fraction = max(fraction, event.elapsed / (event.elapsed + event.remaining))
             self.progress.value = int(1000 * min(fraction, 1.0))
-            self.status.value = f"step {event.done} · {format_seconds(event.eta)} left"
+            now = time.monotonic()
+            if now - self._status_time >= STATUS_INTERVAL_S:  # text changes re-layout the dock: throttle
+                self._status_time = now
+                self.status.value = f"step {event.done} · {format_seconds(event.eta)} left"
         elif isinstance(event, LossReport):
             self.plot.add_loss(event.step, event.loss)
         elif isinstance(event, ValidationReport):
@@ -387,6 +398,13 @@ class TrainWidget(Container):
         self.model_label.value = self.session.model_name
         self.init.reset_choices()
         self.init.value = CURRENT
+
+
+def _fixed_height(label: Label) -> None:
+    """Keep a label's size fixed so text updates do not re-layout the whole dock."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
 
 
 def _load_engine() -> str:

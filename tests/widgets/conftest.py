@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -38,41 +36,10 @@ def notifications(monkeypatch):
     return seen
 
 
-class LoopProbe:
-    """Records the gaps between ticks of a 10 ms QTimer: how long the event loop was blocked."""
-
-    def __init__(self) -> None:
-        from qtpy.QtCore import QTimer
-
-        self.gaps: list[float] = []
-        self._last = time.perf_counter()
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.gaps.append(now - self._last)
-        self._last = now
-
-    def start(self) -> "LoopProbe":
-        self._last = time.perf_counter()
-        self.timer.start()
-        return self
-
-    def stop(self) -> None:
-        self.timer.stop()
-
-    @property
-    def longest_ms(self) -> float:
-        return 1000 * max(self.gaps, default=0.0)
-
-    def percentile_ms(self, q: float) -> float:
-        return float(1000 * np.percentile(self.gaps, q)) if self.gaps else 0.0
-
-
 @pytest.fixture
 def loop_probe():
+    from napari_unet.widgets._probe import LoopProbe
+
     probe = LoopProbe()
     yield probe
     probe.stop()

@@ -97,3 +97,18 @@ def test_loading_a_non_project_folder_notifies(nuclei_viewer, tmp_path, notifica
     widget.load_project()
     assert notifications and notifications[-1][0] == "error"
     assert "not a napari-unet project" in notifications[-1][1]
+
+
+def test_stacks_train_on_their_annotated_slices(make_napari_viewer):
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
+    labels = np.zeros((5, 32, 32), np.uint32)
+    labels[1, 4:10, 4:10] = 1
+    labels[3, 20:30, 20:30] = 2
+    image_layer = viewer.add_image(stack, name="stack")
+    labels_layer = viewer.add_labels(labels, name="stack annotations")
+    session = session_for(viewer)
+    session.attach(image_layer, labels_layer)
+    pairs, names = session.training_pairs()
+    assert names == ["stack[1]", "stack[3]"]
+    assert all(image.shape == (32, 32) and mask.shape == (32, 32) for image, mask in pairs)
