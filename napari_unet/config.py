@@ -101,6 +101,7 @@ class TrainConfig:
     validation_max_images: int = 12  # validation predicts at most this many held-out images
     validate_every: float = 30.0  # seconds between validations
     preview_every: float = 5.0  # seconds between preview events (0 = never)
+    preview_mc_samples: int = 0  # >0: previews carry MC-dropout epistemic uncertainty
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None = torch default
@@ -108,6 +109,7 @@ class TrainConfig:
     sparse: bool = False  # labels use 0 = unannotated, 1 = background, 2.. = classes
     percentiles: tuple[float, float] = (1.0, 99.8)
     checkpoint_every: float | None = None  # seconds between atomic saves to the Trainer's checkpoint folder
+    synthetic_ratio: float = 0.0  # fraction of patches drawn from the Trainer's synthetic pairs (0..1)
 
 
 @dataclass(frozen=True)

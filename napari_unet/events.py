@@ -59,6 +59,7 @@ class Preview:
     index: int
     probabilities: np.ndarray = field(repr=False)
     labels: np.ndarray = field(repr=False)
+    uncertainty: np.ndarray | None = field(default=None, repr=False)  # (H, W) epistemic, if asked for
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import torch
 
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
-from napari_unet.data.dataset import PatchSampler, PreparedPair, n_output_classes, prepare_pairs, split_validation
+from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, n_output_classes, prepare_pairs,
+                                      split_validation)
 from napari_unet.data.normalize import has_nonfinite, prepare_image
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
@@ -59,9 +60,14 @@ class Trainer:
     def __init__(self, pairs: Pairs, cfg: TrainConfig, *, init: ModelBundle | None = None,
                  names: Sequence[str] | None = None, validation: Pairs | None = None,
                  preview_image: np.ndarray | None = None,
-                 checkpoint_to: str | os.PathLike | None = None) -> None:
-        """``checkpoint_to``: model folder saved atomically every ``cfg.checkpoint_every`` seconds."""
+                 checkpoint_to: str | os.PathLike | None = None, synthetic: Pairs | None = None) -> None:
+        """``checkpoint_to``: model folder saved atomically every ``cfg.checkpoint_every`` seconds.
+
+        ``synthetic``: extra (image, mask) pairs (e.g. from the diffusion model) that supply a
+        ``cfg.synthetic_ratio`` share of the training patches; validation uses real pairs only.
+        """
         self.cfg = cfg
+        self._synthetic = synthetic
         self._checkpoint_to = None if checkpoint_to is None else Path(checkpoint_to)
         self._pairs, self._names, self._validation = pairs, names, validation
         self._init = init
@@ -87,6 +93,12 @@ class Trainer:
         with self._lock:
             pending, self._pending = self._pending, None
         return pending
+
+    def _synthetic_sampler(self, rng: np.random.Generator) -> PatchSampler | None:
+        """Patches of the synthetic pairs, or None when there are none or the ratio is 0."""
+        if not self._synthetic or self.cfg.synthetic_ratio <= 0:
+            return None
+        return PatchSampler(prepare_pairs(self._synthetic, self.cfg), self.cfg.patch_size, rng)
 
     def _build(self, device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, list[str]]:
         net = build_network(self.cfg)
@@ -125,6 +137,10 @@ class Trainer:
             train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed,
                                                       cfg.validation_max_images)
         sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse)
+        synthetic = self._synthetic_sampler(rng)
+        if synthetic is not None:
+            sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
+            yield Message(f"{len(synthetic.pairs)} synthetic pair(s) supply {cfg.synthetic_ratio:.0%} of the patches")
         net, fresh = self._build(device, channels_last)
         if self._init is not None:
             yield Message(f"fine-tuning; re-initialised {len(fresh)} tensors that did not fit" if fresh else "fine-tuning")
@@ -159,6 +175,8 @@ class Trainer:
             if pending is not None:
                 train_pairs = prepare_pairs(pending[0], cfg, pending[1])
                 sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse)
+                if synthetic is not None:
+                    sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.learning_rate, fraction_done())
@@ -252,11 +270,21 @@ class Trainer:
 
         chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles)
         net.eval()
+        uncertainty = None
         try:
-            probs = predict_normalized(net, chw, k, PredictConfig(), dtype)
+            if self.cfg.preview_mc_samples > 0:  # MC-dropout: mean prediction + epistemic uncertainty
+                from napari_unet.inference.uncertainty import mc_uncertainty
+                from napari_unet.models import enable_mc_dropout
+
+                enable_mc_dropout(net)
+                maps = mc_uncertainty(np.stack([predict_normalized(net, chw, k, PredictConfig(), dtype)
+                                                for _ in range(self.cfg.preview_mc_samples)]))
+                probs, uncertainty = maps["probabilities"], maps["epistemic"]
+            else:
+                probs = predict_normalized(net, chw, k, PredictConfig(), dtype)
         finally:
             net.train()
-        return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task))
+        return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task), uncertainty)
 
 
 def train(pairs: Pairs, cfg: TrainConfig, **kwargs) -> Generator[object, None, ModelBundle]:

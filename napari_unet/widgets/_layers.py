@@ -63,6 +63,17 @@ def show_image(viewer: Any, name: str, data: np.ndarray, like: Any = None, **kwa
     return viewer.add_image(data, name=name, **_geometry(like, data.ndim), **kwargs)
 
 
+def show_uncertainty(viewer: Any, image: Any, values: np.ndarray, kind: str):
+    """``<image> uncertainty``: glowing (inferno, additive) where the model is unsure."""
+    top = float(np.percentile(values, 99.5)) if values.size else 0.0
+    layer = show_image(viewer, uncertainty_name(image.name), values.astype(np.float32), like=image,
+                       colormap="inferno", opacity=0.7, blending="additive",
+                       contrast_limits=(0.0, max(top, 1e-3)), metadata={"kind": kind})
+    layer.metadata["kind"] = kind
+    layer.contrast_limits = (0.0, max(top, 1e-3))
+    return layer
+
+
 def _geometry(like: Any, ndim: int) -> dict:
     """Scale/translate of a reference layer (its last ``ndim`` axes), so outputs overlay it."""
     if like is None or like.ndim < ndim:

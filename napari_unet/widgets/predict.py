@@ -8,7 +8,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 
 from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
-                                         show_image, show_labels, uncertainty_name)
+                                         show_image, show_labels, show_uncertainty, uncertainty_name)
 from napari_unet.widgets._session import session_for, unwrap
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, unless_closed
 from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
@@ -36,9 +36,19 @@ class PredictWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="")
+        self.n_regions = SpinBox(label="Regions", value=5, min=1, max=50)
+        self.region_size = SpinBox(label="Region size (px)", value=96, min=16, max=2048, step=16)
+        self.suggest_button = PushButton(text="Suggest where to annotate")
+        self.next_button = PushButton(text="Go to next region")
         self.extend([self.image, self.model, self.model_folder, self.mc_samples, self.uncertainty,
                      Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
-                     self.progress, self.status])
+                     self.progress, self.status, Label(value="<b>Annotate next</b>"), self.n_regions,
+                     self.region_size,
+                     Container(widgets=[self.suggest_button, self.next_button], layout="horizontal", labels=False)])
+        self.suggest_button.changed.connect(self.suggest)
+        self.next_button.changed.connect(self.go_to_next)
+        self._regions: list = []
+        self._region_index = -1
         self.model.changed.connect(lambda v: setattr(self.model_folder, "visible", v == FOLDER))
         self.predict_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -46,6 +56,48 @@ class PredictWidget(Container):
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         on_close(self, lambda w: w.worker.quit() if w.worker is not None else None)
+
+    def suggest(self) -> None:
+        """Rank windows of ``<image> uncertainty`` and show the top ones as Shapes ``annotate next``."""
+        from napari.utils.notifications import show_warning
+
+        from napari_unet.inference.suggest import rank_regions
+
+        image = find_layer(self.viewer, self.image.value)
+        layer = None if image is None else find_layer(self.viewer, uncertainty_name(image.name))
+        if layer is None:
+            show_warning("no uncertainty yet: predict with MC-dropout samples > 0, or train with preview MC samples")
+            return
+        values = np.asarray(layer.data)
+        values = values if values.ndim == 2 else values[min(self.viewer.dims.current_step[0], values.shape[0] - 1)]
+        self._regions = rank_regions(values, self.region_size.value, self.n_regions.value)
+        shapes = [r.corners() for r in self._regions]
+        texts = {"string": [f"#{i + 1}" for i in range(len(shapes))], "color": "yellow", "size": 12}
+        if "annotate next" in self.viewer.layers:
+            self.viewer.layers.remove("annotate next")
+        active = self.viewer.layers.selection.active
+        self.viewer.add_shapes(shapes, shape_type="rectangle", name="annotate next", edge_color="yellow",
+                               face_color="transparent", edge_width=3, text=texts,
+                               scale=tuple(image.scale[-2:]), translate=tuple(image.translate[-2:]))
+        self.viewer.layers.selection.active = active
+        self._region_index = -1
+        self.go_to_next()
+
+    def go_to_next(self) -> None:
+        """Centre the camera on the next suggested region (wrapping around)."""
+        if not self._regions:
+            return
+        self._region_index = (self._region_index + 1) % len(self._regions)
+        region = self._regions[self._region_index]
+        layer = self.viewer.layers["annotate next"] if "annotate next" in self.viewer.layers else None
+        scale = np.asarray(layer.scale[-2:]) if layer is not None else np.ones(2)
+        offset = np.asarray(layer.translate[-2:]) if layer is not None else np.zeros(2)
+        centre = np.asarray(region.centre) * scale + offset
+        self.viewer.camera.center = tuple(centre)
+        canvas = getattr(self.viewer, "_canvas_size", (600, 600))
+        extent = float(max(region.y1 - region.y0, region.x1 - region.x0) * scale.max())
+        self.viewer.camera.zoom = 0.6 * min(canvas) / max(extent, 1.0)
+        self.status.value = f"region {self._region_index + 1}/{len(self._regions)}: uncertainty {region.score:.3f}"
 
     def _model_choices(self, _widget=None) -> list[str]:
         current = [CURRENT] if self.session.model is not None else []
@@ -104,9 +156,7 @@ class PredictWidget(Container):
                    like=image, colormap="magma", opacity=0.45, blending="additive", contrast_limits=(0.0, 1.0),
                    visible=False)
         for kind, values in prediction.uncertainty.items():
-            top = float(np.percentile(values, 99.5)) or 1e-3
-            show_image(self.viewer, uncertainty_name(image.name), values, like=image, colormap="inferno",
-                       opacity=0.6, blending="additive", contrast_limits=(0.0, top), metadata={"kind": kind})
+            show_uncertainty(self.viewer, image, values, kind)
         self.progress.value = 1000
         n = int(prediction.labels.max()) if task == "instances" else len(np.unique(prediction.labels))
         self.status.value = f"done: {n} {'objects' if task == 'instances' else 'classes'}"

@@ -11,7 +11,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               PushButton, SpinBox)
 
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
-                                         probability_name, show_image, show_labels)
+                                         probability_name, show_image, show_labels, show_uncertainty)
 from napari_unet.widgets._session import session_for, unwrap
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, unless_closed
 
@@ -128,9 +128,12 @@ class TrainWidget(Container):
         self.elastic = CheckBox(text="Elastic deformation", value=True)
         self.w0 = FloatSpinBox(label="Border weight w0", value=10.0, min=0.0, max=100.0)
         self.sigma = FloatSpinBox(label="Border σ (px)", value=5.0, min=0.5, max=50.0)
-        self.preview_every = FloatSpinBox(label="Preview every (s)", value=3.0, min=0.0, max=600.0)
+        self.preview_every = FloatSpinBox(label="Preview every (s)", value=4.0, min=0.0, max=600.0)
+        self.preview_mc = SpinBox(label="Preview MC samples", value=4, min=0, max=32,
+                                  tooltip="MC-dropout passes per preview for the live uncertainty layer (0 = off)")
         self.advanced = Container(widgets=[self.base_width, self.depth, self.patch_size, self.batch_size,
-                                           self.learning_rate, self.elastic, self.w0, self.sigma, self.preview_every],
+                                           self.learning_rate, self.elastic, self.w0, self.sigma, self.preview_every,
+                                           self.preview_mc],
                                   visible=False)
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
@@ -233,6 +236,7 @@ class TrainWidget(Container):
             loss=LossConfig(border_w0=self.w0.value, border_sigma=self.sigma.value),
             patch_size=self.patch_size.value, batch_size=self.batch_size.value, learning_rate=self.learning_rate.value,
             time_limit=float(self.time_limit.value), preview_every=self.preview_every.value, device=self.device.value,
+            preview_mc_samples=self.preview_mc.value,
             threads=gui_threads(), validate_every=15.0)
 
     def start(self) -> None:
@@ -338,6 +342,8 @@ class TrainWidget(Container):
         foreground = 1.0 - event.probabilities[0]
         show_image(self.viewer, probability_name(image.name), foreground.astype(np.float32), like=image,
                    colormap="magma", opacity=0.45, blending="additive", contrast_limits=(0.0, 1.0), visible=False)
+        if event.uncertainty is not None:
+            show_uncertainty(self.viewer, image, event.uncertainty, "epistemic")
 
     @unless_closed
     def _on_done(self, bundle: Any) -> None:

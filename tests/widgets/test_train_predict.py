@@ -19,6 +19,7 @@ def small_settings(widget: TrainWidget, seconds: int = 30) -> None:
     widget.base_width.value = 8
     widget.depth.value = 3
     widget.preview_every.value = 0.5
+    widget.preview_mc.value = 2
 
 
 def test_train_preview_pickup_stop_save_and_predict(nuclei_viewer, qtbot, loop_probe, tmp_path):
@@ -35,6 +36,8 @@ def test_train_preview_pickup_stop_save_and_predict(nuclei_viewer, qtbot, loop_p
     assert probability.shape == viewer.layers["nuclei"].data.shape
     assert 0.0 <= probability.min() and probability.max() <= 1.0
     assert widget.progress.value > 0 and "left" in widget.status.value
+    live_uncertainty = viewer.layers["nuclei uncertainty"]  # MC-dropout refreshed with each preview
+    assert live_uncertainty.data.shape == probability.shape and live_uncertainty.metadata["kind"] == "epistemic"
 
     # the user keeps painting: the running training picks the edit up
     messages = []
@@ -72,6 +75,16 @@ def test_train_preview_pickup_stop_save_and_predict(nuclei_viewer, qtbot, loop_p
     assert uncertainty.data.shape == probability.shape and np.isfinite(uncertainty.data).all()
     assert uncertainty.metadata["kind"] == "epistemic"
     assert viewer.layers["nuclei prediction"].data.shape == probability.shape
+
+    predict.n_regions.value = 4
+    predict.region_size.value = 64
+    predict.suggest()
+    regions = viewer.layers["annotate next"]
+    assert len(regions.data) == 4
+    first_centre = tuple(viewer.camera.center[-2:])
+    predict.go_to_next()
+    assert tuple(viewer.camera.center[-2:]) != first_centre
+    assert "region 2/4" in predict.status.value
 
 
 def test_training_errors_become_notifications(nuclei_viewer, qtbot, notifications):
