@@ -129,3 +129,18 @@ class PatchSampler:
         idx = self.rng.choice(len(self.pairs), size=batch_size, p=self.p)
         crops = [self._crop(int(i)) for i in idx]
         return tuple(np.stack(parts) for parts in zip(*crops))  # type: ignore[return-value]
+
+
+class MixedSampler:
+    """Batches that take a ``ratio`` share of patches from synthetic pairs, the rest from real ones."""
+
+    def __init__(self, real: PatchSampler, synthetic: PatchSampler, ratio: float, rng: np.random.Generator) -> None:
+        if not 0.0 <= ratio <= 1.0:
+            raise UserError(f"the synthetic ratio must be between 0 and 1, got {ratio}")
+        self.real, self.synthetic, self.ratio, self.rng = real, synthetic, ratio, rng
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like ``PatchSampler.sample``; the synthetic count per batch is Binomial(batch, ratio)."""
+        n_syn = int(self.rng.binomial(batch_size, self.ratio))
+        parts = [s.sample(n) for s, n in ((self.real, batch_size - n_syn), (self.synthetic, n_syn)) if n > 0]
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts))  # type: ignore[return-value]
