@@ -64,7 +64,7 @@ def test_prepare_pairs_validates(nuclei_pairs):
     image, mask = nuclei_pairs[0]
     with pytest.raises(UserError, match="does not match"):
         prepare_pairs([(image, mask[:-1])], cfg)
-    with pytest.raises(UserError, match="single class"):
+    with pytest.raises(UserError, match="hold no objects"):
         prepare_pairs([(image, np.zeros_like(mask))], cfg)
     sparse = TrainConfig(task="semantic", sparse=True)
     with pytest.raises(UserError, match="nothing is annotated"):
