@@ -62,6 +62,7 @@ def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]
     by at least ``overlap``; the last tile may reach past ``size`` (the image is mirrored there)."""
     if size <= tile:
         return [0]
+    overlap = min(overlap, tile // 2)  # an overlap as large as the tile would never advance
     step = max((tile - overlap) // align * align, align)
     starts = [0]
     while starts[-1] + tile < size:

@@ -1,0 +1,174 @@
+"""Predicting images larger than memory: Zarr/dask/TIFF in, OME-Zarr out, bounded memory.
+
+``predict_large`` reads the image tile by tile (``tiling.iter_tiled``), writes blended
+probabilities to an on-disk Zarr array in bands of whole chunks, then labels instances block by
+block with seams resolved (``blockwise.instances_blockwise``). Memory holds one band of tiles
+(about ``2 * tile * width * classes * 4`` bytes) plus one band of output chunks, whatever the
+image height. Normalisation percentiles come from a strided sample of the image.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generator
+
+import numpy as np
+import torch
+
+from napari_unet.config import PredictConfig
+from napari_unet.errors import UserError
+from napari_unet.events import Finished, Message, Progress
+from napari_unet.inference.blockwise import instances_blockwise
+from napari_unet.inference.tiling import Slab, TileSpec, iter_tiled
+from napari_unet.training.checkpoint import ModelBundle
+from napari_unet.training.device import low_precision_dtype
+
+
+@dataclass(frozen=True)
+class LargeResult:
+    """Where ``predict_large`` wrote its outputs and what it found."""
+
+    labels: Path
+    probabilities: Path | None
+    objects: int
+    shape: tuple[int, ...]
+    seconds: float
+
+
+class ChannelsFirst:
+    """Lazy (C, H, W) view of an (H, W) or (H, W, C) array; slicing reads only the box."""
+
+    def __init__(self, array: Any, in_channels: int) -> None:
+        if array.ndim == 2:
+            self.layout = "hw"
+            self.shape = (1, *array.shape)
+        elif array.ndim == 3 and array.shape[-1] <= 4 < array.shape[0]:
+            self.layout = "hwc"
+            self.shape = (array.shape[-1], *array.shape[:2])
+        elif array.ndim == 3 and array.shape[0] <= 4 < array.shape[-1]:
+            self.layout = "chw"
+            self.shape = tuple(array.shape)
+        else:
+            raise UserError(f"large-image prediction needs a 2D image (optionally with channels), got {array.shape}")
+        self.array, self.in_channels = array, in_channels
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        _, ys, xs = key
+        if self.layout == "hw":
+            block = np.asarray(self.array[ys, xs])[None]
+        elif self.layout == "hwc":
+            block = np.moveaxis(np.asarray(self.array[ys, xs]), -1, 0)
+        else:
+            block = np.asarray(self.array[:, ys, xs])
+        block = block.astype(np.float32)  # (C, h, w)
+        if block.shape[0] == self.in_channels:
+            return block
+        if self.in_channels == 1:
+            return block[:3].mean(axis=0, keepdims=True)
+        if block.shape[0] == 1:
+            return np.repeat(block, self.in_channels, axis=0)
+        raise UserError(f"the model expects {self.in_channels} channels, the image has {block.shape[0]}")
+
+
+def sampled_percentiles(view: ChannelsFirst, percentiles: tuple[float, float],
+                        max_pixels: int = 4_000_000) -> np.ndarray:
+    """(C, 2) low/high percentiles from a regular sub-grid of at most ``max_pixels`` pixels."""
+    _, h, w = view.shape
+    stride = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+    step = stride * max(1, 256 // stride)  # read bands of rows, keep every stride-th pixel
+    rows = [view[(slice(None), slice(y, min(y + step, h)), slice(None))][:, ::stride, ::stride]
+            for y in range(0, h, step)]
+    sample = np.concatenate(rows, axis=1).reshape(view.shape[0], -1)
+    return np.stack([np.percentile(c[np.isfinite(c)], percentiles) for c in sample])
+
+
+class Normalized:
+    """(C, H, W) view scaled so the stored percentiles map to 0 and 1 (as ``normalize`` does)."""
+
+    def __init__(self, view: ChannelsFirst, bounds: np.ndarray) -> None:
+        self.view, self.shape = view, view.shape
+        lo, hi = bounds[:, 0], bounds[:, 1]
+        self.lo = lo[:, None, None].astype(np.float32)
+        self.scale = (1.0 / np.maximum(hi - lo, 1e-6))[:, None, None].astype(np.float32)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return (self.view[key] - self.lo) * self.scale
+
+
+def _band_writer(target: Any, chunk_rows: int):
+    """Collect slabs and write them to ``target`` (K, H, W) in bands of whole chunk rows."""
+    pending: list[Slab] = []
+
+    def push(slab: Slab | None) -> None:
+        if slab is not None:
+            pending.append(slab)
+        if not pending:
+            return
+        start, stop = pending[0].start, pending[-1].stop
+        cut = stop if slab is None or stop == target.shape[1] else start + (stop - start) // chunk_rows * chunk_rows
+        if cut <= start:
+            return
+        data = np.concatenate([s.data for s in pending], axis=1)  # (K, rows, W)
+        target[:, start:cut] = data[:, : cut - start].astype(target.dtype)
+        pending.clear()
+        if cut < stop:
+            pending.append(Slab(cut, stop, data[:, cut - start:]))
+
+    return push
+
+
+def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: PredictConfig = PredictConfig(),
+                  probabilities: bool = False, chunk: int = 1024, tile: int = 512,
+                  halo: int = 64) -> Generator[object, None, LargeResult]:
+    """Predict a 2D array-like ``image`` (numpy, zarr, dask) into the OME-Zarr ``out`` (labels),
+    streaming; with ``probabilities`` also keep ``<out>_probabilities`` (K, H, W float16).
+    Yields ``Progress`` per tile and per block, then ``Finished``."""
+    from napari_unet.inference.predict import network_tile_fn, tile_geometry
+    from napari_unet.omezarr import create_ome_zarr
+
+    begin = time.perf_counter()
+    if bundle.config.model.dims != 2:
+        raise UserError("streaming prediction supports 2D models; predict volumes in memory")
+    out = Path(out)
+    view = ChannelsFirst(image, bundle.config.model.in_channels)
+    _, h, w = view.shape
+    bounds = sampled_percentiles(view, tuple(bundle.config.percentiles))
+    net = bundle.net.eval()
+    dtype = low_precision_dtype(next(net.parameters()).device, None)
+    spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=cfg.overlap))
+    k = len(bundle.class_names)
+    yield Message(f"streaming {h}x{w} in {spec.tile}-pixel tiles to {out.name}")
+    prob_path = out.with_name(out.name.replace(".ome.zarr", "").replace(".zarr", "") + "_probabilities.ome.zarr")
+    work = prob_path if probabilities else out.with_name(f".{out.name}.work")
+    probs = create_ome_zarr(work, (k, h, w), np.float16, (1, chunk, chunk), ["c", "y", "x"])
+    push = _band_writer(probs, chunk)
+    with torch.inference_mode():
+        for item in iter_tiled(network_tile_fn(net, dtype), Normalized(view, bounds), k, spec, allowed,
+                               cfg.batch_size):
+            if isinstance(item, Slab):
+                push(item)
+            else:
+                yield Progress(item.done, item.total, item.elapsed, "tiles")
+    push(None)
+    labels_dtype = np.uint32
+    labels = create_ome_zarr(out, (h, w), labels_dtype, (chunk, chunk), ["y", "x"], labels=True)
+    if bundle.task == "instances":
+        import zarr
+
+        scratch = zarr.open_array(str(out.with_name(f".{out.name}.seeds")), mode="w", shape=(h, w),
+                                  chunks=(chunk, chunk), dtype=np.uint32, zarr_format=2)
+        objects = yield from instances_blockwise(probs, labels, scratch, chunk, halo, cfg.min_size)
+        shutil.rmtree(out.with_name(f".{out.name}.seeds"), ignore_errors=True)
+    else:
+        for y in range(0, h, chunk):
+            labels[y:y + chunk] = np.asarray(probs[:, y:y + chunk]).argmax(axis=0).astype(labels_dtype)
+        objects = 0
+    if not probabilities:
+        shutil.rmtree(work, ignore_errors=True)
+    result = LargeResult(out, prob_path if probabilities else None, objects, (h, w), time.perf_counter() - begin)
+    yield Finished(result, {"objects": objects, "seconds": result.seconds, "megapixels_per_second":
+                            h * w / 1e6 / max(result.seconds, 1e-9)})
+    return result
