@@ -160,6 +160,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from napari_unet.export import SUFFIXES, export_model
+    from napari_unet.pretrained import resolve_model
+    from napari_unet.training.checkpoint import load_bundle
+
+    folder = resolve_model(args.model)
+    bundle = load_bundle(folder)
+    default_dir = Path(args.model) if Path(args.model).is_dir() else Path.cwd()  # never inside the package
+    out = Path(args.out) if args.out else default_dir / f"model{SUFFIXES[args.format]}"
+    path = drive(export_model(bundle, out, args.format, args.tile), "exporting", args.quiet)
+    print(f"wrote {path} and {path.name}.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-unet", description="Train and apply U-Nets for segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,7 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
-    for sp in (t, p, e, d):
+    x = sub.add_parser("export-model", help="export a model to TorchScript or ONNX")
+    x.add_argument("model", help="model folder, or pretrained:nuclei")
+    x.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    x.add_argument("--out", default=None, help="file to write (default: MODEL/model.pt or MODEL/model.onnx)")
+    x.add_argument("--tile", type=int, default=None, help="input size for valid-padding models (fixed at export)")
+    x.set_defaults(func=cmd_export_model)
+
+    for sp in (t, p, e, d, x):
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     from napari_unet.diffusion.cli import add_synth_parser  # synth train | generate (diffusion)
