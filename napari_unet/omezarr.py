@@ -28,19 +28,21 @@ def default_axes(ndim: int, channels: bool = False) -> list[str]:
     return (["c"] if channels else []) + spatial
 
 
-def multiscales_attrs(axes: Sequence[str], name: str = "") -> dict[str, Any]:
+def multiscales_attrs(axes: Sequence[str], name: str = "", scale: Sequence[float] | None = None) -> dict[str, Any]:
     """NGFF 0.4 ``multiscales`` attributes for one resolution level stored at ``0``."""
+    scale = [float(v) for v in scale] if scale is not None else [1.0] * len(axes)
     kinds = {"c": "channel", "t": "time"}
     return {"multiscales": [{
         "version": NGFF_VERSION,
         "name": name,
         "axes": [{"name": a, "type": kinds.get(a, "space")} for a in axes],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(axes)}]}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
     }]}
 
 
 def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
-                    axes: Sequence[str] | None = None, labels: bool = False, name: str = "") -> Any:
+                    axes: Sequence[str] | None = None, labels: bool = False, name: str = "",
+                    scale: Sequence[float] | None = None) -> Any:
     """Create (overwrite) an OME-Zarr group at ``path``; return its writable array ``0``."""
     import zarr
 
@@ -51,7 +53,7 @@ def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, c
                                    fill_value=0)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    attrs = multiscales_attrs(axes, name or Path(path).name)
+    attrs = multiscales_attrs(axes, name or Path(path).name, scale)
     if labels:
         attrs["image-label"] = {"version": NGFF_VERSION}
     group.attrs.update(attrs)
@@ -59,14 +61,14 @@ def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, c
 
 
 def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, axes: Sequence[str] | None = None,
-                   labels: bool = False, chunk: int = 1024) -> Path:
+                   labels: bool = False, chunk: int = 1024, scale: Sequence[float] | None = None) -> Path:
     """Write ``data`` as an OME-Zarr group; built beside ``path`` and renamed, so it is never half-written."""
     path = Path(path)
     staging = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     axes = list(axes or default_axes(data.ndim))
     chunks = [1 if a == "c" else min(chunk, s) for a, s in zip(axes, data.shape)]
-    array = create_ome_zarr(staging, data.shape, data.dtype, chunks, axes, labels, path.name)
+    array = create_ome_zarr(staging, data.shape, data.dtype, chunks, axes, labels, path.name, scale)
     array[...] = data
     if path.exists():
         shutil.rmtree(path)
