@@ -40,6 +40,7 @@ class Session:
         self.project = Project()
         self.folder = plugin_home() / "autosave" / time.strftime(f"%Y%m%d-%H%M%S-{os.getpid()}")
         self.model = None  # ModelBundle once trained or loaded
+        self.synthetic: list[tuple[np.ndarray, np.ndarray]] = []  # accepted diffusion-made pairs
         self.model_name = ""
         self.last_saved: float | None = None
         self._layers: dict[str, tuple[Any, Any]] = {}  # sample name -> (image layer, labels layer)

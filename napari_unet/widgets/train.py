@@ -60,7 +60,8 @@ class TrainRun:
         if self.trainer is not None:
             self.trainer.set_preview_image(image)
 
-    def events(self, pairs: list, names: list[str], cfg: Any, init_spec: str | None, current: Any):
+    def events(self, pairs: list, names: list[str], cfg: Any, init_spec: str | None, current: Any,
+               synthetic: list | None = None):
         """The worker's generator: load the starting model, train, then preview the best model."""
         from napari_unet.events import Message, Preview
         from napari_unet.inference.postprocess import labels_from_probabilities
@@ -79,7 +80,8 @@ class TrainRun:
             from napari_unet.pretrained import fine_tune_config
 
             cfg = fine_tune_config(cfg, init)  # the starting model's architecture, gentler learning rate
-        self.trainer = Trainer(pairs, cfg, init=init, names=names, preview_image=self.preview)
+        self.trainer = Trainer(pairs, cfg, init=init, names=names, preview_image=self.preview,
+                               synthetic=synthetic or None)
         if self.pending is not None:
             self.trainer.update_pairs(*self.pending)
         if self.stopped:
@@ -129,11 +131,13 @@ class TrainWidget(Container):
         self.w0 = FloatSpinBox(label="Border weight w0", value=10.0, min=0.0, max=100.0)
         self.sigma = FloatSpinBox(label="Border σ (px)", value=5.0, min=0.5, max=50.0)
         self.preview_every = FloatSpinBox(label="Preview every (s)", value=4.0, min=0.0, max=600.0)
+        self.synthetic_ratio = FloatSpinBox(label="Synthetic share", value=0.5, min=0.0, max=0.95, step=0.05,
+                                            tooltip="share of patches from accepted synthetic pairs (if any)")
         self.preview_mc = SpinBox(label="Preview MC samples", value=4, min=0, max=32,
                                   tooltip="MC-dropout passes per preview for the live uncertainty layer (0 = off)")
         self.advanced = Container(widgets=[self.base_width, self.depth, self.patch_size, self.batch_size,
                                            self.learning_rate, self.elastic, self.w0, self.sigma, self.preview_every,
-                                           self.preview_mc],
+                                           self.preview_mc, self.synthetic_ratio],
                                   visible=False)
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
@@ -236,7 +240,7 @@ class TrainWidget(Container):
             loss=LossConfig(border_w0=self.w0.value, border_sigma=self.sigma.value),
             patch_size=self.patch_size.value, batch_size=self.batch_size.value, learning_rate=self.learning_rate.value,
             time_limit=float(self.time_limit.value), preview_every=self.preview_every.value, device=self.device.value,
-            preview_mc_samples=self.preview_mc.value,
+            preview_mc_samples=self.preview_mc.value, synthetic_ratio=self.synthetic_ratio.value,
             threads=gui_threads(), validate_every=15.0)
 
     def start(self) -> None:
@@ -270,7 +274,8 @@ class TrainWidget(Container):
         self._set_running(True)
         self._edited = False
         run = self.run
-        self.worker = run_in_thread(lambda: run.events(pairs, names, cfg, init_spec, self.session.model),
+        synthetic = list(self.session.synthetic)
+        self.worker = run_in_thread(lambda: run.events(pairs, names, cfg, init_spec, self.session.model, synthetic),
                                     self._on_event, self._on_done, self._on_error, self._on_finished)
         self._sync.start()
 

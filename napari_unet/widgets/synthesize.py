@@ -1,0 +1,250 @@
+"""The Synthesize widget: train a mask-conditioned diffusion model, generate image/mask pairs, accept them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
+                              Select, SpinBox)
+
+from napari_unet.widgets._layers import find_layer, layers_of_type
+from napari_unet.widgets._session import session_for, unwrap
+from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, unless_closed
+from napari_unet.widgets.train import gui_threads
+
+AUTO = "auto masks"
+IMAGES, LABELS = "synthetic images", "synthetic labels"
+
+
+class SynthesizeWidget(Container):
+    """Diffusion training on the training set, prompts (auto or a Labels layer), review and accept."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        viewer = unwrap(viewer)
+        self.viewer = viewer
+        self.session = session_for(viewer)
+        self.worker = None
+        self._trainer = None
+        self.time_limit = SpinBox(label="Training time (s)", value=600, min=10, max=7 * 24 * 3600, step=60)
+        self.train_button = PushButton(text="Train diffusion model")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.model_folder = FileEdit(label="Diffusion model", mode="d")
+        self.save_button = PushButton(text="Save")
+        self.load_button = PushButton(text="Load")
+        self.prompt = ComboBox(label="Mask prompt", choices=self._prompt_choices)
+        self.count = SpinBox(label="Images (auto)", value=4, min=1, max=256)
+        self.size = SpinBox(label="Size (px)", value=128, min=32, max=2048, step=32)
+        self.tags = LineEdit(label="Text prompt", value="", tooltip="style tags, e.g. 'dense, dim'")
+        self.guidance = FloatSpinBox(label="Guidance", value=2.0, min=0.0, max=20.0, step=0.5)
+        self.steps = SpinBox(label="DDIM steps", value=50, min=1, max=1000)
+        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.generate_button = PushButton(text="Generate")
+        self.review = Select(label="Generated", choices=self._generated_choices)
+        self.accept_button = PushButton(text="Accept selected into training set")
+        self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
+        self.status = Label(value="no diffusion model yet")
+        self.extend([
+            Label(value="<b>Learn the look of your images</b>"), self.time_limit,
+            Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
+            self.model_folder, Container(widgets=[self.save_button, self.load_button], layout="horizontal",
+                                         labels=False),
+            Label(value="<b>Generate image/mask pairs</b>"), self.prompt, self.count, self.size, self.tags,
+            self.guidance, self.steps, self.seed, self.generate_button, self.review, self.accept_button,
+            self.progress, self.status])
+        self.bundle = None
+        self.generated: list[tuple[np.ndarray, np.ndarray]] = []
+        self.train_button.changed.connect(self.train)
+        self.stop_button.changed.connect(self.stop)
+        self.save_button.changed.connect(self.save)
+        self.load_button.changed.connect(self.load)
+        self.generate_button.changed.connect(self.generate)
+        self.accept_button.changed.connect(self.accept)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        on_close(self, lambda w: w.stop())
+
+    def _prompt_choices(self, _widget=None) -> list[str]:
+        names = [layer.name for layer in layers_of_type(self.viewer, "labels") if layer.ndim == 2]
+        return [AUTO, *names]
+
+    def _generated_choices(self, _widget=None) -> list[int]:
+        return list(range(len(getattr(self, "generated", []))))
+
+    # -- training ----------------------------------------------------------------------------
+    def train(self) -> None:
+        from napari.utils.notifications import show_warning
+
+        from napari_unet.diffusion.config import DiffusionConfig
+
+        pairs, names = self.session.training_pairs()
+        if not pairs:
+            show_warning("the training set is empty: annotate images first (Annotate widget)")
+            return
+        if self.worker is not None:
+            return
+        cfg = DiffusionConfig(time_limit=float(self.time_limit.value), threads=gui_threads())
+
+        def events():
+            from napari_unet.diffusion.train import DiffusionTrainer
+
+            self._trainer = DiffusionTrainer(pairs, cfg, names=names)
+            return (yield from self._trainer.run())
+
+        self._running(True)
+        self.worker = run_in_thread(events, self._on_event, self._on_trained, self._on_error, self._on_finished)
+
+    def stop(self) -> None:
+        if self._trainer is not None:
+            self._trainer.stop()
+        if self.worker is not None and self._trainer is None:
+            self.worker.quit()
+
+    # -- files -------------------------------------------------------------------------------
+    def save(self) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        from napari_unet.errors import UserError
+
+        if self.bundle is None:
+            show_error("no diffusion model to save: train or load one first")
+            return
+        from napari_unet.diffusion.bundle import save_diffusion
+
+        try:
+            folder = save_diffusion(self.bundle, self.model_folder.value)
+        except (UserError, OSError) as exc:
+            show_error(f"cannot save the diffusion model: {exc}")
+            return
+        show_info(f"diffusion model saved to {folder}")
+
+    def load(self) -> None:
+        from napari.utils.notifications import show_error
+
+        from napari_unet.diffusion.bundle import load_diffusion
+        from napari_unet.errors import UserError
+
+        try:
+            self.bundle = load_diffusion(self.model_folder.value)
+        except UserError as exc:
+            show_error(str(exc))
+            return
+        self.status.value = f"diffusion model loaded from {self.model_folder.value}"
+
+    # -- generation --------------------------------------------------------------------------
+    def prompt_masks(self) -> list[np.ndarray]:
+        """The mask prompts: a Labels layer, or automatic layouts of annotated object shapes."""
+        from napari_unet.diffusion.prompts import layout_shapes, object_shapes, unpack_shapes
+        from napari_unet.errors import UserError
+
+        if self.prompt.value != AUTO:
+            return [np.asarray(find_layer(self.viewer, self.prompt.value).data)]
+        if self.bundle is not None and self.bundle.shapes is not None:
+            shapes = unpack_shapes(self.bundle.shapes)
+        else:
+            pairs, _ = self.session.training_pairs()
+            if not pairs:
+                raise UserError("automatic prompts need annotated objects in the training set")
+            shapes = object_shapes([mask for _, mask in pairs])
+        density = float(self.bundle.meta.get("density", 10.0)) if self.bundle is not None else 10.0
+        count = max(1, int(round(density * self.size.value**2 / 1e4)))
+        return [np.asarray(layout_shapes(shapes, (self.size.value, self.size.value), count,
+                                         seed=self.seed.value + k)) for k in range(self.count.value)]
+
+    def generate(self) -> None:
+        from napari.utils.notifications import show_warning
+
+        from napari_unet.diffusion.config import SampleConfig
+        from napari_unet.errors import UserError
+
+        if self.bundle is None:
+            show_warning("no diffusion model yet: train or load one")
+            return
+        if self.worker is not None:
+            return
+        try:
+            masks = self.prompt_masks()
+        except UserError as exc:
+            show_warning(str(exc))
+            return
+        tags = [t.strip() for t in self.tags.value.split(",") if t.strip()]
+        cfg = SampleConfig(steps=self.steps.value, guidance=self.guidance.value, seed=self.seed.value,
+                           threads=gui_threads())
+        bundle = self.bundle
+
+        def events():
+            from napari_unet.diffusion.sample import synthesize
+
+            images = yield from synthesize(bundle, masks, cfg, tags=[tags] * len(masks))
+            return list(zip(images, masks))
+
+        self._running(True)
+        self.worker = run_in_thread(events, self._on_event, self._on_generated, self._on_error, self._on_finished)
+
+    def accept(self) -> None:
+        """Add the selected generated pairs to the synthetic part of the training set."""
+        from napari.utils.notifications import show_info
+
+        chosen = sorted(self.review.value)
+        for index in chosen:
+            image, mask = self.generated[index]
+            self.session.synthetic.append((image, mask))
+        show_info(f"{len(chosen)} synthetic pair(s) accepted; {len(self.session.synthetic)} in the training set")
+        self.session.changed.emit()
+
+    # -- worker callbacks --------------------------------------------------------------------
+    def _running(self, running: bool) -> None:
+        self.train_button.enabled = self.generate_button.enabled = not running
+        self.stop_button.enabled = running
+        self.progress.value = 0
+
+    @unless_closed
+    def _on_event(self, event: Any) -> None:
+        from napari_unet.events import LossReport, Progress
+
+        if isinstance(event, Progress):
+            fraction = event.done / event.total if event.total else 0.0
+            if event.remaining is not None and event.elapsed + event.remaining > 0:
+                fraction = max(fraction, event.elapsed / (event.elapsed + event.remaining))
+            self.progress.value = int(1000 * min(fraction, 1.0))
+        elif isinstance(event, LossReport):
+            self.status.value = f"step {event.step} · loss {event.loss:.4f}"
+
+    @unless_closed
+    def _on_trained(self, bundle: Any) -> None:
+        self.bundle = bundle
+        steps = bundle.meta.get("training", {}).get("steps", "?")
+        self.status.value = f"diffusion model trained ({steps} steps)"
+
+    @unless_closed
+    def _on_generated(self, pairs: list) -> None:
+        self.generated = pairs
+        shape = max(p[0].shape[0] for p in pairs), max(p[0].shape[1] for p in pairs)
+        images = np.zeros((len(pairs), *shape), np.uint8)
+        labels = np.zeros((len(pairs), *shape), np.uint32)
+        for k, (image, mask) in enumerate(pairs):
+            images[k, : image.shape[0], : image.shape[1]] = image if image.ndim == 2 else image.mean(axis=-1)
+            labels[k, : mask.shape[0], : mask.shape[1]] = mask
+        for name in (IMAGES, LABELS):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        self.viewer.add_image(images, name=IMAGES)
+        self.viewer.add_labels(labels, name=LABELS, opacity=0.4)
+        self.review.reset_choices()
+        self.status.value = f"generated {len(pairs)} pair(s): review them (slider), select, accept"
+        self.progress.value = 1000
+
+    @unless_closed
+    def _on_error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.value = f"failed: {message}"
+        show_error(f"napari-unet: {message}")
+
+    @unless_closed
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._trainer = None
+        self._running(False)
+        self.progress.value = 1000
