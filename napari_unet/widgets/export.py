@@ -1,0 +1,136 @@
+"""The Batch export widget: predict whole folders to TIFF / PNG / OME-Zarr with a summary table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Table
+
+from napari_unet.widgets._session import session_for, unwrap
+from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, unless_closed
+from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
+
+SHOWN = ["file", "objects", "mean_area", "mean_uncertainty", "seconds"]
+
+
+class ExportWidget(Container):
+    """Model, input folder, output folder and format; progress, cancel, per-image summary."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        viewer = unwrap(viewer)
+        self.viewer = viewer
+        self.session = session_for(viewer)
+        self.worker = None
+        self.model = ComboBox(label="Model", choices=self._model_choices)
+        self.model_folder = FileEdit(label="Model folder", mode="d", visible=False)
+        self.inputs = FileEdit(label="Input folder", mode="d")
+        self.recursive = CheckBox(text="Include sub-folders", value=False)
+        self.output = FileEdit(label="Output folder", mode="d")
+        self.format = ComboBox(label="Format", choices=["tif", "png", "ome-zarr"], value="tif")
+        self.probabilities = CheckBox(text="Also write probabilities", value=False)
+        self.uncertainty = CheckBox(text="Also write MC-dropout uncertainty", value=False)
+        self.run_button = PushButton(text="Export")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
+        self.status = Label(value="")
+        self.table = Table(value={"data": [], "columns": SHOWN})
+        self.extend([self.model, self.model_folder, self.inputs, self.recursive, self.output, self.format,
+                     self.probabilities, self.uncertainty,
+                     Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+                     self.progress, self.status, self.table])
+        self.model.changed.connect(lambda v: setattr(self.model_folder, "visible", v == FOLDER))
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.session.changed.connect(self.model.reset_choices)
+        on_close(self, lambda w: w.cancel())
+
+    def _model_choices(self, _widget=None) -> list[str]:
+        current = [CURRENT] if self.session.model is not None else []
+        return [*current, *pretrained_choices(), FOLDER]
+
+    def start(self) -> None:
+        """Predict every image of the input folder in a worker thread."""
+        from napari.utils.notifications import show_warning
+
+        from napari_unet.batch import BatchConfig, collect_inputs
+        from napari_unet.config import PredictConfig
+        from napari_unet.errors import UserError
+
+        if self.worker is not None:
+            return
+        choice = self.model.value
+        preloaded = self.session.model if choice == CURRENT else None
+        try:
+            if choice == CURRENT and preloaded is None:
+                raise UserError("no model yet: train one, load one, or choose a pretrained model")
+            model = "current model" if choice == CURRENT else self._model_path(choice)
+            inputs = collect_inputs([self.inputs.value], self.recursive.value)
+            if not inputs:
+                raise UserError(f"no images found in {self.inputs.value}")
+        except UserError as exc:
+            show_warning(str(exc))
+            return
+        bcfg = BatchConfig(format=self.format.value, probabilities=self.probabilities.value,
+                           uncertainty=self.uncertainty.value)
+        pcfg = PredictConfig(threads=gui_threads())
+        out = self.output.value
+
+        def events():
+            from napari_unet.batch import predict_batch
+
+            return (yield from predict_batch(model, inputs, out, pcfg, bcfg, preloaded=preloaded))
+
+        self.table.value = {"data": [], "columns": SHOWN}
+        self.progress.value = 0
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.worker = run_in_thread(events, self._on_event, self._on_done, self._on_error, self._on_finished)
+
+    @staticmethod
+    def _model_path(choice: str) -> str:
+        from napari_unet.pretrained import resolve_init
+
+        return str(resolve_init(choice))
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.value = "cancelling after the current file…"
+
+    @unless_closed
+    def _on_event(self, event: Any) -> None:
+        from napari_unet.events import Message, Progress
+
+        if isinstance(event, Progress) and event.total:
+            self.progress.value = int(1000 * event.done / event.total)
+            self.status.value = f"{event.done}/{event.total} · {event.message} · {format_seconds(event.eta)} left"
+        elif isinstance(event, Message):
+            self.status.value = event.text
+
+    @unless_closed
+    def _on_done(self, rows: list[dict]) -> None:
+        self.table.value = {"data": [[_short(row.get(c)) for c in SHOWN] for row in rows], "columns": SHOWN}
+        self.progress.value = 1000
+        self.status.value = f"exported {len(rows)} image(s) to {self.output.value}"
+
+    @unless_closed
+    def _on_error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.value = f"failed: {message}"
+        show_error(f"napari-unet: {message}")
+
+    @unless_closed
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+
+def _short(value: Any) -> Any:
+    """Numbers (also numeric strings) rounded for display; other values unchanged."""
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return round(value, 3) if isinstance(value, float) else value
