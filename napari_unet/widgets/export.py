@@ -109,7 +109,10 @@ class ExportWidget(Container):
 
     @unless_closed
     def _on_done(self, rows: list[dict]) -> None:
-        self.table.value = {"data": [[_short(row.get(c)) for c in SHOWN] for row in rows], "columns": SHOWN}
+        from pathlib import Path
+
+        data = [[Path(row["file"]).name, *(_short(row.get(c)) for c in SHOWN[1:])] for row in rows]
+        self.table.value = {"data": data, "columns": SHOWN}
         self.progress.value = 1000
         self.status.value = f"exported {len(rows)} image(s) to {self.output.value}"
 

@@ -27,7 +27,7 @@ def test_exports_a_folder_with_the_pretrained_model(make_napari_viewer, qtbot, t
     assert all(read_mask(m).max() > 5 for m in masks)  # nuclei were found in each image
     assert (tmp_path / "masks" / "summary.csv").is_file()
     table = widget.table.value
-    assert len(table["data"]) == 3 and all(row[1] > 5 for row in table["data"])
+    assert len(table["data"]) == 3 and all(int(row[1]) > 5 for row in table["data"])
 
 
 def test_missing_folder_is_a_notification(make_napari_viewer, tmp_path, notifications):
