@@ -112,20 +112,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from napari_unet.batch import BatchConfig, collect_inputs, predict_batch
     from napari_unet.config import PredictConfig
-    from napari_unet.inference.predict import predict_files
-    from napari_unet.io import list_images
     from napari_unet.pretrained import resolve_model
     from napari_unet.training.checkpoint import load_bundle
     from napari_unet.training.device import resolve_device
 
-    bundle = load_bundle(resolve_model(args.model), resolve_device(args.device))
-    paths = list_images(args.inputs, recursive=args.recursive)
-    if not paths:
+    folder = resolve_model(args.model)
+    bundle = load_bundle(folder, resolve_device(args.device))
+    inputs = collect_inputs(args.inputs, recursive=args.recursive)
+    if not inputs:
         raise UserError("no images found in the given inputs")
+    if args.workers < 1 or args.mc_samples < 2:
+        raise UserError("--workers must be >= 1 and --mc-samples >= 2")
     cfg = PredictConfig(tile_size=args.tile_size, device=args.device)
-    written = drive(predict_files(bundle, paths, Path(args.out), cfg), "predicting", args.quiet)
-    print(f"wrote {len(written)} label image(s) to {args.out}")
+    bcfg = BatchConfig(format=args.format, probabilities=args.probabilities, uncertainty=args.uncertainty,
+                       mc_samples=args.mc_samples, workers=args.workers, scheduler=args.scheduler)
+    rows = drive(predict_batch(folder, inputs, Path(args.out), cfg, bcfg, preloaded=bundle), "predicting", args.quiet)
+    print(f"wrote {len(rows)} label image(s) and {bcfg.summary} to {args.out}")
     return 0
 
 
@@ -206,10 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("model", help="model folder, or pretrained:nuclei")
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, help="output folder for <stem>.tif label images")
+    p.add_argument("--out", required=True, help="output folder: <stem>.tif|png|ome.zarr labels, summary.csv")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--tile-size", type=int, default=1024)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--format", choices=("tif", "png", "ome-zarr"), default="tif", help="label file format")
+    p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities (float32)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="MC-dropout: also write <stem>_uncertainty (total, aleatoric, epistemic)")
+    p.add_argument("--mc-samples", type=int, default=8, help="dropout samples for --uncertainty")
+    p.add_argument("--workers", type=int, default=1, help="files predicted in parallel (local threads)")
+    p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler to run on")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predicted masks against ground truth")
