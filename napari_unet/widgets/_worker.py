@@ -102,8 +102,12 @@ def on_close(widget: Any, stop: Callable[[Any], None]) -> None:
 
     def closed(*_args) -> None:
         target = holder.pop("widget", None)
-        if target is not None:
+        if target is None:
+            return
+        try:
             target._closed = True
             stop(target)
+        except (AttributeError, RuntimeError):  # already half torn down: nothing left to stop
+            pass
 
     widget.native.destroyed.connect(closed)

@@ -34,7 +34,7 @@ class ExportWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="")
-        self.table = Table(value={"data": [], "columns": SHOWN})
+        self.table = Table(value=_table([]))
         self.extend([self.model, self.model_folder, self.inputs, self.recursive, self.output, self.format,
                      self.probabilities, self.uncertainty,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
@@ -81,7 +81,7 @@ class ExportWidget(Container):
 
             return (yield from predict_batch(model, inputs, out, pcfg, bcfg, preloaded=preloaded))
 
-        self.table.value = {"data": [], "columns": SHOWN}
+        self.table.value = _table([])
         self.progress.value = 0
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.worker = run_in_thread(events, self._on_event, self._on_done, self._on_error, self._on_finished)
@@ -112,7 +112,7 @@ class ExportWidget(Container):
         from pathlib import Path
 
         data = [[Path(row["file"]).name, *(_short(row.get(c)) for c in SHOWN[1:])] for row in rows]
-        self.table.value = {"data": data, "columns": SHOWN}
+        self.table.value = _table(data)
         self.progress.value = 1000
         self.status.value = f"exported {len(rows)} image(s) to {self.output.value}"
 
@@ -127,6 +127,11 @@ class ExportWidget(Container):
     def _on_finished(self) -> None:
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
+
+
+def _table(rows: list[list]) -> dict:
+    """magicgui Table value in 'split' form (rows of the SHOWN columns)."""
+    return {"data": rows, "index": list(range(len(rows))), "columns": SHOWN}
 
 
 def _short(value: Any) -> Any:
