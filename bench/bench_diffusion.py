@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from bench.common import REPO, load_dsb, machine_description  # noqa: E402
 from napari_unet.diffusion.bundle import save_diffusion  # noqa: E402
@@ -56,6 +57,226 @@ def cmd_train(args: argparse.Namespace) -> None:
             last_save = time.perf_counter()
 
 
+def _drive(gen):
+    """Run a core generator silently; return its result."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def segmentation_model(cache: Path, train: list, seconds: float):
+    """The real-data segmentation model: the pretrained nuclei model if it is a trained one, else 120 s of core training."""
+    from napari_unet.config import TrainConfig
+    from napari_unet.pretrained import resolve_init
+    from napari_unet.training.checkpoint import load_bundle, save_bundle
+    from napari_unet.training.engine import Trainer
+
+    try:
+        folder = resolve_init("pretrained:nuclei")
+        bundle = load_bundle(folder) if folder else None
+    except Exception:  # absent or unreadable: train our own
+        bundle = None
+    if bundle is not None and float((bundle.meta.get("val_split") or {}).get("ap50", -1)) >= 0.5:
+        return bundle, "pretrained:nuclei"
+    if (cache / "model.json").is_file():
+        return load_bundle(cache), f"core U-Net, {seconds:.0f} s on the train split (cached {cache})"
+    cfg = TrainConfig(time_limit=seconds, seed=0)
+    bundle = _drive(Trainer([(im, m) for _, im, m in train], cfg).run())
+    save_bundle(bundle, cache)
+    return bundle, f"core U-Net, {seconds:.0f} s on the train split"
+
+
+def segment(bundle, images: list) -> list:
+    from napari_unet.inference.predict import predict_image
+
+    return [predict_image(bundle, im).labels for im in images]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def val_crops(val: list, n: int, size: int, rng: np.random.Generator) -> tuple[list, list]:
+    """n (image, mask) crops of val images big enough and holding objects."""
+    images, masks = [], []
+    for k in rng.permutation(len(val)):
+        _, im, m = val[k]
+        if min(m.shape) < size:
+            continue
+        y, x = (int(rng.integers(0, s - size + 1)) for s in m.shape)
+        crop = m[y:y + size, x:x + size]
+        if np.unique(crop).size < 4:
+            continue
+        images.append(im[y:y + size, x:x + size])
+        masks.append(crop)
+        if len(masks) == n:
+            break
+    return images, masks
+
+
+def _pool2(x: np.ndarray) -> np.ndarray:
+    """2x2 mean pooling (odd edges dropped): shifts of one pixel then barely change a correlation."""
+    h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+    return x[:h, :w].astype(np.float32).reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+
+def nn_correlation(samples: list, train_images: list) -> np.ndarray:
+    """Per sample: the highest normalised cross-correlation with any training crop of its size.
+
+    Every offset of every training image is tried (FFT correlation at half resolution), and each
+    sample in its 8 flips/rotations, since training augments with them.
+    """
+    views = [np.rot90(t, k) for s in samples for t in (s, s[:, ::-1]) for k in range(4)]
+    templ = torch.from_numpy(np.stack([_pool2(v) for v in views]))  # (8N, s, s)
+    s = templ.shape[-1]
+    templ = templ - templ.mean(dim=(1, 2), keepdim=True)
+    templ = templ / templ.flatten(1).norm(dim=1).clamp_min(1e-6).view(-1, 1, 1)
+    best = torch.full((templ.shape[0],), -1.0)
+    for im in train_images:
+        img = torch.from_numpy(_pool2(im))  # (H, W)
+        h, w = img.shape
+        if h < s or w < s:
+            continue
+        num = torch.fft.irfft2(torch.fft.rfft2(img)[None] * torch.fft.rfft2(templ, s=(h, w)).conj(), s=(h, w))
+        num = num[:, : h - s + 1, : w - s + 1]  # (8N, h', w') sum of template x window
+        ii = F.pad(img.double().cumsum(0).cumsum(1), (1, 0, 1, 0))  # integral images
+        i2 = F.pad((img.double() ** 2).cumsum(0).cumsum(1), (1, 0, 1, 0))
+
+        def box(t: torch.Tensor) -> torch.Tensor:
+            return t[s:, s:] - t[:-s, s:] - t[s:, :-s] + t[:-s, :-s]  # (h', w') window sums
+
+        var = (box(i2) - box(ii) ** 2 / (s * s)).clamp_min(1e-6).sqrt().float()
+        best = torch.maximum(best, (num / var).flatten(1).amax(dim=1))
+    return best.view(len(samples), 8).amax(dim=1).numpy()
+
+
+def colour_labels(mask: np.ndarray) -> np.ndarray:
+    """(H, W) ids -> (H, W, 3) uint8 with random bright colours, black background."""
+    rng = np.random.default_rng(1)
+    lut = np.concatenate([[[0, 0, 0]], rng.integers(60, 256, size=(int(mask.max()) + 1, 3))]).astype(np.uint8)
+    return lut[mask.astype(np.int64)]
+
+
+def save_grid(path: Path, rows: list[list[np.ndarray]]) -> None:
+    """Tile rows of (H, W[, 3]) panels with 4 px gaps into one PNG."""
+    import imageio.v3 as iio
+
+    panels = [[np.repeat(p[..., None], 3, axis=2) if p.ndim == 2 else p for p in row] for row in rows]
+    h, w, gap = panels[0][0].shape[0], panels[0][0].shape[1], 4
+    ncol = max(len(r) for r in panels)
+    grid = np.full((len(panels) * (h + gap) - gap, ncol * (w + gap) - gap, 3), 255, np.uint8)
+    for r, row in enumerate(panels):
+        for c, p in enumerate(row):
+            grid[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = p
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, grid)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from napari_unet.config import TrainConfig
+    from napari_unet.diffusion.bundle import load_diffusion
+    from napari_unet.diffusion.config import SampleConfig
+    from napari_unet.diffusion.prompts import auto_masks, median_density
+    from napari_unet.diffusion.sample import synthesize
+    from napari_unet.inference.predict import predict_image
+    from napari_unet.metrics import evaluate_instances
+    from napari_unet.training.engine import Trainer
+
+    torch.set_num_threads(args.threads)
+    print(machine_description(), flush=True)
+    rng = np.random.default_rng(0)
+    train, val = load_dsb("train"), load_dsb("val")
+    diff = load_diffusion(args.model)
+    print(f"diffusion model: {diff.meta['training']} ", flush=True)
+    scfg = SampleConfig(steps=args.steps, guidance=args.guidance, seed=0, batch_size=4, threads=args.threads)
+    figures: dict[str, object] = {"diffusion_training": diff.meta["training"], "sampling": {"steps": args.steps,
+                                                                                           "guidance": args.guidance}}
+    size = 128
+
+    # 1. speed: DDIM-50 for one 128² image
+    prompt = auto_masks([m for _, _, m in train[:20]], (size, size), count=12, seed=0)
+    for guidance in (args.guidance, 1.0):
+        t0 = time.perf_counter()
+        _drive(synthesize(diff, [prompt], SampleConfig(steps=50, guidance=guidance, batch_size=1, threads=args.threads)))
+        ms = (time.perf_counter() - t0) * 1000 / 50
+        figures[f"ms_per_step_guidance_{guidance:g}"] = round(ms, 1)
+        print(f"speed: DDIM-50, 128², guidance {guidance:g}, {args.threads} thread(s): {ms:.0f} ms/step, "
+              f"{ms * 50 / 1000:.1f} s/image", flush=True)
+
+    # 2. mask consistency: prompts are unseen val layouts (and automatic ones); Dice of a real-data model
+    seg, seg_name = segmentation_model(Path(args.cache) / "seg", train, 120.0)
+    print(f"segmentation model: {seg_name}", flush=True)
+    real_images, prompts = val_crops(val, args.n_prompts, size, rng)
+    autos = [auto_masks([m for _, _, m in train], (size, size),
+                        density=median_density([m for _, _, m in train]), seed=100 + k) for k in range(args.n_auto)]
+    all_prompts = prompts + autos
+    synthetic = _drive(synthesize(diff, all_prompts, scfg))
+    pred_syn = segment(seg, synthetic)
+    pred_real = segment(seg, real_images)
+    d_syn = [dice(p, m) for p, m in zip(pred_syn, all_prompts)]
+    d_real = [dice(p, m) for p, m in zip(pred_real, prompts)]
+    ap_syn = evaluate_instances(list(zip(pred_syn, all_prompts)))["ap50"]
+    ap_real = evaluate_instances(list(zip(pred_real, prompts)))["ap50"]
+    figures["mask_consistency"] = {"dice_synthetic_vs_prompt": round(float(np.mean(d_syn)), 3),
+                                   "dice_val_layout_prompts": round(float(np.mean(d_syn[:len(prompts)])), 3),
+                                   "dice_auto_prompts": round(float(np.mean(d_syn[len(prompts):])), 3),
+                                   "dice_real_crops_vs_gt": round(float(np.mean(d_real)), 3),
+                                   "ap50_synthetic_vs_prompt": round(float(ap_syn), 3),
+                                   "ap50_real_crops_vs_gt": round(float(ap_real), 3),
+                                   "segmentation_model": seg_name, "n": len(all_prompts)}
+    print(f"mask consistency: {figures['mask_consistency']}", flush=True)
+
+    grid_rows = []
+    for k in range(min(4, len(prompts))):
+        lo, hi = np.percentile(real_images[k], (1, 99.8))  # the real crop contrast-stretched like the model's
+        real = np.clip((real_images[k].astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+        grid_rows.append([colour_labels(prompts[k]), synthetic[k], real])
+    for k in range(min(2, len(autos))):
+        grid_rows.append([colour_labels(autos[k]), synthetic[len(prompts) + k], np.zeros_like(synthetic[0])])
+    save_grid(REPO / "docs" / "images" / "synth_grid.png", grid_rows)
+
+    # 3. copying: best normalised correlation with any window of any training image
+    train_imgs = [im for _, im, _ in train]
+    nn_all = nn_correlation(synthetic + real_images, train_imgs)
+    nn_syn, nn_real = nn_all[:len(synthetic)], nn_all[len(synthetic):]
+    figures["nn_correlation"] = {"synthetic_median": round(float(np.median(nn_syn)), 3),
+                                 "synthetic_max": round(float(nn_syn.max()), 3),
+                                 "real_val_crops_median": round(float(np.median(nn_real)), 3),
+                                 "real_val_crops_max": round(float(nn_real.max()), 3)}
+    print(f"nearest-neighbour correlation: {figures['nn_correlation']}", flush=True)
+
+    # 4. usefulness: 3 real train images, real-only vs real + synthetic, equal optimiser steps
+    few = [train[int(i)] for i in np.random.default_rng(args.seed).choice(len(train), 3, replace=False)]
+    few_masks = [m for _, _, m in few]
+    density = median_density(few_masks)
+    layouts = [auto_masks(few_masks, (size, size), density=density, seed=200 + k) for k in range(args.n_useful)]
+    syn_images = _drive(synthesize(diff, layouts, scfg))
+    syn_pairs = list(zip(syn_images, layouts))
+    val_eval = val[: args.n_val]
+    results = {}
+    for label, synthetic_pairs, ratio in (("real only", None, 0.0), ("real + synthetic", syn_pairs, args.ratio)):
+        cfg = TrainConfig(steps=args.seg_steps, time_limit=None, validation_fraction=0.0, seed=args.seed,
+                          synthetic_ratio=ratio, preview_every=0)
+        t0 = time.perf_counter()
+        bundle = _drive(Trainer([(im, m) for _, im, m in few], cfg, synthetic=synthetic_pairs).run())
+        preds = [predict_image(bundle, im).labels for _, im, _ in val_eval]
+        scores = evaluate_instances([(p, m) for p, (_, _, m) in zip(preds, val_eval)])
+        results[label] = {"ap50": round(float(scores["ap50"]), 3), "dice": round(float(scores["dice"]), 3),
+                          "seconds": round(time.perf_counter() - t0, 1)}
+        print(f"usefulness, {label}: {results[label]}", flush=True)
+    figures["usefulness"] = {"images": [n for n, _, _ in few], "synthetic_pairs": len(syn_pairs),
+                             "ratio": args.ratio, "steps": args.seg_steps, "val_images": len(val_eval), **results}
+    out = REPO / "bench" / "results" / "diffusion.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +286,20 @@ def main() -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--crop", type=int, default=64)
     t.set_defaults(func=cmd_train)
+    e = sub.add_parser("evaluate")
+    e.add_argument("--model", default="/tmp/synth_bench/diffusion")
+    e.add_argument("--cache", default="/tmp/synth_bench")
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--steps", type=int, default=50)
+    e.add_argument("--guidance", type=float, default=2.0)
+    e.add_argument("--n-prompts", type=int, default=12, help="val-layout prompts for mask consistency")
+    e.add_argument("--n-auto", type=int, default=4, help="automatic prompts for mask consistency")
+    e.add_argument("--n-useful", type=int, default=16, help="synthetic pairs for the usefulness test")
+    e.add_argument("--n-val", type=int, default=94, help="val images scored in the usefulness test")
+    e.add_argument("--ratio", type=float, default=0.5)
+    e.add_argument("--seg-steps", type=int, default=300)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_evaluate)
     args = parser.parse_args()
     args.func(args)
 
