@@ -53,9 +53,9 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     staged = []
     for i, (image, mask) in enumerate(pairs):
         name = names[i] if names else f"image {i}"
-        chw = prepare_image(image, cfg.model.in_channels, cfg.percentiles)
+        chw = prepare_image(image, cfg.model.in_channels, cfg.percentiles, cfg.model.dims)
         mask = np.asarray(mask)
-        if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+        if mask.ndim == cfg.model.dims + 1 and mask.shape[-1] in (3, 4):
             mask = mask[..., 0]
         if mask.shape != chw.shape[1:]:
             raise UserError(f"{name}: mask shape {mask.shape} does not match image shape {chw.shape[1:]}")
@@ -104,28 +104,27 @@ class PatchSampler:
         self._annotated = [np.flatnonzero(p.target.ravel() >= 0) for p in self.pairs] if focus_annotated else None
 
     def _crop(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One patch (C, *P), (*P), (*P) of image ``index``; 2D or 3D alike."""
         pair, s = self.pairs[index], self.patch
-        h, w = pair.target.shape
+        shape = pair.target.shape
         if self._annotated is not None and self.rng.random() < 0.8:
             flat = self._annotated[index][self.rng.integers(len(self._annotated[index]))]
-            cy, cx = divmod(int(flat), w)
-            y0 = int(np.clip(cy - s // 2, 0, max(h - s, 0)))
-            x0 = int(np.clip(cx - s // 2, 0, max(w - s, 0)))
+            centre = np.unravel_index(int(flat), shape)
+            lo = [int(np.clip(c - s // 2, 0, max(n - s, 0))) for c, n in zip(centre, shape)]
         else:
-            y0 = int(self.rng.integers(0, max(h - s, 0) + 1))
-            x0 = int(self.rng.integers(0, max(w - s, 0) + 1))
-        sl = (slice(y0, y0 + s), slice(x0, x0 + s))
+            lo = [int(self.rng.integers(0, max(n - s, 0) + 1)) for n in shape]
+        sl = tuple(slice(start, start + s) for start in lo)
         image, target, weights = pair.image[(slice(None), *sl)], pair.target[sl], pair.weights[sl]
-        ph, pw = s - target.shape[0], s - target.shape[1]
-        if ph or pw:  # image smaller than the patch: mirror the pixels, ignore the padding
+        pads = [(0, s - n) for n in target.shape]
+        if any(after for _, after in pads):  # image smaller than the patch: mirror the pixels, ignore the padding
             mode = "reflect" if min(target.shape) > 1 else "edge"
-            image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode=mode)
-            target = np.pad(target, ((0, ph), (0, pw)), constant_values=IGNORE)
-            weights = np.pad(weights, ((0, ph), (0, pw)))
+            image = np.pad(image, [(0, 0), *pads], mode=mode)
+            target = np.pad(target, pads, constant_values=IGNORE)
+            weights = np.pad(weights, pads)
         return image, target, weights
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A batch: images (B, C, P, P), targets (B, P, P), weights (B, P, P)."""
+        """A batch: images (B, C, *P), targets (B, *P), weights (B, *P) with P the patch size per axis."""
         idx = self.rng.choice(len(self.pairs), size=batch_size, p=self.p)
         crops = [self._crop(int(i)) for i in idx]
         return tuple(np.stack(parts) for parts in zip(*crops))  # type: ignore[return-value]
