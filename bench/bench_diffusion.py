@@ -202,7 +202,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     prompt = auto_masks([m for _, _, m in train[:20]], (size, size), count=12, seed=0)
     for guidance in (args.guidance, 1.0):
         t0 = time.perf_counter()
-        _drive(synthesize(diff, [prompt], SampleConfig(steps=50, guidance=guidance, batch_size=1, threads=args.threads)))
+        _drive(synthesize(diff, [prompt], SampleConfig(steps=50, guidance=guidance, batch_size=1, threads=args.threads),
+                          [auto_tags(prompt)]))
         ms = (time.perf_counter() - t0) * 1000 / 50
         figures[f"ms_per_step_guidance_{guidance:g}"] = round(ms, 1)
         print(f"speed: DDIM-50, 128², guidance {guidance:g}, {args.threads} thread(s): {ms:.0f} ms/step, "
@@ -215,7 +216,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     autos = [auto_masks([m for _, _, m in train], (size, size),
                         density=median_density([m for _, _, m in train]), seed=100 + k) for k in range(args.n_auto)]
     all_prompts = prompts + autos
-    synthetic = _drive(synthesize(diff, all_prompts, scfg))
+    synthetic = _drive(synthesize(diff, all_prompts, scfg, [auto_tags(m) for m in all_prompts]))
     pred_syn = segment(seg, synthetic)
     pred_real = segment(seg, real_images)
     d_syn = [dice(p, m) for p, m in zip(pred_syn, all_prompts)]
@@ -255,7 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     few_masks = [m for _, _, m in few]
     density = median_density(few_masks)
     layouts = [auto_masks(few_masks, (size, size), density=density, seed=200 + k) for k in range(args.n_useful)]
-    syn_images = _drive(synthesize(diff, layouts, scfg))
+    syn_images = _drive(synthesize(diff, layouts, scfg, [auto_tags(m) for m in layouts]))
     syn_pairs = list(zip(syn_images, layouts))
     val_eval = val[: args.n_val]
     results = {}

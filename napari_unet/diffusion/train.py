@@ -3,8 +3,8 @@
 ``DiffusionTrainer(pairs, cfg).run()`` yields ``Message``, ``Progress``, ``LossReport`` and
 ``Finished`` and returns a ``DiffusionBundle`` holding the EMA weights. Each step draws random
 crops, applies flips/rot90 to image and prompt alike, drops the condition (mask and tags
-together) with probability ``cond_drop`` for classifier-free guidance, noises the crops at
-random timesteps and regresses the network output on eps or v (DDPM's simple loss).
+together) with probability ``cond_drop`` for classifier-free guidance and the tags alone with the
+same probability (so mask-only prompts stay in distribution), noises the crops at random timesteps and regresses the network output on eps or v (DDPM's simple loss).
 """
 
 from __future__ import annotations
@@ -162,9 +162,10 @@ class DiffusionTrainer:
 
         while not self._stop.is_set() and fraction() < 1.0:
             images, prompts, idx = random_crops(data, cfg.crop_size, cfg.batch_size, rng)
-            drop = rng.random(cfg.batch_size) < cfg.cond_drop  # (B,) classifier-free guidance
+            drop = rng.random(cfg.batch_size) < cfg.cond_drop  # (B,) classifier-free guidance: no prompt at all
+            drop_tags = drop | (rng.random(cfg.batch_size) < cfg.cond_drop)  # mask-only prompts occur too
             prompts[drop] = 0.0
-            batch_tags = [[] if d else tag_lists[i] for i, d in zip(idx, drop)]
+            batch_tags = [[] if d else tag_lists[i] for i, d in zip(idx, drop_tags)]
             x0 = torch.from_numpy(images).to(device)  # (B, C, S, S)
             cond = torch.from_numpy(prompts).to(device)  # (B, 3, S, S)
             noise = torch.randn(x0.shape, generator=gen).to(device)
