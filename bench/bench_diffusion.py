@@ -200,13 +200,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     # 1. speed: DDIM-50 for one 128² image
     prompt = auto_masks([m for _, _, m in train[:20]], (size, size), count=12, seed=0)
-    for guidance in (args.guidance, 1.0):
+    for guidance, low in ((args.guidance, None), (1.0, None), (args.guidance, False)):
         t0 = time.perf_counter()
-        _drive(synthesize(diff, [prompt], SampleConfig(steps=50, guidance=guidance, batch_size=1, threads=args.threads),
-                          [auto_tags(prompt)]))
+        cfg = SampleConfig(steps=50, guidance=guidance, batch_size=1, threads=args.threads, low_precision=low)
+        _drive(synthesize(diff, [prompt], cfg, [auto_tags(prompt)]))
         ms = (time.perf_counter() - t0) * 1000 / 50
-        figures[f"ms_per_step_guidance_{guidance:g}"] = round(ms, 1)
-        print(f"speed: DDIM-50, 128², guidance {guidance:g}, {args.threads} thread(s): {ms:.0f} ms/step, "
+        precision = "fp32" if low is False else "auto precision"
+        figures[f"ms_per_step_guidance_{guidance:g}_{precision.replace(' ', '_')}"] = round(ms, 1)
+        print(f"speed: DDIM-50, 128², guidance {guidance:g}, {precision}, {args.threads} thread(s): {ms:.0f} ms/step, "
               f"{ms * 50 / 1000:.1f} s/image", flush=True)
 
     # 2. mask consistency: prompts are unseen val layouts (and automatic ones); Dice of a real-data model
