@@ -103,16 +103,16 @@ def _band_writer(target: Any, chunk_rows: int):
     pending: list[Slab] = []
 
     def push(slab: Slab | None) -> None:
-        if slab is not None:
-            pending.append(slab)
+        if slab is not None:  # kept in the target's dtype (float16): half the memory of float32
+            pending.append(Slab(slab.start, slab.stop, slab.data.astype(target.dtype)))
         if not pending:
             return
         start, stop = pending[0].start, pending[-1].stop
         cut = stop if slab is None or stop == target.shape[1] else start + (stop - start) // chunk_rows * chunk_rows
         if cut <= start:
             return
-        data = np.concatenate([s.data for s in pending], axis=1)  # (K, rows, W)
-        target[:, start:cut] = data[:, : cut - start].astype(target.dtype)
+        data = np.concatenate([s.data for s in pending], axis=1) if len(pending) > 1 else pending[0].data  # (K, rows, W)
+        target[:, start:cut] = data[:, : cut - start]
         pending.clear()
         if cut < stop:
             pending.append(Slab(cut, stop, data[:, cut - start:]))
