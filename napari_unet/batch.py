@@ -137,6 +137,17 @@ def _write(path: Path, data: np.ndarray, fmt: str, axes: list[str] | None = None
 def predict_one(model: str, image_path: str, out_dir: str, rel: str, pcfg: PredictConfig,
                 bcfg: BatchConfig, preloaded: Any = None) -> dict[str, Any]:
     """Predict one file and write its outputs; returns its summary row (runs on any worker)."""
+    run = predict_one_events(model, image_path, out_dir, rel, pcfg, bcfg, preloaded)
+    try:
+        while True:
+            next(run)
+    except StopIteration as stop:
+        return stop.value
+
+
+def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg: PredictConfig,
+                       bcfg: BatchConfig, preloaded: Any = None) -> Generator[object, None, dict[str, Any]]:
+    """``predict_one`` as a generator: streamed (large) images yield ``Progress`` per tile."""
     from napari_unet.inference.uncertainty import entropy
     from napari_unet.io import labels_dtype, read_image
 
@@ -145,7 +156,7 @@ def predict_one(model: str, image_path: str, out_dir: str, rel: str, pcfg: Predi
     path, out = Path(image_path), Path(out_dir) / rel
     out.parent.mkdir(parents=True, exist_ok=True)
     if bundle.config.model.dims == 2 and _is_large(path, bcfg.large_pixels):
-        return _predict_streamed(bundle, path, out, pcfg, bcfg, start)
+        return (yield from _predict_streamed(bundle, path, out, pcfg, bcfg, start))
     from napari_unet.inference.predict import predict_image
 
     cfg = replace(pcfg, mc_samples=bcfg.mc_samples if bcfg.uncertainty else 0)
@@ -169,14 +180,16 @@ def predict_one(model: str, image_path: str, out_dir: str, rel: str, pcfg: Predi
 
 
 def _predict_streamed(bundle: Any, path: Path, out: Path, pcfg: PredictConfig, bcfg: BatchConfig,
-                      start: float) -> dict[str, Any]:
+                      start: float) -> Generator[object, None, dict[str, Any]]:
     """Large images: streamed to OME-Zarr by ``inference.large`` (no uncertainty)."""
     from napari_unet.inference.large import predict_large
 
     run = predict_large(bundle, _open_lazy(path), out.with_name(out.name + ".ome.zarr"), pcfg, bcfg.probabilities)
     try:
         while True:
-            next(run)
+            event = next(run)
+            if isinstance(event, Progress):
+                yield Progress(event.done, event.total, event.elapsed, f"{path.name}: {event.message}")
     except StopIteration as stop:
         result = stop.value
     return {"file": str(path), "output": str(result.labels), "objects": result.objects, "mean_area": "",
@@ -230,16 +243,39 @@ def predict_batch(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: s
                   pcfg: PredictConfig = PredictConfig(), bcfg: BatchConfig = BatchConfig(),
                   preloaded: Any = None) -> Generator[object, None, list[dict[str, Any]]]:
     """Predict every (file, relative output stem) of ``inputs`` into ``out_dir``; returns the
-    summary rows (also written to ``out_dir/bcfg.summary``)."""
+    summary rows (also written to ``out_dir/bcfg.summary``). With one local worker the files run
+    in this thread (tile progress for streamed images; stopping takes effect between tiles)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if bcfg.uncertainty and bcfg.mc_samples < 2:
         raise UserError("uncertainty needs at least 2 MC-dropout samples")
-    executor, as_completed, close = _executor(bcfg)
+    inline = not bcfg.scheduler and bcfg.workers <= 1
     where = f"dask scheduler {bcfg.scheduler}" if bcfg.scheduler else f"{max(1, bcfg.workers)} local worker(s)"
     yield Message(f"predicting {len(inputs)} file(s) on {where}")
     local = preloaded if not bcfg.scheduler else None  # remote workers load the folder themselves
     start, rows = time.perf_counter(), []
+    try:
+        if inline:
+            for p, rel in inputs:
+                rows.append((yield from predict_one_events(str(model), str(p), str(out_dir), str(rel), pcfg, bcfg,
+                                                           local)))
+                yield Progress(len(rows), len(inputs), time.perf_counter() - start, p.name)
+        else:
+            yield from _run_parallel(model, inputs, out_dir, pcfg, bcfg, local, rows, start)
+    finally:
+        with _MODELS_LOCK:  # per-thread copies of a preloaded model are not needed after the run
+            for key in [k for k in _MODELS if local is not None and k[3] == id(local)]:
+                del _MODELS[key]
+    summary = write_summary(out_dir / bcfg.summary, rows)
+    yield Finished(summary, {"images": len(rows), "objects": sum(int(r["objects"] or 0) for r in rows)})
+    return rows
+
+
+def _run_parallel(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: Path, pcfg: PredictConfig,
+                  bcfg: BatchConfig, local: Any, rows: list[dict[str, Any]], start: float) -> Generator[object, None, None]:
+    """Submit one task per file to the executor; append rows and yield ``Progress`` as they finish."""
+    executor, as_completed, close = _executor(bcfg)
+    futures = []
     try:
         futures = [executor.submit(predict_one, str(model), str(p), str(out_dir), str(rel), pcfg, bcfg, local)
                    for p, rel in inputs]
@@ -247,12 +283,6 @@ def predict_batch(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: s
             rows.append(future.result())
             yield Progress(len(rows), len(inputs), time.perf_counter() - start, Path(rows[-1]["file"]).name)
     finally:
-        for future in futures if "futures" in locals() else []:
+        for future in futures:
             future.cancel()
         close()
-        with _MODELS_LOCK:  # local per-thread copies are not needed after the run
-            for key in [k for k in _MODELS if k[3] == id(local) and local is not None]:
-                del _MODELS[key]
-    summary = write_summary(out_dir / bcfg.summary, rows)
-    yield Finished(summary, {"images": len(rows), "objects": sum(int(r["objects"] or 0) for r in rows)})
-    return rows
