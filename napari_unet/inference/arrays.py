@@ -8,7 +8,7 @@ slice by slice by a 2D model and get (Z, H, W) labels and (K, Z, H, W) probabili
 from __future__ import annotations
 
 import time
-from typing import Generator
+from typing import TYPE_CHECKING, Generator
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from napari_unet.errors import UserError
 from napari_unet.events import Progress
 from napari_unet.inference.postprocess import labels_from_probabilities
 from napari_unet.inference.uncertainty import mc_uncertainty
+
+if TYPE_CHECKING:
+    from napari_unet.inference.predict import Prediction
 
 
 def is_stack(image: np.ndarray, in_channels: int, rgb: bool = False) -> bool:

@@ -111,3 +111,46 @@ def on_close(widget: Any, stop: Callable[[Any], None]) -> None:
             pass
 
     widget.native.destroyed.connect(closed)
+
+
+@unless_closed
+def show_failure(widget: Any, message: str) -> None:
+    """A worker's error: in the widget's status line and as a napari notification."""
+    from napari.utils.notifications import show_error
+
+    widget.status.value = f"failed: {message}"
+    show_error(f"napari-unet: {message}")
+
+
+def progress_permille(event: Any) -> int:
+    """0..1000 for a progress bar from a ``Progress`` event (steps or time, whichever is further)."""
+    fraction = event.done / event.total if event.total else 0.0
+    if event.remaining is not None and event.elapsed + event.remaining > 0:
+        fraction = max(fraction, event.elapsed / (event.elapsed + event.remaining))
+    return int(1000 * min(fraction, 1.0))
+
+
+def save_folder(save: Callable[[Any, Any], Any], obj: Any, folder: Any, what: str) -> None:
+    """``save(obj, folder)`` with notifications for success, nothing to save, or failure."""
+    from napari.utils.notifications import show_error, show_info
+
+    if obj is None:
+        show_error(f"no {what} to save yet: train or load one first")
+        return
+    try:
+        written = save(obj, folder)
+    except (UserError, OSError) as exc:
+        show_error(f"cannot save the {what}: {exc}")
+        return
+    show_info(f"{what} saved to {written}")
+
+
+def load_folder(load: Callable[[Any], Any], folder: Any) -> Any:
+    """``load(folder)``, or None after an error notification."""
+    from napari.utils.notifications import show_error
+
+    try:
+        return load(folder)
+    except UserError as exc:
+        show_error(str(exc))
+        return None

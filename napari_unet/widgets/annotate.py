@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox
@@ -14,6 +14,9 @@ from napari_unet.widgets._session import session_for, unwrap
 MODES = {"instances (one id per object)": "instances", "sparse classes (scribbles)": "sparse"}
 SPARSE_COLOURS = [(0.55, 0.55, 0.55, 1.0), (1.0, 0.85, 0.1, 1.0), (0.1, 0.9, 0.3, 1.0), (1.0, 0.3, 0.8, 1.0),
                   (0.2, 0.6, 1.0, 1.0), (1.0, 0.45, 0.1, 1.0), (0.6, 0.3, 1.0, 1.0)]
+
+if TYPE_CHECKING:
+    import napari
 
 
 class AnnotateWidget(Container):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Table
 
 from napari_unet.widgets._session import session_for, unwrap
-from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, unless_closed
+from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
 
 SHOWN = ["file", "objects", "mean_area", "mean_uncertainty", "seconds"]
+
+if TYPE_CHECKING:
+    import napari
 
 
 class ExportWidget(Container):
@@ -116,12 +119,7 @@ class ExportWidget(Container):
         self.progress.value = 1000
         self.status.value = f"exported {len(rows)} image(s) to {self.output.value}"
 
-    @unless_closed
-    def _on_error(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.value = f"failed: {message}"
-        show_error(f"napari-unet: {message}")
+    _on_error = show_failure
 
     @unless_closed
     def _on_finished(self) -> None:

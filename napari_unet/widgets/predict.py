@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
@@ -10,10 +10,13 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
                                          show_image, show_labels, show_uncertainty, uncertainty_name)
 from napari_unet.widgets._session import session_for, unwrap
-from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, unless_closed
+from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
 
 UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric"]
+
+if TYPE_CHECKING:
+    import napari
 
 
 class PredictWidget(Container):
@@ -161,12 +164,7 @@ class PredictWidget(Container):
         n = int(prediction.labels.max()) if task == "instances" else len(np.unique(prediction.labels))
         self.status.value = f"done: {n} {'objects' if task == 'instances' else 'classes'}"
 
-    @unless_closed
-    def _on_error(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.value = f"failed: {message}"
-        show_error(f"napari-unet: {message}")
+    _on_error = show_failure
 
     @unless_closed
     def _on_finished(self) -> None:

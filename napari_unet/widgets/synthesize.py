@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
@@ -10,11 +10,15 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
 
 from napari_unet.widgets._layers import find_layer, layers_of_type
 from napari_unet.widgets._session import session_for, unwrap
-from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, unless_closed
+from napari_unet.widgets._worker import (load_folder, on_close, progress_permille, run_in_thread, save_folder,
+                                         show_failure, unless_closed)
 from napari_unet.widgets.train import gui_threads
 
 AUTO = "auto masks"
 IMAGES, LABELS = "synthetic images", "synthetic labels"
+
+if TYPE_CHECKING:
+    import napari
 
 
 class SynthesizeWidget(Container):
@@ -103,33 +107,17 @@ class SynthesizeWidget(Container):
 
     # -- files -------------------------------------------------------------------------------
     def save(self) -> None:
-        from napari.utils.notifications import show_error, show_info
-
-        from napari_unet.errors import UserError
-
-        if self.bundle is None:
-            show_error("no diffusion model to save: train or load one first")
-            return
         from napari_unet.diffusion.bundle import save_diffusion
 
-        try:
-            folder = save_diffusion(self.bundle, self.model_folder.value)
-        except (UserError, OSError) as exc:
-            show_error(f"cannot save the diffusion model: {exc}")
-            return
-        show_info(f"diffusion model saved to {folder}")
+        save_folder(save_diffusion, self.bundle, self.model_folder.value, "diffusion model")
 
     def load(self) -> None:
-        from napari.utils.notifications import show_error
-
         from napari_unet.diffusion.bundle import load_diffusion
-        from napari_unet.errors import UserError
 
-        try:
-            self.bundle = load_diffusion(self.model_folder.value)
-        except UserError as exc:
-            show_error(str(exc))
+        bundle = load_folder(load_diffusion, self.model_folder.value)
+        if bundle is None:
             return
+        self.bundle = bundle
         self.status.value = f"diffusion model loaded from {self.model_folder.value}"
 
     # -- generation --------------------------------------------------------------------------
@@ -204,10 +192,7 @@ class SynthesizeWidget(Container):
         from napari_unet.events import LossReport, Progress
 
         if isinstance(event, Progress):
-            fraction = event.done / event.total if event.total else 0.0
-            if event.remaining is not None and event.elapsed + event.remaining > 0:
-                fraction = max(fraction, event.elapsed / (event.elapsed + event.remaining))
-            self.progress.value = int(1000 * min(fraction, 1.0))
+            self.progress.value = progress_permille(event)
         elif isinstance(event, LossReport):
             self.status.value = f"step {event.step} · loss {event.loss:.4f}"
 
@@ -235,12 +220,7 @@ class SynthesizeWidget(Container):
         self.status.value = f"generated {len(pairs)} pair(s): review them (slider), select, accept"
         self.progress.value = 1000
 
-    @unless_closed
-    def _on_error(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.value = f"failed: {message}"
-        show_error(f"napari-unet: {message}")
+    _on_error = show_failure
 
     @unless_closed
     def _on_finished(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
@@ -13,12 +13,16 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
                                          probability_name, show_image, show_labels, show_uncertainty)
 from napari_unet.widgets._session import session_for, unwrap
-from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, unless_closed
+from napari_unet.widgets._worker import (format_seconds, load_folder, on_close, progress_permille, run_in_thread,
+                                         save_folder, show_failure, unless_closed)
 
 TASKS = {"instances": "instances", "sparse classes": "sparse", "classes (every pixel labelled)": "classes"}
 SCRATCH, CURRENT, FOLDER = "none (from scratch)", "current model", "model folder…"
 SYNC_INTERVAL_MS = 1000
 STATUS_INTERVAL_S = 1.0
+
+if TYPE_CHECKING:
+    import napari
 
 
 def gui_threads() -> int:
@@ -303,11 +307,7 @@ class TrainWidget(Container):
         from napari_unet.events import LossReport, Message, Preview, Progress, ValidationReport
 
         if isinstance(event, Progress):
-            total = event.total
-            fraction = event.done / total if total else 0.0
-            if event.remaining is not None and event.elapsed + event.remaining > 0:
-                fraction = max(fraction, event.elapsed / (event.elapsed + event.remaining))
-            self.progress.value = int(1000 * min(fraction, 1.0))
+            self.progress.value = progress_permille(event)
             now = time.monotonic()
             if now - self._status_time >= STATUS_INTERVAL_S:  # text changes re-layout the dock: throttle
                 self._status_time = now
@@ -364,12 +364,7 @@ class TrainWidget(Container):
         self.init.reset_choices()
         show_info(f"napari-unet: training finished ({training.get('steps', '?')} steps)")
 
-    @unless_closed
-    def _on_error(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.value = f"failed: {message}"
-        show_error(f"napari-unet: {message}")
+    _on_error = show_failure
 
     @unless_closed
     def _on_finished(self) -> None:
@@ -379,32 +374,17 @@ class TrainWidget(Container):
 
     # -- model files -------------------------------------------------------------------------
     def save_model(self) -> None:
-        from napari.utils.notifications import show_error, show_info
-
-        from napari_unet.errors import UserError
         from napari_unet.training.checkpoint import save_bundle
 
-        if self.session.model is None:
-            show_error("no model to save yet: train or load one first")
-            return
-        try:
-            folder = save_bundle(self.session.model, self.model_folder.value)
-        except (UserError, OSError) as exc:
-            show_error(f"cannot save the model: {exc}")
-            return
-        show_info(f"model saved to {folder}")
+        save_folder(save_bundle, self.session.model, self.model_folder.value, "model")
 
     def load_model(self) -> None:
-        from napari.utils.notifications import show_error
-
-        from napari_unet.errors import UserError
         from napari_unet.training.checkpoint import load_bundle
 
-        try:
-            self.session.model = load_bundle(self.model_folder.value)
-        except UserError as exc:
-            show_error(str(exc))
+        bundle = load_folder(load_bundle, self.model_folder.value)
+        if bundle is None:
             return
+        self.session.model = bundle
         self.session.model_name = f"loaded from {self.model_folder.value}"
         self.model_label.value = self.session.model_name
         self.init.reset_choices()
