@@ -58,7 +58,10 @@ def _train_config(args: argparse.Namespace, pairs_masks: Sequence) -> "TrainConf
         n_classes = args.n_classes or (2 if top == 255 else top + 1 - int(args.sparse))
     if not 1 <= args.in_channels <= 4:
         raise UserError("--in-channels must be between 1 and 4")
-    model = UNetConfig(depth=args.depth, base_width=args.base_width, in_channels=args.in_channels)
+    default = UNetConfig()
+    model = UNetConfig(depth=default.depth if args.depth is None else args.depth,
+                       base_width=default.base_width if args.base_width is None else args.base_width,
+                       in_channels=args.in_channels)
     cfg = TrainConfig(task=args.task, model=model, n_classes=n_classes, time_limit=args.time_limit,
                       epochs=args.epochs, steps=args.steps, device=args.device, seed=args.seed,
                       sparse=args.sparse, batch_size=args.batch_size, patch_size=args.patch_size)
@@ -69,16 +72,28 @@ def _train_config(args: argparse.Namespace, pairs_masks: Sequence) -> "TrainConf
     return cfg
 
 
-def _load_init(spec: str | None, task: str):
+def _load_init(args: argparse.Namespace):
     """The ``ModelBundle`` to fine-tune from (``pretrained:NAME``, a folder) or None for ``none``.
 
-    No ``--init`` means the task's default: ``pretrained:nuclei`` for instances, scratch otherwise.
+    No ``--init`` means the task's default (``pretrained:nuclei`` for instances, scratch
+    otherwise), or scratch when ``--depth``/``--base-width`` ask for an architecture; a starting
+    model keeps its own architecture, so asking for another one with ``--init`` is an error.
     """
     from napari_unet.pretrained import default_init, resolve_init
     from napari_unet.training.checkpoint import load_bundle
 
-    folder = resolve_init(default_init(task) if spec is None else spec)
-    return None if folder is None else load_bundle(folder)
+    arch = {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width)) if v is not None}
+    spec = args.init if args.init is not None else ("none" if arch else default_init(args.task))
+    folder = resolve_init(spec)
+    if folder is None:
+        return None
+    init = load_bundle(folder)
+    clash = [f"--{k.replace('_', '-')} {v}" for k, v in arch.items() if getattr(init.config.model, k) != v]
+    if clash:
+        raise UserError(f"{' '.join(clash)} does not match the starting model {spec} "
+                        f"(depth {init.config.model.depth}, base width {init.config.model.base_width}); "
+                        "use --init none to train another architecture from scratch")
+    return init
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -89,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from napari_unet.training.checkpoint import save_bundle
     from napari_unet.training.engine import Trainer
 
-    init = _load_init(args.init, args.task)  # before reading data: a bad --init fails fast
+    init = _load_init(args)  # before reading data: a bad --init fails fast
     files = pair_files(args.images, args.masks)
     images = [read_image(i) for i, _ in files]
     masks = [read_mask(m) for _, m in files]
@@ -199,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: pretrained:nuclei for instances, none for semantic)")
     t.add_argument("--in-channels", type=int, default=1,
                    help="network input channels (default 1: colour is averaged to grey)")
-    t.add_argument("--depth", type=int, default=4)
-    t.add_argument("--base-width", type=int, default=16)
+    t.add_argument("--depth", type=int, default=None, help="default 4 (from scratch only)")
+    t.add_argument("--base-width", type=int, default=None, help="default 16 (from scratch only)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--patch-size", type=int, default=128)
     t.add_argument("--checkpoint-every", type=float, default=30.0,

@@ -81,22 +81,26 @@ def _first_conv(folder) -> torch.Tensor:
     return load_bundle(folder).net.state_dict()["encoders.0.body.0.weight"].flatten()
 
 
-def test_cli_train_defaults_to_pretrained_and_none_trains_from_scratch(tmp_path, small_pairs, nuclei):
+def test_cli_train_defaults_to_pretrained_and_none_trains_from_scratch(tmp_path, small_pairs, nuclei, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
     for i, (image, mask) in enumerate(small_pairs[:2]):
         write_image(images / f"n{i}.png", image)
         write_image(masks / f"n{i}.tif", mask)
     common = ["--steps", "2", "--patch-size", "64", "--batch-size", "2", "--quiet"]
     assert main(["train", str(images), str(masks), "--out", str(tmp_path / "ft"), *common]) == 0
-    assert main(["train", str(images), str(masks), "--out", str(tmp_path / "ft2"), "--init", "pretrained:nuclei",
-                 "--depth", "2", *common]) == 0
     assert main(["train", str(images), str(masks), "--out", str(tmp_path / "scratch"), "--init", "none",
                  "--seed", "1", *common]) == 0
     start = nuclei.net.state_dict()["encoders.0.body.0.weight"].flatten()
     cos = torch.nn.functional.cosine_similarity
     assert cos(_first_conv(tmp_path / "ft"), start, dim=0) > 0.9  # two steps barely move the start
-    assert load_bundle(tmp_path / "ft2").config.model.depth == 4  # the starting model's architecture
     assert abs(cos(_first_conv(tmp_path / "scratch"), start, dim=0)) < 0.5
+    # asking for an architecture means scratch; with an explicit starting model it is an error
+    assert main(["train", str(images), str(masks), "--out", str(tmp_path / "d2"), "--depth", "2", *common]) == 0
+    assert load_bundle(tmp_path / "d2").config.model.depth == 2
+    capsys.readouterr()
+    assert main(["train", str(images), str(masks), "--out", str(tmp_path / "x"), "--init", "pretrained:nuclei",
+                 "--depth", "2", *common]) == 2
+    assert "--depth 2 does not match the starting model" in capsys.readouterr().err
 
 
 def test_cli_unknown_starting_model_is_one_line(tmp_path, capsys):
