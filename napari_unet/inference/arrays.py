@@ -56,7 +56,7 @@ def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(
         else:
             probs = samples[0]
         probs_out.append(probs)
-        labels_out.append(labels_from_probabilities(probs, bundle.task, cfg.min_size))
+        labels_out.append(labels_from_probabilities(probs, bundle.task, cfg.min_size, **bundle.postprocess))
     if len(slices) == 1:
         maps = {uncertainty: maps_out[0]} if maps_out else {}
         return Prediction(probs_out[0], labels_out[0], maps)

@@ -12,14 +12,19 @@ from skimage.segmentation import watershed
 from napari_unet.data.targets import relabel_sequential
 
 
-def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_threshold: float = 0.5) -> np.ndarray:
+def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_threshold: float = 0.5,
+                                 seed_threshold: float | None = None) -> np.ndarray:
     """(3, H, W) background/interior/boundary probabilities -> (H, W) instance labels.
 
-    Seeds are connected components of pixels whose most likely class is *interior*; each
-    seed then grows over the predicted foreground (interior + boundary) by a watershed on
-    the boundary probability, so touching objects stay apart along their shared rim.
+    Seeds are connected components of confident *interior* pixels (probability above
+    ``seed_threshold``; None: where interior is the most likely class); each seed then grows
+    over the predicted foreground (interior + boundary above ``fg_threshold``) by a watershed on
+    the boundary probability, so touching objects stay apart along their shared rim. A model
+    folder may carry its own thresholds (``ModelBundle.postprocess``): for the shipped nuclei
+    model, strict seeds (0.8 / 0.6, chosen on 24 held-out dsb2018_fluo *train* images: AP@0.5
+    0.695 -> 0.767 there) split crowded nuclei that the argmax rule merges.
     """
-    interior = probs.argmax(axis=0) == 1
+    interior = probs.argmax(axis=0) == 1 if seed_threshold is None else probs[1] > seed_threshold
     foreground = (probs[1] + probs[2]) > fg_threshold
     seeds, n = ndi.label(interior)
     if n == 0:
@@ -40,8 +45,8 @@ def classes_from_probabilities(probs: np.ndarray) -> np.ndarray:
     return probs.argmax(axis=0).astype(np.uint8)
 
 
-def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10) -> np.ndarray:
-    """Instance labels or class indices, depending on the task."""
+def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10, **thresholds: float | None) -> np.ndarray:
+    """Instance labels (``thresholds``: see ``instances_from_probabilities``) or class indices."""
     if task == "instances":
-        return instances_from_probabilities(probs, min_size)
+        return instances_from_probabilities(probs, min_size, **thresholds)
     return classes_from_probabilities(probs)

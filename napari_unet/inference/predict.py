@@ -142,7 +142,7 @@ def predict_image(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = P
         probs = maps.pop("probabilities")
     else:
         probs, maps = predict_probabilities(bundle, image, cfg), {}
-    return Prediction(probs, labels_from_probabilities(probs, bundle.task, cfg.min_size), maps)
+    return Prediction(probs, labels_from_probabilities(probs, bundle.task, cfg.min_size, **bundle.postprocess), maps)
 
 
 def output_path(out_dir: Path, image_path: Path, suffix: str = ".tif") -> Path:

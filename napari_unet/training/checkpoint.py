@@ -38,6 +38,12 @@ class ModelBundle:
         return self.config.task
 
     @property
+    def postprocess(self) -> dict[str, float]:
+        """Instance post-processing thresholds tuned for this model (``seed_threshold``, ``fg_threshold``)."""
+        known = ("seed_threshold", "fg_threshold")
+        return {k: v for k, v in (self.meta.get("postprocess") or {}).items() if k in known}
+
+    @property
     def class_names(self) -> list[str]:
         from napari_unet.data.targets import INSTANCE_CLASSES
 

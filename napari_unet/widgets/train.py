@@ -93,7 +93,7 @@ class TrainRun:
         bundle = yield from self.trainer.run()
         if self.preview is not None:
             probs = predict_probabilities(bundle, self.preview)
-            yield Preview(-1, 0, probs, labels_from_probabilities(probs, bundle.task))
+            yield Preview(-1, 0, probs, labels_from_probabilities(probs, bundle.task, **bundle.postprocess))
         return bundle
 
 
