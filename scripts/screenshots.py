@@ -29,7 +29,7 @@ def main() -> None:
     from qtpy.QtCore import QTimer
 
     from napari_unet.samples import load_sample
-    from napari_unet.widgets.train import SCRATCH
+    from napari_unet.widgets.train import CURRENT, SCRATCH
 
     viewer = napari.Viewer(title="napari U-Net")
     viewer.window.resize(1500, 950)
@@ -52,7 +52,7 @@ def main() -> None:
 
     def predict_now() -> None:
         predict.image.value = "nuclei"
-        predict.model.value = predict.model.choices[0]
+        predict.model.value = CURRENT
         predict.mc_samples.value = 8
         predict.worker_done = False
         predict.start()
@@ -62,6 +62,8 @@ def main() -> None:
         predict_dock.raise_()
         viewer.layers[labels.name].visible = False
         viewer.layers["nuclei prediction"].visible = False
+        predict.suggest()
+        viewer.reset_view()
         viewer.layers.selection.active = viewer.layers["nuclei uncertainty"]
         shot("predict_uncertainty.png")
         viewer.close()

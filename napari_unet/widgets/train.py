@@ -157,10 +157,14 @@ class TrainWidget(Container):
                      Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
                      self.progress, self.status])
         self.plot = TrainingPlot()
-        self.native.layout().addWidget(self.plot)
         self.extend([self.model_folder,
                      Container(widgets=[self.save_button, self.load_button], layout="horizontal", labels=False),
                      self.model_label])
+        layout = self.native.layout()
+        rows = [layout.itemAt(i).widget() for i in range(layout.count())]
+        below = next((i for i, w in enumerate(rows)
+                      if w is not None and (w is self.status.native or w.isAncestorOf(self.status.native))), -2)
+        layout.insertWidget(below + 1, self.plot)  # the plot under the status line
         self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", v))
         self.init.changed.connect(lambda v: setattr(self.init_folder, "visible", v == FOLDER))
         self.image.changed.connect(self._on_image_changed)
@@ -362,6 +366,7 @@ class TrainWidget(Container):
         self.progress.value = 1000
         self.status.value = f"done: {training.get('steps', '?')} steps in {format_seconds(training.get('seconds'))}"
         self.init.reset_choices()
+        self.session.changed.emit()
         show_info(f"napari-unet: training finished ({training.get('steps', '?')} steps)")
 
     _on_error = show_failure
@@ -386,6 +391,7 @@ class TrainWidget(Container):
             return
         self.session.model = bundle
         self.session.model_name = f"loaded from {self.model_folder.value}"
+        self.session.changed.emit()
         self.model_label.value = self.session.model_name
         self.init.reset_choices()
         self.init.value = CURRENT
@@ -408,16 +414,30 @@ def _load_engine() -> str:
 
 
 def start_warm_up(label: Label):
-    """Import the engine in a worker thread when the widget opens, so Train starts at once."""
-    from napari.qt.threading import create_worker
+    """Import the engine in a daemon thread when the widget opens (so Train starts at once); a
+    main-thread timer then shows the detected device. Nothing Qt runs in the thread."""
+    import threading
 
-    def show(device: str) -> None:
+    from qtpy.QtCore import QTimer
+
+    result: dict[str, str] = {}
+
+    def load() -> None:
         try:
-            label.value = f"device: {device}"
-        except RuntimeError:  # the widget was closed meanwhile
-            pass
+            result["device"] = _load_engine()
+        except Exception as exc:  # shown, not raised: training will report the real error
+            result["device"] = f"unknown ({type(exc).__name__})"
 
-    worker = create_worker(_load_engine, _start_thread=False)
-    worker.returned.connect(show)
-    worker.start()
-    return worker
+    thread = threading.Thread(target=load, name="napari-unet warm-up", daemon=True)
+    timer = QTimer(label.native)
+    timer.setInterval(200)
+
+    def poll() -> None:
+        if "device" in result:
+            timer.stop()
+            label.value = f"device: {result['device']}"
+
+    timer.timeout.connect(poll)
+    thread.start()
+    timer.start()
+    return thread
