@@ -105,8 +105,11 @@ def _is_large(path: Path, limit: int) -> bool:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.series[0].shape
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+        except Exception:  # corrupt or empty: read_image reports it in one line
+            return False
         return int(np.prod(shape[:2] if len(shape) >= 2 else shape)) > limit and len(shape) <= 3
     return False
 
@@ -160,7 +163,10 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
     from napari_unet.inference.predict import predict_image
 
     cfg = replace(pcfg, mc_samples=bcfg.mc_samples if bcfg.uncertainty else 0)
-    pred = predict_image(bundle, read_image(path), cfg)
+    try:
+        pred = predict_image(bundle, read_image(path), cfg)
+    except MemoryError:
+        raise UserError(f"out of memory (RAM) predicting {path.name}; use a smaller tile size") from None
     labels = pred.labels
     if bundle.task == "instances":
         labels = labels.astype(labels_dtype(int(labels.max()) if labels.size else 0))
@@ -246,7 +252,12 @@ def predict_batch(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: s
     summary rows (also written to ``out_dir/bcfg.summary``). With one local worker the files run
     in this thread (tile progress for streamed images; stopping takes effect between tiles)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output folder {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
     if bcfg.uncertainty and bcfg.mc_samples < 2:
         raise UserError("uncertainty needs at least 2 MC-dropout samples")
     inline = not bcfg.scheduler and bcfg.workers <= 1
