@@ -43,7 +43,8 @@ def _grow(counts: np.ndarray, n: int) -> np.ndarray:
     return counts if len(counts) >= n else np.concatenate([counts, np.zeros(max(n, 2 * len(counts)) - len(counts), counts.dtype)])
 
 
-def label_seeds(probs: Any, seeds: Any, block: int, seed_min: int = 1) -> Generator[Progress, None, np.ndarray]:
+def label_seeds(probs: Any, seeds: Any, block: int, seed_min: int = 1,
+                seed_threshold: float | None = None) -> Generator[Progress, None, np.ndarray]:
     """Pass 1: provisional seed ids into ``seeds`` (H, W); returns the provisional -> final seed
     id map (seeds merged across seams, those under ``seed_min`` pixels dropped)."""
     shape = probs.shape[1:]
@@ -57,7 +58,8 @@ def label_seeds(probs: Any, seeds: Any, block: int, seed_min: int = 1) -> Genera
         if c == 0 and r > 0:
             above, band_last = band_last, np.zeros(shape[1], np.int64)
         p = np.asarray(probs[:, ys, xs])  # (K, h, w)
-        local, n = ndi.label(p.argmax(axis=0) == 1)
+        interior = p.argmax(axis=0) == 1 if seed_threshold is None else p[1] > seed_threshold
+        local, n = ndi.label(interior)
         ids = np.where(local > 0, local + next_id - 1, 0).astype(np.int64)  # (h, w)
         counts = _grow(counts, next_id + n)
         counts[next_id: next_id + n] = np.bincount(local.ravel(), minlength=n + 1)[1:]
@@ -117,10 +119,11 @@ def grow_instances(probs: Any, seeds: Any, seed_map: np.ndarray, labels: Any, bl
 
 
 def instances_blockwise(probs: Any, labels: Any, scratch: Any, block: int = 1024, halo: int = 64,
-                        min_size: int = 10, fg_threshold: float = 0.5) -> Generator[Progress, None, int]:
+                        min_size: int = 10, fg_threshold: float = 0.5,
+                        seed_threshold: float | None = None) -> Generator[Progress, None, int]:
     """Instance labels (H, W) into ``labels`` from probabilities (3, H, W); ``scratch`` is a
     uint32 (H, W) array for provisional seeds. Returns the number of objects."""
-    seed_map = yield from label_seeds(probs, scratch, block, max(min_size // 4, 1))
+    seed_map = yield from label_seeds(probs, scratch, block, max(min_size // 4, 1), seed_threshold)
     sizes = yield from grow_instances(probs, scratch, seed_map, labels, block, halo, fg_threshold)
     keep = sizes >= max(min_size, 1)
     keep[0] = False

@@ -160,7 +160,8 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
 
         scratch = zarr.open_array(str(out.with_name(f".{out.name}.seeds")), mode="w", shape=(h, w),
                                   chunks=(chunk, chunk), dtype=np.uint32, zarr_format=2)
-        objects = yield from instances_blockwise(probs, labels, scratch, chunk, halo, cfg.min_size)
+        objects = yield from instances_blockwise(probs, labels, scratch, chunk, halo, cfg.min_size,
+                                                 **bundle.postprocess)  # the model's tuned thresholds
         shutil.rmtree(out.with_name(f".{out.name}.seeds"), ignore_errors=True)
     else:
         for y in range(0, h, chunk):

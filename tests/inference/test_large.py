@@ -58,6 +58,16 @@ def test_blockwise_instances_match_whole_image(nuclei_pairs):
     assert len(crossing) > 5  # objects spanning block seams keep one id
 
 
+def test_blockwise_honours_seed_and_foreground_thresholds(nuclei_pairs):
+    probs = _probabilities_like(nuclei_pairs[2][1], seed=1)
+    whole = instances_from_probabilities(probs, 10, fg_threshold=0.6, seed_threshold=0.8)
+    labels, scratch = np.zeros(whole.shape, np.uint32), np.zeros(whole.shape, np.uint32)
+    run = instances_blockwise(probs, labels, scratch, 64, 32, 10, fg_threshold=0.6, seed_threshold=0.8)
+    for _ in run:
+        pass
+    assert labels.max() == whole.max() and _same_partition(whole, labels) > 0.999
+
+
 def test_merge_seeds_unions_across_seams_and_drops_small():
     counts = np.array([0, 5, 3, 1, 4])
     pairs = [np.array([[1, 2], [2, 4], [0, 3]])]
