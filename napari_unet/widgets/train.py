@@ -11,7 +11,8 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               PushButton, SpinBox)
 
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
-                                         probability_name, show_image, show_labels, show_uncertainty)
+                                         probability_name, show_image, show_labels, show_uncertainty,
+                                         uncertainty_name)
 from napari_unet.widgets._session import session_for, unwrap
 from napari_unet.widgets._worker import (format_seconds, load_folder, on_close, progress_permille, run_in_thread,
                                          save_folder, show_failure, unless_closed)
@@ -337,6 +338,8 @@ class TrainWidget(Container):
         if probability_name(image.name) not in self.viewer.layers:
             show_image(self.viewer, probability_name(image.name), np.zeros(shape, np.float32), like=image,
                        colormap="magma", opacity=0.45, blending="additive", contrast_limits=(0.0, 1.0), visible=False)
+        if self.preview_mc.value > 0 and uncertainty_name(image.name) not in self.viewer.layers:
+            show_uncertainty(self.viewer, image, np.zeros(shape, np.float32), "epistemic")
         self.viewer.layers.selection.active = active
 
     def _show_preview(self, event: Any) -> None:
