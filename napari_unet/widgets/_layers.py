@@ -40,27 +40,26 @@ def find_layer(viewer: Any, name: str | None):
     return viewer.layers[name] if name in viewer.layers else None
 
 
-def show_labels(viewer: Any, name: str, data: np.ndarray, like: Any = None, **kwargs):
-    """Replace the data of Labels layer ``name`` (creating it when missing)."""
+def _show(viewer: Any, name: str, data: np.ndarray, like: Any, add: str, **kwargs):
+    """Swap ``data`` into layer ``name`` when shapes match, else (re)create it with ``viewer.<add>``."""
     layer = find_layer(viewer, name)
     if layer is not None and layer.data.shape == data.shape:
         layer.data = data
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
+    return getattr(viewer, add)(data, name=name, **_geometry(like, data.ndim), **kwargs)
+
+
+def show_labels(viewer: Any, name: str, data: np.ndarray, like: Any = None, **kwargs):
+    """Replace the data of Labels layer ``name`` (creating it when missing)."""
     kwargs.setdefault("opacity", 0.6)
-    return viewer.add_labels(data, name=name, **_geometry(like, data.ndim), **kwargs)
+    return _show(viewer, name, data, like, "add_labels", **kwargs)
 
 
 def show_image(viewer: Any, name: str, data: np.ndarray, like: Any = None, **kwargs):
     """Replace the data of Image layer ``name`` (creating it when missing)."""
-    layer = find_layer(viewer, name)
-    if layer is not None and layer.data.shape == data.shape:
-        layer.data = data
-        return layer
-    if layer is not None:
-        viewer.layers.remove(layer)
-    return viewer.add_image(data, name=name, **_geometry(like, data.ndim), **kwargs)
+    return _show(viewer, name, data, like, "add_image", **kwargs)
 
 
 def show_uncertainty(viewer: Any, image: Any, values: np.ndarray, kind: str):

@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 
 from napari_unet import annotation
 from napari_unet.widgets._layers import annotations_name, find_layer, layers_of_type, prediction_name
-from napari_unet.widgets._session import session_for, unwrap
+from napari_unet.widgets._base import PluginWidget
 
 MODES = {"instances (one id per object)": "instances", "sparse classes (scribbles)": "sparse"}
 SPARSE_COLOURS = [(0.55, 0.55, 0.55, 1.0), (1.0, 0.85, 0.1, 1.0), (0.1, 0.9, 0.3, 1.0), (1.0, 0.3, 0.8, 1.0),
@@ -19,14 +19,12 @@ if TYPE_CHECKING:
     import napari
 
 
-class AnnotateWidget(Container):
+class AnnotateWidget(PluginWidget):
     """Create/attach ``<image> annotations``, edit helpers, live stats, training set, project files."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=False)
-        viewer = unwrap(viewer)
-        self.viewer = viewer
-        self.session = session_for(viewer)
+        super().__init__(viewer, labels=False)
+        viewer = self.viewer
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
         self.mode = ComboBox(label="Mode", choices=list(MODES), value=list(MODES)[0])
         self.class_names = LineEdit(label="Classes", value="object",
@@ -71,8 +69,6 @@ class AnnotateWidget(Container):
         self.image.changed.connect(self.refresh_stats)
         self.session.changed.connect(self._on_session_changed)
         self.session.annotations_edited.connect(lambda _name: self.refresh_stats())
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
         self.refresh_stats()
 
     # -- choices -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Table
 
-from napari_unet.widgets._session import session_for, unwrap
+from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
 
@@ -16,15 +16,12 @@ if TYPE_CHECKING:
     import napari
 
 
-class ExportWidget(Container):
+class ExportWidget(PluginWidget):
     """Model, input folder, output folder and format; progress, cancel, per-image summary."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        viewer = unwrap(viewer)
-        self.viewer = viewer
-        self.session = session_for(viewer)
-        self.worker = None
+        super().__init__(viewer)
+        viewer = self.viewer
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.model_folder = FileEdit(label="Model folder", mode="d", visible=False)
         self.inputs = FileEdit(label="Input folder", mode="d")

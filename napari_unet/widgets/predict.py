@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
                                          show_image, show_labels, show_uncertainty, uncertainty_name)
-from napari_unet.widgets._session import session_for, unwrap
+from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
 
@@ -19,15 +19,12 @@ if TYPE_CHECKING:
     import napari
 
 
-class PredictWidget(Container):
+class PredictWidget(PluginWidget):
     """Model choice, MC-dropout samples, Predict/Cancel, progress; writes prediction layers."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        viewer = unwrap(viewer)
-        self.viewer = viewer
-        self.session = session_for(viewer)
-        self.worker = None
+        super().__init__(viewer)
+        viewer = self.viewer
         self.image = ComboBox(label="Image", nullable=True,
                               choices=lambda _w: [l.name for l in layers_of_type(viewer, "image")])
         self.model = ComboBox(label="Model", choices=self._model_choices)
@@ -56,8 +53,6 @@ class PredictWidget(Container):
         self.predict_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.session.changed.connect(self.model.reset_choices)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
         on_close(self, lambda w: w.worker.quit() if w.worker is not None else None)
 
     def suggest(self) -> None:

@@ -9,7 +9,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
                               Select, SpinBox)
 
 from napari_unet.widgets._layers import find_layer, layers_of_type
-from napari_unet.widgets._session import session_for, unwrap
+from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import (load_folder, on_close, progress_permille, run_in_thread, save_folder,
                                          show_failure, unless_closed)
 from napari_unet.widgets.train import gui_threads
@@ -21,15 +21,12 @@ if TYPE_CHECKING:
     import napari
 
 
-class SynthesizeWidget(Container):
+class SynthesizeWidget(PluginWidget):
     """Diffusion training on the training set, prompts (auto or a Labels layer), review and accept."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        viewer = unwrap(viewer)
-        self.viewer = viewer
-        self.session = session_for(viewer)
-        self.worker = None
+        super().__init__(viewer)
+        viewer = self.viewer
         self._trainer = None
         self.time_limit = SpinBox(label="Training time (s)", value=600, min=10, max=7 * 24 * 3600, step=60)
         self.train_button = PushButton(text="Train diffusion model")
@@ -65,8 +62,6 @@ class SynthesizeWidget(Container):
         self.load_button.changed.connect(self.load)
         self.generate_button.changed.connect(self.generate)
         self.accept_button.changed.connect(self.accept)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
         on_close(self, lambda w: w.stop())
 
     def _prompt_choices(self, _widget=None) -> list[str]:

@@ -13,7 +13,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
                                          probability_name, show_image, show_labels, show_uncertainty,
                                          uncertainty_name)
-from napari_unet.widgets._session import session_for, unwrap
+from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import (format_seconds, load_folder, on_close, progress_permille, run_in_thread,
                                          save_folder, show_failure, unless_closed)
 
@@ -98,7 +98,7 @@ class TrainRun:
         return bundle
 
 
-class TrainWidget(Container):
+class TrainWidget(PluginWidget):
     """Settings, Train/Stop, progress with ETA, live loss/validation plot, save/load model."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -106,12 +106,9 @@ class TrainWidget(Container):
 
         from napari_unet.widgets._plot import TrainingPlot
 
-        super().__init__()
-        viewer = unwrap(viewer)
-        self.viewer = viewer
-        self.session = session_for(viewer)
+        super().__init__(viewer)
+        viewer = self.viewer
         self.run: TrainRun | None = None
-        self.worker = None
         self.previews = 0
         self._status_time = 0.0
         self._edited = False
@@ -176,8 +173,6 @@ class TrainWidget(Container):
         self.load_button.changed.connect(self.load_model)
         self.session.annotations_edited.connect(self._on_edited)
         self.session.changed.connect(self._on_session_changed)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
         self._sync = QTimer()
         self._sync.setInterval(SYNC_INTERVAL_MS)
         self._sync.timeout.connect(self._push_annotations)
