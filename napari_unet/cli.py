@@ -117,7 +117,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.checkpoint_every < 0:
         raise UserError("--checkpoint-every must be >= 0")
     cfg = replace(cfg, checkpoint_every=args.checkpoint_every or None)
-    trainer = Trainer(list(zip(images, masks)), cfg, init=init, names=[i.name for i, _ in files], checkpoint_to=out)
+    synthetic = None
+    if args.synthetic:  # a `synth generate` output folder: images/ and masks/
+        if not 0 < args.synthetic_ratio < 1:
+            raise UserError("--synthetic-ratio must be between 0 and 1")
+        root = Path(args.synthetic)
+        synthetic = [(read_image(i), read_mask(m)) for i, m in pair_files(root / "images", root / "masks")]
+        cfg = replace(cfg, synthetic_ratio=args.synthetic_ratio)
+    trainer = Trainer(list(zip(images, masks)), cfg, init=init, names=[i.name for i, _ in files], checkpoint_to=out,
+                      synthetic=synthetic)
     bundle = drive(trainer.run(), "training", args.quiet)
     save_bundle(bundle, out)
     val = bundle.meta.get("validation") or {}
@@ -218,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--base-width", type=int, default=None, help="default 16 (from scratch only)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--patch-size", type=int, default=128)
+    t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",
+                   help="also train on synthetic pairs (a `synth generate` output: images/ and masks/); "
+                        "validation stays on real images")
+    t.add_argument("--synthetic-ratio", type=float, default=0.5, help="share of patches from --synthetic")
     t.add_argument("--checkpoint-every", type=float, default=30.0,
                    help="seconds between atomic saves of the model while training (0 = only at the end)")
     t.set_defaults(func=cmd_train)

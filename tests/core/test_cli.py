@@ -56,3 +56,18 @@ def test_module_entry_point_runs_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "napari_unet", "predict", str(tmp_path), "x", "--out", "o"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_train_mixes_synthetic_pairs(folders, tmp_path, capsys):
+    images, masks = folders
+    synth = tmp_path / "synth"
+    for name in ("n0", "n1"):  # stands in for a `synth generate` output folder
+        write_image(synth / "images" / f"{name}.tif", read_mask(masks / f"{name}.tif").astype(np.uint8) * 80)
+        write_image(synth / "masks" / f"{name}.tif", read_mask(masks / f"{name}.tif"))
+    assert main(["train", str(images), str(masks), "--out", str(tmp_path / "m"), "--steps", "3", "--init", "none",
+                 "--depth", "2", "--base-width", "8", "--patch-size", "64", "--synthetic", str(synth),
+                 "--synthetic-ratio", "0.25", "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "2 synthetic pair(s) supply 25% of the patches" in out.out + out.err
+    assert main(["train", str(images), str(masks), "--out", str(tmp_path / "m2"), "--synthetic", str(synth),
+                 "--synthetic-ratio", "1.5", "--quiet"]) == 2
