@@ -40,18 +40,14 @@ def tile_uncertainty(bundle, images: list, tiles: list, size: int, mc: int) -> n
 
 
 def fine_tune(init, pairs: list, seconds: float, threads: int, seed: int):
+    from napari_unet.cli import drive
     from napari_unet.config import TrainConfig
     from napari_unet.pretrained import fine_tune_config
     from napari_unet.training.engine import Trainer
 
     cfg = fine_tune_config(TrainConfig(time_limit=seconds, threads=threads, seed=seed, validation_fraction=0.0,
                                        preview_every=0, batch_size=8), init)
-    run = Trainer(pairs, cfg, init=init).run()
-    while True:
-        try:
-            next(run)
-        except StopIteration as stop:
-            return stop.value
+    return drive(Trainer(pairs, cfg, init=init).run(), "fine-tuning", quiet=True)
 
 
 def score(bundle, val: list) -> float:

@@ -26,7 +26,7 @@ from napari_unet.diffusion.prompts import mask_channels, median_density, object_
 from napari_unet.diffusion.schedulers import NoiseSchedule
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Progress
-from napari_unet.training.device import autocast, describe, low_precision_dtype, resolve_device
+from napari_unet.training.device import autocast, describe, describe_precision, start_run
 
 Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
 
@@ -130,13 +130,8 @@ class DiffusionTrainer:
         multiple = 2 ** (len(cfg.model.channel_mults) - 1)
         if cfg.crop_size % multiple:
             raise UserError(f"the crop size must be a multiple of {multiple}, got {cfg.crop_size}")
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        device = resolve_device(cfg.device)
-        dtype = low_precision_dtype(device, cfg.low_precision)
-        yield Message(f"diffusion training on {describe(device)}" + (f" with {str(dtype).split('.')[-1]} autocast" if dtype else ""))
+        rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
+        yield Message(f"diffusion training on {describe_precision(device, dtype)}")
         data = prepare_diffusion_pairs(self._pairs, cfg, self._names)
         self._collect_shapes()
         tag_lists = [list(t) for t in self._tags] if self._tags is not None else [[] for _ in data]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import ContextManager
 
+import numpy as np
+
 import torch
 
 from napari_unet.errors import UserError
@@ -66,3 +68,18 @@ def describe(device: torch.device) -> str:
     if device.type == "mps":
         return "MPS (Apple GPU)"
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def start_run(seed: int, threads: int | None, device_name: str,
+              low_precision: bool | None) -> tuple[np.random.Generator, torch.device, torch.dtype | None]:
+    """Seed torch and numpy, set torch threads, pick the device and its low-precision dtype."""
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(device_name)
+    return np.random.default_rng(seed), device, low_precision_dtype(device, low_precision)
+
+
+def describe_precision(device: torch.device, dtype: torch.dtype | None) -> str:
+    """'CPU (2 threads) with bfloat16 autocast' style description of where training runs."""
+    return describe(device) + (f" with {str(dtype).split('.')[-1]} autocast" if dtype else "")

@@ -33,7 +33,7 @@ from napari_unet.training.checkpoint import (
     load_compatible_weights,
     save_bundle,
 )
-from napari_unet.training.device import autocast, describe, low_precision_dtype, resolve_device
+from napari_unet.training.device import autocast, describe, describe_precision, start_run
 from napari_unet.training.losses import segmentation_loss
 from napari_unet.training.validation import validate
 
@@ -116,15 +116,10 @@ class Trainer:
     def run(self) -> Generator[object, None, ModelBundle]:
         cfg = self.cfg
         setup_start = time.perf_counter()
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        device = resolve_device(cfg.device)
-        dtype = low_precision_dtype(device, cfg.low_precision)
+        rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
         channels_last = dtype is not None and cfg.model.dims == 2
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        yield Message(f"training on {describe(device)}" + (f" with {str(dtype).split('.')[-1]} autocast" if dtype else ""))
+        yield Message(f"training on {describe_precision(device, dtype)}")
         n_bad = sum(has_nonfinite(image) for image, _ in self._pairs)
         if n_bad:
             yield Message(f"{n_bad} image(s) hold NaN/Inf pixels; they are replaced by the image median",
