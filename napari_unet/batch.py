@@ -187,10 +187,13 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
 
 def _predict_streamed(bundle: Any, path: Path, out: Path, pcfg: PredictConfig, bcfg: BatchConfig,
                       start: float) -> Generator[object, None, dict[str, Any]]:
-    """Large images: streamed to OME-Zarr by ``inference.large`` (no uncertainty)."""
-    from napari_unet.inference.large import predict_large
+    """Large images: streamed to OME-Zarr pyramids by ``inference.large`` (with ``uncertainty``,
+    MC-dropout maps streamed the same way); the summary row is computed block by block."""
+    from napari_unet.inference.large import predict_large, streamed_summary
+    from napari_unet.omezarr import open_ome_zarr
 
-    run = predict_large(bundle, _open_lazy(path), out.with_name(out.name + ".ome.zarr"), pcfg, bcfg.probabilities)
+    cfg = replace(pcfg, mc_samples=bcfg.mc_samples if bcfg.uncertainty else 0)
+    run = predict_large(bundle, _open_lazy(path), out.with_name(out.name + ".ome.zarr"), cfg, bcfg.probabilities)
     try:
         while True:
             event = next(run)
@@ -198,8 +201,9 @@ def _predict_streamed(bundle: Any, path: Path, out: Path, pcfg: PredictConfig, b
                 yield Progress(event.done, event.total, event.elapsed, f"{path.name}: {event.message}")
     except StopIteration as stop:
         result = stop.value
-    return {"file": str(path), "output": str(result.labels), "objects": result.objects, "mean_area": "",
-            "foreground_fraction": "", "mean_uncertainty": "", "mean_object_uncertainty": "",
+    maps = open_ome_zarr(result.uncertainty) if result.uncertainty is not None else None  # lazy
+    row = {"mean_uncertainty": "", "mean_object_uncertainty": "", **streamed_summary(open_ome_zarr(result.labels), maps)}
+    return {"file": str(path), "output": str(result.labels), "objects": result.objects, **row,
             "seconds": round(time.perf_counter() - start, 3)}
 
 

@@ -2,10 +2,13 @@
 
 ``predict_large`` reads the image tile by tile (``tiling.iter_tiled``), writes blended
 probabilities to an on-disk Zarr array in bands of whole chunks, then labels instances block by
-block with seams resolved (``blockwise.instances_blockwise``). Memory holds one band of tiles
-(about ``2 * tile * width * classes * 4`` bytes) plus one band of output chunks, whatever the
-image height. Normalisation percentiles come from a strided sample of the image.
-"""
+block with seams resolved (``blockwise.instances_blockwise``). With MC-dropout samples each tile
+also gets its uncertainty maps (``predict.mc_dropout_tile_fn``: the same dropout masks in every
+tile, so the maps are seam-free and equal the whole-image ones), streamed the same way. Each
+output then gets its resolution pyramid (``omezarr.build_pyramid``, block by block). Memory holds
+one band of tiles (about ``2 * tile * width * channels * 4`` bytes) plus one band of output
+chunks, whatever the image height. Normalisation percentiles come from a strided sample of the
+image."""
 
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
 from napari_unet.inference.blockwise import instances_blockwise
-from napari_unet.inference.tiling import Slab, TileSpec, iter_tiled
+from napari_unet.inference.tiling import Slab, iter_tiled
+from napari_unet.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
 from napari_unet.training.checkpoint import ModelBundle
 from napari_unet.training.device import low_precision_dtype
 
@@ -36,6 +40,7 @@ class LargeResult:
     objects: int
     shape: tuple[int, ...]
     seconds: float
+    uncertainty: Path | None = None  # (total, aleatoric, epistemic) with cfg.mc_samples > 0
 
 
 class ChannelsFirst:
@@ -120,14 +125,22 @@ def _band_writer(target: Any, chunk_rows: int):
     return push
 
 
+def _sibling(out: Path, suffix: str) -> Path:
+    """``<stem>_<suffix>.ome.zarr`` beside the labels ``out``."""
+    return out.with_name(out.name.replace(".ome.zarr", "").replace(".zarr", "") + f"_{suffix}.ome.zarr")
+
+
 def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: PredictConfig = PredictConfig(),
                   probabilities: bool = False, chunk: int = 1024, tile: int = 512,
-                  halo: int = 64) -> Generator[object, None, LargeResult]:
+                  halo: int = 64, min_level_size: int = MIN_LEVEL_SIZE) -> Generator[object, None, LargeResult]:
     """Predict a 2D array-like ``image`` (numpy, zarr, dask) into the OME-Zarr ``out`` (labels),
-    streaming; with ``probabilities`` also keep ``<out>_probabilities`` (K, H, W float16).
-    Yields ``Progress`` per tile and per block, then ``Finished``."""
-    from napari_unet.inference.predict import network_tile_fn, tile_geometry
-    from napari_unet.omezarr import create_ome_zarr
+    streaming; with ``probabilities`` also keep ``<out>_probabilities`` (K, H, W float16); with
+    ``cfg.mc_samples`` > 0 labels come from the MC-dropout mean and ``<out>_uncertainty``
+    (total, aleatoric, epistemic; 3, H, W float16) is written too. Every output gets a resolution
+    pyramid down to ``min_level_size`` pixels. Yields ``Progress`` per tile and per block, then
+    ``Finished``."""
+    from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
+    from napari_unet.models import enable_mc_dropout
 
     begin = time.perf_counter()
     if bundle.config.model.dims != 2:
@@ -139,20 +152,35 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     net = bundle.net.eval()
     dtype = low_precision_dtype(next(net.parameters()).device, None)
     spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=cfg.overlap))
-    k = len(bundle.class_names)
-    yield Message(f"streaming {h}x{w} in {spec.tile}-pixel tiles to {out.name}")
-    prob_path = out.with_name(out.name.replace(".ome.zarr", "").replace(".zarr", "") + "_probabilities.ome.zarr")
+    k, mc = len(bundle.class_names), max(cfg.mc_samples, 0)
+    yield Message(f"streaming {h}x{w} in {spec.tile}-pixel tiles to {out.name}"
+                  + (f" with {mc} MC-dropout passes per tile" if mc else ""))
+    prob_path, unc_path = _sibling(out, "probabilities"), _sibling(out, "uncertainty") if mc else None
     work = prob_path if probabilities else out.with_name(f".{out.name}.work")
     probs = create_ome_zarr(work, (k, h, w), np.float16, (1, chunk, chunk), ["c", "y", "x"])
-    push = _band_writer(probs, chunk)
-    with torch.inference_mode():
-        for item in iter_tiled(network_tile_fn(net, dtype), Normalized(view, bounds), k, spec, allowed,
-                               cfg.batch_size):
-            if isinstance(item, Slab):
-                push(item)
-            else:
-                yield Progress(item.done, item.total, item.elapsed, "tiles")
-    push(None)
+    writers = [_band_writer(probs, chunk)]
+    if unc_path is not None:
+        maps = create_ome_zarr(unc_path, (3, h, w), np.float16, (1, chunk, chunk), ["c", "y", "x"])
+        writers.append(_band_writer(maps, chunk))
+    if mc:
+        enable_mc_dropout(net)
+        tile_fn = mc_dropout_tile_fn(net, dtype, mc)
+    else:
+        tile_fn = network_tile_fn(net, dtype)
+    try:
+        with torch.inference_mode():
+            for item in iter_tiled(tile_fn, Normalized(view, bounds), k + 3 * bool(mc), spec, allowed,
+                                   cfg.batch_size):
+                if isinstance(item, Slab):  # (K [+ 3], rows, W): probabilities [and uncertainty maps]
+                    writers[0](Slab(item.start, item.stop, item.data[:k]))
+                    if mc:
+                        writers[1](Slab(item.start, item.stop, item.data[k:]))
+                else:
+                    yield Progress(item.done, item.total, item.elapsed, "tiles")
+    finally:
+        net.eval()
+    for push in writers:
+        push(None)
     labels_dtype = np.uint32
     labels = create_ome_zarr(out, (h, w), labels_dtype, (chunk, chunk), ["y", "x"], labels=True)
     if bundle.task == "instances":
@@ -169,7 +197,33 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
         objects = 0
     if not probabilities:
         shutil.rmtree(work, ignore_errors=True)
-    result = LargeResult(out, prob_path if probabilities else None, objects, (h, w), time.perf_counter() - begin)
+    for path in (out, prob_path if probabilities else None, unc_path):
+        if path is not None:
+            yield from build_pyramid(path, min_size=min_level_size)
+    result = LargeResult(out, prob_path if probabilities else None, objects, (h, w), time.perf_counter() - begin,
+                         unc_path)
     yield Finished(result, {"objects": objects, "seconds": result.seconds, "megapixels_per_second":
                             h * w / 1e6 / max(result.seconds, 1e-9)})
     return result
+
+
+def streamed_summary(labels: Any, maps: Any | None, block: int = 1024) -> dict[str, float]:
+    """Foreground fraction, mean object area and mean (object) total uncertainty of on-disk
+    outputs, read block by block: labels (H, W), uncertainty ``maps`` (3, H, W; total first) or None."""
+    h, w = labels.shape
+    fg = unc_sum = unc_fg = 0.0
+    ids: set[int] = set()
+    for y in range(0, h, block):
+        for x in range(0, w, block):
+            lab = np.asarray(labels[y:y + block, x:x + block])
+            mask = lab > 0
+            fg += float(mask.sum())
+            ids.update(np.unique(lab[mask]).tolist())
+            if maps is not None:
+                u = np.asarray(maps[0, y:y + block, x:x + block], dtype=np.float64)
+                unc_sum, unc_fg = unc_sum + float(u.sum()), unc_fg + float(u[mask].sum())
+    row = {"foreground_fraction": round(fg / (h * w), 5), "mean_area": round(fg / len(ids), 2) if ids else 0.0}
+    if maps is not None:
+        row["mean_uncertainty"] = round(unc_sum / (h * w), 5)
+        row["mean_object_uncertainty"] = round(unc_fg / fg, 5) if fg else 0.0
+    return row

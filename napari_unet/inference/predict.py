@@ -69,6 +69,32 @@ def network_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None) -> TileFn:
     return lambda batch: network_forward(net, batch, dtype)
 
 
+UNCERTAINTY_KINDS = ("total", "aleatoric", "epistemic")
+
+
+def mc_dropout_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, samples: int, seed: int = 0) -> TileFn:
+    """MC-dropout as a tile function: (B, C, *S_in) -> (B, K + 3, *S_out), the mean softmax of
+    ``samples`` dropout passes followed by total, aleatoric and epistemic uncertainty.
+
+    Pass ``t`` of every tile is seeded ``seed + t``, so it draws the same (channel) dropout mask
+    as pass ``t`` over the whole image in ``predict_probabilities``: overlapping tiles agree, the
+    blended maps have no seams and equal the whole-image maps. ``net`` must be in MC-dropout mode
+    (``models.enable_mc_dropout``)."""
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for item in batch:  # one item at a time: a batch would draw a different mask per item
+            draws = []
+            for t in range(samples):
+                torch.manual_seed(seed + t)
+                draws.append(network_forward(net, item[None], dtype)[0])  # (K, *S_out)
+            maps = mc_uncertainty(np.stack(draws))
+            out.append(np.concatenate([maps["probabilities"], np.stack([maps[k] for k in UNCERTAINTY_KINDS])]))
+        return np.stack(out)  # (B, K + 3, *S_out)
+
+    return fn
+
+
 MIN_OOM_TILE = 64  # the smallest tile tried after the GPU ran out of memory
 
 
