@@ -2,25 +2,30 @@
 
 Regions are square windows scored by their mean epistemic uncertainty (MC-dropout mutual
 information: what more annotation can teach the model, unlike aleatoric noise). The top ``k``
-windows that do not overlap are returned, best first.
+windows that do not overlap are returned, best first: on one image (``rank_regions``) or over
+several, e.g. a whole training set (``rank_regions_across``: regions tagged with their image).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Region:
-    """A square window (pixel bounds, end exclusive) and its mean uncertainty."""
+    """A square window (pixel bounds, end exclusive) and its mean uncertainty; ``image`` and
+    ``name`` say which image it lies in when several were ranked together."""
 
     y0: int
     x0: int
     y1: int
     x1: int
     score: float
+    image: int = 0
+    name: str = ""
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -57,3 +62,15 @@ def rank_regions(uncertainty: np.ndarray, size: int = 64, k: int = 5, stride: in
             if len(chosen) == k:
                 break
     return chosen
+
+
+def rank_regions_across(maps: Sequence[np.ndarray], size: int = 64, k: int = 5,
+                        names: Sequence[str] | None = None, stride: int | None = None) -> list[Region]:
+    """Top ``k`` windows over several (H_i, W_i) maps (one per image), best first; windows never
+    overlap within an image. Each region carries its image's index and name (``names``, default
+    the index). The maps must share a scale (the same model and uncertainty kind)."""
+    names = [str(i) for i in range(len(maps))] if names is None else list(names)
+    if len(names) != len(maps):
+        raise ValueError(f"{len(names)} names for {len(maps)} maps")
+    found = [replace(r, image=i, name=names[i]) for i, u in enumerate(maps) for r in rank_regions(u, size, k, stride)]
+    return sorted(found, key=lambda r: -r.score)[:k]  # per-image greedy lists merge into the global greedy list

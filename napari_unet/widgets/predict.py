@@ -10,10 +10,12 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
                                          show_image, show_labels, show_uncertainty, uncertainty_name)
 from napari_unet.widgets._base import PluginWidget
+from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
 
 UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric"]
+CURRENT_IMAGE, TRAINING_SET = "current image", "all training-set images"
 
 if TYPE_CHECKING:
     import napari
@@ -36,19 +38,21 @@ class PredictWidget(PluginWidget):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="")
+        self.scope = ComboBox(label="Suggest from", choices=[CURRENT_IMAGE, TRAINING_SET], value=CURRENT_IMAGE,
+                              tooltip="rank the chosen image, or every training-set image (those without an "
+                                      "uncertainty layer are predicted first with the model above)")
         self.n_regions = SpinBox(label="Regions", value=5, min=1, max=50)
         self.region_size = SpinBox(label="Region size (px)", value=96, min=16, max=2048, step=16)
         self.suggest_button = PushButton(text="Suggest where to annotate")
         self.next_button = PushButton(text="Go to next region")
         self.extend([self.image, self.model, self.model_folder, self.mc_samples, self.uncertainty,
                      Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
-                     self.progress, self.status, Label(value="<b>Annotate next</b>"), self.n_regions,
+                     self.progress, self.status, Label(value="<b>Annotate next</b>"), self.scope, self.n_regions,
                      self.region_size,
                      Container(widgets=[self.suggest_button, self.next_button], layout="horizontal", labels=False)])
         self.suggest_button.changed.connect(self.suggest)
         self.next_button.changed.connect(self.go_to_next)
-        self._regions: list = []
-        self._region_index = -1
+        self.tour = RegionTour(self.viewer, self.session)
         self.model.changed.connect(lambda v: setattr(self.model_folder, "visible", v == FOLDER))
         self.predict_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -56,46 +60,110 @@ class PredictWidget(PluginWidget):
         on_close(self, lambda w: w.worker.quit() if w.worker is not None else None)
 
     def suggest(self) -> None:
-        """Rank windows of ``<image> uncertainty`` and show the top ones as Shapes ``annotate next``."""
+        """Rank windows by uncertainty (of the chosen image, or of every training-set image) and
+        show the top ones as the Shapes layer ``annotate next``."""
+        from dataclasses import replace
+
         from napari.utils.notifications import show_warning
 
         from napari_unet.inference.suggest import rank_regions
 
+        if self.scope.value == TRAINING_SET:
+            self._suggest_training_set()
+            return
         image = find_layer(self.viewer, self.image.value)
         layer = None if image is None else find_layer(self.viewer, uncertainty_name(image.name))
         if layer is None:
             show_warning("no uncertainty yet: predict with MC-dropout samples > 0, or train with preview MC samples")
             return
-        values = np.asarray(layer.data)
-        values = values if values.ndim == 2 else values[min(self.viewer.dims.current_step[0], values.shape[0] - 1)]
-        self._regions = rank_regions(values, self.region_size.value, self.n_regions.value)
-        shapes = [r.corners() for r in self._regions]
-        texts = {"string": [f"#{i + 1}" for i in range(len(shapes))], "color": "yellow", "size": 12}
-        if "annotate next" in self.viewer.layers:
-            self.viewer.layers.remove("annotate next")
-        active = self.viewer.layers.selection.active
-        self.viewer.add_shapes(shapes, shape_type="rectangle", name="annotate next", edge_color="yellow",
-                               face_color="transparent", edge_width=3, text=texts,
-                               scale=tuple(image.scale[-2:]), translate=tuple(image.translate[-2:]))
-        self.viewer.layers.selection.active = active
-        self._region_index = -1
-        self.go_to_next()
+        regions = rank_regions(self._plane(layer), self.region_size.value, self.n_regions.value)
+        self.tour.start([replace(r, name=image.name) for r in regions], image.name)
+        self._report()
+
+    def _suggest_training_set(self) -> None:
+        """Rank over all training-set images; those without a ``kind`` uncertainty layer are
+        predicted first (in a worker, with the chosen model and MC-dropout samples)."""
+        from napari.utils.notifications import show_warning
+
+        names = [n for n in self.session.project.names() if find_layer(self.viewer, n) is not None]
+        if not names:
+            show_warning("the training set is empty: attach annotations to images in the Annotate widget")
+            return
+        kind = self.uncertainty.value
+        missing = [n for n in names if not _has_uncertainty(self.viewer, n, kind)]
+        if not missing:
+            self._rank_training_set(names)
+            return
+        if self.worker is not None:
+            return
+        if self.mc_samples.value < 2:
+            show_warning(f"{len(missing)} training-set image(s) have no uncertainty yet: set MC-dropout samples >= 2")
+            return
+        spec = self._model_spec()
+        if spec is None:
+            return
+        from napari_unet.config import PredictConfig
+
+        layers = [self.viewer.layers[n] for n in missing]
+        items = [(layer.name, np.asarray(layer.data), bool(layer.rgb)) for layer in layers]
+        cfg, current = PredictConfig(mc_samples=self.mc_samples.value, threads=gui_threads()), self.session.model
+        self.status.value = f"uncertainty of {len(items)} training-set image(s)…"
+        self.predict_button.enabled, self.cancel_button.enabled = False, True
+        self.worker = run_in_thread(lambda: _uncertainty_events(spec, current, items, cfg, kind), self._on_event,
+                                    lambda maps: self._on_maps(maps, names, kind), self._on_error,
+                                    self._on_finished)
+
+    @unless_closed
+    def _on_maps(self, maps: dict, names: list[str], kind: str) -> None:
+        """Show the computed uncertainty layers (only the image on screen's visibly), then rank."""
+        for name, values in maps.items():
+            image = find_layer(self.viewer, name)
+            if image is not None:
+                layer = show_uncertainty(self.viewer, image, values, kind)
+                layer.visible = image.visible and name == self.image.value
+        self._rank_training_set([n for n in names if find_layer(self.viewer, n) is not None])
+
+    def _rank_training_set(self, names: list[str]) -> None:
+        from napari_unet.inference.suggest import rank_regions_across
+
+        maps = [self._plane(self.viewer.layers[uncertainty_name(n)]) for n in names]
+        regions = rank_regions_across(maps, self.region_size.value, self.n_regions.value, names)
+        self.tour.start(regions, self.image.value if self.image.value in names else None)
+        self._after_move()
 
     def go_to_next(self) -> None:
-        """Centre the camera on the next suggested region (wrapping around)."""
-        if not self._regions:
+        """Centre the camera on the next suggested region (wrapping around), switching images if needed."""
+        if self.tour.next() is not None:
+            self._after_move()
+
+    def _after_move(self) -> None:
+        region = self.tour.regions[self.tour.index] if self.tour.regions else None
+        if region is not None and region.name in self.viewer.layers and region.name != self.image.value:
+            self.image.value = region.name  # Predict and Suggest now act on the image on show
+        self._report()
+
+    def _report(self) -> None:
+        if not self.tour.regions:
+            self.status.value = "no region to suggest"
             return
-        self._region_index = (self._region_index + 1) % len(self._regions)
-        region = self._regions[self._region_index]
-        layer = self.viewer.layers["annotate next"] if "annotate next" in self.viewer.layers else None
-        scale = np.asarray(layer.scale[-2:]) if layer is not None else np.ones(2)
-        offset = np.asarray(layer.translate[-2:]) if layer is not None else np.zeros(2)
-        centre = np.asarray(region.centre) * scale + offset
-        self.viewer.camera.center = tuple(centre)
-        canvas = getattr(self.viewer, "_canvas_size", (600, 600))
-        extent = float(max(region.y1 - region.y0, region.x1 - region.x0) * scale.max())
-        self.viewer.camera.zoom = 0.6 * min(canvas) / max(extent, 1.0)
-        self.status.value = f"region {self._region_index + 1}/{len(self._regions)}: uncertainty {region.score:.3f}"
+        region, n = self.tour.regions[self.tour.index], len(self.tour.regions)
+        where = f" in {region.name}" if self.scope.value == TRAINING_SET else ""
+        self.status.value = f"region {self.tour.index + 1}/{n}{where}: uncertainty {region.score:.3f}"
+
+    def _plane(self, layer: Any) -> np.ndarray:
+        """A 2D uncertainty map: the layer's data, or its slice at the viewer's current step."""
+        values = np.asarray(layer.data)
+        return values if values.ndim == 2 else values[min(self.viewer.dims.current_step[0], values.shape[0] - 1)]
+
+    def _model_spec(self) -> str | None:
+        """What to load: CURRENT, a pretrained name or a folder; None (after a warning) when no model."""
+        from napari.utils.notifications import show_warning
+
+        choice = self.model.value
+        if choice == CURRENT and self.session.model is None:
+            show_warning("no model yet: train one, load one, or choose a pretrained model")
+            return None
+        return str(self.model_folder.value) if choice == FOLDER else choice
 
     def _model_choices(self, _widget=None) -> list[str]:
         current = [CURRENT] if self.session.model is not None else []
@@ -113,11 +181,9 @@ class PredictWidget(PluginWidget):
             return
         if self.worker is not None:
             return
-        choice = self.model.value
-        if choice == CURRENT and self.session.model is None:
-            show_warning("no model yet: train one, load one, or choose a pretrained model")
+        spec = self._model_spec()
+        if spec is None:
             return
-        spec = str(self.model_folder.value) if choice == FOLDER else choice
         current = self.session.model
         cfg = PredictConfig(mc_samples=self.mc_samples.value, threads=gui_threads())
         data, rgb, kind = np.asarray(image.data), bool(image.rgb), self.uncertainty.value
@@ -167,20 +233,55 @@ class PredictWidget(PluginWidget):
         self.predict_button.enabled, self.cancel_button.enabled = True, False
 
 
+def _has_uncertainty(viewer: Any, name: str, kind: str) -> bool:
+    """Whether image ``name`` has an uncertainty layer of ``kind``."""
+    layer = find_layer(viewer, uncertainty_name(name))
+    return layer is not None and layer.metadata.get("kind") == kind
+
+
+def _load_bundle(spec: str, current: Any) -> Any:
+    """The session's model for CURRENT, else the pretrained or folder model ``spec`` (worker thread)."""
+    if spec == CURRENT:
+        return current
+    from napari_unet.pretrained import resolve_init
+    from napari_unet.training.checkpoint import load_bundle
+
+    return load_bundle(resolve_init(spec))
+
+
 def _predict_events(spec: str, current: Any, data: np.ndarray, rgb: bool, cfg: Any, kind: str):
     """Worker generator: load the model (unless it is the session's), then predict."""
     import torch
 
     from napari_unet.inference.arrays import predict_array
-    from napari_unet.training.checkpoint import load_bundle
 
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    if spec == CURRENT:
-        bundle = current
-    else:
-        from napari_unet.pretrained import resolve_init
-
-        folder = resolve_init(spec)
-        bundle = load_bundle(folder)
+    bundle = _load_bundle(spec, current)
     prediction = yield from predict_array(bundle, data, cfg, rgb=rgb, uncertainty=kind)
     return bundle, prediction
+
+
+def _uncertainty_events(spec: str, current: Any, items: list, cfg: Any, kind: str):
+    """Worker generator: the ``kind`` uncertainty map of each (name, data, rgb); returns {name: map}."""
+    import time
+
+    import torch
+
+    from napari_unet.events import Progress
+    from napari_unet.inference.arrays import predict_array
+
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    bundle = _load_bundle(spec, current)
+    maps, start = {}, time.perf_counter()
+    for i, (name, data, rgb) in enumerate(items):
+        run = predict_array(bundle, data, cfg, rgb=rgb, uncertainty=kind)
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as stop:
+                maps[name] = stop.value.uncertainty[kind]
+                break
+            if isinstance(event, Progress) and event.total:  # progress over all images
+                yield Progress(i * event.total + event.done, len(items) * event.total, time.perf_counter() - start,
+                               name)
+    return maps

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.inference.suggest import rank_regions
+from napari_unet.inference.suggest import rank_regions, rank_regions_across
 
 
 def test_finds_the_uncertain_spots_in_order():
@@ -31,3 +31,17 @@ def test_regions_never_overlap_and_small_images_work():
             assert a.y1 <= b.y0 or b.y1 <= a.y0 or a.x1 <= b.x0 or b.x1 <= a.x0
     tiny = rank_regions(np.ones((10, 12)), size=64, k=3)
     assert len(tiny) == 1 and (tiny[0].y1 - tiny[0].y0) == 10
+
+
+def test_ranking_across_images_merges_by_score_and_tags_each_region():
+    a, b, c = np.zeros((120, 120)), np.zeros((80, 200)), np.full((64, 64), 0.2)
+    a[10:40, 10:40] = 0.6
+    b[20:50, 100:130] = 1.0
+    b[40:70, 10:40] = 0.3
+    regions = rank_regions_across([a, b, c], size=32, k=4, names=["a", "b", "c"])
+    assert [(r.image, r.name) for r in regions] == [(1, "b"), (0, "a"), (1, "b"), (2, "c")]
+    assert 100 <= regions[0].centre[1] <= 130 and 10 <= regions[2].centre[1] <= 40
+    assert [r.score for r in regions] == sorted((r.score for r in regions), reverse=True)
+    single = rank_regions(b, size=32, k=2)
+    assert [(r.y0, r.x0) for r in regions if r.name == "b"] == [(r.y0, r.x0) for r in single]
+    assert rank_regions_across([a, b], size=32, k=1)[0].name == "1"  # default names: the index
