@@ -229,6 +229,16 @@ class Trainer:
                              "images": len(train_pairs), "validation_images": len(val_pairs),
                              "stopped_early": self._stop.is_set(), "batch_size": batch},
                 "validation": best_metrics}
+        postprocess = self._init.postprocess if self._init is not None and cfg.task == self._init.task else {}
+        if cfg.task == "instances" and val_pairs and not self._stop.is_set():
+            tuned = self._tune_postprocess(net, val_pairs, dtype)
+            if tuned is not None:
+                postprocess = tuned
+                yield Message(f"post-processing tuned on {len(val_pairs)} validation image(s): AP@0.5 "
+                              f"{tuned['ap50_argmax']:.3f} -> {tuned['ap50']:.3f} (seeds > {tuned['seed_threshold']}, "
+                              f"foreground > {tuned['fg_threshold']})")
+        if postprocess:
+            meta["postprocess"] = postprocess
         bundle = ModelBundle(net, cfg, meta)
         yield Finished(bundle, {"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
@@ -253,6 +263,18 @@ class Trainer:
             loss.backward()
             optimizer.step()
         return float(loss.detach())
+
+    def _tune_postprocess(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair],
+                          dtype: torch.dtype | None) -> dict | None:
+        """Thresholds with the best AP@0.5 on the validation images (None: the argmax rule is as good)."""
+        from napari_unet.inference.predict import predict_normalized
+        from napari_unet.training.calibrate import tune_thresholds
+
+        probs = [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs]
+        tuned = tune_thresholds(probs, [p.instances for p in val_pairs], self._stop.is_set)
+        if tuned["seed_threshold"] is None and tuned["fg_threshold"] == 0.5:
+            return None
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
     def _save_checkpoint(self, net: torch.nn.Module, step: int, seconds: float) -> None:
         """Save the current weights atomically so a killed run still leaves a usable model."""

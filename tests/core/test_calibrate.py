@@ -1,0 +1,74 @@
+"""Post-processing thresholds chosen on the held-out images, and kept in the model folder."""
+
+from dataclasses import replace
+
+import numpy as np
+from skimage.draw import disk
+
+from napari_unet.config import TrainConfig, UNetConfig
+from napari_unet.events import Message
+from napari_unet.pretrained import resolve_init
+from napari_unet.training.calibrate import pooled_ap50, tune_thresholds
+from napari_unet.training.checkpoint import load_bundle, save_bundle
+from napari_unet.training.engine import Trainer
+
+from test_training import run
+
+
+def touching_pair() -> tuple[np.ndarray, np.ndarray]:
+    """Two touching discs whose interiors the argmax rule joins through a lukewarm neck."""
+    gt = np.zeros((64, 96), np.uint16)
+    gt[disk((32, 32), 16)] = 1
+    gt[disk((32, 62), 16)] = 2
+    gt[:, 47:48][gt[:, 47:48] > 0] = 1  # they share the column x = 47
+    probs = np.zeros((3, 64, 96), np.float32)
+    probs[0] = 1.0
+    inside = gt > 0
+    probs[:, inside] = np.array([0.02, 0.95, 0.03])[:, None]
+    neck = inside & (np.abs(np.arange(96) - 47) <= 2)[None, :]
+    probs[:, neck] = np.array([0.05, 0.60, 0.35])[:, None]  # interior wins the argmax, but not confidently
+    return probs, gt
+
+
+def test_tuning_splits_objects_the_argmax_rule_merges():
+    probs, gt = touching_pair()
+    # one merged object: it matches one disc (IoU just over 0.5) and misses the other: 1 / (1 + 1)
+    assert pooled_ap50([probs], [gt], None, 0.5) == 0.5
+    tuned = tune_thresholds([probs], [gt])
+    assert tuned["ap50_argmax"] == 0.5
+    assert tuned["ap50"] == 1.0 and tuned["seed_threshold"] >= 0.6  # seeds need more than the neck's 0.60
+
+
+def test_tuning_keeps_the_argmax_rule_when_nothing_beats_it():
+    probs, gt = touching_pair()
+    probs[:, probs[1] == np.float32(0.60)] = np.array([0.05, 0.1, 0.85])[:, None]  # a clear rim: argmax splits
+    tuned = tune_thresholds([probs], [gt])
+    assert tuned["ap50"] == tuned["ap50_argmax"] == 1.0
+    assert tuned["seed_threshold"] is None and tuned["fg_threshold"] == 0.5
+
+
+def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_path, monkeypatch):
+    from napari_unet.training import calibrate
+
+    seen = {}
+
+    def fake_tune(probs, instances, should_stop=None):  # the search itself is tested above
+        seen.update(n=len(probs), shapes=[p.shape for p in probs])
+        return {"seed_threshold": 0.8, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5}
+
+    monkeypatch.setattr(calibrate, "tune_thresholds", fake_tune)
+    cfg = TrainConfig(model=UNetConfig(depth=2, base_width=8), steps=5, time_limit=None, batch_size=2,
+                      validate_every=1e9, low_precision=False)
+    bundle, events = run(Trainer(small_pairs[:2], cfg, validation=small_pairs[2:4]))
+    assert seen["n"] == 2 and seen["shapes"][0] == (3, *small_pairs[2][0].shape[:2])
+    assert any("AP@0.5 0.500 -> 0.700" in e.text for e in events if isinstance(e, Message))
+    assert bundle.postprocess == {"seed_threshold": 0.8, "fg_threshold": 0.6}
+    assert load_bundle(save_bundle(bundle, tmp_path / "m")).postprocess == bundle.postprocess
+
+    # fine-tuning without validation images keeps the starting model's thresholds
+    nuclei = load_bundle(resolve_init("pretrained:nuclei"))
+    assert nuclei.postprocess
+    tuned_cfg = replace(nuclei.config, steps=2, time_limit=None, batch_size=2, validation_fraction=0.0,
+                        validate_every=1e9, threads=1)
+    child, _ = run(Trainer(small_pairs[:2], tuned_cfg, init=nuclei))
+    assert child.postprocess == nuclei.postprocess
