@@ -2,14 +2,14 @@
 
     .venv/bin/python bench/bench_diffusion.py train --minutes 50 --out /tmp/synth_bench/diffusion
     .venv/bin/python bench/bench_diffusion.py evaluate --model /tmp/synth_bench/diffusion --threads 1
-    .venv/bin/python bench/bench_diffusion.py evaluate --useful-only --seed 1 [--ratio 0.25]
 
 ``train`` uses the 404 train-split images (tags from ``auto_tags``), one torch thread, and
-saves a snapshot every 10 minutes. ``evaluate`` prints the four figures of the README:
+saves a snapshot every 10 minutes. ``evaluate`` prints the quality figures of the README:
 mask consistency (Dice of a real-data segmentation model on synthetic images vs the prompt
-masks), copying (nearest-neighbour normalised correlation to training crops), usefulness
-(val AP@0.5 with 3 real images, real-only vs real + synthetic) and DDIM-50 speed; it writes
-the sample grid to docs/images/synth_grid.png.
+masks), copying (nearest-neighbour normalised correlation to training crops) and DDIM-50
+speed; it writes the sample grid to docs/images/synth_grid.png. Whether synthetic pairs help
+is measured by ``bench_diffusion_useful.py``, with a diffusion model that sees only the 3
+annotated images (a model trained on all 404 pairs would leak their masks into that test).
 """
 
 from __future__ import annotations
@@ -245,14 +245,8 @@ def quality_figures(args: argparse.Namespace, diff, train: list, val: list, scfg
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from napari_unet.config import TrainConfig
     from napari_unet.diffusion.bundle import load_diffusion
     from napari_unet.diffusion.config import SampleConfig
-    from napari_unet.diffusion.prompts import auto_masks, median_density
-    from napari_unet.diffusion.sample import synthesize
-    from napari_unet.inference.predict import predict_image
-    from napari_unet.metrics import evaluate_instances
-    from napari_unet.training.engine import Trainer
 
     torch.set_num_threads(args.threads)
     print(machine_description(), flush=True)
@@ -263,33 +257,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     scfg = SampleConfig(steps=args.steps, guidance=args.guidance, seed=0, batch_size=4, threads=args.threads)
     figures: dict[str, object] = {"diffusion_training": diff.meta["training"], "sampling": {"steps": args.steps,
                                                                                            "guidance": args.guidance}}
-    size = 128
-
-    if not args.useful_only:
-        figures.update(quality_figures(args, diff, train, val, scfg, size, rng))
-
-    # 4. usefulness: 3 real train images, real-only vs real + synthetic, equal optimiser steps
-    few = [train[int(i)] for i in np.random.default_rng(args.seed).choice(len(train), 3, replace=False)]
-    few_masks = [m for _, _, m in few]
-    density = median_density(few_masks)
-    layouts = [auto_masks(few_masks, (size, size), density=density, seed=200 + k) for k in range(args.n_useful)]
-    syn_images = _drive(synthesize(diff, layouts, scfg, [auto_tags(m) for m in layouts]))
-    syn_pairs = list(zip(syn_images, layouts))
-    val_eval = val[: args.n_val]
-    results = {}
-    for label, synthetic_pairs, ratio in (("real only", None, 0.0), ("real + synthetic", syn_pairs, args.ratio)):
-        cfg = TrainConfig(steps=args.seg_steps, time_limit=None, validation_fraction=0.0, seed=args.seed,
-                          synthetic_ratio=ratio, preview_every=0)
-        t0 = time.perf_counter()
-        bundle = _drive(Trainer([(im, m) for _, im, m in few], cfg, synthetic=synthetic_pairs).run())
-        preds = [predict_image(bundle, im).labels for _, im, _ in val_eval]
-        scores = evaluate_instances([(p, m) for p, (_, _, m) in zip(preds, val_eval)])
-        results[label] = {"ap50": round(float(scores["ap50"]), 3), "dice": round(float(scores["dice"]), 3),
-                          "seconds": round(time.perf_counter() - t0, 1)}
-        print(f"usefulness, {label}: {results[label]}", flush=True)
-    figures["usefulness"] = {"images": [n for n, _, _ in few], "synthetic_pairs": len(syn_pairs),
-                             "ratio": args.ratio, "steps": args.seg_steps, "val_images": len(val_eval), **results}
-    out = REPO / "bench" / "results" / f"diffusion{'_useful' if args.useful_only else ''}_seed{args.seed}.json"
+    figures.update(quality_figures(args, diff, train, val, scfg, 128, rng))
+    out = REPO / "bench" / "results" / "diffusion.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
@@ -312,12 +281,6 @@ def main() -> None:
     e.add_argument("--guidance", type=float, default=2.0)
     e.add_argument("--n-prompts", type=int, default=12, help="val-layout prompts for mask consistency")
     e.add_argument("--n-auto", type=int, default=4, help="automatic prompts for mask consistency")
-    e.add_argument("--n-useful", type=int, default=16, help="synthetic pairs for the usefulness test")
-    e.add_argument("--n-val", type=int, default=94, help="val images scored in the usefulness test")
-    e.add_argument("--ratio", type=float, default=0.5)
-    e.add_argument("--seg-steps", type=int, default=300)
-    e.add_argument("--seed", type=int, default=0, help="picks the 3 real images and seeds their training")
-    e.add_argument("--useful-only", action="store_true", help="only the usefulness comparison")
     e.set_defaults(func=cmd_evaluate)
     args = parser.parse_args()
     args.func(args)

@@ -127,6 +127,43 @@ def layout_shapes(shapes: Sequence[np.ndarray], shape: tuple[int, int], count: i
     return out
 
 
+def varied_layouts(shapes: Sequence[np.ndarray], shape: tuple[int, int], n: int, density: float, seed: int = 0,
+                   zoom: tuple[float, float] = (0.6, 1.6), crowding: tuple[float, float] = (0.5, 2.0),
+                   gaps: Sequence[int] = (0, 1, 2), sigma: float = 3.0, margin: int = 16) -> list[np.ndarray]:
+    """``n`` (H, W) instance masks that vary like fields of view of other samples and microscopes.
+
+    Per layout: a magnification drawn log-uniformly from ``zoom`` scales every object (each
+    copy jittered by ±15 %) and divides the count by its square; a ``crowding`` factor
+    (log-uniform) multiplies the ``density`` (objects per 10,000 px); the gap between objects is
+    one of ``gaps`` (0 lets objects touch). Layouts are made ``margin`` px larger on each side
+    and cropped, so objects are cut by the edges as in real crops. Where the objects do not
+    fit, the count is lowered.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = (int(s) for s in shape)
+    full = (h + 2 * margin, w + 2 * margin)
+    out = []
+    for _ in range(n):
+        mag = float(np.exp(rng.uniform(*np.log(zoom))))
+        count = int(round(density * float(np.exp(rng.uniform(*np.log(crowding)))) * full[0] * full[1] / 1e4 / mag**2))
+        gap, layout_seed = int(rng.choice(list(gaps))), int(rng.integers(2**31))
+        while True:
+            try:
+                layout = layout_shapes(shapes, full, max(count, 1), seed=layout_seed, scale=(0.85 * mag, 1.15 * mag),
+                                       sigma=sigma, gap=gap)
+                break
+            except UserError:
+                if count <= 1:
+                    raise
+                count = int(count * 0.8)
+        crop = layout[margin:margin + h, margin:margin + w]
+        ids = np.unique(crop[crop > 0])
+        relabel = np.zeros(int(layout.max()) + 1, np.uint16)
+        relabel[ids] = np.arange(1, ids.size + 1)
+        out.append(relabel[crop])
+    return out
+
+
 def pack_shapes(shapes: Sequence[np.ndarray], size: int = 64, limit: int = 256, seed: int = 0) -> np.ndarray:
     """Up to ``limit`` shapes that fit ``size``², drawn at random, as one (N, size, size) uint8 array."""
     fitting = [s for s in shapes if s.shape[0] <= size and s.shape[1] <= size]

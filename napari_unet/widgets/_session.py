@@ -3,6 +3,7 @@
 The Annotate widget fills the training set, the Train widget trains on it and leaves the
 model here, the Predict widget applies it. Annotation edits are saved to the project folder
 a couple of seconds after they happen (atomic writes), so a crash loses at most those seconds.
+Synthetic pairs accepted in the Synthesize widget are written there at once.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class Session:
         self.project = Project()
         self.folder = plugin_home() / "autosave" / time.strftime(f"%Y%m%d-%H%M%S-{os.getpid()}")
         self.model = None  # ModelBundle once trained or loaded
-        self.synthetic: list[tuple[np.ndarray, np.ndarray]] = []  # accepted diffusion-made pairs
         self.model_name = ""
         self.last_saved: float | None = None
         self._layers: dict[str, tuple[Any, Any]] = {}  # sample name -> (image layer, labels layer)
@@ -95,7 +95,51 @@ class Session:
                 names.append(name)
         return pairs, names
 
+    # -- synthetic pairs (training only; validation stays on the real samples) -----------------
+    @property
+    def synthetic(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The accepted diffusion-made (image, mask) pairs."""
+        return self.project.synthetic_pairs()
+
+    def add_synthetic(self, image: np.ndarray, mask: np.ndarray, origin: dict | None = None) -> str:
+        """Accept a generated pair: keep it and write it to the project folder now."""
+        from napari.utils.notifications import show_error
+
+        from napari_unet.errors import UserError
+
+        name = self.project.add_synthetic(image, mask, origin)
+        try:
+            self.project.save_synthetic(self.folder, name)
+            self.project.save_description(self.folder)
+        except UserError as exc:
+            show_error(f"autosave failed: {exc}")
+        self.changed.emit()
+        return name
+
+    def adopt_synthetic(self, project: Project) -> None:
+        """Take over the synthetic pairs of a loaded project (same names replace ours)."""
+        self.project.synthetic.update(project.synthetic)
+        self.changed.emit()
+
     # -- files -------------------------------------------------------------------------------
+    def use_folder(self, folder: str | os.PathLike) -> None:
+        """Autosave to ``folder`` from now on, first copying there what it lacks of the training set."""
+        from napari.utils.notifications import show_error
+
+        from napari_unet.errors import UserError
+
+        self.folder = Path(folder)
+        samples, synthetic = self.project.missing_files(self.folder)
+        try:
+            for name in samples:
+                self.project.save_image(self.folder, name)
+                self.project.save_labels(self.folder, name)
+            for name in synthetic:
+                self.project.save_synthetic(self.folder, name)
+            self.project.save_description(self.folder)
+        except UserError as exc:
+            show_error(f"autosave failed: {exc}")
+
     def autosave(self) -> None:
         """Write the annotations edited since the last save (called by the timer)."""
         from napari.utils.notifications import show_error

@@ -214,7 +214,8 @@ class AnnotateWidget(PluginWidget):
                 labels.data = sample.labels
             self._style(labels)
             self.session.attach(image, labels)
-        self.session.folder = self.project_folder.value
+        self.session.adopt_synthetic(project)
+        self.session.use_folder(self.project_folder.value)
         self.image.value = project.names()[0] if project.samples else None
 
     # -- display -----------------------------------------------------------------------------
@@ -234,6 +235,8 @@ class AnnotateWidget(PluginWidget):
         if project.samples:
             total = sum(annotation.annotation_stats(x.labels, project.mode).objects for x in project.samples.values())
             lines.append(f"training set: {len(project.samples)} image(s), {total} objects")
+        if project.synthetic:
+            lines.append(f"{len(project.synthetic)} synthetic pair(s) (training only)")
         self.stats.value = "\n".join(lines) or "no annotations yet"
         if self.session.last_saved is not None:
             import time

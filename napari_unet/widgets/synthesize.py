@@ -55,7 +55,9 @@ class SynthesizeWidget(PluginWidget):
             self.guidance, self.steps, self.seed, self.generate_button, self.review, self.accept_button,
             self.progress, self.status])
         self.bundle = None
-        self.generated: list[tuple[np.ndarray, np.ndarray]] = []
+        self.generated: list[tuple[np.ndarray, np.ndarray]] = []  # (image, mask) under review
+        self.generated_origins: list[dict] = []  # prompt, tags, seed, guidance, steps of each
+        self._accepted: set[int] = set()  # indices of this generation already in the training set
         self.train_button.changed.connect(self.train)
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self.save)
@@ -155,26 +157,34 @@ class SynthesizeWidget(PluginWidget):
         cfg = SampleConfig(steps=self.steps.value, guidance=self.guidance.value, seed=self.seed.value,
                            threads=gui_threads())
         bundle = self.bundle
+        origins = [self._origin(cfg, tags, k) for k in range(len(masks))]
 
         def events():
             from napari_unet.diffusion.sample import synthesize
 
             images = yield from synthesize(bundle, masks, cfg, tags=[tags] * len(masks))
-            return list(zip(images, masks))
+            return list(zip(images, masks, origins))
 
         self._running(True)
         self.worker = run_in_thread(events, self._on_event, self._on_generated, self._on_error, self._on_finished)
 
+    def _origin(self, cfg: Any, tags: list[str], index: int) -> dict:
+        """How pair ``index`` of a generation is made (kept with it in the project file)."""
+        training = self.bundle.meta.get("training", {}) if self.bundle is not None else {}
+        prompt = {"prompt": AUTO, "layout_seed": self.seed.value + index} if self.prompt.value == AUTO \
+            else {"prompt": f"labels layer {self.prompt.value!r}"}
+        return {**prompt, "tags": tags, "seed": cfg.seed + index, "guidance": cfg.guidance, "steps": cfg.steps,
+                "diffusion_training_steps": training.get("steps")}
+
     def accept(self) -> None:
-        """Add the selected generated pairs to the synthetic part of the training set."""
+        """Add the selected generated pairs to the synthetic part of the training set (saved at once)."""
         from napari.utils.notifications import show_info
 
-        chosen = sorted(self.review.value)
+        chosen = [i for i in sorted(self.review.value) if i not in self._accepted]  # no pair twice
         for index in chosen:
-            image, mask = self.generated[index]
-            self.session.synthetic.append((image, mask))
+            self.session.add_synthetic(*self.generated[index], self.generated_origins[index])
+        self._accepted.update(chosen)
         show_info(f"{len(chosen)} synthetic pair(s) accepted; {len(self.session.synthetic)} in the training set")
-        self.session.changed.emit()
 
     # -- worker callbacks --------------------------------------------------------------------
     def _running(self, running: bool) -> None:
@@ -198,8 +208,10 @@ class SynthesizeWidget(PluginWidget):
         self.status.value = f"diffusion model trained ({steps} steps)"
 
     @unless_closed
-    def _on_generated(self, pairs: list) -> None:
-        self.generated = pairs
+    def _on_generated(self, results: list) -> None:
+        pairs = [(image, mask) for image, mask, _ in results]
+        self.generated, self.generated_origins = pairs, [origin for _, _, origin in results]
+        self._accepted = set()
         shape = max(p[0].shape[0] for p in pairs), max(p[0].shape[1] for p in pairs)
         images = np.zeros((len(pairs), *shape), np.uint8)
         labels = np.zeros((len(pairs), *shape), np.uint32)

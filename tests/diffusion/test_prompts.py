@@ -76,3 +76,19 @@ def test_tag_encoder_tokens_and_unknown_tag():
     assert torch.equal(tokens[0, 1], tokens[2, 2])
     with pytest.raises(UserError, match="unknown tag 'bright'"):
         enc.encode([["bright"]], torch.device("cpu"))
+
+
+def test_varied_layouts_vary_in_count_and_size_and_cut_edges():
+    from napari_unet.diffusion.prompts import varied_layouts
+
+    shapes = object_shapes([_disc_mask()])
+    layouts = varied_layouts(shapes, (96, 96), 8, density=6.0, seed=0)
+    assert len(layouts) == 8 and all(m.shape == (96, 96) and m.dtype == np.uint16 for m in layouts)
+    for m in layouts:  # ids are 1..k without holes in the numbering
+        assert sorted(np.unique(m[m > 0]).tolist()) == list(range(1, int(m.max()) + 1))
+    counts = [int(m.max()) for m in layouts]
+    mean_areas = [(m > 0).sum() / max(m.max(), 1) for m in layouts]
+    assert len(set(counts)) > 2 and max(mean_areas) > 1.5 * min(mean_areas)
+    assert any(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() for m in layouts)  # cut by edges
+    again = varied_layouts(shapes, (96, 96), 8, density=6.0, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(layouts, again))
