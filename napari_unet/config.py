@@ -78,6 +78,7 @@ class LossConfig:
     border_w0: float = 10.0
     border_sigma: float = 5.0
     balance_classes: bool = True  # the w_c term
+    balance_power: float = 1.0  # w_c = (frequency of the commonest class / frequency) ** power
     dice_weight: float = 0.0
 
 
@@ -108,6 +109,7 @@ class TrainConfig:
     low_precision: bool | None = None  # bf16 on CPU / AMP on CUDA; None = auto
     sparse: bool = False  # labels use 0 = unannotated, 1 = background, 2.. = classes
     percentiles: tuple[float, float] = (1.0, 99.8)
+    boundary_width: int = 1  # instances task: pixels of each object's rim that form the boundary class
     checkpoint_every: float | None = None  # seconds between atomic saves to the Trainer's checkpoint folder
     synthetic_ratio: float = 0.0  # fraction of patches drawn from the Trainer's synthetic pairs (0..1)
 

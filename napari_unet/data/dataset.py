@@ -40,7 +40,7 @@ def _targets(mask: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray
         instances = np.asarray(mask)
         if instances.min() < 0:
             raise UserError("instance labels must be >= 0 (0 = background)")
-        return instance_classes(instances), instances
+        return instance_classes(instances, cfg.boundary_width), instances
     return semantic_classes(mask, cfg.n_classes, cfg.sparse), None
 
 
@@ -69,7 +69,7 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
         raise UserError("the masks hold no objects: every pixel is 0 (background)")
     if np.unique(annotated).size < 2:
         raise UserError("the labels hold a single class: annotate background and objects")
-    class_w = class_balance_weights(all_targets, k) if cfg.loss.balance_classes else np.ones(k)
+    class_w = class_balance_weights(all_targets, k, cfg.loss.balance_power) if cfg.loss.balance_classes else np.ones(k)
     return [
         PreparedPair(chw, target, pixel_weights(target, instances, k, cfg.loss, class_w), instances, name)
         for name, chw, target, instances in staged

@@ -22,10 +22,28 @@ IGNORE = -1
 INSTANCE_CLASSES = ("background", "interior", "boundary")
 
 
-def instance_classes(instances: np.ndarray) -> np.ndarray:
-    """(H, W) instance ids -> (H, W) int64 classes: 0 background, 1 interior, 2 boundary."""
+def instance_classes(instances: np.ndarray, width: int = 1) -> np.ndarray:
+    """(H, W) or (D, H, W) instance ids -> int64 classes: 0 background, 1 interior, 2 boundary.
+
+    The boundary is the rim of each object up to ``width`` pixels in (``width`` 1: the inner
+    one-pixel rim). Objects too small to keep an interior at that width fall back to the
+    one-pixel rim, so every object still has a seed.
+    """
+    instances = np.asarray(instances)
     classes = (instances > 0).astype(np.int64)
-    classes[find_boundaries(instances, mode="inner") & (instances > 0)] = 2
+    thin = find_boundaries(instances, mode="inner") & (instances > 0)
+    classes[thin] = 2
+    if width <= 1 or not instances.any():
+        return classes
+    size = 2 * width + 1
+    same = (ndi.grey_erosion(instances, size=size) == instances) & (ndi.grey_dilation(instances, size=size) == instances)
+    wide = (instances > 0) & ~same
+    ids = np.unique(instances[instances > 0])
+    kept = ndi.maximum(same & (instances > 0), labels=instances, index=ids) > 0  # objects with an interior left
+    lost = ids[~np.asarray(kept, dtype=bool)]
+    if lost.size:
+        wide &= ~np.isin(instances, lost)  # those keep the thin rim only
+    classes[wide] = 2
     return classes
 
 
@@ -45,13 +63,16 @@ def semantic_classes(mask: np.ndarray, n_classes: int, sparse: bool) -> np.ndarr
     return mask
 
 
-def class_balance_weights(target: np.ndarray, n_classes: int) -> np.ndarray:
-    """w_c: per-class weights inversely proportional to frequency, the most frequent = 1."""
+def class_balance_weights(target: np.ndarray, n_classes: int, power: float = 1.0) -> np.ndarray:
+    """w_c: per-class weights (most frequent / frequency) ** ``power``, the most frequent = 1.
+
+    ``power`` 1 balances the classes fully, 0.5 half-way (square root), 0 not at all.
+    """
     counts = np.bincount(target[target >= 0].ravel(), minlength=n_classes).astype(np.float64)
     present = counts > 0
     weights = np.ones(n_classes)
     if present.any():
-        weights[present] = counts[present].max() / counts[present]
+        weights[present] = (counts[present].max() / counts[present]) ** power
     return np.minimum(weights, 10.0)  # cap, so a few stray pixels cannot dominate
 
 
@@ -64,7 +85,7 @@ def pixel_weights(target: np.ndarray, instances: np.ndarray | None, n_classes: i
     pixels where two nuclei touch get the high weight, not only the gaps between them.
     """
     if class_weights is None:
-        class_weights = class_balance_weights(target, n_classes) if cfg.balance_classes else np.ones(n_classes)
+        class_weights = class_balance_weights(target, n_classes, cfg.balance_power) if cfg.balance_classes else np.ones(n_classes)
     w = np.where(target >= 0, class_weights[np.clip(target, 0, None)], 0.0).astype(np.float32)
     if instances is not None and cfg.border_w0 > 0:
         from napari_unet.data.weights import border_weight_map

@@ -13,6 +13,10 @@ small objects; number objects 1..N. Block-wise, each step keeps its global meani
    on the whole image (exact while an object's flooding stays within the halo).
 3. **Small objects** are dropped and ids made consecutive from sizes summed over blocks.
 
+With ``split_height`` the seeds of step 1 are the split markers (h-maxima of the interior
+distance map, computed on each block plus the halo), and step 2 first floods each marker's
+interior region down the distance map, then the foreground as above.
+
 Arrays are anything with numpy slicing (zarr arrays on disk); memory holds a few blocks.
 """
 
@@ -43,10 +47,30 @@ def _grow(counts: np.ndarray, n: int) -> np.ndarray:
     return counts if len(counts) >= n else np.concatenate([counts, np.zeros(max(n, 2 * len(counts)) - len(counts), counts.dtype)])
 
 
-def label_seeds(probs: Any, seeds: Any, block: int, seed_min: int = 1,
-                seed_threshold: float | None = None) -> Generator[Progress, None, np.ndarray]:
+def _interior(p: np.ndarray, seed_threshold: float | None) -> np.ndarray:
+    return p.argmax(axis=0) == 1 if seed_threshold is None else p[1] > seed_threshold
+
+
+def _seed_pixels(probs: Any, ys: slice, xs: slice, seed_threshold: float | None, split_height: float | None,
+                 halo: int) -> np.ndarray:
+    """Seed pixels of one block: confident interior, or with ``split_height`` the split markers
+    (computed on the block plus ``halo`` so that they agree with the whole-image ones)."""
+    if not split_height:
+        return _interior(np.asarray(probs[:, ys, xs]), seed_threshold)
+    from napari_unet.inference.postprocess import split_markers
+
+    shape = probs.shape[1:]
+    y0, x0 = max(ys.start - halo, 0), max(xs.start - halo, 0)
+    y1, x1 = min(ys.stop + halo, shape[0]), min(xs.stop + halo, shape[1])
+    markers, _ = split_markers(_interior(np.asarray(probs[:, y0:y1, x0:x1]), seed_threshold), split_height)
+    return markers[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
+
+
+def label_seeds(probs: Any, seeds: Any, block: int, seed_min: int = 1, seed_threshold: float | None = None,
+                split_height: float | None = None, halo: int = 64) -> Generator[Progress, None, np.ndarray]:
     """Pass 1: provisional seed ids into ``seeds`` (H, W); returns the provisional -> final seed
-    id map (seeds merged across seams, those under ``seed_min`` pixels dropped)."""
+    id map (seeds merged across seams, those under ``seed_min`` pixels dropped). With
+    ``split_height`` the seeds are the split markers, grown through the interior in pass 2."""
     shape = probs.shape[1:]
     n_blocks = -(-shape[0] // block) * -(-shape[1] // block)
     next_id, counts = 1, np.zeros(1 << 16, np.int64)
@@ -57,9 +81,7 @@ def label_seeds(probs: Any, seeds: Any, block: int, seed_min: int = 1,
     for i, (r, c, (ys, xs)) in enumerate(blocks(shape, block)):
         if c == 0 and r > 0:
             above, band_last = band_last, np.zeros(shape[1], np.int64)
-        p = np.asarray(probs[:, ys, xs])  # (K, h, w)
-        interior = p.argmax(axis=0) == 1 if seed_threshold is None else p[1] > seed_threshold
-        local, n = ndi.label(interior)
+        local, n = ndi.label(_seed_pixels(probs, ys, xs, seed_threshold, split_height, halo))
         ids = np.where(local > 0, local + next_id - 1, 0).astype(np.int64)  # (h, w)
         counts = _grow(counts, next_id + n)
         counts[next_id: next_id + n] = np.bincount(local.ravel(), minlength=n + 1)[1:]
@@ -98,8 +120,11 @@ def merge_seeds(pairs: list[np.ndarray], counts: np.ndarray, min_size: int = 1) 
 
 
 def grow_instances(probs: Any, seeds: Any, seed_map: np.ndarray, labels: Any, block: int, halo: int,
-                   fg_threshold: float = 0.5) -> Generator[Progress, None, np.ndarray]:
-    """Pass 2: watershed per block with a halo into ``labels``; returns object sizes by id."""
+                   fg_threshold: float = 0.5, seed_threshold: float | None = None,
+                   split_height: float | None = None) -> Generator[Progress, None, np.ndarray]:
+    """Pass 2: watershed per block with a halo into ``labels``; returns object sizes by id.
+
+    Split markers first flood their interior region down its distance map, as in memory."""
     shape = probs.shape[1:]
     n_blocks = -(-shape[0] // block) * -(-shape[1] // block)
     sizes = np.zeros(int(seed_map.max()) + 1, np.int64)
@@ -110,6 +135,11 @@ def grow_instances(probs: Any, seeds: Any, seed_map: np.ndarray, labels: Any, bl
         p = np.asarray(probs[:, y0:y1, x0:x1], dtype=np.float32)  # (K, h + halos, w + halos)
         markers = seed_map[np.asarray(seeds[y0:y1, x0:x1]).astype(np.int64)]  # global seed ids
         foreground = (p[1] + p[2]) > fg_threshold
+        if split_height:
+            from napari_unet.inference.postprocess import interior_distance
+
+            interior = _interior(p, seed_threshold)
+            markers = watershed(-interior_distance(interior), markers=markers, mask=interior)
         grown = watershed(p[2], markers=markers, mask=foreground | (markers > 0))
         core = grown[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
         sizes += np.bincount(core.ravel(), minlength=len(sizes))[: len(sizes)]
@@ -119,12 +149,14 @@ def grow_instances(probs: Any, seeds: Any, seed_map: np.ndarray, labels: Any, bl
 
 
 def instances_blockwise(probs: Any, labels: Any, scratch: Any, block: int = 1024, halo: int = 64,
-                        min_size: int = 10, fg_threshold: float = 0.5,
-                        seed_threshold: float | None = None) -> Generator[Progress, None, int]:
+                        min_size: int = 10, fg_threshold: float = 0.5, seed_threshold: float | None = None,
+                        split_height: float | None = None) -> Generator[Progress, None, int]:
     """Instance labels (H, W) into ``labels`` from probabilities (3, H, W); ``scratch`` is a
     uint32 (H, W) array for provisional seeds. Returns the number of objects."""
-    seed_map = yield from label_seeds(probs, scratch, block, max(min_size // 4, 1), seed_threshold)
-    sizes = yield from grow_instances(probs, scratch, seed_map, labels, block, halo, fg_threshold)
+    seed_min = 1 if split_height else max(min_size // 4, 1)  # split markers are small by nature
+    seed_map = yield from label_seeds(probs, scratch, block, seed_min, seed_threshold, split_height, halo)
+    sizes = yield from grow_instances(probs, scratch, seed_map, labels, block, halo, fg_threshold,
+                                      seed_threshold, split_height)
     keep = sizes >= max(min_size, 1)
     keep[0] = False
     final = np.zeros(len(sizes), np.int64)

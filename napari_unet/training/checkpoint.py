@@ -39,8 +39,8 @@ class ModelBundle:
 
     @property
     def postprocess(self) -> dict[str, float]:
-        """Instance post-processing thresholds tuned for this model (``seed_threshold``, ``fg_threshold``)."""
-        known = ("seed_threshold", "fg_threshold")
+        """Instance post-processing tuned for this model (``seed_threshold``, ``fg_threshold``, ``split_height``)."""
+        known = ("seed_threshold", "fg_threshold", "split_height")
         return {k: v for k, v in (self.meta.get("postprocess") or {}).items() if k in known}
 
     @property

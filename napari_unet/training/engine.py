@@ -234,9 +234,10 @@ class Trainer:
             tuned = self._tune_postprocess(net, val_pairs, dtype)
             if tuned is not None:
                 postprocess = tuned
+                split = f", split at saddles {tuned['split_height']} px" if tuned["split_height"] else ""
                 yield Message(f"post-processing tuned on {len(val_pairs)} validation image(s): AP@0.5 "
-                              f"{tuned['ap50_argmax']:.3f} -> {tuned['ap50']:.3f} (seeds > {tuned['seed_threshold']}, "
-                              f"foreground > {tuned['fg_threshold']})")
+                              f"{tuned['ap50_argmax']:.3f} -> {tuned['ap50']:.3f} (seeds > {tuned['seed_threshold']}"
+                              f"{split}, foreground > {tuned['fg_threshold']})")
         if postprocess:
             meta["postprocess"] = postprocess
         bundle = ModelBundle(net, cfg, meta)
@@ -272,7 +273,7 @@ class Trainer:
 
         probs = [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs]
         tuned = tune_thresholds(probs, [p.instances for p in val_pairs], self._stop.is_set)
-        if tuned["seed_threshold"] is None and tuned["fg_threshold"] == 0.5:
+        if tuned["ap50"] <= tuned["ap50_argmax"]:
             return None
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 

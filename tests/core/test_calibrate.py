@@ -44,7 +44,15 @@ def test_tuning_keeps_the_argmax_rule_when_nothing_beats_it():
     probs[:, probs[1] == np.float32(0.60)] = np.array([0.05, 0.1, 0.85])[:, None]  # a clear rim: argmax splits
     tuned = tune_thresholds([probs], [gt])
     assert tuned["ap50"] == tuned["ap50_argmax"] == 1.0
-    assert tuned["seed_threshold"] is None and tuned["fg_threshold"] == 0.5
+    assert tuned["seed_threshold"] is None and tuned["fg_threshold"] == 0.5 and tuned["split_height"] is None
+
+
+def test_splitting_separates_interiors_joined_by_a_neck():
+    probs, gt = touching_pair()
+    probs[:, probs[1] == np.float32(0.60)] = np.array([0.02, 0.95, 0.03])[:, None]  # the neck is sure interior
+    assert pooled_ap50([probs], [gt], 0.9, 0.5) == 0.5  # no threshold separates them now
+    assert pooled_ap50([probs], [gt], 0.5, 0.5, split_height=1.0) == 1.0
+    assert tune_thresholds([probs], [gt])["split_height"] is not None
 
 
 def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_path, monkeypatch):
@@ -54,7 +62,7 @@ def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_pa
 
     def fake_tune(probs, instances, should_stop=None):  # the search itself is tested above
         seen.update(n=len(probs), shapes=[p.shape for p in probs])
-        return {"seed_threshold": 0.8, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5}
+        return {"seed_threshold": 0.8, "split_height": 1.0, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5}
 
     monkeypatch.setattr(calibrate, "tune_thresholds", fake_tune)
     cfg = TrainConfig(model=UNetConfig(depth=2, base_width=8), steps=5, time_limit=None, batch_size=2,
@@ -62,7 +70,7 @@ def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_pa
     bundle, events = run(Trainer(small_pairs[:2], cfg, validation=small_pairs[2:4]))
     assert seen["n"] == 2 and seen["shapes"][0] == (3, *small_pairs[2][0].shape[:2])
     assert any("AP@0.5 0.500 -> 0.700" in e.text for e in events if isinstance(e, Message))
-    assert bundle.postprocess == {"seed_threshold": 0.8, "fg_threshold": 0.6}
+    assert bundle.postprocess == {"seed_threshold": 0.8, "fg_threshold": 0.6, "split_height": 1.0}
     assert load_bundle(save_bundle(bundle, tmp_path / "m")).postprocess == bundle.postprocess
 
     # fine-tuning without validation images keeps the starting model's thresholds

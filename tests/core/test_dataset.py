@@ -52,6 +52,22 @@ def test_instance_classes_separate_touching_objects():
     assert ndi.label(classes == 1)[1] == 2  # interiors are not connected
 
 
+def test_wider_boundaries_keep_a_seed_in_every_object():
+    from scipy import ndimage as ndi
+
+    labels = np.zeros((30, 40), int)
+    labels[5:25, 2:20] = 1
+    labels[5:25, 20:38] = 2  # touching object
+    labels[1:4, 1:4] = 3  # 3x3: no interior left at width 2
+    thin, wide = instance_classes(labels, 1), instance_classes(labels, 2)
+    assert ((wide == 2) >= (thin == 2)).all() and (wide == 2).sum() > (thin == 2).sum()
+    assert (wide[5:25, 18:22] == 2).all()  # two pixels on each side of the shared edge
+    assert (wide[7:23, 4:18] == 1).all()  # the interior starts two pixels in
+    assert wide[2, 2] == 1 and np.array_equal(wide[1:4, 1:4], thin[1:4, 1:4])  # falls back to the thin rim
+    assert ndi.label(wide == 1)[1] == 3
+    assert (wide > 0).sum() == (labels > 0).sum()
+
+
 def test_semantic_classes_sparse_and_255():
     assert np.array_equal(semantic_classes(np.array([[0, 255]]), 2, False), [[0, 1]])
     assert np.array_equal(semantic_classes(np.array([[0, 1, 2]]), 2, True), [[IGNORE, 0, 1]])

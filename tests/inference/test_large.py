@@ -68,6 +68,21 @@ def test_blockwise_honours_seed_and_foreground_thresholds(nuclei_pairs):
     assert labels.max() == whole.max() and _same_partition(whole, labels) > 0.999
 
 
+def test_blockwise_split_markers_match_whole_image(nuclei_pairs):
+    mask = nuclei_pairs[2][1]
+    probs = _probabilities_like(mask, seed=2)
+    probs[2] *= 0.3  # a faint boundary class: interiors of touching nuclei join
+    probs /= probs.sum(0, keepdims=True)
+    joined = instances_from_probabilities(probs, 10, seed_threshold=0.5)
+    whole = instances_from_probabilities(probs, 10, seed_threshold=0.5, split_height=1.0)
+    assert whole.max() > joined.max()  # splitting recovers objects the joined interiors merged
+    labels, scratch = np.zeros(whole.shape, np.uint32), np.zeros(whole.shape, np.uint32)
+    # markers are regional (h-maxima): the halo must cover joined interiors, as the default 64 px does
+    for _ in instances_blockwise(probs, labels, scratch, 64, 64, 10, seed_threshold=0.5, split_height=1.0):
+        pass
+    assert labels.max() == whole.max() and _same_partition(whole, labels) > 0.999
+
+
 def test_merge_seeds_unions_across_seams_and_drops_small():
     counts = np.array([0, 5, 3, 1, 4])
     pairs = [np.array([[1, 2], [2, 4], [0, 3]])]
