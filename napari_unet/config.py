@@ -78,7 +78,7 @@ class LossConfig:
     border_w0: float = 10.0
     border_sigma: float = 5.0
     balance_classes: bool = True  # the w_c term
-    balance_power: float = 1.0  # w_c = (frequency of the commonest class / frequency) ** power
+    balance_power: float = 0.5  # w_c = (frequency of the commonest class / frequency) ** power; 1 = full balance
     dice_weight: float = 0.0
 
 

@@ -68,6 +68,15 @@ def test_wider_boundaries_keep_a_seed_in_every_object():
     assert (wide > 0).sum() == (labels > 0).sum()
 
 
+def test_class_balance_power_interpolates_between_none_and_full():
+    from napari_unet.data.targets import class_balance_weights
+
+    target = np.array([0] * 64 + [1] * 16 + [2] * 4 + [IGNORE] * 9)
+    assert np.allclose(class_balance_weights(target, 3, 1.0), [1, 4, 10])  # 16x capped at 10
+    assert np.allclose(class_balance_weights(target, 3, 0.5), [1, 2, 4])
+    assert np.allclose(class_balance_weights(target, 3, 0.0), [1, 1, 1])
+
+
 def test_semantic_classes_sparse_and_255():
     assert np.array_equal(semantic_classes(np.array([[0, 255]]), 2, False), [[0, 1]])
     assert np.array_equal(semantic_classes(np.array([[0, 1, 2]]), 2, True), [[IGNORE, 0, 1]])
