@@ -13,6 +13,8 @@ from napari_unet.io import read_image, read_mask, write_image
 from napari_unet.omezarr import open_ome_zarr
 from napari_unet.training.checkpoint import ModelBundle, build_network, save_bundle
 
+from helpers import drain
+
 torch.set_num_threads(2)
 
 
@@ -92,9 +94,4 @@ def test_bad_scheduler_and_duplicate_outputs(setup, tmp_path, capsys, monkeypatc
     assert "same output" in capsys.readouterr().err
 
 
-def list_drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
+list_drain = drain

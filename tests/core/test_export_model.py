@@ -7,25 +7,19 @@ import pytest
 import torch
 
 from napari_unet.cli import main
-from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.export import export_model, run_exported
-from napari_unet.training.checkpoint import ModelBundle, build_network, save_bundle
+from napari_unet.training.checkpoint import ModelBundle, save_bundle
+
+from helpers import drain, tiny_bundle
 
 torch.set_num_threads(2)
 
 
 def _bundle(padding: str = "same") -> ModelBundle:
-    torch.manual_seed(0)
-    cfg = TrainConfig(model=UNetConfig(depth=2, base_width=4, padding=padding))
-    return ModelBundle(build_network(cfg).eval(), cfg)
+    return tiny_bundle(padding=padding)
 
 
-def _drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
+_drain = drain
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

@@ -9,27 +9,22 @@ import torch
 import zarr
 
 from napari_unet.cli import main
-from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
+from napari_unet.config import PredictConfig
 from napari_unet.inference.large import predict_large
 from napari_unet.inference.predict import predict_image
 from napari_unet.omezarr import open_ome_zarr, open_pyramid
-from napari_unet.training.checkpoint import ModelBundle, build_network, save_bundle
+from napari_unet.training.checkpoint import ModelBundle, save_bundle
+
+from helpers import drain, tiny_bundle
 
 torch.set_num_threads(1)
 
 
 def _bundle(dropout: float = 0.3) -> ModelBundle:
-    torch.manual_seed(0)
-    cfg = TrainConfig(model=UNetConfig(depth=2, base_width=4, dropout=dropout))
-    return ModelBundle(build_network(cfg).eval(), cfg)
+    return tiny_bundle(dropout=dropout)
 
 
-def _drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
+_drain = drain
 
 
 @pytest.fixture(scope="module")
