@@ -80,3 +80,21 @@ def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_pa
                         validate_every=1e9, threads=1)
     child, _ = run(Trainer(small_pairs[:2], tuned_cfg, init=nuclei))
     assert child.postprocess == nuclei.postprocess
+
+
+def test_keep_best_score_counts_the_splitting_rules(monkeypatch):
+    import torch
+
+    from napari_unet.config import TrainConfig
+    from napari_unet.data.dataset import PreparedPair
+    from napari_unet.inference import predict
+    from napari_unet.training.validation import validate
+
+    probs, gt = touching_pair()
+    probs[:, probs[1] == np.float32(0.60)] = np.array([0.02, 0.95, 0.03])[:, None]  # joined interiors
+    monkeypatch.setattr(predict, "predict_normalized", lambda *args, **kwargs: probs)
+    pair = PreparedPair(np.zeros((1, *gt.shape), np.float32), (gt > 0).astype(np.int64),
+                        np.ones(gt.shape, np.float32), gt, "touching")
+    scores = validate(torch.nn.Identity(), [pair], TrainConfig(), None)
+    assert scores["ap50"] == 0.5  # the argmax rule merges the two discs
+    assert scores["score"] == 1.0  # a split rule separates them, and the run keeps that model
