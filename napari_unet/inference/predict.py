@@ -64,9 +64,23 @@ def tile_geometry(net: torch.nn.Module, cfg: PredictConfig) -> tuple[TileSpec, A
         (lambda n: round_up(n, align))
 
 
-def network_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None) -> TileFn:
-    """The network as a tile function: (B, C, *S_in) -> softmax (B, K, *S_out)."""
-    return lambda batch: network_forward(net, batch, dtype)
+def network_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, seed: int | None = None) -> TileFn:
+    """The network as a tile function: (B, C, *S_in) -> softmax (B, K, *S_out).
+
+    ``seed`` (MC-dropout passes): every tile is run on its own after seeding the RNG, so all
+    tiles of one pass draw the same (channel) dropout mask and the blended maps have no seams.
+    """
+    if seed is None:
+        return lambda batch: network_forward(net, batch, dtype)
+
+    def seeded(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for item in batch:
+            torch.manual_seed(seed)
+            out.append(network_forward(net, item[None], dtype))
+        return np.concatenate(out)
+
+    return seeded
 
 
 UNCERTAINTY_KINDS = ("total", "aleatoric", "epistemic")
@@ -110,15 +124,16 @@ def smaller_after_oom(cfg: PredictConfig) -> PredictConfig:
 
 
 def predict_normalized(net: torch.nn.Module, chw: np.ndarray, n_out: int, cfg: PredictConfig,
-                       dtype: torch.dtype | None) -> np.ndarray:
+                       dtype: torch.dtype | None, seed: int | None = None) -> np.ndarray:
     """Probabilities (K, *S) of an already normalised (C, *S) image, tiled when large.
 
     When the GPU runs out of memory the batch, then the tile, is halved and the image retried.
+    ``seed``: one MC-dropout pass with the same dropout mask in every tile.
     """
     while True:
         spec, allowed = tile_geometry(net, cfg)
         try:
-            return predict_tiled(network_tile_fn(net, dtype), chw, n_out, spec.tile, spec.overlap,
+            return predict_tiled(network_tile_fn(net, dtype, seed), chw, n_out, spec.tile, spec.overlap,
                                  margin=spec.margin, batch_size=cfg.batch_size, context=spec.context,
                                  align=spec.align, allowed=allowed)
         except torch.cuda.OutOfMemoryError:
@@ -151,10 +166,9 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictCo
     net = bundle.net
     net.eval()
     if mc_dropout:
-        torch.manual_seed(seed)
         enable_mc_dropout(net)
     try:
-        return predict_normalized(net, chw, len(bundle.class_names), cfg, dtype)
+        return predict_normalized(net, chw, len(bundle.class_names), cfg, dtype, seed if mc_dropout else None)
     finally:
         net.eval()
 
