@@ -26,6 +26,17 @@ def nuclei_viewer(make_napari_viewer):
 
 
 @pytest.fixture
+def annotated(nuclei_viewer):
+    """An Annotate widget on ``nuclei_viewer`` whose annotations layer holds the ground truth."""
+    from napari_unet.widgets.annotate import AnnotateWidget
+
+    annotate = AnnotateWidget(nuclei_viewer)
+    annotate.image.value = "nuclei"
+    annotate.attach().data = nuclei_viewer.layers["nuclei ground truth"].data.copy()
+    return annotate
+
+
+@pytest.fixture
 def notifications(monkeypatch):
     """Collect napari notifications (error/warning/info) instead of showing them."""
     import napari.utils.notifications as notes

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.widgets.annotate import AnnotateWidget
 from napari_unet.widgets.synthesize import IMAGES, LABELS, SynthesizeWidget
 from napari_unet.widgets._session import session_for
 
 
-def test_train_generate_review_accept(nuclei_viewer, qtbot, tmp_path):
-    viewer = nuclei_viewer
-    annotate = AnnotateWidget(viewer)
-    annotate.image.value = "nuclei"
-    labels = annotate.attach()
-    labels.data = viewer.layers["nuclei ground truth"].data.copy()
+def test_train_generate_review_accept(annotated, qtbot, tmp_path):
+    viewer = annotated.viewer
 
     widget = SynthesizeWidget(viewer)
     widget.time_limit.value = 10

@@ -18,12 +18,8 @@ TINY = DiffusionConfig(model=DiffusionUNetConfig(base_width=8, channel_mults=(1,
                        train_timesteps=100, threads=1)
 
 
-def test_accepted_pair_is_saved_and_restored(nuclei_viewer, make_napari_viewer, qtbot, tmp_path):
-    viewer = nuclei_viewer
-    annotate = AnnotateWidget(viewer)
-    annotate.image.value = "nuclei"
-    labels = annotate.attach()
-    labels.data = viewer.layers["nuclei ground truth"].data.copy()
+def test_accepted_pair_is_saved_and_restored(annotated, make_napari_viewer, qtbot, tmp_path):
+    annotate, viewer = annotated, annotated.viewer
     session = session_for(viewer)
     pairs, _ = session.training_pairs()
 
