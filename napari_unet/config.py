@@ -45,7 +45,7 @@ class UNetConfig:
     out_channels: int = 3
     dims: Literal[2, 3] = 2
     depth: int = 4  # number of down-sampling steps
-    base_width: int = 16  # channels after the first block; doubles at each level
+    base_width: int = 8  # channels after the first block; doubles at each level (16: 1.9x slower per step)
     padding: Literal["same", "valid"] = "same"
     norm: Literal["batch", "group", "none"] = "batch"
     dropout: float = 0.1  # dropout in the deepest blocks; used for MC-dropout

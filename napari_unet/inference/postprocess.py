@@ -32,6 +32,36 @@ def split_markers(interior: np.ndarray, height: float) -> tuple[np.ndarray, np.n
     return markers, distance
 
 
+def instance_seeds(probs: np.ndarray, seed_threshold: float | None = None, split_height: float | None = None,
+                   min_size: int = 10) -> np.ndarray:
+    """The seed labels of ``instances_from_probabilities`` (one region per object to grow)."""
+    interior = probs.argmax(axis=0) == 1 if seed_threshold is None else probs[1] > seed_threshold
+    with warnings.catch_warnings():  # skimage warns when an image holds a single object
+        warnings.simplefilter("ignore", UserWarning)
+        if split_height:
+            markers, distance = split_markers(interior, split_height)
+            seeds = watershed(-distance, ndi.label(markers)[0], mask=interior)
+        else:
+            seeds = ndi.label(interior)[0]
+        seed_min = 1 if split_height else max(min_size // 4, 1)  # tiny interior specks are noise, not objects
+        if seed_min > 1 and seeds.any():
+            seeds = remove_small_objects(seeds, max_size=seed_min - 1)
+    return seeds
+
+
+def grow_seeds(probs: np.ndarray, seeds: np.ndarray, fg_threshold: float = 0.5, min_size: int = 10) -> np.ndarray:
+    """Instance labels: ``seeds`` grown over the foreground by a watershed on the boundary probability."""
+    if not seeds.any():
+        return np.zeros(probs.shape[1:], dtype=np.uint16)
+    foreground = (probs[1] + probs[2]) > fg_threshold
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        labels = watershed(probs[2], markers=seeds, mask=foreground | (seeds > 0))
+        if min_size > 1:
+            labels = remove_small_objects(labels, max_size=min_size - 1)
+    return relabel_sequential(labels)
+
+
 def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_threshold: float = 0.5,
                                  seed_threshold: float | None = None, split_height: float | None = None) -> np.ndarray:
     """(3, H, W) background/interior/boundary probabilities -> (H, W) instance labels.
@@ -45,24 +75,7 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_thres
     probability, so touching objects stay apart along their shared rim. A model folder carries
     the thresholds chosen for it on held-out images (``ModelBundle.postprocess``).
     """
-    interior = probs.argmax(axis=0) == 1 if seed_threshold is None else probs[1] > seed_threshold
-    foreground = (probs[1] + probs[2]) > fg_threshold
-    with warnings.catch_warnings():  # skimage warns when an image holds a single object
-        warnings.simplefilter("ignore", UserWarning)
-        if split_height:
-            markers, distance = split_markers(interior, split_height)
-            seeds = watershed(-distance, ndi.label(markers)[0], mask=interior)
-        else:
-            seeds = ndi.label(interior)[0]
-        if not seeds.any():
-            return np.zeros(probs.shape[1:], dtype=np.uint16)
-        seed_min = 1 if split_height else max(min_size // 4, 1)  # tiny interior specks are noise, not objects
-        if seed_min > 1:
-            seeds = remove_small_objects(seeds, max_size=seed_min - 1)
-        labels = watershed(probs[2], markers=seeds, mask=foreground | (seeds > 0))
-        if min_size > 1:
-            labels = remove_small_objects(labels, max_size=min_size - 1)
-    return relabel_sequential(labels)
+    return grow_seeds(probs, instance_seeds(probs, seed_threshold, split_height, min_size), fg_threshold, min_size)
 
 
 def classes_from_probabilities(probs: np.ndarray) -> np.ndarray:

@@ -154,6 +154,7 @@ class Trainer:
         yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
                       f"in {setup_seconds:.1f} s")
         best_state, best_score, best_metrics = None, -1.0, {}
+        kept_probs: list[np.ndarray] = []  # validation probabilities of the model kept so far (for tuning)
         step, losses, batch = 0, [], cfg.batch_size
         last_report = last_val = last_preview = last_checkpoint = start
         k = n_output_classes(cfg)
@@ -202,23 +203,27 @@ class Trainer:
                 self._save_checkpoint(net, step, now - start)
                 last_checkpoint = time.perf_counter()
             if val_pairs and now - last_val >= cfg.validate_every:
-                metrics = validate(net, val_pairs, cfg, dtype, self._stop.is_set)
+                probs: list[np.ndarray] = []
+                metrics = validate(net, val_pairs, cfg, dtype, self._stop.is_set, probs)
                 if metrics is None:  # cancelled half-way through
                     break
                 improved = metrics["score"] > best_score
                 if improved:
                     best_state, best_score, best_metrics = cpu_state_dict(net), metrics["score"], metrics
+                    kept_probs = probs
                 yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
                 last_val = time.perf_counter()
             if self._preview is not None and cfg.preview_every > 0 and now - last_preview >= cfg.preview_every:
                 yield self._preview_event(net, step, dtype, k)
                 last_preview = time.perf_counter()
 
-        if val_pairs and not self._stop.is_set():  # a cancelled run ends now: no final validation
-            metrics = validate(net, val_pairs, cfg, dtype)
+        stopped = self._stop.is_set()
+        if val_pairs and not stopped:  # a stopped run ends now: no final validation
+            probs = []
+            metrics = validate(net, val_pairs, cfg, dtype, probs_out=probs)
             improved = metrics["score"] > best_score
             if improved:
-                best_state, best_metrics = None, metrics
+                best_state, best_metrics, kept_probs = None, metrics, probs
             yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
         if best_state is not None:
             net.load_state_dict(best_state)
@@ -227,11 +232,13 @@ class Trainer:
         meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "setup_seconds": round(setup_seconds, 1),
                              "device": describe(device),
                              "images": len(train_pairs), "validation_images": len(val_pairs),
-                             "stopped_early": self._stop.is_set(), "batch_size": batch},
+                             "stopped_early": stopped, "batch_size": batch},
                 "validation": best_metrics}
         postprocess = self._init.postprocess if self._init is not None and cfg.task == self._init.task else {}
-        if cfg.task == "instances" and val_pairs and not self._stop.is_set():
-            tuned = self._tune_postprocess(net, val_pairs, dtype)
+        if cfg.task == "instances" and val_pairs and (kept_probs or not stopped):
+            tune_start = time.perf_counter()
+            tuned = self._tune_postprocess(net, val_pairs, dtype, kept_probs)
+            meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
             if tuned is not None:
                 postprocess = tuned
                 split = f", split at saddles {tuned['split_height']} px" if tuned["split_height"] else ""
@@ -266,15 +273,21 @@ class Trainer:
         return float(loss.detach())
 
     def _tune_postprocess(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair],
-                          dtype: torch.dtype | None) -> dict | None:
-        """Thresholds with the best AP@0.5 on the validation images (None: the argmax rule is as good)."""
+                          dtype: torch.dtype | None, probs: list[np.ndarray]) -> dict | None:
+        """Thresholds with the best AP@0.5 on the validation images (None: the argmax rule is as good).
+
+        ``probs``: the kept model's validation probabilities (from the validation that chose
+        it), else empty and predicted here. A stopped run is tuned too, on those probabilities
+        (post-processing only, a few seconds), so a model a user stops early still splits
+        touching objects like one that ran to its end.
+        """
         from napari_unet.inference.predict import predict_normalized
         from napari_unet.training.calibrate import tune_thresholds
 
-        probs = [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs]
-        tuned = tune_thresholds(probs, [p.instances for p in val_pairs], self._stop.is_set)
-        if tuned["ap50"] <= tuned["ap50_argmax"]:
-            return None
+        probs = probs or [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs]
+        tuned = tune_thresholds(probs, [p.instances for p in val_pairs])
+        if tuned["seed_threshold"] is None and tuned["split_height"] is None and tuned["fg_threshold"] == 0.5:
+            return None  # the argmax rule
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
     def _save_checkpoint(self, net: torch.nn.Module, step: int, seconds: float) -> None:

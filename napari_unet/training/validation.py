@@ -31,12 +31,14 @@ def semantic_scores(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dic
 
 
 def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConfig,
-             dtype: torch.dtype | None, should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+             dtype: torch.dtype | None, should_stop: Callable[[], bool] | None = None,
+             probs_out: list[np.ndarray] | None = None) -> dict[str, float] | None:
     """Metrics on the validation pairs; ``score`` is the one used to keep the best model.
 
     Instances: AP@0.5 (objects pooled; ``score`` is the best of the argmax rule and
     ``SCORE_RULES``), semantic: mean IoU on annotated pixels. Returns None
-    when ``should_stop()`` turns true between images (the run was cancelled).
+    when ``should_stop()`` turns true between images (the run was cancelled). ``probs_out``
+    receives the predicted probabilities, for callers that reuse them.
     """
     from napari_unet.inference.predict import predict_normalized
     from napari_unet.metrics import evaluate_instances
@@ -53,6 +55,8 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
             probs.append(predict_normalized(net, p.image, k, pcfg, dtype))
     finally:
         net.train(was_training)
+    if probs_out is not None:
+        probs_out[:] = probs
     if cfg.task == "instances":
         metrics = evaluate_instances([(instances_from_probabilities(pr), p.instances) for pr, p in zip(probs, pairs)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}

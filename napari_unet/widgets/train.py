@@ -10,6 +10,7 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox)
 
+from napari_unet.config import UNetConfig
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
                                          probability_name, show_image, show_labels, show_uncertainty,
                                          uncertainty_name)
@@ -124,8 +125,8 @@ class TrainWidget(PluginWidget):
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.device_label = Label(value="device: detecting…")
         self.show_advanced = CheckBox(text="Advanced settings", value=False)
-        self.base_width = SpinBox(label="Base width", value=16, min=4, max=128)
-        self.depth = SpinBox(label="Depth", value=4, min=1, max=6)
+        self.base_width = SpinBox(label="Base width", value=UNetConfig().base_width, min=4, max=128)
+        self.depth = SpinBox(label="Depth", value=UNetConfig().depth, min=1, max=6)
         self.patch_size = SpinBox(label="Patch size", value=128, min=32, max=1024, step=32)
         self.batch_size = SpinBox(label="Batch size", value=8, min=1, max=128)
         self.learning_rate = FloatSpinBox(label="Learning rate", value=5e-3, min=1e-6, max=1.0, step=1e-4)
@@ -226,7 +227,7 @@ class TrainWidget(PluginWidget):
 
     def config(self, pairs: list) -> Any:
         """The ``TrainConfig`` the current settings describe."""
-        from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
+        from napari_unet.config import AugmentConfig, LossConfig, TrainConfig
 
         task = TASKS[self.task.value]
         image = pairs[0][0]

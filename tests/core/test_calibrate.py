@@ -6,7 +6,7 @@ import numpy as np
 from skimage.draw import disk
 
 from napari_unet.config import TrainConfig, UNetConfig
-from napari_unet.events import Message
+from napari_unet.events import Message, ValidationReport
 from napari_unet.pretrained import resolve_init
 from napari_unet.training.calibrate import pooled_ap50, tune_thresholds
 from napari_unet.training.checkpoint import load_bundle, save_bundle
@@ -39,11 +39,17 @@ def test_tuning_splits_objects_the_argmax_rule_merges():
     assert tuned["ap50"] == 1.0 and tuned["seed_threshold"] >= 0.6  # seeds need more than the neck's 0.60
 
 
-def test_tuning_keeps_the_argmax_rule_when_nothing_beats_it():
+def test_tuning_keeps_the_prior_rule_unless_another_is_clearly_better(monkeypatch):
+    from napari_unet.training import calibrate
+
     probs, gt = touching_pair()
-    probs[:, probs[1] == np.float32(0.60)] = np.array([0.05, 0.1, 0.85])[:, None]  # a clear rim: argmax splits
+    probs[:, probs[1] == np.float32(0.60)] = np.array([0.05, 0.1, 0.85])[:, None]  # a clear rim: every rule splits
     tuned = tune_thresholds([probs], [gt])
     assert tuned["ap50"] == tuned["ap50_argmax"] == 1.0
+    assert {k: tuned[k] for k in calibrate.PRIOR_RULE} == calibrate.PRIOR_RULE  # a tie keeps the prior
+
+    monkeypatch.setattr(calibrate, "PRIOR_RULE", {"seed_threshold": 0.99, "split_height": None, "fg_threshold": 0.5})
+    tuned = tune_thresholds([probs], [gt])  # a prior that finds no seeds scores 0: the argmax rule wins clearly
     assert tuned["seed_threshold"] is None and tuned["fg_threshold"] == 0.5 and tuned["split_height"] is None
 
 
@@ -55,20 +61,37 @@ def test_splitting_separates_interiors_joined_by_a_neck():
     assert tune_thresholds([probs], [gt])["split_height"] is not None
 
 
-def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_path, monkeypatch):
+def fake_tuning(monkeypatch) -> dict:
+    """Replace the threshold search (tested above) by a fixed answer; returns what it was given."""
     from napari_unet.training import calibrate
 
     seen = {}
 
-    def fake_tune(probs, instances, should_stop=None):  # the search itself is tested above
+    def fake_tune(probs, instances, should_stop=None):
         seen.update(n=len(probs), shapes=[p.shape for p in probs])
         return {"seed_threshold": 0.8, "split_height": 1.0, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5}
 
     monkeypatch.setattr(calibrate, "tune_thresholds", fake_tune)
-    cfg = TrainConfig(model=UNetConfig(depth=2, base_width=8), steps=5, time_limit=None, batch_size=2,
-                      validate_every=1e9, low_precision=False)
-    bundle, events = run(Trainer(small_pairs[:2], cfg, validation=small_pairs[2:4]))
+    return seen
+
+
+def count_predictions(monkeypatch) -> list:
+    from napari_unet.inference import predict
+
+    calls, original = [], predict.predict_normalized
+    monkeypatch.setattr(predict, "predict_normalized", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+TINY = TrainConfig(model=UNetConfig(depth=2, base_width=8), steps=5, time_limit=None, batch_size=2,
+                   validate_every=1e9, low_precision=False)
+
+
+def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_path, monkeypatch):
+    seen, predictions = fake_tuning(monkeypatch), count_predictions(monkeypatch)
+    bundle, events = run(Trainer(small_pairs[:2], TINY, validation=small_pairs[2:4]))
     assert seen["n"] == 2 and seen["shapes"][0] == (3, *small_pairs[2][0].shape[:2])
+    assert len(predictions) == 2  # tuning reuses the final validation's probabilities
     assert any("AP@0.5 0.500 -> 0.700" in e.text for e in events if isinstance(e, Message))
     assert bundle.postprocess == {"seed_threshold": 0.8, "fg_threshold": 0.6, "split_height": 1.0}
     assert load_bundle(save_bundle(bundle, tmp_path / "m")).postprocess == bundle.postprocess
@@ -98,3 +121,21 @@ def test_keep_best_score_counts_the_splitting_rules(monkeypatch):
     scores = validate(torch.nn.Identity(), [pair], TrainConfig(), None)
     assert scores["ap50"] == 0.5  # the argmax rule merges the two discs
     assert scores["score"] == 1.0  # a split rule separates them, and the run keeps that model
+
+
+def test_a_stopped_run_is_tuned_on_the_validation_that_chose_its_model(small_pairs, monkeypatch):
+    seen, predictions = fake_tuning(monkeypatch), count_predictions(monkeypatch)
+    trainer = Trainer(small_pairs[:2], replace(TINY, steps=50, validate_every=0.0), validation=small_pairs[2:4])
+    gen, events = trainer.run(), []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            bundle = stop.value
+            break
+        if isinstance(events[-1], ValidationReport):
+            trainer.stop()  # the user presses Stop after the first validation
+    assert bundle.meta["training"]["stopped_early"] and bundle.meta["training"]["steps"] < 50
+    assert sum(isinstance(e, ValidationReport) for e in events) == 1
+    assert seen["n"] == 2 and len(predictions) == 2  # tuned without predicting again
+    assert bundle.postprocess == {"seed_threshold": 0.8, "fg_threshold": 0.6, "split_height": 1.0}
