@@ -18,10 +18,16 @@ depends only on which tiles are revealed, so one bad round cannot drift every la
 two strategies differ only in their choice of tiles, and it is what a user of the Train widget
 does (start from pretrained:nuclei, train on the current training set).
 
+``--from-scratch`` is the harder test for a weak model: no starting model; the first tile is
+revealed at random (the same for both strategies), and every round trains a default U-Net from
+scratch for ``--steps`` steps on all tiles revealed so far; from the second tile on, the
+strategy picks the tile with that round's model.
+
 Prints per round the mean ± std over seeds of both strategies and of their paired difference;
-writes everything to ``bench/results/annotation_loop.json``.
+writes everything to ``bench/results/annotation_loop.json`` (``annotation_loop_scratch.json``).
 
     .venv/bin/python bench/bench_annotation_loop.py [--seeds 3] [--rounds 4] [--steps 50] [--val 16] [--threads 1]
+    .venv/bin/python bench/bench_annotation_loop.py --from-scratch --steps 300 --rounds 5
 """
 
 from __future__ import annotations
@@ -64,8 +70,11 @@ def fine_tune(start, pairs: list, args: argparse.Namespace, seed: int):
     from napari_unet.pretrained import fine_tune_config
     from napari_unet.training.engine import Trainer
 
-    cfg = fine_tune_config(TrainConfig(steps=args.steps, time_limit=None, threads=args.threads, seed=seed,
-                                       validation_fraction=0.0, preview_every=0, batch_size=8), start)
+    cfg = TrainConfig(steps=args.steps, time_limit=None, threads=args.threads, seed=seed,
+                      validation_fraction=0.0, preview_every=0, batch_size=8)
+    if args.from_scratch:
+        return drive(Trainer(pairs, cfg).run(), "training", quiet=True)
+    cfg = fine_tune_config(cfg, start)
     cfg = replace(cfg, learning_rate=cfg.learning_rate * args.lr_scale)
     return drive(Trainer(pairs, cfg, init=start).run(), "fine-tuning", quiet=True)
 
@@ -87,10 +96,14 @@ def run_loop(strategy: str, start, pool: list, val: list, rule: dict, args: argp
     tiles = tiles_of(images, args.tile)
     pick_rng = np.random.default_rng(1000 + seed)
     chosen: list[int] = []
+    if args.from_scratch:  # the first tile is random and shared by both strategies
+        chosen.append(int(np.random.default_rng(2000 + seed).integers(len(tiles))))
     model, curve = start, []
     for k in range(args.rounds):
         left = [t for t in range(len(tiles)) if t not in chosen]
-        if strategy == "uncertainty":
+        if len(chosen) > k:
+            pass  # the shared first tile
+        elif strategy == "uncertainty" and model is not None:
             u = tile_uncertainty(model, images, [tiles[t] for t in left], args.tile, args.mc)
             chosen.append(left[int(np.argmax(u))])
         else:
@@ -99,10 +112,10 @@ def run_loop(strategy: str, start, pool: list, val: list, rule: dict, args: argp
                  for i, y, x in (tiles[t] for t in chosen)]
         try:
             model = fine_tune(start, pairs, args, seed=100 * seed + k)  # from the start model, see the docstring
-        except UserError as exc:  # only empty tiles revealed so far: the starting model stays
+        except UserError as exc:  # only empty tiles revealed so far: the starting model stays (none: AP 0)
             print(f"  seed {seed} {strategy:>11}: {k + 1} tile(s): not trained ({exc})", flush=True)
-            model = start
-        curve.append(score(model, val, rule))
+            model = None if args.from_scratch else start
+        curve.append(0.0 if model is None else score(model, val, rule))
         print(f"  seed {seed} {strategy:>11}: {k + 1} tile(s) -> AP@0.5 {curve[-1]:.3f}", flush=True)
     return curve
 
@@ -134,6 +147,8 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=16, help="val-split images scored")
     parser.add_argument("--mc", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="no starting model: every round trains from scratch on the revealed tiles")
     args = parser.parse_args()
 
     import torch
@@ -150,8 +165,9 @@ def main() -> None:
     candidates = [s for s in load_dsb("train") if s[0] in held]
     val = load_dsb("val")[: args.val]
     base = score(start, val, rule)
-    print(f"pretrained as-is AP@0.5 {base:.3f} on {len(val)} val images; {args.steps} steps/round at "
-          f"lr x{args.lr_scale}; {args.seeds} seed(s) x {args.rounds} round(s)", flush=True)
+    how = "from scratch" if args.from_scratch else f"fine-tuning at lr x{args.lr_scale}"
+    print(f"pretrained as-is AP@0.5 {base:.3f} on {len(val)} val images; {args.steps} steps/round {how}; "
+          f"{args.seeds} seed(s) x {args.rounds} round(s)", flush=True)
     curves: dict[str, list[list[float]]] = {s: [] for s in STRATEGIES}
     pools = []
     for seed in range(args.seeds):
@@ -176,9 +192,10 @@ def main() -> None:
               "postprocess": rule, "pools": pools,
               "curves": {k: [[round(v, 4) for v in c] for c in cs] for k, cs in curves.items()},
               "summary": summary, "seconds": round(seconds, 1)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {RESULTS} ({seconds:.0f} s)")
+    out = RESULTS.with_name("annotation_loop_scratch.json") if args.from_scratch else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out} ({seconds:.0f} s)")
 
 
 if __name__ == "__main__":

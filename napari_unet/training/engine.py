@@ -33,6 +33,7 @@ from napari_unet.training.checkpoint import (
     load_compatible_weights,
     save_bundle,
 )
+from napari_unet.training.calibrate import CONFIDENCE
 from napari_unet.training.device import autocast, describe, describe_precision, start_run
 from napari_unet.training.losses import segmentation_loss
 from napari_unet.training.validation import validate
@@ -242,9 +243,10 @@ class Trainer:
             if tuned is not None:
                 postprocess = tuned
                 split = f", split at saddles {tuned['split_height']} px" if tuned["split_height"] else ""
-                yield Message(f"post-processing tuned on {len(val_pairs)} validation image(s): AP@0.5 "
-                              f"{tuned['ap50_argmax']:.3f} -> {tuned['ap50']:.3f} (seeds > {tuned['seed_threshold']}"
-                              f"{split}, foreground > {tuned['fg_threshold']})")
+                how = "searched" if tuned["confidence"] >= CONFIDENCE else "default (no rule clearly better)"
+                yield Message(f"post-processing on {len(val_pairs)} validation image(s): AP@0.5 "
+                              f"{tuned['ap50_argmax']:.3f} (argmax rule) -> {tuned['ap50']:.3f} with the {how} rule "
+                              f"(seeds > {tuned['seed_threshold']}{split}, foreground > {tuned['fg_threshold']})")
         if postprocess:
             meta["postprocess"] = postprocess
         bundle = ModelBundle(net, cfg, meta)

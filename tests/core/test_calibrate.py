@@ -69,7 +69,8 @@ def fake_tuning(monkeypatch) -> dict:
 
     def fake_tune(probs, instances, should_stop=None):
         seen.update(n=len(probs), shapes=[p.shape for p in probs])
-        return {"seed_threshold": 0.8, "split_height": 1.0, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5}
+        return {"seed_threshold": 0.8, "split_height": 1.0, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5,
+                "confidence": 0.95}
 
     monkeypatch.setattr(calibrate, "tune_thresholds", fake_tune)
     return seen
@@ -92,7 +93,8 @@ def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_pa
     bundle, events = run(Trainer(small_pairs[:2], TINY, validation=small_pairs[2:4]))
     assert seen["n"] == 2 and seen["shapes"][0] == (3, *small_pairs[2][0].shape[:2])
     assert len(predictions) == 2  # tuning reuses the final validation's probabilities
-    assert any("AP@0.5 0.500 -> 0.700" in e.text for e in events if isinstance(e, Message))
+    assert any("AP@0.5 0.500 (argmax rule) -> 0.700 with the searched rule" in e.text
+               for e in events if isinstance(e, Message))
     assert bundle.postprocess == {"seed_threshold": 0.8, "fg_threshold": 0.6, "split_height": 1.0}
     assert load_bundle(save_bundle(bundle, tmp_path / "m")).postprocess == bundle.postprocess
 
@@ -139,3 +141,17 @@ def test_a_stopped_run_is_tuned_on_the_validation_that_chose_its_model(small_pai
     assert sum(isinstance(e, ValidationReport) for e in events) == 1
     assert seen["n"] == 2 and len(predictions) == 2  # tuned without predicting again
     assert bundle.postprocess == {"seed_threshold": 0.8, "fg_threshold": 0.6, "split_height": 1.0}
+
+
+def test_bootstrap_trusts_consistent_gains_not_one_lucky_image():
+    from napari_unet.training.calibrate import bootstrap_win_rate
+
+    worse = np.tile([[8.0, 2.0, 2.0]], (12, 1))  # (TP, FP, FN) per image, 10 objects each
+    steady = worse + [[1.0, -1.0, -1.0]]  # one more object right on every image
+    assert bootstrap_win_rate(steady, worse) == 1.0
+    worse[0] = [60, 20, 40]  # a crowded image of 100 objects...
+    lucky = worse + [[-1.0, 1.0, 1.0]]  # ...where a rule that is worse on the eleven others
+    lucky[0] = [80, 10, 20]  # does far better: better pooled AP, but carried by one image
+    pooled = lambda c: c[:, 0].sum() / c.sum()  # noqa: E731
+    assert pooled(lucky) > pooled(worse)
+    assert 0.3 < bootstrap_win_rate(lucky, worse) < 0.9
