@@ -45,10 +45,10 @@ def _each(fn: Callable, *arrays: Sequence) -> list:
 def pooled_ap50(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], seed_threshold: float | None,
                 fg_threshold: float, split_height: float | None = None) -> float:
     """Pooled AP@0.5 of the instances post-processed with these settings."""
-    return _ap(_counts(probs, instances, seed_threshold, fg_threshold, split_height))
+    return counts_ap(rule_counts(probs, instances, seed_threshold, fg_threshold, split_height))
 
 
-def _counts(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], seed_threshold: float | None,
+def rule_counts(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], seed_threshold: float | None,
             fg_threshold: float, split_height: float | None = None,
             seeds: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """(images, 3) TP, FP, FN at IoU 0.5 per image (``seeds``: reuse these instead of the seed rule)."""
@@ -60,7 +60,7 @@ def _counts(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], seed_t
     return np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in rows], dtype=np.float64).reshape(-1, 3)
 
 
-def _ap(counts: np.ndarray) -> float:
+def counts_ap(counts: np.ndarray) -> float:
     """Pooled TP / (TP + FP + FN) of per-image counts (1 when there is nothing to find or find)."""
     tp, fp, fn = counts.sum(axis=0)
     return float(tp / (tp + fp + fn)) if tp + fp + fn else 1.0
@@ -86,24 +86,24 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     settings with their ``ap50``, the argmax rule's ``ap50_argmax``, and ``confidence`` (the
     winner's bootstrap win rate over the prior); ``should_stop()`` ends the search early.
     """
-    counts = _counts(probs, instances, None, 0.5)
-    argmax = _ap(counts)
+    counts = rule_counts(probs, instances, None, 0.5)
+    argmax = counts_ap(counts)
     best = {"seed_threshold": None, "split_height": None, "fg_threshold": 0.5, "ap50": argmax}
     for seed, split in SEED_RULES[1:]:
         if should_stop is not None and should_stop():
             break
-        c = _counts(probs, instances, seed, 0.5, split)
-        if _ap(c) > best["ap50"]:
-            best, counts = {"seed_threshold": seed, "split_height": split, "fg_threshold": 0.5, "ap50": _ap(c)}, c
+        c = rule_counts(probs, instances, seed, 0.5, split)
+        if counts_ap(c) > best["ap50"]:
+            best, counts = {"seed_threshold": seed, "split_height": split, "fg_threshold": 0.5, "ap50": counts_ap(c)}, c
     seeds = _each(lambda p: instance_seeds(p, best["seed_threshold"], best["split_height"]), probs)  # fixed from here on
     for fg in FG_THRESHOLDS:
         if fg == 0.5 or (should_stop is not None and should_stop()):
             continue
-        c = _counts(probs, instances, None, fg, seeds=seeds)
-        if _ap(c) > best["ap50"]:
-            best, counts = {**best, "fg_threshold": fg, "ap50": _ap(c)}, c
-    prior = _counts(probs, instances, PRIOR_RULE["seed_threshold"], PRIOR_RULE["fg_threshold"], PRIOR_RULE["split_height"])
-    confidence = bootstrap_win_rate(counts, prior) if _ap(counts) > _ap(prior) else 0.0
+        c = rule_counts(probs, instances, None, fg, seeds=seeds)
+        if counts_ap(c) > best["ap50"]:
+            best, counts = {**best, "fg_threshold": fg, "ap50": counts_ap(c)}, c
+    prior = rule_counts(probs, instances, PRIOR_RULE["seed_threshold"], PRIOR_RULE["fg_threshold"], PRIOR_RULE["split_height"])
+    confidence = bootstrap_win_rate(counts, prior) if counts_ap(counts) > counts_ap(prior) else 0.0
     if confidence < CONFIDENCE:
-        best = {**PRIOR_RULE, "ap50": _ap(prior)}
+        best = {**PRIOR_RULE, "ap50": counts_ap(prior)}
     return {**best, "ap50_argmax": argmax, "confidence": round(confidence, 3)}

@@ -10,7 +10,7 @@ import torch
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.dataset import PreparedPair, n_output_classes
 from napari_unet.inference.postprocess import instances_from_probabilities
-from napari_unet.training.calibrate import pooled_ap50
+from napari_unet.training.calibrate import counts_ap, rule_counts
 
 # Besides the argmax rule, the keep-best score tries these (seed threshold, split height) rules:
 # the post-processing chosen after training usually splits interiors, and a model whose boundary
@@ -32,13 +32,14 @@ def semantic_scores(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dic
 
 def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConfig,
              dtype: torch.dtype | None, should_stop: Callable[[], bool] | None = None,
-             probs_out: list[np.ndarray] | None = None) -> dict[str, float] | None:
+             keep: dict | None = None) -> dict[str, float] | None:
     """Metrics on the validation pairs; ``score`` is the one used to keep the best model.
 
     Instances: AP@0.5 (objects pooled; ``score`` is the best of the argmax rule and
     ``SCORE_RULES``), semantic: mean IoU on annotated pixels. Returns None
-    when ``should_stop()`` turns true between images (the run was cancelled). ``probs_out``
-    receives the predicted probabilities, for callers that reuse them.
+    when ``should_stop()`` turns true between images (the run was cancelled). ``keep``, when
+    given, receives the ``probs`` and (instances) the per-image TP/FP/FN ``counts`` of the
+    scoring rule, for callers that reuse them.
     """
     from napari_unet.inference.predict import predict_normalized
     from napari_unet.metrics import evaluate_instances
@@ -55,13 +56,18 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
             probs.append(predict_normalized(net, p.image, k, pcfg, dtype))
     finally:
         net.train(was_training)
-    if probs_out is not None:
-        probs_out[:] = probs
+    if keep is not None:
+        keep["probs"] = probs
     if cfg.task == "instances":
         metrics = evaluate_instances([(instances_from_probabilities(pr), p.instances) for pr, p in zip(probs, pairs)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
-        scores["score"] = max(scores["ap50"], *(pooled_ap50(probs, [p.instances for p in pairs], seed, 0.5, split)
-                                                 for seed, split in SCORE_RULES))
+        gts = [p.instances for p in pairs]
+        counts = max((rule_counts(probs, gts, seed, 0.5, split) for seed, split in SCORE_RULES),
+                     key=counts_ap)
+        scores["score"] = max(scores["ap50"], counts_ap(counts))
+        if keep is not None:
+            argmax_counts = np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in metrics["per_image"]], np.float64)
+            keep["counts"] = counts if counts_ap(counts) >= scores["ap50"] else argmax_counts
         return scores
     preds = np.concatenate([pr.argmax(0).ravel() for pr in probs])
     targets = np.concatenate([p.target.ravel() for p in pairs])

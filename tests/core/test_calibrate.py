@@ -155,3 +155,14 @@ def test_bootstrap_trusts_consistent_gains_not_one_lucky_image():
     pooled = lambda c: c[:, 0].sum() / c.sum()  # noqa: E731
     assert pooled(lucky) > pooled(worse)
     assert 0.3 < bootstrap_win_rate(lucky, worse) < 0.9
+
+
+def test_final_weights_stay_unless_an_earlier_model_was_better_beyond_doubt():
+    final = {"counts": np.tile([[8.0, 2.0, 2.0]], (12, 1))}
+    noisy = {"counts": final["counts"].copy()}
+    noisy["counts"][0] = [10.0, 0.0, 0.0]  # one image better, the rest equal
+    steady = {"counts": final["counts"] + [[1.0, -1.0, -1.0]]}  # better on every image
+    assert Trainer._final_is_better({"score": 0.70}, 0.65, final, noisy)  # higher score: kept at once
+    assert Trainer._final_is_better({"score": 0.66}, 0.68, final, noisy)  # lower, but only by chance
+    assert not Trainer._final_is_better({"score": 0.66}, 0.75, final, steady)
+    assert not Trainer._final_is_better({"score": 0.66}, 0.68, {}, {})  # semantic runs: the higher score
