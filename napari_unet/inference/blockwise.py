@@ -32,6 +32,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import watershed
 
 from napari_unet.events import Progress
+from napari_unet.inference.postprocess import interior_mask
 
 Box = tuple[slice, slice]
 
@@ -47,22 +48,18 @@ def _grow(counts: np.ndarray, n: int) -> np.ndarray:
     return counts if len(counts) >= n else np.concatenate([counts, np.zeros(max(n, 2 * len(counts)) - len(counts), counts.dtype)])
 
 
-def _interior(p: np.ndarray, seed_threshold: float | None) -> np.ndarray:
-    return p.argmax(axis=0) == 1 if seed_threshold is None else p[1] > seed_threshold
-
-
 def _seed_pixels(probs: Any, ys: slice, xs: slice, seed_threshold: float | None, split_height: float | None,
                  halo: int) -> np.ndarray:
     """Seed pixels of one block: confident interior, or with ``split_height`` the split markers
     (computed on the block plus ``halo`` so that they agree with the whole-image ones)."""
     if not split_height:
-        return _interior(np.asarray(probs[:, ys, xs]), seed_threshold)
+        return interior_mask(np.asarray(probs[:, ys, xs]), seed_threshold)
     from napari_unet.inference.postprocess import split_markers
 
     shape = probs.shape[1:]
     y0, x0 = max(ys.start - halo, 0), max(xs.start - halo, 0)
     y1, x1 = min(ys.stop + halo, shape[0]), min(xs.stop + halo, shape[1])
-    markers, _ = split_markers(_interior(np.asarray(probs[:, y0:y1, x0:x1]), seed_threshold), split_height)
+    markers, _ = split_markers(interior_mask(np.asarray(probs[:, y0:y1, x0:x1]), seed_threshold), split_height)
     return markers[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
 
 
@@ -138,7 +135,7 @@ def grow_instances(probs: Any, seeds: Any, seed_map: np.ndarray, labels: Any, bl
         if split_height:
             from napari_unet.inference.postprocess import interior_distance
 
-            interior = _interior(p, seed_threshold)
+            interior = interior_mask(p, seed_threshold)
             markers = watershed(-interior_distance(interior), markers=markers, mask=interior)
         grown = watershed(p[2], markers=markers, mask=foreground | (markers > 0))
         core = grown[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]

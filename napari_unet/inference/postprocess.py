@@ -32,10 +32,15 @@ def split_markers(interior: np.ndarray, height: float) -> tuple[np.ndarray, np.n
     return markers, distance
 
 
+def interior_mask(probs: np.ndarray, seed_threshold: float | None = None) -> np.ndarray:
+    """Seed pixels: interior probability above ``seed_threshold`` (None: interior is the likeliest class)."""
+    return probs.argmax(axis=0) == 1 if seed_threshold is None else probs[1] > seed_threshold
+
+
 def instance_seeds(probs: np.ndarray, seed_threshold: float | None = None, split_height: float | None = None,
                    min_size: int = 10) -> np.ndarray:
     """The seed labels of ``instances_from_probabilities`` (one region per object to grow)."""
-    interior = probs.argmax(axis=0) == 1 if seed_threshold is None else probs[1] > seed_threshold
+    interior = interior_mask(probs, seed_threshold)
     with warnings.catch_warnings():  # skimage warns when an image holds a single object
         warnings.simplefilter("ignore", UserWarning)
         if split_height:

@@ -49,8 +49,8 @@ def pooled_ap50(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], se
 
 
 def rule_counts(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], seed_threshold: float | None,
-            fg_threshold: float, split_height: float | None = None,
-            seeds: Sequence[np.ndarray] | None = None) -> np.ndarray:
+                fg_threshold: float, split_height: float | None = None,
+                seeds: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """(images, 3) TP, FP, FN at IoU 0.5 per image (``seeds``: reuse these instead of the seed rule)."""
     if seeds is None:
         preds = _each(lambda p: instances_from_probabilities(p, 10, fg_threshold, seed_threshold, split_height), probs)
@@ -102,7 +102,13 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
         c = rule_counts(probs, instances, None, fg, seeds=seeds)
         if counts_ap(c) > best["ap50"]:
             best, counts = {**best, "fg_threshold": fg, "ap50": counts_ap(c)}, c
-    prior = rule_counts(probs, instances, PRIOR_RULE["seed_threshold"], PRIOR_RULE["fg_threshold"], PRIOR_RULE["split_height"])
+    if all(best[k] == v for k, v in PRIOR_RULE.items()):
+        prior = counts
+    elif (best["seed_threshold"], best["split_height"]) == (PRIOR_RULE["seed_threshold"], PRIOR_RULE["split_height"]):
+        prior = rule_counts(probs, instances, None, PRIOR_RULE["fg_threshold"], seeds=seeds)  # same seeds
+    else:
+        prior = rule_counts(probs, instances, PRIOR_RULE["seed_threshold"], PRIOR_RULE["fg_threshold"],
+                            PRIOR_RULE["split_height"])
     confidence = bootstrap_win_rate(counts, prior) if counts_ap(counts) > counts_ap(prior) else 0.0
     if confidence < CONFIDENCE:
         best = {**PRIOR_RULE, "ap50": counts_ap(prior)}

@@ -292,7 +292,7 @@ class Trainer:
 
     def _tune_postprocess(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair],
                           dtype: torch.dtype | None, probs: list[np.ndarray]) -> dict | None:
-        """Thresholds with the best AP@0.5 on the validation images (None: the argmax rule is as good).
+        """Post-processing chosen on the validation images (``tune_thresholds``; None: the argmax rule).
 
         ``probs``: the kept model's validation probabilities (from the validation that chose
         it), else empty and predicted here. A stopped run is tuned too, on those probabilities
