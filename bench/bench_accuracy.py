@@ -56,7 +56,7 @@ def unet_dsb(train, val, seed: int, time_limit: float, base: TrainConfig | None 
     result.update(train_s=train_s, predict_s=time.perf_counter() - start, steps=bundle.meta["training"]["steps"],
                   ap50_argmax_rule=argmax["ap50"], argmax=argmax)
     result["tuning_s"] = bundle.meta["training"].get("tuning_seconds", 0.0)
-    print(f"  seed {seed}: {result['steps']} steps, {train_s:.0f} s in all ({result['tuning_s']:.0f} s choosing the "
+    print(f"  seed {seed}: {result['steps']} steps on {bundle.meta['training']['device']}, {train_s:.0f} s in all ({result['tuning_s']:.0f} s choosing the "
           f"post-processing), post-processing {bundle.postprocess or 'argmax rule'}: "
           f"AP@0.5 {result['ap50']:.3f} (argmax rule {argmax['ap50']:.3f})", flush=True)
     return result
@@ -82,7 +82,13 @@ def main() -> None:
     parser.add_argument("--skip-rf", action="store_true")
     parser.add_argument("--skip-isbi", action="store_true")
     parser.add_argument("--skip-classic", action="store_true", help="skip the base-64 fp32 plain-CE tutorial U-Net")
+    defaults = TrainConfig()
+    parser.add_argument("--batch", type=int, default=defaults.batch_size, help="U-Net batch size")
+    parser.add_argument("--patch", type=int, default=defaults.patch_size, help="U-Net patch size")
+    parser.add_argument("--width", type=int, default=defaults.model.base_width, help="U-Net base width")
     args = parser.parse_args()
+    ours = replace(defaults, batch_size=args.batch, patch_size=args.patch,
+                   model=replace(defaults.model, base_width=args.width))
     print(machine_description(), flush=True)
     train, val = load_dsb("train"), load_dsb("val")
     print(f"dsb2018_fluo: {len(train)} train, {len(val)} val images", flush=True)
@@ -94,7 +100,7 @@ def main() -> None:
     unet = []
     for seed in args.seeds:
         print(f"U-Net seed {seed}: training {args.time_limit:.0f} s", flush=True)
-        unet.append(unet_dsb(train, val, seed, args.time_limit))
+        unet.append(unet_dsb(train, val, seed, args.time_limit, ours))
         rows[f"U-Net {args.time_limit:.0f}s seed {seed}"] = unet[-1]
     if not args.skip_classic:
         print(f"classic U-Net (base 64, fp32, plain cross-entropy), seed 0: training {args.time_limit:.0f} s", flush=True)

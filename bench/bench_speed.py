@@ -1,6 +1,6 @@
 """Benchmark: training and inference speed of our default U-Net vs a plain fp32 classic U-Net.
 
-Run: ``.venv/bin/python bench/bench_speed.py [--patch P] [--batch B] [--sweep] [--variants]``
+Run: ``.venv/bin/python bench/bench_speed.py [--patch P] [--batch B] [--sweep] [--variants] [--device cuda]``
 
 * ours: ``build_network(TrainConfig())`` (3 output classes), trained exactly as
   ``training/engine.py`` does one step: channels_last + autocast when
@@ -14,7 +14,9 @@ Run: ``.venv/bin/python bench/bench_speed.py [--patch P] [--batch B] [--sweep] [
 * Achieved GFLOP/s (conv FLOPs from ``estimate_flops``; training = 3x forward) vs the
   measured fp32 / bf16 ``torch.matmul`` peak of this machine.
 
-Data sampling and augmentation are not part of the timed training step.
+Data sampling and augmentation are not part of the timed training step. With ``--device cuda``
+everything runs on the GPU (ours with the AMP dtype the engine picks there, classic in fp32 with
+PyTorch's default cuDNN settings); each timed call ends with a device synchronisation.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ from napari_unet.config import TrainConfig, UNetConfig  # noqa: E402
 from napari_unet.inference.predict import network_forward  # noqa: E402
 from napari_unet.models import count_parameters, estimate_flops  # noqa: E402
 from napari_unet.training.checkpoint import build_network  # noqa: E402
-from napari_unet.training.device import autocast, low_precision_dtype  # noqa: E402
+from napari_unet.training.device import autocast, low_precision_dtype, resolve_device  # noqa: E402
 from napari_unet.training.losses import segmentation_loss  # noqa: E402
 
-CPU = torch.device("cpu")
+DEV = torch.device("cpu")  # set from --device in main()
 Step = Callable[[], None]
 
 
@@ -114,12 +116,13 @@ def make_batch(batch: int, channels: int, patch: int, classes: int, seed: int = 
     images = torch.randn(batch, channels, patch, patch, generator=gen)
     targets = torch.randint(0, classes, (batch, patch, patch), generator=gen)
     weights = 1.0 + 9.0 * torch.rand(batch, patch, patch, generator=gen)
-    return Batch(images, targets, weights)
+    return Batch(images.to(DEV), targets.to(DEV), weights.to(DEV))
 
 
 def ours_train_step(net: nn.Module, data: Batch, dtype: torch.dtype | None, channels_last: bool,
                     dice_weight: float) -> Step:
     """One optimiser step as ``Trainer.run`` does it (channels_last, autocast, AdamW)."""
+    net.to(DEV)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     net.train()
@@ -129,7 +132,7 @@ def ours_train_step(net: nn.Module, data: Batch, dtype: torch.dtype | None, chan
         images = data.images
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(CPU, dtype):
+        with autocast(DEV, dtype):
             logits = net(images)  # (B, K, P, P)
         loss = segmentation_loss(logits, data.targets, data.weights, dice_weight)
         opt.zero_grad(set_to_none=True)
@@ -142,7 +145,7 @@ def ours_train_step(net: nn.Module, data: Batch, dtype: torch.dtype | None, chan
 
 def classic_train_step(net: nn.Module, data: Batch) -> Step:
     """One plain fp32 NCHW step: forward, cross-entropy, backward, AdamW."""
-    net.train()
+    net.to(DEV).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-4)
 
     def step() -> None:
@@ -158,29 +161,29 @@ def classic_train_step(net: nn.Module, data: Batch) -> Step:
 def ours_infer_step(net: nn.Module, image: np.ndarray, dtype: torch.dtype | None, channels_last: bool) -> Step:
     """``network_forward`` on a (1, C, H, W) array (softmax probabilities to numpy); the project
     ties channels_last to low precision, other combinations are run by hand."""
-    net.eval()
+    net.to(DEV).eval()
     net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def step() -> None:
         if channels_last == (dtype is not None):  # the combination network_forward uses
             network_forward(net, image, dtype)
         else:  # other combinations (--variants): same work, memory format as asked
-            x = torch.from_numpy(image)
+            x = torch.from_numpy(image).to(DEV)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), autocast(CPU, dtype):
-                net(x).float().softmax(dim=1).numpy()
+            with torch.inference_mode(), autocast(DEV, dtype):
+                net(x).float().softmax(dim=1).cpu().numpy()
 
     return step
 
 
 def classic_infer_step(net: nn.Module, image: np.ndarray) -> Step:
     """Plain fp32 forward + softmax to numpy under ``torch.inference_mode``."""
-    net.eval()
+    net.to(DEV).eval()
 
     def step() -> None:
         with torch.inference_mode():
-            net(torch.from_numpy(image)).softmax(dim=1).numpy()
+            net(torch.from_numpy(image).to(DEV)).softmax(dim=1).cpu().numpy()
 
     return step
 
@@ -193,6 +196,8 @@ def time_interleaved(steps: dict[str, Step], repeats: int, warmup: int) -> dict[
     for _ in range(warmup):
         for fn in steps.values():
             fn()
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for name in steps:
         CPU_SECONDS[name] = []
@@ -200,6 +205,8 @@ def time_interleaved(steps: dict[str, Step], repeats: int, warmup: int) -> dict[
         for name, fn in steps.items():
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
+            if DEV.type == "cuda":
+                torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t0)
             CPU_SECONDS[name].append(time.process_time() - c0)
     return times
@@ -219,14 +226,15 @@ def paired_ratio(slow: list[float], fast: list[float]) -> float:
 
 
 # --------------------------------------------------------------------------- peak
-PEAK_N = 2048  # matmul size for the peak measurement
+PEAK_N = 2048  # matmul size for the peak measurement (8192 on a GPU, set in main())
 PEAK_GFLOP = 2 * PEAK_N**3 / 1e9
 
 
 def matmul_steps() -> dict[str, Step]:
     """``PEAK_N``-square ``torch.matmul`` calls in fp32 and bf16, keyed 'mm fp32' / 'mm bf16'."""
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(PEAK_N, PEAK_N, generator=gen), torch.randn(PEAK_N, PEAK_N, generator=gen)
+    a = torch.randn(PEAK_N, PEAK_N, generator=gen).to(DEV)
+    b = torch.randn(PEAK_N, PEAK_N, generator=gen).to(DEV)
     a16, b16 = a.bfloat16(), b.bfloat16()
 
     def fp32() -> None:
@@ -378,18 +386,24 @@ def main() -> None:
     ap.add_argument("--sweep-widths", type=int, nargs="+", default=[16, 32], help="widths for --sweep")
     ap.add_argument("--variants", action="store_true",
                     help="also time our model with bf16/fp32 x channels_last on/off")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where both models run")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global DEV, PEAK_N, PEAK_GFLOP
+    DEV = resolve_device(args.device)
+    if DEV.type == "cuda":
+        PEAK_N = 8192
+        PEAK_GFLOP = 2 * PEAK_N**3 / 1e9
 
     print(machine_description())
     print(f"load average at start: {os.getloadavg()[0]:.2f}, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} ('cpu x/N thr' below = process CPU s per wall s; "
           f"other processes on these cores slow multi-threaded steps a lot)")
     mcfg = replace(defaults.model, out_channels=3)
-    dtype = low_precision_dtype(CPU, None)
+    dtype = low_precision_dtype(DEV, None)
     print(f"model: UNet depth {mcfg.depth}, base_width {mcfg.base_width}, norm {mcfg.norm}, "
-          f"upsample {mcfg.upsample}; low_precision_dtype(cpu) = {dtype}; "
+          f"upsample {mcfg.upsample}; device {DEV}; low_precision_dtype = {dtype}; "
           f"oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}")
 
     reps = 9

@@ -219,6 +219,8 @@ class Trainer:
                 last_preview = time.perf_counter()
 
         stopped = self._stop.is_set()
+        if losses:  # steps since the last report (a fast GPU can finish between two reports)
+            yield LossReport(step, float(np.mean(losses)), time.perf_counter() - start)
         if val_pairs and not stopped:  # a stopped run ends now: no final validation
             latest = {}
             metrics = validate(net, val_pairs, cfg, dtype, keep=latest)
