@@ -70,7 +70,7 @@ def _prompts(args: argparse.Namespace, bundle) -> tuple[list[str], list]:
     """(stems, masks) from --masks or automatic layouts for --count."""
     import numpy as np
 
-    from napari_unet.diffusion.prompts import layout_shapes, object_shapes, unpack_shapes
+    from napari_unet.diffusion.prompts import layout_shapes, object_shapes, unpack_shapes, varied_layouts
     from napari_unet.io import list_images, read_mask
 
     if args.masks:
@@ -89,8 +89,13 @@ def _prompts(args: argparse.Namespace, bundle) -> tuple[list[str], list]:
     else:
         raise UserError("this model stores no object shapes; pass --source-masks MASK_DIR")
     density = args.density if args.density is not None else float(bundle.meta.get("density", 10.0))
-    count = args.objects if args.objects is not None else max(1, int(round(density * args.size**2 / 1e4)))
-    masks = [layout_shapes(shapes, (args.size, args.size), count, seed=args.seed + k) for k in range(args.count)]
+    if args.vary:
+        if args.objects is not None:
+            raise UserError("--vary sets each image's object count from --density; leave out --objects")
+        masks = varied_layouts(shapes, (args.size, args.size), args.count, density, seed=args.seed)
+    else:
+        count = args.objects if args.objects is not None else max(1, int(round(density * args.size**2 / 1e4)))
+        masks = [layout_shapes(shapes, (args.size, args.size), count, seed=args.seed + k) for k in range(args.count)]
     width = max(4, len(str(args.count - 1)))
     return [f"synth_{k:0{width}d}" for k in range(args.count)], [np.asarray(m) for m in masks]
 
@@ -154,6 +159,9 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     g.add_argument("--objects", type=int, default=None, help="--count: objects per image")
     g.add_argument("--density", type=float, default=None, help="--count: objects per 10,000 px (default: training median)")
     g.add_argument("--source-masks", default=None, help="--count: take object shapes from this mask folder")
+    g.add_argument("--vary", action="store_true",
+                   help="--count: vary each layout's magnification (0.6-1.6x), crowding (0.5-2x) and whether "
+                        "objects touch, with objects cut by the edges")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     g.set_defaults(func=cmd_synth_generate)
     for sp in (t, g):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
-                              Select, SpinBox)
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
+                              PushButton, Select, SpinBox)
 
 from napari_unet.widgets._layers import find_layer, layers_of_type
 from napari_unet.widgets._base import PluginWidget
@@ -37,6 +37,8 @@ class SynthesizeWidget(PluginWidget):
         self.prompt = ComboBox(label="Mask prompt", choices=self._prompt_choices)
         self.count = SpinBox(label="Images (auto)", value=4, min=1, max=256)
         self.size = SpinBox(label="Size (px)", value=128, min=32, max=2048, step=32)
+        self.vary = CheckBox(text="Vary layouts (auto)", value=False,
+                             tooltip="vary magnification, crowding and touching from image to image")
         self.tags = LineEdit(label="Text prompt", value="", tooltip="style tags, e.g. 'dense, dim'")
         self.guidance = FloatSpinBox(label="Guidance", value=2.0, min=0.0, max=20.0, step=0.5)
         self.steps = SpinBox(label="DDIM steps", value=50, min=1, max=1000)
@@ -51,7 +53,7 @@ class SynthesizeWidget(PluginWidget):
             Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
             self.model_folder, Container(widgets=[self.save_button, self.load_button], layout="horizontal",
                                          labels=False),
-            Label(value="<b>Generate image/mask pairs</b>"), self.prompt, self.count, self.size, self.tags,
+            Label(value="<b>Generate image/mask pairs</b>"), self.prompt, self.count, self.size, self.vary, self.tags,
             self.guidance, self.steps, self.seed, self.generate_button, self.review, self.accept_button,
             self.progress, self.status])
         self.bundle = None
@@ -120,7 +122,7 @@ class SynthesizeWidget(PluginWidget):
     # -- generation --------------------------------------------------------------------------
     def prompt_masks(self) -> list[np.ndarray]:
         """The mask prompts: a Labels layer, or automatic layouts of annotated object shapes."""
-        from napari_unet.diffusion.prompts import layout_shapes, object_shapes, unpack_shapes
+        from napari_unet.diffusion.prompts import layout_shapes, object_shapes, unpack_shapes, varied_layouts
         from napari_unet.errors import UserError
 
         if self.prompt.value != AUTO:
@@ -133,6 +135,9 @@ class SynthesizeWidget(PluginWidget):
                 raise UserError("automatic prompts need annotated objects in the training set")
             shapes = object_shapes([mask for _, mask in pairs])
         density = float(self.bundle.meta.get("density", 10.0)) if self.bundle is not None else 10.0
+        side = (self.size.value, self.size.value)
+        if self.vary.value:
+            return [np.asarray(m) for m in varied_layouts(shapes, side, self.count.value, density, seed=self.seed.value)]
         count = max(1, int(round(density * self.size.value**2 / 1e4)))
         return [np.asarray(layout_shapes(shapes, (self.size.value, self.size.value), count,
                                          seed=self.seed.value + k)) for k in range(self.count.value)]

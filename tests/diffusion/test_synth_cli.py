@@ -52,6 +52,16 @@ def test_synth_train_then_generate_from_masks_and_count(folders, tmp_path, monke
     assert auto.shape == (48, 48) and sorted(np.unique(auto).tolist()) == [0, 1, 2, 3, 4, 5]
     assert read_image(out2 / "images" / names[0]).shape == (48, 48)
 
+    out3 = tmp_path / "varied"
+    assert main(["synth", "generate", str(model), "--count", "3", "--size", "48", "--vary", "--density", "20",
+                 "--out", str(out3), "--steps", "1", "--guidance", "1", "--quiet"]) == 0
+    varied = [read_mask(path) for path in sorted((out3 / "masks").iterdir())]
+    assert len(varied) == 3 and all(m.shape == (48, 48) and m.max() > 0 for m in varied)
+    assert len({int(m.max()) for m in varied} | {int((m > 0).sum()) for m in varied}) > 1  # layouts differ
+    assert main(["synth", "generate", str(model), "--count", "1", "--vary", "--objects", "3",
+                 "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "leave out --objects" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("argv, message", [
     (["synth", "generate", "{tmp}/nothing", "--count", "2", "--out", "{tmp}/o"], "no such model folder"),

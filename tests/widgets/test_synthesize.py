@@ -30,6 +30,12 @@ def test_train_generate_review_accept(annotated, qtbot, tmp_path):
     assert images.shape == (2, 64, 64) and masks.shape == (2, 64, 64)
     assert images.dtype == np.uint8 and masks.max() > 0  # prompts hold objects
 
+    widget.vary.value, widget.count.value = True, 4  # varied layouts: magnification, crowding, touching
+    varied = widget.prompt_masks()
+    assert len(varied) == 4 and all(m.shape == (64, 64) for m in varied)
+    assert len({int((m > 0).sum()) for m in varied}) > 1
+    widget.vary.value, widget.count.value = False, 2
+
     widget.review.value = [1]
     widget.accept()
     synthetic = session_for(viewer).synthetic
