@@ -137,7 +137,8 @@ class SynthesizeWidget(PluginWidget):
         density = float(self.bundle.meta.get("density", 10.0)) if self.bundle is not None else 10.0
         side = (self.size.value, self.size.value)
         if self.vary.value:
-            return [np.asarray(m) for m in varied_layouts(shapes, side, self.count.value, density, seed=self.seed.value)]
+            layouts = varied_layouts(shapes, side, self.count.value, density, seed=self.seed.value)
+            return [np.asarray(m) for m in layouts]
         count = max(1, int(round(density * self.size.value**2 / 1e4)))
         return [np.asarray(layout_shapes(shapes, (self.size.value, self.size.value), count,
                                          seed=self.seed.value + k)) for k in range(self.count.value)]
