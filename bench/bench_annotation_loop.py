@@ -174,7 +174,11 @@ def main() -> None:
         rng = np.random.default_rng(seed)
         pool = [candidates[i] for i in rng.choice(len(candidates), size=args.pool, replace=False)]
         pools.append([s[0] for s in pool])
-        print(f"seed {seed}: pool {pools[-1]} ({len(tiles_of([s[1] for s in pool], args.tile))} tiles)", flush=True)
+        n_tiles = len(tiles_of([s[1] for s in pool], args.tile))
+        print(f"seed {seed}: pool {pools[-1]} ({n_tiles} tiles)", flush=True)
+        if n_tiles < 3 * args.rounds:
+            print(f"  warning: {n_tiles} tiles for {args.rounds} rounds leave the strategies little to choose "
+                  f"between; use a larger --pool or a smaller --tile", flush=True)
         for strategy in STRATEGIES:
             curves[strategy].append(run_loop(strategy, start, pool, val, rule, args, seed))
     summary = summarise(curves)
