@@ -68,9 +68,7 @@ def cmd_synth_train(args: argparse.Namespace) -> int:
 
 def _prompts(args: argparse.Namespace, bundle) -> tuple[list[str], list]:
     """(stems, masks) from --masks or automatic layouts for --count."""
-    import numpy as np
-
-    from napari_unet.diffusion.prompts import layout_shapes, object_shapes, unpack_shapes, varied_layouts
+    from napari_unet.diffusion.prompts import object_shapes, prompt_layouts, unpack_shapes
     from napari_unet.io import list_images, read_mask
 
     if args.masks:
@@ -89,15 +87,11 @@ def _prompts(args: argparse.Namespace, bundle) -> tuple[list[str], list]:
     else:
         raise UserError("this model stores no object shapes; pass --source-masks MASK_DIR")
     density = args.density if args.density is not None else float(bundle.meta.get("density", 10.0))
-    if args.vary:
-        if args.objects is not None:
-            raise UserError("--vary sets each image's object count from --density; leave out --objects")
-        masks = varied_layouts(shapes, (args.size, args.size), args.count, density, seed=args.seed)
-    else:
-        count = args.objects if args.objects is not None else max(1, int(round(density * args.size**2 / 1e4)))
-        masks = [layout_shapes(shapes, (args.size, args.size), count, seed=args.seed + k) for k in range(args.count)]
+    if args.vary and args.objects is not None:
+        raise UserError("--vary sets each image's object count from --density; leave out --objects")
+    masks = prompt_layouts(shapes, args.size, args.count, density, args.seed, args.objects, args.vary)
     width = max(4, len(str(args.count - 1)))
-    return [f"synth_{k:0{width}d}" for k in range(args.count)], [np.asarray(m) for m in masks]
+    return [f"synth_{k:0{width}d}" for k in range(args.count)], masks
 
 
 def cmd_synth_generate(args: argparse.Namespace) -> int:

@@ -164,6 +164,22 @@ def varied_layouts(shapes: Sequence[np.ndarray], shape: tuple[int, int], n: int,
     return out
 
 
+def prompt_layouts(shapes: Sequence[np.ndarray], size: int, n: int, density: float, seed: int = 0,
+                   objects: int | None = None, vary: bool = False) -> list[np.ndarray]:
+    """``n`` automatic ``size``² mask prompts from ``shapes``, as the CLI and the Synthesize widget make them.
+
+    ``vary``: ``varied_layouts`` (each image its own magnification, crowding and gaps; the count
+    follows ``density``). Otherwise ``layout_shapes`` with ``objects`` objects per image (default:
+    ``density`` objects per 10,000 px, at least 1), layout ``k`` seeded with ``seed + k``.
+    """
+    if vary:
+        if objects is not None:
+            raise UserError("varied layouts set each image's object count from the density; give no object count")
+        return [np.asarray(m) for m in varied_layouts(shapes, (size, size), n, density, seed=seed)]
+    count = objects if objects is not None else max(1, int(round(density * size**2 / 1e4)))
+    return [np.asarray(layout_shapes(shapes, (size, size), count, seed=seed + k)) for k in range(n)]
+
+
 def pack_shapes(shapes: Sequence[np.ndarray], size: int = 64, limit: int = 256, seed: int = 0) -> np.ndarray:
     """Up to ``limit`` shapes that fit ``size``², drawn at random, as one (N, size, size) uint8 array."""
     fitting = [s for s in shapes if s.shape[0] <= size and s.shape[1] <= size]

@@ -53,8 +53,8 @@ class SynthesizeWidget(PluginWidget):
             Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
             self.model_folder, Container(widgets=[self.save_button, self.load_button], layout="horizontal",
                                          labels=False),
-            Label(value="<b>Generate image/mask pairs</b>"), self.prompt, self.count, self.size, self.vary, self.tags,
-            self.guidance, self.steps, self.seed, self.generate_button, self.review, self.accept_button,
+            Label(value="<b>Generate image/mask pairs</b>"), self.prompt, self.count, self.size, self.vary,
+            self.tags, self.guidance, self.steps, self.seed, self.generate_button, self.review, self.accept_button,
             self.progress, self.status])
         self.bundle = None
         self.generated: list[tuple[np.ndarray, np.ndarray]] = []  # (image, mask) under review
@@ -122,7 +122,7 @@ class SynthesizeWidget(PluginWidget):
     # -- generation --------------------------------------------------------------------------
     def prompt_masks(self) -> list[np.ndarray]:
         """The mask prompts: a Labels layer, or automatic layouts of annotated object shapes."""
-        from napari_unet.diffusion.prompts import layout_shapes, object_shapes, unpack_shapes, varied_layouts
+        from napari_unet.diffusion.prompts import object_shapes, prompt_layouts, unpack_shapes
         from napari_unet.errors import UserError
 
         if self.prompt.value != AUTO:
@@ -135,13 +135,8 @@ class SynthesizeWidget(PluginWidget):
                 raise UserError("automatic prompts need annotated objects in the training set")
             shapes = object_shapes([mask for _, mask in pairs])
         density = float(self.bundle.meta.get("density", 10.0)) if self.bundle is not None else 10.0
-        side = (self.size.value, self.size.value)
-        if self.vary.value:
-            layouts = varied_layouts(shapes, side, self.count.value, density, seed=self.seed.value)
-            return [np.asarray(m) for m in layouts]
-        count = max(1, int(round(density * self.size.value**2 / 1e4)))
-        return [np.asarray(layout_shapes(shapes, (self.size.value, self.size.value), count,
-                                         seed=self.seed.value + k)) for k in range(self.count.value)]
+        return prompt_layouts(shapes, self.size.value, self.count.value, density, self.seed.value,
+                              vary=self.vary.value)
 
     def generate(self) -> None:
         from napari.utils.notifications import show_warning

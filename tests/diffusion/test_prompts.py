@@ -9,6 +9,7 @@ from napari_unet.diffusion.prompts import (
     mask_channels,
     object_shapes,
     pack_shapes,
+    prompt_layouts,
     unpack_shapes,
 )
 from napari_unet.diffusion.text import TagEncoder
@@ -92,3 +93,15 @@ def test_varied_layouts_vary_in_count_and_size_and_cut_edges():
     assert any(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() for m in layouts)  # cut by edges
     again = varied_layouts(shapes, (96, 96), 8, density=6.0, seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(layouts, again))
+
+
+def test_prompt_layouts_plain_and_varied():
+    shapes = object_shapes([_disc_mask()])
+    plain = prompt_layouts(shapes, 96, 2, density=2.0, seed=4, objects=3)
+    assert [int(m.max()) for m in plain] == [3, 3] and not np.array_equal(plain[0], plain[1])
+    assert np.array_equal(plain[1], layout_shapes(shapes, (96, 96), 3, seed=5))  # layout k: seed + k
+    assert int(prompt_layouts(shapes, 96, 1, density=2.0)[0].max()) == 2  # 2 per 10,000 px of 96²
+    varied = prompt_layouts(shapes, 96, 3, density=4.0, seed=1, vary=True)
+    assert len(varied) == 3 and all(m.shape == (96, 96) for m in varied)
+    with pytest.raises(UserError, match="object count"):
+        prompt_layouts(shapes, 96, 1, density=4.0, objects=2, vary=True)
