@@ -77,7 +77,8 @@ def bootstrap_win_rate(better: np.ndarray, worse: np.ndarray, resamples: int = R
 
 
 def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray],
-                    should_stop: Callable[[], bool] | None = None) -> dict[str, float | None]:
+                    should_stop: Callable[[], bool] | None = None,
+                    known: dict[tuple, np.ndarray] | None = None) -> dict[str, float | None]:
     """Best ``seed_threshold``/``split_height``/``fg_threshold`` on (3, H, W) probabilities vs ids.
 
     The seed rule first (foreground fixed at 0.5), then the foreground threshold for that rule:
@@ -85,30 +86,35 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     if it beats it in ``CONFIDENCE`` of the bootstrap resamples of the images. Returns the
     settings with their ``ap50``, the argmax rule's ``ap50_argmax``, and ``confidence`` (the
     winner's bootstrap win rate over the prior); ``should_stop()`` ends the search early.
+    ``known``: per-image counts already computed for these probabilities, keyed (seed threshold,
+    split height, foreground threshold) as in ``validate``'s ``rule_counts``; those are not redone.
     """
-    counts = rule_counts(probs, instances, None, 0.5)
+    known = dict(known or {})
+
+    def counts_of(seed: float | None, fg: float, split: float | None) -> np.ndarray:
+        if (seed, split, fg) not in known:
+            known[(seed, split, fg)] = rule_counts(probs, instances, seed, fg, split)
+        return known[(seed, split, fg)]
+
+    counts = counts_of(None, 0.5, None)
     argmax = counts_ap(counts)
     best = {"seed_threshold": None, "split_height": None, "fg_threshold": 0.5, "ap50": argmax}
     for seed, split in SEED_RULES[1:]:
         if should_stop is not None and should_stop():
             break
-        c = rule_counts(probs, instances, seed, 0.5, split)
+        c = counts_of(seed, 0.5, split)
         if counts_ap(c) > best["ap50"]:
             best, counts = {"seed_threshold": seed, "split_height": split, "fg_threshold": 0.5, "ap50": counts_ap(c)}, c
-    seeds = _each(lambda p: instance_seeds(p, best["seed_threshold"], best["split_height"]), probs)  # fixed from here on
+    rule = (best["seed_threshold"], best["split_height"])
+    seeds = _each(lambda p: instance_seeds(p, *rule), probs)  # fixed from here on
     for fg in FG_THRESHOLDS:
-        if fg == 0.5 or (should_stop is not None and should_stop()):
-            continue
-        c = rule_counts(probs, instances, None, fg, seeds=seeds)
-        if counts_ap(c) > best["ap50"]:
-            best, counts = {**best, "fg_threshold": fg, "ap50": counts_ap(c)}, c
-    if all(best[k] == v for k, v in PRIOR_RULE.items()):
-        prior = counts
-    elif (best["seed_threshold"], best["split_height"]) == (PRIOR_RULE["seed_threshold"], PRIOR_RULE["split_height"]):
-        prior = rule_counts(probs, instances, None, PRIOR_RULE["fg_threshold"], seeds=seeds)  # same seeds
-    else:
-        prior = rule_counts(probs, instances, PRIOR_RULE["seed_threshold"], PRIOR_RULE["fg_threshold"],
-                            PRIOR_RULE["split_height"])
+        if should_stop is not None and should_stop():
+            break
+        if (*rule, fg) not in known:
+            known[(*rule, fg)] = rule_counts(probs, instances, None, fg, seeds=seeds)
+        if counts_ap(known[(*rule, fg)]) > best["ap50"]:
+            best, counts = {**best, "fg_threshold": fg, "ap50": counts_ap(known[(*rule, fg)])}, known[(*rule, fg)]
+    prior = counts_of(PRIOR_RULE["seed_threshold"], PRIOR_RULE["fg_threshold"], PRIOR_RULE["split_height"])
     confidence = bootstrap_win_rate(counts, prior) if counts_ap(counts) > counts_ap(prior) else 0.0
     if confidence < CONFIDENCE:
         best = {**PRIOR_RULE, "ap50": counts_ap(prior)}

@@ -240,7 +240,7 @@ class Trainer:
         postprocess = self._init.postprocess if self._init is not None and cfg.task == self._init.task else {}
         if cfg.task == "instances" and val_pairs and (kept or not stopped):
             tune_start = time.perf_counter()
-            tuned = self._tune_postprocess(net, val_pairs, dtype, kept.get("probs", []))
+            tuned = self._tune_postprocess(net, val_pairs, dtype, kept.get("probs", []), kept.get("rule_counts"))
             meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
             if tuned is not None:
                 postprocess = tuned
@@ -293,19 +293,22 @@ class Trainer:
         return bootstrap_win_rate(best["counts"], final["counts"]) < CONFIDENCE
 
     def _tune_postprocess(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair],
-                          dtype: torch.dtype | None, probs: list[np.ndarray]) -> dict | None:
+                          dtype: torch.dtype | None, probs: list[np.ndarray],
+                          known: dict | None = None) -> dict | None:
         """Post-processing chosen on the validation images (``tune_thresholds``; None: the argmax rule).
 
         ``probs``: the kept model's validation probabilities (from the validation that chose
-        it), else empty and predicted here. A stopped run is tuned too, on those probabilities
+        it), else empty and predicted here; ``known``: the per-rule counts that validation scored
+        on them. A stopped run is tuned too, on those probabilities
         (post-processing only, a few seconds), so a model a user stops early still splits
         touching objects like one that ran to its end.
         """
         from napari_unet.inference.predict import predict_normalized
         from napari_unet.training.calibrate import tune_thresholds
 
-        probs = probs or [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs]
-        tuned = tune_thresholds(probs, [p.instances for p in val_pairs])
+        if not probs:
+            probs, known = [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs], None
+        tuned = tune_thresholds(probs, [p.instances for p in val_pairs], known=known)
         if tuned["seed_threshold"] is None and tuned["split_height"] is None and tuned["fg_threshold"] == 0.5:
             return None  # the argmax rule
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}

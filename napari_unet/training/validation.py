@@ -39,7 +39,8 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     ``SCORE_RULES``), semantic: mean IoU on annotated pixels. Returns None
     when ``should_stop()`` turns true between images (the run was cancelled). ``keep``, when
     given, receives the ``probs`` and (instances) the per-image TP/FP/FN ``counts`` of the
-    scoring rule, for callers that reuse them.
+    scoring rule and ``rule_counts`` of every rule scored, keyed (seed threshold, split height,
+    foreground threshold), for callers that reuse them.
     """
     from napari_unet.inference.predict import predict_normalized
     from napari_unet.metrics import evaluate_instances
@@ -62,12 +63,14 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
         metrics = evaluate_instances([(instances_from_probabilities(pr), p.instances) for pr, p in zip(probs, pairs)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
         gts = [p.instances for p in pairs]
-        counts = max((rule_counts(probs, gts, seed, 0.5, split) for seed, split in SCORE_RULES),
-                     key=counts_ap)
+        by_rule = {(None, None, 0.5): np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in metrics["per_image"]],
+                                               np.float64)}
+        by_rule.update({(seed, split, 0.5): rule_counts(probs, gts, seed, 0.5, split) for seed, split in SCORE_RULES})
+        counts = max(list(by_rule.values())[1:], key=counts_ap)
         scores["score"] = max(scores["ap50"], counts_ap(counts))
         if keep is not None:
-            argmax_counts = np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in metrics["per_image"]], np.float64)
-            keep["counts"] = counts if counts_ap(counts) >= scores["ap50"] else argmax_counts
+            keep["counts"] = counts if counts_ap(counts) >= scores["ap50"] else by_rule[(None, None, 0.5)]
+            keep["rule_counts"] = by_rule
         return scores
     preds = np.concatenate([pr.argmax(0).ravel() for pr in probs])
     targets = np.concatenate([p.target.ravel() for p in pairs])

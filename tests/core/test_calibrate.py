@@ -53,6 +53,22 @@ def test_tuning_keeps_the_prior_rule_unless_another_is_clearly_better(monkeypatc
     assert tuned["seed_threshold"] is None and tuned["fg_threshold"] == 0.5 and tuned["split_height"] is None
 
 
+def test_tuning_reuses_counts_it_is_given(monkeypatch):
+    from napari_unet.training import calibrate
+
+    probs, gt = touching_pair()
+    fresh = tune_thresholds([probs], [gt])
+    known = {(None, None, 0.5): calibrate.rule_counts([probs], [gt], None, 0.5),
+             (0.5, 1.0, 0.5): calibrate.rule_counts([probs], [gt], 0.5, 0.5, 1.0)}
+    done, original = [], calibrate.rule_counts
+    monkeypatch.setattr(calibrate, "rule_counts",
+                        lambda probs, instances, seed, fg, split=None, seeds=None:
+                        done.append((seed, split, fg, seeds is None)) or original(probs, instances, seed, fg, split, seeds))
+    assert tune_thresholds([probs], [gt], known=known) == fresh
+    assert (None, None, 0.5, True) not in done and (0.5, 1.0, 0.5, True) not in done
+    assert len(done) == len(calibrate.SEED_RULES) - 2 + len(calibrate.FG_THRESHOLDS) - 1 + 1  # + the prior rule
+
+
 def test_splitting_separates_interiors_joined_by_a_neck():
     probs, gt = touching_pair()
     probs[:, probs[1] == np.float32(0.60)] = np.array([0.02, 0.95, 0.03])[:, None]  # the neck is sure interior
@@ -67,8 +83,8 @@ def fake_tuning(monkeypatch) -> dict:
 
     seen = {}
 
-    def fake_tune(probs, instances, should_stop=None):
-        seen.update(n=len(probs), shapes=[p.shape for p in probs])
+    def fake_tune(probs, instances, should_stop=None, known=None):
+        seen.update(n=len(probs), shapes=[p.shape for p in probs], known=known)
         return {"seed_threshold": 0.8, "split_height": 1.0, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5,
                 "confidence": 0.95}
 
@@ -93,6 +109,8 @@ def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_pa
     bundle, events = run(Trainer(small_pairs[:2], TINY, validation=small_pairs[2:4]))
     assert seen["n"] == 2 and seen["shapes"][0] == (3, *small_pairs[2][0].shape[:2])
     assert len(predictions) == 2  # tuning reuses the final validation's probabilities
+    assert set(seen["known"]) == {(None, None, 0.5), (0.5, 1.0, 0.5), (0.7, 1.0, 0.5)}  # and the rules it scored
+    assert all(c.shape == (2, 3) for c in seen["known"].values())
     assert any("AP@0.5 0.500 (argmax rule) -> 0.700 with the searched rule" in e.text
                for e in events if isinstance(e, Message))
     assert bundle.postprocess == {"seed_threshold": 0.8, "fg_threshold": 0.6, "split_height": 1.0}
