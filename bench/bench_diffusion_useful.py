@@ -12,6 +12,11 @@ same seed. Both are scored on all val-split images (real; the synthetic pairs ne
 validation). Writes ``bench/results/diffusion_useful.json`` and
 ``docs/images/synth_useful_grid.png`` (per seed: a real crop, then prompt | synthetic pairs).
 Diffusion models and synthetic pairs are cached under ``--cache`` for re-runs.
+
+``--unannotated N`` adds a third arm: a diffusion model that also learns the look of N more
+train-split images given without their masks (``DiffusionTrainer(unannotated=...)``), as a user
+with 3 annotated and N unannotated images would train it; its synthetic pairs (same layouts)
+train a third segmentation model.
 """
 
 from __future__ import annotations
@@ -36,19 +41,28 @@ def pick_images(train: list, seed: int) -> list:
     return [train[int(i)] for i in np.random.default_rng(seed).choice(len(train), 3, replace=False)]
 
 
-def diffusion_model(few: list, args: argparse.Namespace, seed: int, folder: Path):
-    """The diffusion model of a seed, trained on its 3 pairs only (cached in ``folder``)."""
+def pick_unannotated(train: list, few: list, n: int, seed: int) -> list:
+    """``n`` more train images of a seed (none of the 3 annotated ones), used without masks."""
+    names = {name for name, _, _ in few}
+    rest = [t for t in train if t[0] not in names]
+    return [rest[int(i)] for i in np.random.default_rng(seed + 10_000).choice(len(rest), n, replace=False)]
+
+
+def diffusion_model(few: list, args: argparse.Namespace, seed: int, folder: Path, unannotated: list = ()):
+    """The diffusion model of a seed, trained on its 3 pairs (and ``unannotated`` images; cached in ``folder``)."""
     from napari_unet.diffusion.bundle import load_diffusion, save_diffusion
     from napari_unet.diffusion.config import DiffusionConfig, DiffusionUNetConfig
     from napari_unet.diffusion.train import DiffusionTrainer
 
     if (folder / "model.json").is_file():
         bundle = load_diffusion(folder)
-        if bundle.meta["training"]["steps"] == args.diff_steps and bundle.meta["training"]["images"] == 3:
+        done = bundle.meta["training"]
+        if done["steps"] == args.diff_steps and done["images"] == 3 and done.get("unannotated_images", 0) == len(unannotated):
             return bundle
     cfg = DiffusionConfig(model=DiffusionUNetConfig(base_width=args.diff_width), crop_size=64, batch_size=8,
                           steps=args.diff_steps, time_limit=None, threads=1, seed=seed)
-    bundle = _drive(DiffusionTrainer([(im, m) for _, im, m in few], cfg, names=[n for n, _, _ in few]).run())
+    bundle = _drive(DiffusionTrainer([(im, m) for _, im, m in few], cfg, names=[n for n, _, _ in few],
+                                     unannotated=[im for _, im, _ in unannotated]).run())
     save_diffusion(bundle, folder)
     return bundle
 
@@ -123,19 +137,33 @@ def run_seed(seed: int, train: list, val: list, args: argparse.Namespace) -> tup
     print(f"seed {seed}: real only {result['real only']}", flush=True)
     result["real + synthetic"] = segmentation_ap(few, synthetic, args.ratio, val, args, seed)
     print(f"seed {seed}: real + synthetic {result['real + synthetic']}", flush=True)
+    if args.unannotated:
+        extra = pick_unannotated(train, few, args.unannotated, seed)
+        looks = diffusion_model(few, args, seed, folder / f"diffusion_unannotated{args.unannotated}", extra)
+        print(f"seed {seed}: with {len(extra)} unannotated images, diffusion {looks.meta['training']}", flush=True)
+        more = synthetic_pairs(looks, few, args, seed, folder / f"synthetic_{args.size}_unannotated{args.unannotated}.npz")
+        result[UNANNOTATED_ARM] = segmentation_ap(few, more, args.ratio, val, args, seed)
+        print(f"seed {seed}: real + synthetic from the model that saw unannotated images {result[UNANNOTATED_ARM]}",
+              flush=True)
     return result, grid_row(few, synthetic, args.size)
 
 
+UNANNOTATED_ARM = "real + synthetic (diffusion also saw unannotated images)"
+
+
 def summarize(per_seed: dict) -> dict:
-    """Means over seeds and the per-seed gains of real + synthetic over real only (AP@0.5 and Dice)."""
+    """Means over seeds and the per-seed gains of each synthetic arm over real only (AP@0.5 and Dice)."""
     summary = {}
-    for metric in ("ap50", "dice"):
-        real = [r["real only"][metric] for r in per_seed.values()]
-        mixed = [r["real + synthetic"][metric] for r in per_seed.values()]
-        summary[metric] = {"real_only_mean": round(float(np.mean(real)), 3),
-                           "real_plus_synthetic_mean": round(float(np.mean(mixed)), 3),
-                           "gain_per_seed": [round(b - a, 3) for a, b in zip(real, mixed)],
-                           "gain_mean": round(float(np.mean(mixed) - np.mean(real)), 3)}
+    for arm in ("real + synthetic", UNANNOTATED_ARM):
+        if not all(arm in r for r in per_seed.values()):
+            continue
+        for metric in ("ap50", "dice"):
+            real = [r["real only"][metric] for r in per_seed.values()]
+            mixed = [r[arm][metric] for r in per_seed.values()]
+            summary.setdefault(arm, {})[metric] = {"real_only_mean": round(float(np.mean(real)), 3),
+                                                   "arm_mean": round(float(np.mean(mixed)), 3),
+                                                   "gain_per_seed": [round(b - a, 3) for a, b in zip(real, mixed)],
+                                                   "gain_mean": round(float(np.mean(mixed) - np.mean(real)), 3)}
     return summary
 
 
@@ -150,7 +178,10 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--ratio", type=float, default=0.3, help="share of segmentation patches from synthetic")
     parser.add_argument("--seg-steps", type=int, default=300)
+    parser.add_argument("--unannotated", type=int, default=0,
+                        help="also train a diffusion model that sees this many more train images without masks")
     parser.add_argument("--cache", default="/tmp/synth_bench/useful")
+    parser.add_argument("--json", default=str(REPO / "bench" / "results" / "diffusion_useful.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(machine_description(), flush=True)
@@ -164,7 +195,7 @@ def main() -> None:
     out = {"setup": {k: v for k, v in vars(args).items() if k != "cache"} | {"val_images": len(val),
                                                                                "machine": machine_description()},
            "per_seed": per_seed, "summary": summary}
-    path = REPO / "bench" / "results" / "diffusion_useful.json"
+    path = Path(args.json)
     path.write_text(json.dumps(out, indent=2))
     print(json.dumps(summary, indent=2))
 

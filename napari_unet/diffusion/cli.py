@@ -1,6 +1,6 @@
 """``napari-unet synth train | generate``: the diffusion model from the command line.
 
-    napari-unet synth train IMAGES_DIR MASKS_DIR --out DIFF_DIR [--time-limit SECONDS]
+    napari-unet synth train IMAGES_DIR MASKS_DIR --out DIFF_DIR [--time-limit SECONDS] [--unannotated DIR]
     napari-unet synth generate DIFF_DIR (--masks MASK_DIR | --count N) --out OUT_DIR
         [--steps 50] [--guidance G] [--seed N]
 
@@ -37,7 +37,7 @@ def cmd_synth_train(args: argparse.Namespace) -> int:
     from napari_unet.diffusion.config import DiffusionConfig
     from napari_unet.diffusion.prompts import auto_tags
     from napari_unet.diffusion.train import DiffusionTrainer
-    from napari_unet.io import pair_files, read_image, read_mask
+    from napari_unet.io import list_images, pair_files, read_image, read_mask
 
     if args.time_limit is not None and args.time_limit <= 0:
         raise UserError("--time-limit must be positive")
@@ -49,6 +49,12 @@ def cmd_synth_train(args: argparse.Namespace) -> int:
     files = pair_files(args.images, args.masks)
     images = [read_image(i) for i, _ in files]
     masks = [read_mask(m) for _, m in files]
+    unannotated = []
+    if args.unannotated:
+        paths = list_images([args.unannotated])
+        if not paths:
+            raise UserError(f"no images found in --unannotated {args.unannotated}")
+        unannotated = [read_image(p) for p in paths]
     tags = None
     if args.tags:
         table = read_tags(args.tags)
@@ -56,10 +62,12 @@ def cmd_synth_train(args: argparse.Namespace) -> int:
     elif args.auto_tags:
         tags = [auto_tags(m) for m in masks]
     cfg = DiffusionConfig(time_limit=args.time_limit, steps=args.steps, device=args.device, seed=args.seed,
-                          crop_size=args.crop_size, batch_size=args.batch_size)
+                          crop_size=args.crop_size, batch_size=args.batch_size,
+                          unannotated_share=args.unannotated_share)
     if args.time_limit is None and args.steps is None:
         cfg = replace(cfg, time_limit=600.0)
-    trainer = DiffusionTrainer(list(zip(images, masks)), cfg, tags=tags, names=[i.name for i, _ in files])
+    trainer = DiffusionTrainer(list(zip(images, masks)), cfg, tags=tags, names=[i.name for i, _ in files],
+                               unannotated=unannotated)
     bundle = drive(trainer.run(), "diffusion training", args.quiet)
     save_diffusion(bundle, out)
     print(f"saved diffusion model to {out} ({bundle.meta['training']['steps']} steps)")
@@ -134,6 +142,10 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--tags", default=None, help="CSV of name,tags (space-separated style tags per image)")
     t.add_argument("--auto-tags", action="store_true", help="tag images by object density and size")
+    t.add_argument("--unannotated", default=None,
+                   help="folder of images without masks: the model learns their look too (unconditional crops)")
+    t.add_argument("--unannotated-share", type=float, default=0.5,
+                   help="share of training crops from --unannotated images (0 to <1)")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_synth_train)

@@ -42,6 +42,7 @@ class DiffusionConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     cond_drop: float = 0.1  # chance of dropping mask and tags together (classifier-free guidance)
+    unannotated_share: float = 0.5  # share of crops from images without masks, when some are given
     tags: tuple[str, ...] = ()  # vocabulary of style tags; filled from the training data
     max_tags: int = 4  # tag tokens per image (more are cut)
     steps: int | None = None

@@ -5,6 +5,11 @@
 crops, applies flips/rot90 to image and prompt alike, drops the condition (mask and tags
 together) with probability ``cond_drop`` for classifier-free guidance and the tags alone with the
 same probability (so mask-only prompts stay in distribution), noises the crops at random timesteps and regresses the network output on eps or v (DDPM's simple loss).
+
+Images without masks (``unannotated``) teach the look of the user's data too: they supply a
+``cfg.unannotated_share`` of the crops, always with the condition dropped, so they train the
+unconditional branch that classifier-free guidance starts from, while the annotated pairs alone
+teach how a mask prompt shapes the image.
 """
 
 from __future__ import annotations
@@ -56,6 +61,15 @@ def prepare_diffusion_pairs(pairs: Pairs, cfg: DiffusionConfig, names: Sequence[
     return out
 
 
+def prepare_unannotated(images: Sequence[np.ndarray], cfg: DiffusionConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Images without masks -> (image (C, H, W) in [-1, 1], an empty prompt (3, H, W)) per image."""
+    out = []
+    for image in images:
+        chw = image_to_model(image, cfg.model.image_channels, cfg.percentiles)
+        out.append((chw, np.zeros((cfg.model.mask_channels, *chw.shape[1:]), np.float32)))
+    return out
+
+
 def random_crops(data: Sequence[tuple[np.ndarray, np.ndarray]], size: int, n: int,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n crops, images drawn by area: images (n, C, S, S), prompts (n, 3, S, S), pair indices (n,)."""
@@ -91,12 +105,17 @@ class DiffusionTrainer:
     """One diffusion training run; ``stop()`` ends it at the next step, keeping the EMA weights."""
 
     def __init__(self, pairs: Pairs, cfg: DiffusionConfig = DiffusionConfig(), *,
-                 tags: Sequence[Sequence[str]] | None = None, names: Sequence[str] | None = None) -> None:
+                 tags: Sequence[Sequence[str]] | None = None, names: Sequence[str] | None = None,
+                 unannotated: Sequence[np.ndarray] | None = None) -> None:
+        """``unannotated``: extra images without masks (see the module docstring)."""
         if tags is not None and len(tags) != len(pairs):
             raise UserError(f"got tags for {len(tags)} images but {len(pairs)} training pairs")
+        if not 0.0 <= cfg.unannotated_share < 1.0:
+            raise UserError(f"the share of crops from unannotated images must be in [0, 1), got {cfg.unannotated_share}")
         vocabulary = cfg.tags or tuple(sorted({t for tl in (tags or []) for t in tl}))
         self.cfg = replace(cfg, tags=tuple(vocabulary))
         self._pairs, self._tags, self._names = pairs, tags, names
+        self._unannotated = list(unannotated or [])
         self._stop = threading.Event()
         self._current: tuple[torch.nn.Module, torch.nn.Module, int] | None = None
         self._shapes: np.ndarray | None = None
@@ -119,6 +138,21 @@ class DiffusionTrainer:
             self._shapes = None
         self._prompt_meta = {"density": round(median_density(masks), 3)}
 
+    def _crops(self, data: list, extra: list, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """A batch of crops: annotated first, then ``n_extra`` (Binomial(batch, share)) from ``extra``.
+
+        Returns images, prompts, the annotated crops' pair indices and ``n_extra``.
+        """
+        b = self.cfg.batch_size
+        n_extra = int(rng.binomial(b, self.cfg.unannotated_share)) if extra else 0
+        n_extra = min(n_extra, b - 1)  # every batch keeps an annotated crop: the mask prompt is the point
+        images, prompts, idx = random_crops(data, self.cfg.crop_size, b - n_extra, rng)
+        if n_extra:
+            more_images, more_prompts, _ = random_crops(extra, self.cfg.crop_size, n_extra, rng)
+            images, prompts = np.concatenate([images, more_images]), np.concatenate([prompts, more_prompts])
+        return images, prompts, idx, n_extra
+
     def stop(self) -> None:
         """Ask the run to end at its next step."""
         self._stop.set()
@@ -133,6 +167,7 @@ class DiffusionTrainer:
         rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
         yield Message(f"diffusion training on {describe_precision(device, dtype)}")
         data = prepare_diffusion_pairs(self._pairs, cfg, self._names)
+        extra = prepare_unannotated(self._unannotated, cfg)
         self._collect_shapes()
         tag_lists = [list(t) for t in self._tags] if self._tags is not None else [[] for _ in data]
         net, encoder = build_models(cfg)
@@ -145,7 +180,8 @@ class DiffusionTrainer:
         schedule = NoiseSchedule(cfg.schedule, cfg.train_timesteps, cfg.prediction)
         gen = torch.Generator().manual_seed(cfg.seed)
         n_params = sum(p.numel() for p in net.parameters())
-        yield Message(f"{len(data)} training image(s), {n_params / 1e6:.2f} M parameters, "
+        unannotated = f" + {len(extra)} without masks ({cfg.unannotated_share:.0%} of the crops)" if extra else ""
+        yield Message(f"{len(data)} training image(s){unannotated}, {n_params / 1e6:.2f} M parameters, "
                       f"{cfg.batch_size} x {cfg.crop_size}² crops")
         start = time.perf_counter()
         step, losses, last_report = 0, [], start
@@ -156,11 +192,12 @@ class DiffusionTrainer:
             return max(parts)
 
         while not self._stop.is_set() and fraction() < 1.0:
-            images, prompts, idx = random_crops(data, cfg.crop_size, cfg.batch_size, rng)
+            images, prompts, idx, n_extra = self._crops(data, extra, rng)
             drop = rng.random(cfg.batch_size) < cfg.cond_drop  # (B,) classifier-free guidance: no prompt at all
+            drop[len(idx):] = True  # the crops of unannotated images have no prompt to keep
             drop_tags = drop | (rng.random(cfg.batch_size) < cfg.cond_drop)  # mask-only prompts occur too
             prompts[drop] = 0.0
-            batch_tags = [[] if d else tag_lists[i] for i, d in zip(idx, drop_tags)]
+            batch_tags = [[] if d else tag_lists[i] for i, d in zip(idx, drop_tags)] + [[]] * n_extra
             x0 = torch.from_numpy(images).to(device)  # (B, C, S, S)
             cond = torch.from_numpy(prompts).to(device)  # (B, 3, S, S)
             noise = torch.randn(x0.shape, generator=gen).to(device)
@@ -196,7 +233,8 @@ class DiffusionTrainer:
         elapsed = time.perf_counter() - start
         encoder.eval()
         meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "device": describe(device),
-                             "images": len(data), "stopped_early": self._stop.is_set()}, **self._prompt_meta}
+                             "images": len(data), "unannotated_images": len(extra),
+                             "stopped_early": self._stop.is_set()}, **self._prompt_meta}
         bundle = DiffusionBundle(ema, encoder, cfg, meta, self._shapes)
         yield Finished(bundle, {"steps": step, "seconds": elapsed})
         return bundle

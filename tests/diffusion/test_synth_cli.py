@@ -16,7 +16,7 @@ def folders(tmp_path, small_pairs):
     return images, masks
 
 
-def test_synth_train_then_generate_from_masks_and_count(folders, tmp_path, monkeypatch, capsys):
+def test_synth_train_then_generate_from_masks_and_count(folders, small_pairs, tmp_path, monkeypatch, capsys):
     from napari_unet.diffusion.config import DiffusionConfig, DiffusionUNetConfig
 
     tiny = DiffusionUNetConfig(base_width=8, channel_mults=(1, 2), attention_levels=(1,), head_width=8,
@@ -34,6 +34,18 @@ def test_synth_train_then_generate_from_masks_and_count(folders, tmp_path, monke
     meta = json.loads((model / "model.json").read_text())
     assert meta["kind"] == "napari-unet/diffusion" and meta["training"]["steps"] == 2
     assert "saved diffusion model" in capsys.readouterr().out
+
+    unannotated = tmp_path / "raw"
+    for i, (image, _) in enumerate(small_pairs[-2:]):
+        write_image(unannotated / f"raw{i}.png", image[:48, :80])
+    with monkeypatch.context() as patch:
+        patch.setattr("napari_unet.diffusion.config.DiffusionConfig", tiny_config)
+        assert main(["synth", "train", str(images), str(masks), "--out", str(tmp_path / "diff2"), "--steps", "2",
+                     "--crop-size", "32", "--batch-size", "2", "--unannotated", str(unannotated),
+                     "--unannotated-share", "0.3", "--quiet"]) == 0
+    meta = json.loads((tmp_path / "diff2" / "model.json").read_text())
+    assert meta["training"]["images"] == 3 and meta["training"]["unannotated_images"] == 2
+    assert meta["config"]["unannotated_share"] == 0.3
 
     out = tmp_path / "synth"
     assert main(["synth", "generate", str(model), "--masks", str(masks), "--out", str(out), "--steps", "3",
@@ -67,6 +79,9 @@ def test_synth_train_then_generate_from_masks_and_count(folders, tmp_path, monke
     (["synth", "generate", "{tmp}/nothing", "--count", "2", "--out", "{tmp}/o"], "no such model folder"),
     (["synth", "train", "{tmp}/none", "{tmp}/none", "--out", "{tmp}/d", "--steps", "1"], "no such file or folder"),
     (["synth", "train", "{images}", "{masks}", "--out", "{tmp}/d", "--time-limit", "-1"], "--time-limit must be positive"),
+    (["synth", "train", "{images}", "{masks}", "--out", "{tmp}/d", "--unannotated", "{tmp}"], "no images found"),
+    (["synth", "train", "{images}", "{masks}", "--out", "{tmp}/d", "--unannotated", "{images}",
+      "--unannotated-share", "1"], "unannotated images must be in [0, 1)"),
 ])
 def test_synth_bad_input_is_one_line_exit_2(argv, message, folders, tmp_path, capsys):
     images, masks = folders

@@ -53,6 +53,34 @@ def test_cond_drop_rate_in_training_batches(pairs, tiny_cfg, monkeypatch):
     assert masks[dropped].abs().sum() == 0
 
 
+def test_unannotated_images_supply_unconditional_crops(pairs, tiny_cfg, monkeypatch):
+    """Images without masks give about ``unannotated_share`` of the crops, always without a prompt;
+    every batch keeps at least one annotated crop."""
+    from dataclasses import replace
+
+    from napari_unet.diffusion.schedulers import NoiseSchedule
+    from napari_unet.models.diffusion_unet import DiffusionUNet
+
+    clean, prompts = [], []
+    add_noise, forward = NoiseSchedule.add_noise, DiffusionUNet.forward
+    monkeypatch.setattr(NoiseSchedule, "add_noise", lambda self, x0, noise, t: clean.append(x0.clone())
+                        or add_noise(self, x0, noise, t))
+    monkeypatch.setattr(DiffusionUNet, "forward", lambda self, x, t, mask=None, context=None, context_mask=None:
+                        prompts.append(mask.clone()) or forward(self, x, t, mask, context, context_mask))
+    cfg = replace(tiny_cfg, steps=40, batch_size=4, crop_size=8, cond_drop=0.0, unannotated_share=0.5)
+    flat = np.full((40, 50), 7.0, np.float32)  # a constant image normalises to -1 everywhere
+    bundle, events = _run(DiffusionTrainer(pairs, cfg, unannotated=[flat, flat]).run())
+    assert bundle.meta["training"]["unannotated_images"] == 2
+    assert any("3 training image(s) + 2 without masks (50% of the crops)" in e.text
+               for e in events if isinstance(e, Message))
+    x0, masks = torch.cat(clean), torch.cat(prompts)  # (160, 1, 8, 8), (160, 3, 8, 8)
+    unprompted = masks.abs().amax(dim=(1, 2, 3)) == 0
+    from_flat = (x0 == -1).flatten(1).all(dim=1)
+    assert torch.equal(unprompted, from_flat)  # with cond_drop 0, exactly the unannotated crops lack a prompt
+    assert 0.3 < from_flat.float().mean() < 0.65  # Binomial(4, 0.5) capped at 3 of 4: mean 0.48
+    assert (~from_flat).view(40, 4).any(dim=1).all()
+
+
 def test_train_generator_save_load_and_sample(pairs, tiny_cfg, tmp_path):
     trainer = DiffusionTrainer(pairs, tiny_cfg, tags=[["dense"], ["dim"], []])
     bundle, events = _run(trainer.run())
@@ -81,6 +109,8 @@ def test_train_generator_save_load_and_sample(pairs, tiny_cfg, tmp_path):
 def test_stop_and_bad_input(pairs, tiny_cfg):
     from dataclasses import replace
 
+    with pytest.raises(UserError, match="unannotated images must be in"):
+        DiffusionTrainer(pairs, replace(tiny_cfg, unannotated_share=1.0))
     trainer = DiffusionTrainer(pairs, replace(tiny_cfg, steps=None, time_limit=60))
     gen = trainer.run()
     next(gen)
