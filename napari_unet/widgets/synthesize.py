@@ -29,6 +29,9 @@ class SynthesizeWidget(PluginWidget):
         viewer = self.viewer
         self._trainer = None
         self.time_limit = SpinBox(label="Training time (s)", value=600, min=10, max=7 * 24 * 3600, step=60)
+        self.use_unannotated = CheckBox(text="Also learn from open images without annotations", value=False,
+                                        tooltip="2D image layers outside the training set teach the look "
+                                                "(unconditional crops); masks still come from annotations")
         self.train_button = PushButton(text="Train diffusion model")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.model_folder = FileEdit(label="Diffusion model", mode="d")
@@ -49,7 +52,7 @@ class SynthesizeWidget(PluginWidget):
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="no diffusion model yet")
         self.extend([
-            Label(value="<b>Learn the look of your images</b>"), self.time_limit,
+            Label(value="<b>Learn the look of your images</b>"), self.time_limit, self.use_unannotated,
             Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
             self.model_folder, Container(widgets=[self.save_button, self.load_button], layout="horizontal",
                                          labels=False),
@@ -88,15 +91,22 @@ class SynthesizeWidget(PluginWidget):
         if self.worker is not None:
             return
         cfg = DiffusionConfig(time_limit=float(self.time_limit.value), threads=gui_threads())
+        unannotated = self.unannotated_images() if self.use_unannotated.value else []
 
         def events():
             from napari_unet.diffusion.train import DiffusionTrainer
 
-            self._trainer = DiffusionTrainer(pairs, cfg, names=names)
+            self._trainer = DiffusionTrainer(pairs, cfg, names=names, unannotated=unannotated)
             return (yield from self._trainer.run())
 
         self._running(True)
         self.worker = run_in_thread(events, self._on_event, self._on_trained, self._on_error, self._on_finished)
+
+    def unannotated_images(self) -> list[np.ndarray]:
+        """Copies of the open 2D image layers that are neither in the training set nor generated here."""
+        samples = self.session.project.samples
+        return [np.array(layer.data, copy=True) for layer in layers_of_type(self.viewer, "image")
+                if layer.ndim == 2 and not layer.multiscale and layer.name not in samples and layer.name != IMAGES]
 
     def stop(self) -> None:
         if self._trainer is not None:

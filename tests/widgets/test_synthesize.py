@@ -12,12 +12,17 @@ def test_train_generate_review_accept(annotated, qtbot, tmp_path):
     viewer = annotated.viewer
 
     widget = SynthesizeWidget(viewer)
+    raw = viewer.add_image(np.asarray(viewer.layers["nuclei"].data)[::-1].copy(), name="raw")
+    assert [image is not raw.data and np.array_equal(image, raw.data) for image in widget.unannotated_images()] \
+        == [True]  # a copy of the one image outside the training set
+    widget.use_unannotated.value = True
     widget.time_limit.value = 10
     widget.train_button.changed.emit(True)
     assert widget.stop_button.enabled
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert widget.bundle is not None, widget.status.value
     assert "trained" in widget.status.value
+    assert widget.bundle.meta["training"]["unannotated_images"] == 1
 
     widget.model_folder.value = tmp_path / "diffusion"
     widget.save()
