@@ -91,18 +91,18 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     """
     known = dict(known or {})
 
-    def counts_of(seed: float | None, fg: float, split: float | None) -> np.ndarray:
+    def counts_of(seed: float | None, split: float | None, fg: float) -> np.ndarray:
         if (seed, split, fg) not in known:
             known[(seed, split, fg)] = rule_counts(probs, instances, seed, fg, split)
         return known[(seed, split, fg)]
 
-    counts = counts_of(None, 0.5, None)
+    counts = counts_of(None, None, 0.5)
     argmax = counts_ap(counts)
     best = {"seed_threshold": None, "split_height": None, "fg_threshold": 0.5, "ap50": argmax}
     for seed, split in SEED_RULES[1:]:
         if should_stop is not None and should_stop():
             break
-        c = counts_of(seed, 0.5, split)
+        c = counts_of(seed, split, 0.5)
         if counts_ap(c) > best["ap50"]:
             best, counts = {"seed_threshold": seed, "split_height": split, "fg_threshold": 0.5, "ap50": counts_ap(c)}, c
     rule = (best["seed_threshold"], best["split_height"])
@@ -110,11 +110,12 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     for fg in FG_THRESHOLDS:
         if should_stop is not None and should_stop():
             break
-        if (*rule, fg) not in known:
-            known[(*rule, fg)] = rule_counts(probs, instances, None, fg, seeds=seeds)
-        if counts_ap(known[(*rule, fg)]) > best["ap50"]:
-            best, counts = {**best, "fg_threshold": fg, "ap50": counts_ap(known[(*rule, fg)])}, known[(*rule, fg)]
-    prior = counts_of(PRIOR_RULE["seed_threshold"], PRIOR_RULE["fg_threshold"], PRIOR_RULE["split_height"])
+        key = (*rule, fg)
+        if key not in known:  # the same seeds as the rule itself, grown over another foreground
+            known[key] = rule_counts(probs, instances, None, fg, seeds=seeds)
+        if counts_ap(known[key]) > best["ap50"]:
+            best, counts = {**best, "fg_threshold": fg, "ap50": counts_ap(known[key])}, known[key]
+    prior = counts_of(PRIOR_RULE["seed_threshold"], PRIOR_RULE["split_height"], PRIOR_RULE["fg_threshold"])
     confidence = bootstrap_win_rate(counts, prior) if counts_ap(counts) > counts_ap(prior) else 0.0
     if confidence < CONFIDENCE:
         best = {**PRIOR_RULE, "ap50": counts_ap(prior)}
