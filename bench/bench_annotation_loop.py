@@ -21,7 +21,13 @@ does (start from pretrained:nuclei, train on the current training set).
 ``--from-scratch`` is the harder test for a weak model: no starting model; the first tile is
 revealed at random (the same for both strategies), and every round trains a default U-Net from
 scratch for ``--steps`` steps on all tiles revealed so far; from the second tile on, the
-strategy picks the tile with that round's model.
+strategy picks the tile with that round's model. ``--whole-train`` (with ``--from-scratch``) draws
+the pool from the whole train split instead of the 24 images the shipped model held out, so a
+large pool mixes more kinds of image. ``--first-seed`` and ``--json`` split one run over processes; ``--merge A.json B.json``
+prints the summary over all their seeds. ``--own-rule`` scores each model with its own
+post-processing instead of the shipped thresholds: a model trained from scratch without
+validation images uses the argmax rule, as it would in the Train widget (the shipped seed
+threshold of 0.7 finds nothing in an under-confident model whose interior never passes 0.5).
 
 Prints per round the mean ± std over seeds of both strategies and of their paired difference;
 writes everything to ``bench/results/annotation_loop.json`` (``annotation_loop_scratch.json``).
@@ -79,12 +85,13 @@ def fine_tune(start, pairs: list, args: argparse.Namespace, seed: int):
     return drive(Trainer(pairs, cfg, init=start).run(), "fine-tuning", quiet=True)
 
 
-def score(bundle, val: list, rule: dict) -> float:
-    """AP@0.5 over ``val`` with the post-processing thresholds ``rule``."""
+def score(bundle, val: list, rule: dict | None) -> float:
+    """AP@0.5 over ``val`` with the post-processing thresholds ``rule`` (None: the model's own)."""
     from napari_unet.inference.predict import predict_image
     from napari_unet.metrics import evaluate_instances
 
-    bundle.meta["postprocess"] = dict(rule)
+    if rule is not None:
+        bundle.meta["postprocess"] = dict(rule)
     return float(evaluate_instances([(predict_image(bundle, img).labels, gt) for _, img, gt in val])["ap50"])
 
 
@@ -115,8 +122,12 @@ def run_loop(strategy: str, start, pool: list, val: list, rule: dict, args: argp
         except UserError as exc:  # only empty tiles revealed so far: the starting model stays (none: AP 0)
             print(f"  seed {seed} {strategy:>11}: {k + 1} tile(s): not trained ({exc})", flush=True)
             model = None if args.from_scratch else start
-        curve.append(0.0 if model is None else score(model, val, rule))
-        print(f"  seed {seed} {strategy:>11}: {k + 1} tile(s) -> AP@0.5 {curve[-1]:.3f}", flush=True)
+        curve.append(0.0 if model is None else score(model, val, None if args.own_rule else rule))
+        i, y, x = tiles[chosen[-1]]
+        revealed = masks[i][y:y + args.tile, x:x + args.tile]
+        objects = len(np.unique(revealed[revealed > 0]))
+        print(f"  seed {seed} {strategy:>11}: {k + 1} tile(s) -> AP@0.5 {curve[-1]:.3f} "
+              f"(last tile: {pool[i][0]} at y {y} x {x}, {objects} object(s))", flush=True)
     return curve
 
 
@@ -135,9 +146,42 @@ def summarise(curves: dict[str, list[list[float]]]) -> dict:
             "uncertainty_wins": int((diff > 0).sum()), "random_wins": int((diff < 0).sum()), "pairs": int(diff.size)}
 
 
+def print_summary(curves: dict[str, list[list[float]]]) -> dict:
+    """Print the per-round table and the paired difference over all rounds; return the summary."""
+    summary = summarise(curves)
+    rounds = len(summary["difference"]["mean"])
+    print("\ntiles revealed      " + "".join(f"{k + 1:>16d}" for k in range(rounds)))
+    for name in (*STRATEGIES, "difference"):
+        row = summary[name]
+        print(f"{name:<20}" + "".join(f"{m:>+9.3f} ± {s:.3f}" if name == "difference" else f"{m:>9.3f} ± {s:.3f}"
+                                      for m, s in zip(row["mean"], row["std"])))
+    d = summary["difference_all_rounds"]
+    print(f"paired difference over all rounds {d['mean']:+.3f} (std of per-seed means {d['std_of_seed_means']:.3f}); "
+          f"uncertainty better in {summary['uncertainty_wins']}/{summary['pairs']} pairs, "
+          f"random in {summary['random_wins']}")
+    return summary
+
+
+def merge(paths: list[Path]) -> None:
+    """One summary over the seeds of several result files (a run split with --first-seed)."""
+    records = [json.loads(p.read_text()) for p in paths]
+    curves = {k: [c for r in records for c in r["curves"][k]] for k in STRATEGIES}
+    print(f"{sum(len(r['curves']['random']) for r in records)} seeds from {len(paths)} file(s)")
+    print_summary(curves)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="repeats (pool, random picks, fine-tuning seeds)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run are first-seed .. first-seed + seeds - 1 (split a run over processes)")
+    parser.add_argument("--whole-train", action="store_true",
+                        help="with --from-scratch: draw the pool from the whole train split (more kinds of image), "
+                             "not only the images the shipped model held out")
+    parser.add_argument("--own-rule", action="store_true",
+                        help="score each model with its own post-processing (from scratch without validation: "
+                             "the argmax rule) instead of the shipped model's thresholds")
+    parser.add_argument("--json", type=Path, help="where to write the results (default bench/results/...)")
     parser.add_argument("--pool", type=int, default=4, help="train-split images the tiles come from")
     parser.add_argument("--tile", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=4)
@@ -149,7 +193,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--from-scratch", action="store_true",
                         help="no starting model: every round trains from scratch on the revealed tiles")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="only print one summary over the seeds of these result files")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge)
 
     import torch
 
@@ -162,7 +210,7 @@ def main() -> None:
     start = load_bundle(resolve_init("pretrained:nuclei"))
     rule = dict(start.postprocess)
     held = set(start.meta["training"]["held_out"])
-    candidates = [s for s in load_dsb("train") if s[0] in held]
+    candidates = [s for s in load_dsb("train") if s[0] in held or (args.from_scratch and args.whole_train)]
     val = load_dsb("val")[: args.val]
     base = score(start, val, rule)
     how = "from scratch" if args.from_scratch else f"fine-tuning at lr x{args.lr_scale}"
@@ -170,7 +218,7 @@ def main() -> None:
           f"{args.seeds} seed(s) x {args.rounds} round(s)", flush=True)
     curves: dict[str, list[list[float]]] = {s: [] for s in STRATEGIES}
     pools = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         rng = np.random.default_rng(seed)
         pool = [candidates[i] for i in rng.choice(len(candidates), size=args.pool, replace=False)]
         pools.append([s[0] for s in pool])
@@ -181,22 +229,14 @@ def main() -> None:
                   f"between; use a larger --pool or a smaller --tile", flush=True)
         for strategy in STRATEGIES:
             curves[strategy].append(run_loop(strategy, start, pool, val, rule, args, seed))
-    summary = summarise(curves)
-    print("\ntiles revealed      " + "".join(f"{k + 1:>16d}" for k in range(args.rounds)))
-    for name in (*STRATEGIES, "difference"):
-        row = summary[name]
-        print(f"{name:<20}" + "".join(f"{m:>+9.3f} ± {s:.3f}" if name == "difference" else f"{m:>9.3f} ± {s:.3f}"
-                                      for m, s in zip(row["mean"], row["std"])))
-    d = summary["difference_all_rounds"]
-    print(f"paired difference over all rounds {d['mean']:+.3f} (std of per-seed means {d['std_of_seed_means']:.3f}); "
-          f"uncertainty better in {summary['uncertainty_wins']}/{summary['pairs']} pairs, "
-          f"random in {summary['random_wins']}")
+    summary = print_summary(curves)
     seconds = time.perf_counter() - began
-    record = {"machine": machine_description(), "args": vars(args), "pretrained_as_is": round(base, 4),
-              "postprocess": rule, "pools": pools,
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    record = {"machine": machine_description(), "args": settings, "pretrained_as_is": round(base, 4),
+              "postprocess": rule, "pools": pools, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
               "curves": {k: [[round(v, 4) for v in c] for c in cs] for k, cs in curves.items()},
               "summary": summary, "seconds": round(seconds, 1)}
-    out = RESULTS.with_name("annotation_loop_scratch.json") if args.from_scratch else RESULTS
+    out = args.json or (RESULTS.with_name("annotation_loop_scratch.json") if args.from_scratch else RESULTS)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out} ({seconds:.0f} s)")
