@@ -91,9 +91,10 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     """
     known = dict(known or {})
 
-    def counts_of(seed: float | None, split: float | None, fg: float) -> np.ndarray:
+    def counts_of(seed: float | None, split: float | None, fg: float, seeds: list | None = None) -> np.ndarray:
+        """Counts of a rule, computed once (``seeds``: that rule's seeds, already made)."""
         if (seed, split, fg) not in known:
-            known[(seed, split, fg)] = rule_counts(probs, instances, seed, fg, split)
+            known[(seed, split, fg)] = rule_counts(probs, instances, seed, fg, split, seeds=seeds)
         return known[(seed, split, fg)]
 
     counts = counts_of(None, None, 0.5)
@@ -110,11 +111,9 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     for fg in FG_THRESHOLDS:
         if should_stop is not None and should_stop():
             break
-        key = (*rule, fg)
-        if key not in known:  # the same seeds as the rule itself, grown over another foreground
-            known[key] = rule_counts(probs, instances, None, fg, seeds=seeds)
-        if counts_ap(known[key]) > best["ap50"]:
-            best, counts = {**best, "fg_threshold": fg, "ap50": counts_ap(known[key])}, known[key]
+        c = counts_of(*rule, fg, seeds=seeds)  # the same seeds as the rule itself, grown over another foreground
+        if counts_ap(c) > best["ap50"]:
+            best, counts = {**best, "fg_threshold": fg, "ap50": counts_ap(c)}, c
     prior = counts_of(PRIOR_RULE["seed_threshold"], PRIOR_RULE["split_height"], PRIOR_RULE["fg_threshold"])
     confidence = bootstrap_win_rate(counts, prior) if counts_ap(counts) > counts_ap(prior) else 0.0
     if confidence < CONFIDENCE:
