@@ -198,6 +198,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         return merge(args.merge)
+    if args.whole_train and not args.from_scratch:
+        parser.error("--whole-train needs --from-scratch (the shipped model trained on the rest of the train split)")
 
     import torch
 
