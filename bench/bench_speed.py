@@ -40,6 +40,7 @@ from bench.common import machine_description  # noqa: E402
 from napari_unet.config import TrainConfig, UNetConfig  # noqa: E402
 from napari_unet.inference.predict import network_forward  # noqa: E402
 from napari_unet.models import count_parameters, estimate_flops  # noqa: E402
+from napari_unet.models.batchnorm import WideBatchNorm2d  # noqa: E402
 from napari_unet.training.checkpoint import build_network  # noqa: E402
 from napari_unet.training.device import autocast, low_precision_dtype, resolve_device  # noqa: E402
 from napari_unet.training.losses import segmentation_loss  # noqa: E402
@@ -311,9 +312,22 @@ def _prec(dtype: torch.dtype | None, channels_last: bool) -> str:
     return p + (" + channels_last" if channels_last else " NCHW")
 
 
+def with_stock_batchnorm(net: nn.Module) -> nn.Module:
+    """``net`` with every ``WideBatchNorm2d`` swapped for a plain ``nn.BatchNorm2d`` (same state)."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, WideBatchNorm2d):
+                stock = nn.BatchNorm2d(child.num_features, child.eps, child.momentum)
+                stock.load_state_dict(child.state_dict())
+                setattr(module, name, stock)
+    return net
+
+
 def variants_section(mcfg: UNetConfig, args: argparse.Namespace) -> None:
-    """Our default model under each precision x memory-format combination, interleaved."""
+    """Our default model under each precision x memory-format combination, interleaved, plus
+    the default settings with PyTorch's own BatchNorm2d instead of ``WideBatchNorm2d``."""
     combos = [(torch.bfloat16, True), (torch.bfloat16, False), (None, True), (None, False)]
+    stock_label = _prec(torch.bfloat16, True) + ", stock BatchNorm2d"
     data = make_batch(args.batch, mcfg.in_channels, args.patch, 3)
     size = args.infer_size
     image = np.random.default_rng(0).standard_normal((1, mcfg.in_channels, size, size)).astype(np.float32)
@@ -325,6 +339,11 @@ def variants_section(mcfg: UNetConfig, args: argparse.Namespace) -> None:
         train_steps[_prec(dtype, cl)] = ours_train_step(build_network(tcfg), data, dtype, cl, 0.0)
         torch.manual_seed(0)
         infer_steps[_prec(dtype, cl)] = ours_infer_step(build_network(tcfg), image, dtype, cl)
+    torch.manual_seed(0)
+    train_steps[stock_label] = ours_train_step(with_stock_batchnorm(build_network(tcfg)), data, torch.bfloat16,
+                                               True, 0.0)
+    torch.manual_seed(0)
+    infer_steps[stock_label] = ours_infer_step(with_stock_batchnorm(build_network(tcfg)), image, torch.bfloat16, True)
     tt = time_interleaved(train_steps, args.steps, args.warmup)
     ti = time_interleaved(infer_steps, args.infer_repeats, warmup=2)
     base = _prec(torch.bfloat16, True)
@@ -332,7 +351,7 @@ def variants_section(mcfg: UNetConfig, args: argparse.Namespace) -> None:
           f"x = speed vs {base})")
     for name in train_steps:
         mt, mi = statistics.median(tt[name]), statistics.median(ti[name])
-        print(f"  {name:40s} train {fmt_mpix(args.batch * args.patch**2, mt)} "
+        print(f"  {name:58s} train {fmt_mpix(args.batch * args.patch**2, mt)} "
               f"x{paired_ratio(tt[base], tt[name]):.2f}   infer {fmt_mpix(size * size, mi)} "
               f"x{paired_ratio(ti[base], ti[name]):.2f}")
 

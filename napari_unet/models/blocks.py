@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .batchnorm import WideBatchNorm2d
+
 _CONV: dict[int, type[nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T: dict[int, type[nn.Module]] = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _POOL: dict[int, type[nn.Module]] = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
-_BATCH_NORM: dict[int, type[nn.Module]] = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_BATCH_NORM: dict[int, type[nn.Module]] = {2: WideBatchNorm2d, 3: nn.BatchNorm3d}
 # Channel ("spatial") dropout: whole feature maps are zeroed, see ``ConvBlock``.
 _DROPOUT: dict[int, type[nn.Module]] = {2: nn.Dropout2d, 3: nn.Dropout3d}
 _LINEAR_MODE: dict[int, str] = {2: "bilinear", 3: "trilinear"}
