@@ -27,6 +27,7 @@ from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
 from napari_unet.inference.postprocess import instances_from_probabilities  # noqa: E402
 from napari_unet.inference.predict import predict_image, predict_probabilities  # noqa: E402
 from napari_unet.metrics import evaluate_instances, evaluate_semantic  # noqa: E402
+from napari_unet.training.calibrate import PRIOR_RULE  # noqa: E402
 from napari_unet.training.engine import Trainer  # noqa: E402
 
 
@@ -53,13 +54,16 @@ def unet_dsb(train, val, seed: int, time_limit: float, base: TrainConfig | None 
     result = evaluate_instances([(instances_from_probabilities(p, 10, **bundle.postprocess), m)
                                  for p, (_, _, m) in zip(probs, val)])  # what `napari-unet predict` writes
     argmax = evaluate_instances([(instances_from_probabilities(p, 10), m) for p, (_, _, m) in zip(probs, val)])
+    prior = evaluate_instances([(instances_from_probabilities(p, 10, **PRIOR_RULE), m)
+                                for p, (_, _, m) in zip(probs, val)])  # had the run kept its starting rule
     result.update(train_s=train_s, predict_s=time.perf_counter() - start, steps=bundle.meta["training"]["steps"],
-                  ap50_argmax_rule=argmax["ap50"], argmax=argmax)
+                  ap50_argmax_rule=argmax["ap50"], argmax=argmax, ap50_prior_rule=prior["ap50"])
     result["tuning_s"] = bundle.meta["training"].get("tuning_seconds", 0.0)
     print(f"  seed {seed}: {result['steps']} steps on {bundle.meta['training']['device']}, {train_s:.0f} s in all "
           f"({result['tuning_s']:.0f} s choosing the post-processing), "
           f"post-processing {bundle.postprocess or 'argmax rule'}: "
-          f"AP@0.5 {result['ap50']:.3f} (argmax rule {argmax['ap50']:.3f})", flush=True)
+          f"AP@0.5 {result['ap50']:.3f} (argmax rule {argmax['ap50']:.3f}, prior rule {prior['ap50']:.3f})",
+          flush=True)
     return result
 
 
