@@ -61,7 +61,8 @@ def unet_dsb(train, val, seed: int, time_limit: float, base: TrainConfig | None 
     result["tuning_s"] = bundle.meta["training"].get("tuning_seconds", 0.0)
     print(f"  seed {seed}: {result['steps']} steps on {bundle.meta['training']['device']}, {train_s:.0f} s in all "
           f"({result['tuning_s']:.0f} s choosing the post-processing), "
-          f"post-processing {bundle.postprocess or 'argmax rule'}: "
+          f"post-processing {bundle.postprocess or 'argmax rule'} "
+          f"(win rate over the prior {bundle.meta.get('postprocess', {}).get('confidence', 'n/a')}): "
           f"AP@0.5 {result['ap50']:.3f} (argmax rule {argmax['ap50']:.3f}, prior rule {prior['ap50']:.3f})",
           flush=True)
     return result

@@ -33,7 +33,7 @@ from napari_unet.training.checkpoint import (
     load_compatible_weights,
     save_bundle,
 )
-from napari_unet.training.calibrate import CONFIDENCE, bootstrap_win_rate
+from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstrap_win_rate
 from napari_unet.training.device import autocast, describe, describe_precision, start_run
 from napari_unet.training.losses import segmentation_loss
 from napari_unet.training.validation import validate
@@ -245,7 +245,7 @@ class Trainer:
             if tuned is not None:
                 postprocess = tuned
                 split = f", split at saddles {tuned['split_height']} px" if tuned["split_height"] else ""
-                how = "searched" if tuned["confidence"] >= CONFIDENCE else "default (no rule clearly better)"
+                how = "searched" if tuned["confidence"] >= RULE_CONFIDENCE else "default (no rule clearly better)"
                 yield Message(f"post-processing on {len(val_pairs)} validation image(s): AP@0.5 "
                               f"{tuned['ap50_argmax']:.3f} (argmax rule) -> {tuned['ap50']:.3f} with the {how} rule "
                               f"(seeds > {tuned['seed_threshold']}{split}, foreground > {tuned['fg_threshold']})")

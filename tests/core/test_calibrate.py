@@ -86,7 +86,7 @@ def fake_tuning(monkeypatch) -> dict:
     def fake_tune(probs, instances, should_stop=None, known=None):
         seen.update(n=len(probs), shapes=[p.shape for p in probs], known=known)
         return {"seed_threshold": 0.8, "split_height": 1.0, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5,
-                "confidence": 0.95}
+                "confidence": 0.995}
 
     monkeypatch.setattr(calibrate, "tune_thresholds", fake_tune)
     return seen
