@@ -40,7 +40,7 @@ from bench.common import machine_description  # noqa: E402
 from napari_unet.config import TrainConfig, UNetConfig  # noqa: E402
 from napari_unet.inference.predict import network_forward  # noqa: E402
 from napari_unet.models import count_parameters, estimate_flops  # noqa: E402
-from napari_unet.models.batchnorm import WideBatchNorm2d  # noqa: E402
+from napari_unet.models.batchnorm import with_stock_batchnorm  # noqa: E402
 from napari_unet.training.checkpoint import build_network  # noqa: E402
 from napari_unet.training.device import autocast, low_precision_dtype, resolve_device  # noqa: E402
 from napari_unet.training.losses import segmentation_loss  # noqa: E402
@@ -310,17 +310,6 @@ def _prec(dtype: torch.dtype | None, channels_last: bool) -> str:
     """'bf16 autocast + channels_last' style label."""
     p = f"{str(dtype).split('.')[-1]} autocast" if dtype is not None else "fp32"
     return p + (" + channels_last" if channels_last else " NCHW")
-
-
-def with_stock_batchnorm(net: nn.Module) -> nn.Module:
-    """``net`` with every ``WideBatchNorm2d`` swapped for a plain ``nn.BatchNorm2d`` (same state)."""
-    for module in list(net.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, WideBatchNorm2d):
-                stock = nn.BatchNorm2d(child.num_features, child.eps, child.momentum)
-                stock.load_state_dict(child.state_dict())
-                setattr(module, name, stock)
-    return net
 
 
 def variants_section(mcfg: UNetConfig, args: argparse.Namespace) -> None:

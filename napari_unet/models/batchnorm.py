@@ -135,3 +135,15 @@ class WideBatchNorm2d(nn.BatchNorm2d):
         unbiased = var * (count / max(count - 1, 1))
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+
+def with_stock_batchnorm(net: nn.Module) -> nn.Module:
+    """``net`` with every ``WideBatchNorm2d`` swapped in place for a plain ``nn.BatchNorm2d``
+    holding the same state (for comparisons: speed benchmarks, equivalence tests)."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, WideBatchNorm2d):
+                stock = nn.BatchNorm2d(child.num_features, child.eps, child.momentum).to(child.weight)
+                stock.load_state_dict(child.state_dict())
+                setattr(module, name, stock)
+    return net

@@ -9,7 +9,7 @@ from torch import nn
 
 from napari_unet.config import UNetConfig
 from napari_unet.models import UNet
-from napari_unet.models.batchnorm import WideBatchNorm2d, narrow, widen, widening_factor
+from napari_unet.models.batchnorm import WideBatchNorm2d, narrow, widen, widening_factor, with_stock_batchnorm
 
 CL = torch.channels_last
 
@@ -124,3 +124,22 @@ def test_unet_uses_it_and_loads_stock_state_dicts() -> None:
     # a model saved before WideBatchNorm2d existed has the same keys
     state = {k: v.clone() for k, v in net.state_dict().items()}
     UNet(UNetConfig(base_width=8)).load_state_dict(state)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_whole_unet_trains_exactly_like_one_with_stock_batchnorm(checkpointing: bool) -> None:
+    torch.manual_seed(0)
+    cfg = UNetConfig(base_width=4, depth=2, checkpointing=checkpointing, dropout=0.0)  # 4 and 8 channels: k = 4, 2
+    wide = UNet(cfg).double().to(memory_format=CL)
+    stock = with_stock_batchnorm(UNet(cfg)).double().to(memory_format=CL)
+    stock.load_state_dict(wide.state_dict())
+    assert not any(isinstance(m, WideBatchNorm2d) for m in stock.modules())
+    x = torch.randn(2, 1, 32, 32, dtype=torch.float64).contiguous(memory_format=CL)
+    grads = []
+    for net in (wide, stock):
+        net.train()
+        (net(x) * torch.linspace(-1, 1, 32, dtype=torch.float64)).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-9)
+    for (name, a), b in zip(wide.state_dict().items(), stock.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
