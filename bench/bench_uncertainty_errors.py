@@ -52,24 +52,24 @@ FRACTIONS = (0.10, 0.25)
 RESULTS = Path(__file__).resolve().parent / "results" / "uncertainty_errors.json"
 
 
-def object_errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centroids (row, col) of unmatched predicted objects (FP) and unmatched true objects (FN)
-    at IoU > 0.5, and the centroids of all true objects."""
+def centroids(labels: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    """(n, 2) centroids (row, col) of the objects ``ids`` of ``labels`` (default: all of them)."""
     from scipy import ndimage
 
+    ids = np.unique(labels)[1:] if ids is None else ids
+    if len(ids) == 0:
+        return np.zeros((0, 2))
+    return np.array(ndimage.center_of_mass(np.ones_like(labels), labels, ids)).reshape(-1, 2)
+
+
+def object_errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centroids of unmatched predicted objects (FP) and unmatched true objects (FN) at
+    IoU > 0.5, and the centroids of all true objects."""
     from napari_unet.metrics import match_instances
 
     iou, ids_p, ids_g = match_instances(pred, gt, return_ids=True)
     matched = iou > 0.5  # pairs above 0.5 are unique, see metrics._count_matches
-    fp_ids = ids_p[~matched.any(axis=1)]
-    fn_ids = ids_g[~matched.any(axis=0)]
-
-    def centroids(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        if len(ids) == 0:
-            return np.zeros((0, 2))
-        return np.array(ndimage.center_of_mass(np.ones_like(labels), labels, ids)).reshape(-1, 2)
-
-    return centroids(pred, fp_ids), centroids(gt, fn_ids), centroids(gt, ids_g)
+    return centroids(pred, ids_p[~matched.any(axis=1)]), centroids(gt, ids_g[~matched.any(axis=0)]), centroids(gt, ids_g)
 
 
 def count_in_tiles(points: np.ndarray, shape: tuple[int, int], tile: int) -> np.ndarray:
@@ -96,18 +96,12 @@ def analyse_image(bundle, image: np.ndarray, gt: np.ndarray, args: argparse.Name
 
     pred = predict_image(bundle, image, PredictConfig(mc_samples=args.mc))
     fp, fn, true = object_errors(pred.labels, gt)
-    n_pred = len(np.unique(pred.labels)) - 1
-    from scipy import ndimage
-
-    pred_ids = np.unique(pred.labels)[1:]
-    pred_centres = (np.array(ndimage.center_of_mass(np.ones_like(pred.labels), pred.labels, pred_ids)).reshape(-1, 2)
-                    if n_pred else np.zeros((0, 2)))
     shape = gt.shape
     tiles = {
         "errors": count_in_tiles(fp, shape, args.tile) + count_in_tiles(fn, shape, args.tile),
         "false_positives": count_in_tiles(fp, shape, args.tile),
         "true_objects": count_in_tiles(true, shape, args.tile),
-        "predicted_objects": count_in_tiles(pred_centres, shape, args.tile),
+        "predicted_objects": count_in_tiles(centroids(pred.labels), shape, args.tile),
     }
     tiles.update({name: tile_means(pred.uncertainty[name], args.tile) for name in MAPS})
     wrong = (pred.labels > 0) != (gt > 0)
@@ -118,11 +112,11 @@ def analyse_image(bundle, image: np.ndarray, gt: np.ndarray, args: argparse.Name
             "objects": (len(true), len(fp), len(fn))}
 
 
-def share_in_top(order_key: np.ndarray, errors: np.ndarray, fraction: float, rng=None) -> float:
-    """Share of all errors in the top ``fraction`` of tiles by ``order_key`` (ties broken at random)."""
-    jitter = (rng or np.random.default_rng(0)).random(len(order_key)) * 1e-9
-    top = np.argsort(-(order_key + jitter))[: max(1, int(round(fraction * len(order_key))))]
-    return float(errors[top].sum() / max(errors.sum(), 1))
+def top_tiles(order_key: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the top ``fraction`` of tiles by ``order_key``, ties broken at random (seeded),
+    so a ranking with many ties (object counts) is not ordered by tile position."""
+    jitter = np.random.default_rng(0).random(len(order_key)) * 1e-9
+    return np.argsort(-(order_key + jitter))[: max(1, int(round(fraction * len(order_key))))]
 
 
 def error_rate(tiles: dict, index: np.ndarray) -> float:
@@ -145,11 +139,11 @@ def summarise(tiles: dict, pixels: dict) -> dict:
     out["share_of_errors"], out["error_rate_in_top"] = {}, {}
     for fraction in FRACTIONS:
         key = f"top {round(fraction * 100)}%"
-        out["share_of_errors"][key] = {name: share_in_top(r, tiles["errors"], fraction) for name, r in rankings.items()}
+        top = {name: top_tiles(r, fraction) for name, r in rankings.items()}  # the same tiles for both figures
+        total = max(tiles["errors"].sum(), 1)
+        out["share_of_errors"][key] = {name: float(tiles["errors"][t].sum() / total) for name, t in top.items()}
         out["share_of_errors"][key]["random (expected)"] = fraction
-        n_top = max(1, int(round(fraction * len(rate))))
-        out["error_rate_in_top"][key] = {
-            name: error_rate(tiles, np.argsort(-r)[:n_top]) for name, r in rankings.items() if "oracle" not in name}
+        out["error_rate_in_top"][key] = {name: error_rate(tiles, t) for name, t in top.items() if "oracle" not in name}
     out["error_rate_all_tiles"] = error_rate(tiles, np.arange(len(rate)))
     busy = (tiles["true_objects"] + tiles["false_positives"]) > 0
     out["spearman"] = {
