@@ -87,6 +87,8 @@ class TrainConfig:
     """Everything a training run needs besides the data."""
 
     task: Task = "instances"
+    instance_head: Literal["3class", "star"] = "3class"  # instances: 3 classes + watershed, or + StarDist rays
+    n_rays: int = 32  # star head: rays per pixel
     model: UNetConfig = field(default_factory=UNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)

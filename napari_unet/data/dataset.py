@@ -35,6 +35,13 @@ def n_output_classes(cfg: TrainConfig) -> int:
     return 3 if cfg.task == "instances" else cfg.n_classes
 
 
+def n_output_channels(cfg: TrainConfig) -> int:
+    """All network output channels: the classes plus the instance head's extra maps."""
+    from napari_unet.models.heads import extra_channels
+
+    return n_output_classes(cfg) + extra_channels(cfg)
+
+
 def _targets(mask: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:
     if cfg.task == "instances":
         instances = np.asarray(mask)
@@ -94,8 +101,10 @@ class PatchSampler:
     """Random fixed-size crops, drawn from images in proportion to their annotated area."""
 
     def __init__(self, pairs: Sequence[PreparedPair], patch_size: int, rng: np.random.Generator,
-                 focus_annotated: bool = False) -> None:
+                 focus_annotated: bool = False, with_instances: bool = False) -> None:
+        """``with_instances``: batches also carry the instance ids (B, *P) (0 in padding)."""
         self.pairs = list(pairs)
+        self.with_instances = with_instances
         self.patch = patch_size
         self.rng = rng
         self.focus = focus_annotated
@@ -103,8 +112,8 @@ class PatchSampler:
         self.p = areas / areas.sum()
         self._annotated = [np.flatnonzero(p.target.ravel() >= 0) for p in self.pairs] if focus_annotated else None
 
-    def _crop(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One patch (C, *P), (*P), (*P) of image ``index``; 2D or 3D alike."""
+    def _crop(self, index: int) -> tuple[np.ndarray, ...]:
+        """One patch (C, *P), (*P), (*P)[, (*P) instance ids] of image ``index``; 2D or 3D alike."""
         pair, s = self.pairs[index], self.patch
         shape = pair.target.shape
         if self._annotated is not None and self.rng.random() < 0.8:
@@ -115,16 +124,19 @@ class PatchSampler:
             lo = [int(self.rng.integers(0, max(n - s, 0) + 1)) for n in shape]
         sl = tuple(slice(start, start + s) for start in lo)
         image, target, weights = pair.image[(slice(None), *sl)], pair.target[sl], pair.weights[sl]
+        extra = [pair.instances[sl]] if self.with_instances else []
         pads = [(0, s - n) for n in target.shape]
         if any(after for _, after in pads):  # image smaller than the patch: mirror the pixels, ignore the padding
             mode = "reflect" if min(target.shape) > 1 else "edge"
             image = np.pad(image, [(0, 0), *pads], mode=mode)
             target = np.pad(target, pads, constant_values=IGNORE)
             weights = np.pad(weights, pads)
-        return image, target, weights
+            extra = [np.pad(e, pads) for e in extra]
+        return (image, target, weights, *extra)
 
-    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A batch: images (B, C, *P), targets (B, *P), weights (B, *P) with P the patch size per axis."""
+    def sample(self, batch_size: int) -> tuple[np.ndarray, ...]:
+        """A batch: images (B, C, *P), targets (B, *P), weights (B, *P) with P the patch size per
+        axis, and with ``with_instances`` the instance ids (B, *P)."""
         idx = self.rng.choice(len(self.pairs), size=batch_size, p=self.p)
         crops = [self._crop(int(i)) for i in idx]
         return tuple(np.stack(parts) for parts in zip(*crops))  # type: ignore[return-value]

@@ -15,7 +15,8 @@ import numpy as np
 from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Progress
-from napari_unet.inference.postprocess import labels_from_probabilities
+from napari_unet.data.dataset import n_output_classes
+from napari_unet.inference.postprocess import labels_for
 from napari_unet.inference.uncertainty import mc_uncertainty
 
 if TYPE_CHECKING:
@@ -50,13 +51,13 @@ def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(
             done += 1
             yield Progress(done, total, time.perf_counter() - start, f"slice {index + 1}/{len(slices)}")
         if cfg.mc_samples > 0:
-            maps = mc_uncertainty(np.stack(samples))
+            maps = mc_uncertainty(np.stack(samples), n_output_classes(bundle.config))
             probs = maps["probabilities"]
             maps_out.append(maps[uncertainty])
         else:
             probs = samples[0]
         probs_out.append(probs)
-        labels_out.append(labels_from_probabilities(probs, bundle.task, cfg.min_size, **bundle.postprocess))
+        labels_out.append(labels_for(bundle, probs, cfg.min_size))
     if len(slices) == 1:
         maps = {uncertainty: maps_out[0]} if maps_out else {}
         return Prediction(probs_out[0], labels_out[0], maps)

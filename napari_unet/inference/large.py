@@ -152,7 +152,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     net = bundle.net.eval()
     dtype = low_precision_dtype(next(net.parameters()).device, None)
     spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=cfg.overlap))
-    k, mc = len(bundle.class_names), max(cfg.mc_samples, 0)
+    k, mc = bundle.n_outputs, max(cfg.mc_samples, 0)
     yield Message(f"streaming {h}x{w} in {spec.tile}-pixel tiles to {out.name}"
                   + (f" with {mc} MC-dropout passes per tile" if mc else ""))
     prob_path, unc_path = _sibling(out, "probabilities"), _sibling(out, "uncertainty") if mc else None

@@ -88,8 +88,19 @@ def classes_from_probabilities(probs: np.ndarray) -> np.ndarray:
     return probs.argmax(axis=0).astype(np.uint8)
 
 
-def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10, **thresholds: float | None) -> np.ndarray:
-    """Instance labels (``thresholds``: see ``instances_from_probabilities``) or class indices."""
+def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10, head: str = "3class",
+                              **thresholds: float | None) -> np.ndarray:
+    """Instance labels (``thresholds``: see ``instances_from_probabilities``, or for the star
+    head ``inference.star.instances_from_star``) or class indices."""
+    if task == "instances" and head == "star":
+        from napari_unet.inference.star import instances_from_star
+
+        return instances_from_star(probs, min_size, **thresholds)
     if task == "instances":
-        return instances_from_probabilities(probs, min_size, **thresholds)
+        return instances_from_probabilities(probs[:3], min_size, **thresholds)
     return classes_from_probabilities(probs)
+
+
+def labels_for(bundle, maps: np.ndarray, min_size: int = 10) -> np.ndarray:
+    """Labels of a model's output maps with the post-processing stored for it (``ModelBundle``)."""
+    return labels_from_probabilities(maps, bundle.task, min_size, bundle.config.instance_head, **bundle.postprocess)

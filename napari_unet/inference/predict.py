@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from napari_unet.config import PredictConfig
+from napari_unet.data.dataset import n_output_classes
 from napari_unet.data.normalize import has_nonfinite, prepare_image
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
-from napari_unet.inference.postprocess import labels_from_probabilities
+from napari_unet.inference.postprocess import labels_for
 from napari_unet.inference.tiling import AllowedFn, TileFn, TileSpec, predict_tiled, round_up
 from napari_unet.inference.uncertainty import mc_uncertainty
 from napari_unet.training.checkpoint import ModelBundle
@@ -33,14 +34,17 @@ class Prediction:
 
 
 def network_forward(net: torch.nn.Module, batch: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarray:
-    """Softmax probabilities for a batch (B, C, H, W) -> (B, K, H, W), on the network's device."""
+    """Output maps for a batch (B, C, H, W) -> (B, K, H, W), on the network's device: softmax
+    probabilities (and for a star head the object probability and ray lengths, ``models.heads``)."""
     device = next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
     if dtype is not None and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(device, dtype):
         logits = net(x)
-    return logits.float().softmax(dim=1).cpu().numpy()
+        activation = getattr(net, "activation", None)  # set by build_network: the head's output maps
+        maps = activation(logits) if activation is not None else logits.float().softmax(dim=1)
+    return maps.cpu().numpy()
 
 
 def tile_geometry(net: torch.nn.Module, cfg: PredictConfig) -> tuple[TileSpec, AllowedFn]:
@@ -102,7 +106,7 @@ def mc_dropout_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, samples:
             for t in range(samples):
                 torch.manual_seed(seed + t)
                 draws.append(network_forward(net, item[None], dtype)[0])  # (K, *S_out)
-            maps = mc_uncertainty(np.stack(draws))
+            maps = mc_uncertainty(np.stack(draws), getattr(getattr(net, "activation", None), "n_classes", None))
             out.append(np.concatenate([maps["probabilities"], np.stack([maps[k] for k in UNCERTAINTY_KINDS])]))
         return np.stack(out)  # (B, K + 3, *S_out)
 
@@ -168,7 +172,7 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictCo
     if mc_dropout:
         enable_mc_dropout(net)
     try:
-        return predict_normalized(net, chw, len(bundle.class_names), cfg, dtype, seed if mc_dropout else None)
+        return predict_normalized(net, chw, bundle.n_outputs, cfg, dtype, seed if mc_dropout else None)
     finally:
         net.eval()
 
@@ -178,11 +182,11 @@ def predict_image(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = P
     if cfg.mc_samples > 0:
         samples = np.stack([predict_probabilities(bundle, image, cfg, mc_dropout=True, seed=t)
                             for t in range(cfg.mc_samples)])
-        maps = mc_uncertainty(samples)
+        maps = mc_uncertainty(samples, n_output_classes(bundle.config))
         probs = maps.pop("probabilities")
     else:
         probs, maps = predict_probabilities(bundle, image, cfg), {}
-    return Prediction(probs, labels_from_probabilities(probs, bundle.task, cfg.min_size, **bundle.postprocess), maps)
+    return Prediction(probs, labels_for(bundle, probs, cfg.min_size), maps)
 
 
 def output_path(out_dir: Path, image_path: Path, suffix: str = ".tif") -> Path:

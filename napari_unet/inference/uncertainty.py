@@ -12,15 +12,32 @@ def entropy(probs: np.ndarray, axis: int = 0) -> np.ndarray:
     return -(probs * np.log(probs + EPS)).sum(axis=axis)
 
 
-def mc_uncertainty(samples: np.ndarray) -> dict[str, np.ndarray]:
-    """From (T, K, H, W) softmax samples: mean probabilities and three uncertainty maps.
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of a Bernoulli(p)."""
+    return -(p * np.log(p + EPS) + (1 - p) * np.log(1 - p + EPS))
 
-    total = H[E p] (predictive entropy), aleatoric = E H[p] (expected entropy),
-    epistemic = total - aleatoric (mutual information / BALD).
+
+def mc_uncertainty(samples: np.ndarray, n_classes: int | None = None) -> dict[str, np.ndarray]:
+    """From (T, K, H, W) MC-dropout samples of the output maps: their mean and uncertainty maps.
+
+    The first ``n_classes`` channels (all when None) are softmax samples: total = H[E p]
+    (predictive entropy), aleatoric = E H[p] (expected entropy), epistemic = total - aleatoric
+    (mutual information / BALD). A star head's maps follow (object probability, then rays):
+    the Bernoulli object probability adds its own three terms, and ``rays`` is the spread of
+    the ray lengths (mean over rays of their standard deviation over samples, in pixels),
+    weighted by the mean object probability.
     """
+    k = samples.shape[1] if n_classes is None else n_classes
     mean = samples.mean(axis=0)  # (K, H, W)
-    total = entropy(mean)
-    aleatoric = entropy(samples, axis=1).mean(axis=0)
+    total = entropy(mean[:k])
+    aleatoric = entropy(samples[:, :k], axis=1).mean(axis=0)
+    out = {"probabilities": mean.astype(np.float32)}
+    if samples.shape[1] > k:  # star head: object probability and rays
+        prob = samples[:, k]  # (T, H, W)
+        total_p, aleatoric_p = binary_entropy(prob.mean(axis=0)), binary_entropy(prob).mean(axis=0)
+        total, aleatoric = total + total_p, aleatoric + aleatoric_p
+        out["rays"] = (samples[:, k + 1:].std(axis=0).mean(axis=0) * mean[k]).astype(np.float32)
     epistemic = np.clip(total - aleatoric, 0.0, None)
-    return {"probabilities": mean.astype(np.float32), "total": total.astype(np.float32),
-            "aleatoric": aleatoric.astype(np.float32), "epistemic": epistemic.astype(np.float32)}
+    out.update(total=total.astype(np.float32), aleatoric=aleatoric.astype(np.float32),
+               epistemic=epistemic.astype(np.float32))
+    return out

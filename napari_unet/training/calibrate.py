@@ -125,3 +125,58 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     if confidence < RULE_CONFIDENCE:
         best = {**PRIOR_RULE, "ap50": counts_ap(prior)}
     return {**best, "ap50_argmax": argmax, "confidence": round(confidence, 3)}
+
+
+# The star head's thresholds, searched as StarDist's ``optimize_thresholds`` does: object
+# probability over a grid, then refined next to the best, for each NMS overlap.
+STAR_PROB_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+STAR_NMS_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5)
+
+
+def star_counts(maps: Sequence[np.ndarray], instances: Sequence[np.ndarray], prob_threshold: float,
+                nms_threshold: float) -> np.ndarray:
+    """(images, 3) TP, FP, FN at IoU 0.5 per image of the star post-processing with these thresholds."""
+    from napari_unet.inference.star import instances_from_star
+
+    preds = _each(lambda m: instances_from_star(m, 10, prob_threshold, nms_threshold), maps)
+    rows = evaluate_instances(list(zip(preds, instances)), thresholds=(0.5,))["per_image"]
+    return np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in rows], dtype=np.float64).reshape(-1, 3)
+
+
+def tune_star_thresholds(maps: Sequence[np.ndarray], instances: Sequence[np.ndarray],
+                         should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
+    """Best ``prob_threshold``/``nms_threshold`` of the star head on the validation maps.
+
+    The winner replaces ``inference.star.DEFAULT_RULE`` when it beats it in ``CONFIDENCE`` of
+    the bootstrap resamples of the images. Returns the thresholds with their ``ap50``, the
+    default rule's ``ap50_default`` and the winner's ``confidence``.
+    """
+    from napari_unet.inference.star import DEFAULT_RULE
+
+    known: dict[tuple[float, float], np.ndarray] = {}
+
+    def counts_of(prob: float, nms: float) -> np.ndarray:
+        key = (round(prob, 3), round(nms, 3))
+        if key not in known:
+            known[key] = star_counts(maps, instances, *key)
+        return known[key]
+
+    default = counts_of(DEFAULT_RULE["prob_threshold"], DEFAULT_RULE["nms_threshold"])
+    best, counts = dict(DEFAULT_RULE), default
+    for nms in STAR_NMS_THRESHOLDS:
+        for prob in STAR_PROB_THRESHOLDS:
+            if should_stop is not None and should_stop():
+                break
+            c = counts_of(prob, nms)
+            if counts_ap(c) > counts_ap(counts):
+                best, counts = {"prob_threshold": prob, "nms_threshold": nms}, c
+    for step in (-0.05, 0.05):  # refine the probability next to the best
+        prob = best["prob_threshold"] + step
+        if 0.0 < prob < 1.0:
+            c = counts_of(prob, best["nms_threshold"])
+            if counts_ap(c) > counts_ap(counts):
+                best, counts = {"prob_threshold": round(prob, 3), "nms_threshold": best["nms_threshold"]}, c
+    confidence = bootstrap_win_rate(counts, default) if counts_ap(counts) > counts_ap(default) else 0.0
+    if confidence < CONFIDENCE:
+        best, counts = dict(DEFAULT_RULE), default
+    return {**best, "ap50": counts_ap(counts), "ap50_default": counts_ap(default), "confidence": round(confidence, 3)}

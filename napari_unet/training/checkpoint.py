@@ -39,9 +39,17 @@ class ModelBundle:
 
     @property
     def postprocess(self) -> dict[str, float]:
-        """Instance post-processing tuned for this model (``seed_threshold``, ``fg_threshold``, ``split_height``)."""
-        known = ("seed_threshold", "fg_threshold", "split_height")
+        """Instance post-processing tuned for this model (3-class head: ``seed_threshold``,
+        ``fg_threshold``, ``split_height``; star head: ``prob_threshold``, ``nms_threshold``)."""
+        known = ("seed_threshold", "fg_threshold", "split_height", "prob_threshold", "nms_threshold")
         return {k: v for k, v in (self.meta.get("postprocess") or {}).items() if k in known}
+
+    @property
+    def n_outputs(self) -> int:
+        """Channels of the network's output maps (classes, plus a star head's probability and rays)."""
+        from napari_unet.data.dataset import n_output_channels
+
+        return n_output_channels(self.config)
 
     @property
     def class_names(self) -> list[str]:
@@ -56,10 +64,13 @@ def build_network(cfg: TrainConfig) -> torch.nn.Module:
     """A fresh U-Net whose output channels fit the task."""
     from dataclasses import replace
 
-    from napari_unet.data.dataset import n_output_classes
+    from napari_unet.data.dataset import n_output_channels, n_output_classes
     from napari_unet.models import UNet
+    from napari_unet.models.heads import OutputMaps, is_star
 
-    return UNet(replace(cfg.model, out_channels=n_output_classes(cfg)))
+    net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg)))
+    net.activation = OutputMaps(n_output_classes(cfg), is_star(cfg))  # no parameters: the weights file is unchanged
+    return net
 
 
 def cpu_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -21,9 +21,11 @@ import torch
 
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
-from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, n_output_classes, prepare_pairs,
-                                      split_validation)
+from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, n_output_channels, n_output_classes,
+                                      prepare_pairs, split_validation)
 from napari_unet.data.normalize import has_nonfinite, prepare_image
+from napari_unet.data.star_targets import GRID, pack, star_targets, unpack
+from napari_unet.models.heads import is_star
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
 from napari_unet.training.checkpoint import (
@@ -35,7 +37,7 @@ from napari_unet.training.checkpoint import (
 )
 from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstrap_win_rate
 from napari_unet.training.device import autocast, describe, describe_precision, start_run
-from napari_unet.training.losses import segmentation_loss
+from napari_unet.training.losses import segmentation_loss, star_loss
 from napari_unet.training.validation import validate
 
 Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
@@ -99,7 +101,8 @@ class Trainer:
         """Patches of the synthetic pairs, or None when there are none or the ratio is 0."""
         if not self._synthetic or self.cfg.synthetic_ratio <= 0:
             return None
-        return PatchSampler(prepare_pairs(self._synthetic, self.cfg), self.cfg.patch_size, rng)
+        return PatchSampler(prepare_pairs(self._synthetic, self.cfg), self.cfg.patch_size, rng,
+                            with_instances=is_star(self.cfg))
 
     def _build(self, device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, list[str]]:
         net = build_network(self.cfg)
@@ -132,7 +135,7 @@ class Trainer:
         else:
             train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed,
                                                       cfg.validation_max_images)
-        sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse)
+        sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse, with_instances=is_star(cfg))
         synthetic = self._synthetic_sampler(rng)
         if synthetic is not None:
             sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
@@ -158,7 +161,7 @@ class Trainer:
         kept: dict = {}  # validation probabilities and per-image counts of the model kept so far
         step, losses, batch = 0, [], cfg.batch_size
         last_report = last_val = last_preview = last_checkpoint = start
-        k = n_output_classes(cfg)
+        k = n_output_channels(cfg)
         net.train()
 
         def fraction_done() -> float:
@@ -171,7 +174,8 @@ class Trainer:
             pending = self._take_pending()
             if pending is not None:
                 train_pairs = prepare_pairs(pending[0], cfg, pending[1])
-                sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse)
+                sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse,
+                                       with_instances=is_star(cfg))
                 if synthetic is not None:
                     sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
@@ -237,8 +241,18 @@ class Trainer:
                              "images": len(train_pairs), "validation_images": len(val_pairs),
                              "stopped_early": stopped, "batch_size": batch},
                 "validation": best_metrics}
-        postprocess = self._init.postprocess if self._init is not None and cfg.task == self._init.task else {}
-        if cfg.task == "instances" and val_pairs and (kept or not stopped):
+        same_head = self._init is not None and (self._init.task, self._init.config.instance_head) == (cfg.task, cfg.instance_head)
+        postprocess = self._init.postprocess if same_head else {}
+        if is_star(cfg) and val_pairs and (kept or not stopped):
+            tune_start = time.perf_counter()
+            postprocess = self._tune_star(net, val_pairs, dtype, kept.get("probs", []))
+            meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
+            how = "searched" if postprocess["confidence"] >= CONFIDENCE else "default (none clearly better)"
+            yield Message(f"star post-processing on {len(val_pairs)} validation image(s): AP@0.5 "
+                          f"{postprocess['ap50_default']:.3f} (default) -> {postprocess['ap50']:.3f} with the {how} "
+                          f"thresholds (probability > {postprocess['prob_threshold']}, "
+                          f"NMS overlap {postprocess['nms_threshold']})")
+        elif cfg.task == "instances" and val_pairs and (kept or not stopped):
             tune_start = time.perf_counter()
             tuned = self._tune_postprocess(net, val_pairs, dtype, kept.get("probs", []), kept.get("rule_counts"))
             meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
@@ -256,16 +270,25 @@ class Trainer:
         return bundle
 
     def _step(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-              arrays: tuple[np.ndarray, np.ndarray, np.ndarray], device: torch.device, dtype: torch.dtype | None,
+              arrays: tuple[np.ndarray, ...], device: torch.device, dtype: torch.dtype | None,
               channels_last: bool, generator: torch.Generator) -> float:
-        """One optimiser step on a batch of (images, targets, weights); returns the loss."""
-        images, targets, weights = (torch.from_numpy(a).to(device) for a in arrays)
-        images, targets, weights = augment_batch(images, targets, weights, self.cfg.augment, generator)
+        """One optimiser step on a batch of (images, targets, weights[, instance ids]); returns the loss."""
+        images, targets, weights, *ids = (torch.from_numpy(a).to(device) for a in arrays)
+        if ids:  # star head: the ids go through the same nearest-neighbour warp as the classes
+            images, codes, weights = augment_batch(images, pack(targets, ids[0]), weights, self.cfg.augment, generator)
+            targets, warped = unpack(codes)
+        else:
+            images, targets, weights = augment_batch(images, targets, weights, self.cfg.augment, generator)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             logits = net(images)  # (B, K, P, P)
-        loss = segmentation_loss(logits, targets, weights, self.cfg.loss.dice_weight)
+        if ids:
+            prob, dist = (torch.from_numpy(a).to(device) for a in star_targets(warped.cpu().numpy(), self.cfg.n_rays))
+            loss = star_loss(logits, targets, weights, prob, dist, n_output_classes(self.cfg),
+                             self.cfg.loss.dice_weight, GRID)
+        else:
+            loss = segmentation_loss(logits, targets, weights, self.cfg.loss.dice_weight)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -313,6 +336,18 @@ class Trainer:
             return None  # the argmax rule
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
+    def _tune_star(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
+                   maps: list[np.ndarray]) -> dict:
+        """The star head's NMS thresholds chosen on the validation images (``tune_star_thresholds``)."""
+        from napari_unet.inference.predict import predict_normalized
+        from napari_unet.training.calibrate import tune_star_thresholds
+
+        if not maps:
+            maps = [predict_normalized(net, p.image, n_output_channels(self.cfg), PredictConfig(), dtype)
+                    for p in val_pairs]
+        tuned = tune_star_thresholds(maps, [p.instances for p in val_pairs])
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
+
     def _save_checkpoint(self, net: torch.nn.Module, step: int, seconds: float) -> None:
         """Save the current weights atomically so a killed run still leaves a usable model."""
         meta = {"training": {"steps": step, "seconds": round(seconds, 1), "checkpoint": True}}
@@ -332,13 +367,14 @@ class Trainer:
 
                 enable_mc_dropout(net)
                 maps = mc_uncertainty(np.stack([predict_normalized(net, chw, k, PredictConfig(), dtype)
-                                                for _ in range(self.cfg.preview_mc_samples)]))
+                                                for _ in range(self.cfg.preview_mc_samples)]), n_output_classes(self.cfg))
                 probs, uncertainty = maps["probabilities"], maps["epistemic"]
             else:
                 probs = predict_normalized(net, chw, k, PredictConfig(), dtype)
         finally:
             net.train()
-        return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task), uncertainty)
+        return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task, head=self.cfg.instance_head),
+                       uncertainty)
 
 
 def train(pairs: Pairs, cfg: TrainConfig, **kwargs) -> Generator[object, None, ModelBundle]:

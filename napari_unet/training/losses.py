@@ -37,3 +37,24 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch
     if dice_weight > 0:
         loss = loss + dice_weight * soft_dice_loss(logits, target)
     return loss
+
+
+def star_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, prob: torch.Tensor,
+              dist: torch.Tensor, n_classes: int, dice_weight: float = 0.0, grid: int = 2) -> torch.Tensor:
+    """Border-weighted CE on the class channels + BCE on the object probability + the
+    probability-weighted L1 of the ray lengths (StarDist's loss, in ``DIST_SCALE`` units).
+
+    logits (B, K + 1 + R, H, W); target, weights, prob (B, H, W); dist (B, R, H/grid, W/grid)
+    in pixels. Unannotated pixels (``IGNORE``) count in none of the terms.
+    """
+    from napari_unet.models.heads import DIST_SCALE
+
+    logits = logits.float()
+    loss = segmentation_loss(logits[:, :n_classes], target, weights, dice_weight)
+    valid = (target != IGNORE).float()  # (B, H, W)
+    bce = F.binary_cross_entropy_with_logits(logits[:, n_classes], prob, reduction="none")  # (B, H, W)
+    loss = loss + (bce * valid).sum() / valid.sum().clamp(min=1)
+    rays = logits[:, n_classes + 1:, ::grid, ::grid]  # (B, R, h, w) in DIST_SCALE units
+    mask = (prob * valid)[:, None, ::grid, ::grid]  # (B, 1, h, w): StarDist weights rays by the probability
+    l1 = (rays - dist / DIST_SCALE).abs().mean(dim=1, keepdim=True)  # (B, 1, h, w)
+    return loss + (l1 * mask).sum() / mask.sum().clamp(min=1e-6)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from napari_unet.config import PredictConfig, TrainConfig
-from napari_unet.data.dataset import PreparedPair, n_output_classes
+from napari_unet.data.dataset import PreparedPair, n_output_channels, n_output_classes
+from napari_unet.models.heads import is_star
 from napari_unet.inference.postprocess import instances_from_probabilities
 from napari_unet.training.calibrate import counts_ap, rule_counts
 
@@ -48,7 +49,7 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     was_training = net.training
     net.eval()
     pcfg = PredictConfig()
-    k = n_output_classes(cfg)
+    k = n_output_channels(cfg)
     try:
         probs = []
         for p in pairs:
@@ -59,6 +60,8 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
         net.train(was_training)
     if keep is not None:
         keep["probs"] = probs
+    if is_star(cfg):
+        return _star_scores(probs, [p.instances for p in pairs], keep)
     if cfg.task == "instances":
         metrics = evaluate_instances([(instances_from_probabilities(pr), p.instances) for pr, p in zip(probs, pairs)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
@@ -74,6 +77,19 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
         return scores
     preds = np.concatenate([pr.argmax(0).ravel() for pr in probs])
     targets = np.concatenate([p.target.ravel() for p in pairs])
-    scores = semantic_scores(preds, targets, k)
+    scores = semantic_scores(preds, targets, n_output_classes(cfg))
     scores["score"] = scores["iou"]
+    return scores
+
+
+def _star_scores(maps: list[np.ndarray], gts: list[np.ndarray], keep: dict | None) -> dict[str, float]:
+    """Star head: AP@0.5 with the default NMS thresholds (``score``), per-image counts in ``keep``."""
+    from napari_unet.inference.star import DEFAULT_RULE, instances_from_star
+    from napari_unet.metrics import evaluate_instances
+
+    metrics = evaluate_instances([(instances_from_star(m, 10, **DEFAULT_RULE), g) for m, g in zip(maps, gts)])
+    scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
+    scores["score"] = scores["ap50"]
+    if keep is not None:
+        keep["counts"] = np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in metrics["per_image"]], np.float64)
     return scores

@@ -70,7 +70,7 @@ class TrainRun:
                synthetic: list | None = None):
         """The worker's generator: load the starting model, train, then preview the best model."""
         from napari_unet.events import Message, Preview
-        from napari_unet.inference.postprocess import labels_from_probabilities
+        from napari_unet.inference.postprocess import labels_for
         from napari_unet.inference.predict import predict_probabilities
         from napari_unet.training.checkpoint import load_bundle
         from napari_unet.training.engine import Trainer
@@ -95,7 +95,7 @@ class TrainRun:
         bundle = yield from self.trainer.run()
         if self.preview is not None:
             probs = predict_probabilities(bundle, self.preview)
-            yield Preview(-1, 0, probs, labels_from_probabilities(probs, bundle.task, **bundle.postprocess))
+            yield Preview(-1, 0, probs, labels_for(bundle, probs))
         return bundle
 
 
