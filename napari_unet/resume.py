@@ -83,15 +83,24 @@ def write_record(out_dir: Path, rel: str | Path, image: Path, key: str, outputs:
                                            "outputs": names, "row": row})
 
 
-def clear_leftovers(folder: Path, names: Iterable[str]) -> None:
-    """Remove what a killed run left beside the outputs ``names`` in ``folder``: temporary files
-    (``.NAME.XXXXXXXX.tmp``), staging stores (``.NAME.tmp``, ``.NAME.work``, ``.NAME.seeds``,
-    ``.NAME.partial``, ``.NAME.old``). Call before any worker starts writing."""
+def clear_leftovers(out_dir: Path, rel: str | Path, names: Iterable[str]) -> None:
+    """Remove what a killed run left behind for the input with output stem ``rel``: beside its
+    outputs ``names`` temporary files (``.NAME.XXXXXXXX.tmp``) and staging stores (``.NAME.tmp``,
+    ``.NAME.work``, ``.NAME.seeds``, ``.NAME.partial``, ``.NAME.old``), and its record's temporary.
+    Call before any worker starts writing."""
+    folder = (Path(out_dir) / rel).parent
     for name in names:
         for path in (folder / f".{name}{end}" for end in (".tmp", ".work", ".seeds", ".partial", ".old")):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             elif path.exists():
                 path.unlink(missing_ok=True)
-        for stale in glob.glob(os.path.join(glob.escape(str(folder)), f".{glob.escape(name)}.{'?' * 8}.tmp")):
-            Path(stale).unlink(missing_ok=True)
+        _remove_temporaries(folder, name)
+    record = record_path(out_dir, rel)
+    _remove_temporaries(record.parent, record.name)
+
+
+def _remove_temporaries(folder: Path, name: str) -> None:
+    """``io.write_atomic_bytes`` temporaries of ``folder/name`` (``.NAME.`` + 8 random characters + ``.tmp``)."""
+    for stale in glob.glob(os.path.join(glob.escape(str(folder)), f".{glob.escape(name)}.{'?' * 8}.tmp")):
+        Path(stale).unlink(missing_ok=True)

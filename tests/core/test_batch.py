@@ -183,3 +183,25 @@ def test_other_settings_or_model_redo_complete_files(setup, tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, "--probabilities"]) == 0
     assert "skipping" not in capsys.readouterr().out and all(_mtimes(out)[n] > second[n] for n in second)
+
+
+def test_stopping_a_batch_keeps_the_summary_of_finished_files(setup, tmp_path):
+    from napari_unet.events import Message, Progress
+
+    model, images = setup
+    inputs = collect_inputs([images], recursive=True)
+    gen = predict_batch(model, inputs, tmp_path / "o")
+    assert next(event for event in gen if isinstance(event, Progress)).done == 1
+    gen.close()  # what Cancel in the widget does: stop at the next yield
+    assert [r["file"].rsplit("/", 1)[1] for r in _rows(tmp_path / "o" / "summary.csv")] == ["n0.png"]
+    assert not (tmp_path / "o" / "n1.tif").exists()
+    events = []
+    gen = predict_batch(model, inputs, tmp_path / "o")
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        rows = stop.value
+    texts = [e.text for e in events if isinstance(e, Message)]
+    assert texts[0].startswith("skipping 1 file(s)") and texts[1].startswith("predicting 2 file(s)")
+    assert [r["status"] for r in rows] == ["ok"] * 3 and events[-1].summary["skipped"] == 1
