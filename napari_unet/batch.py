@@ -2,52 +2,41 @@
 written as TIFF / PNG / OME-Zarr with optional probabilities and uncertainty, plus a per-image
 summary CSV.
 
-``predict_batch`` is a generator (``Progress`` per finished file, ``Message`` for skipped work,
-then ``Finished``); stopping it between files cancels the rest. Work runs through an executor
-with ``submit`` and ``as_completed``: a ``ThreadPoolExecutor`` locally, a ``distributed.Client``
-when ``scheduler`` is an address. Each task is ``predict_one`` with plain arguments, so it
-pickles to remote workers, which load the model folder once per worker thread.
+``predict_batch`` is a generator (``Progress`` per finished file, ``Message`` for skipped work
+and for each failed file, then ``Finished``); stopping it between files cancels the rest. Work
+runs through an executor with ``submit`` and ``as_completed``: a ``ThreadPoolExecutor``
+locally, a ``distributed.Client`` when ``scheduler`` is an address. Each task is ``predict_one``
+with plain arguments, so it pickles to remote workers, which load the model folder once per
+worker thread.
+
+A file that cannot be read or predicted becomes a ``failed`` row (``status``/``error`` columns)
+and the run goes on; only errors of the destination (``OutputError``: read-only folder, full
+disk) stop it. Outputs are written atomically and each finished file gets a completion record
+(``napari_unet.resume``), so re-running after a crash or kill skips what is complete.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import as_completed as local_as_completed
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Generator, Iterable, Literal
+from typing import Any, Generator, Iterable
 
-import numpy as np
-
+from napari_unet.batch_file import (_MODELS, _MODELS_LOCK, SUFFIX, SUMMARY_FIELDS, BatchConfig, OutputFormat,
+                                    cached_model, failed_row, predict_file_events, predict_one, stops_the_batch,
+                                    summary_row)
 from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
 from napari_unet.io import IMAGE_SUFFIXES
+from napari_unet.resume import clear_leftovers, completed_row, run_key
 
-OutputFormat = Literal["tif", "png", "ome-zarr"]
-SUFFIX = {"tif": ".tif", "png": ".png", "ome-zarr": ".ome.zarr"}
 SCHEDULER_TIMEOUT = "10s"  # how long to try reaching a dask scheduler
-SUMMARY_FIELDS = ["file", "output", "objects", "mean_area", "foreground_fraction", "mean_uncertainty",
-                  "mean_object_uncertainty", "seconds"]
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    """What batch prediction writes and where it runs."""
-
-    format: OutputFormat = "tif"
-    probabilities: bool = False  # also write <stem>_probabilities (K, *S) float32
-    uncertainty: bool = False  # MC-dropout: write <stem>_uncertainty (total, aleatoric, epistemic)
-    mc_samples: int = 8  # dropout samples when ``uncertainty``
-    workers: int = 1  # local threads working on different files
-    scheduler: str | None = None  # dask.distributed scheduler address; None = local threads
-    large_pixels: int = 64_000_000  # images with more pixels (and Zarr inputs) are streamed
-    summary: str = "summary.csv"  # written in the output folder
+__all__ = ["BatchConfig", "OutputFormat", "SUFFIX", "SUMMARY_FIELDS", "batch_key", "cached_model", "collect_inputs",
+           "failed_row", "predict_batch", "predict_one", "summary_row", "write_summary"]
 
 
 def collect_inputs(inputs: Iterable[str | Path], recursive: bool = False) -> list[tuple[Path, Path]]:
@@ -83,149 +72,12 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-_MODELS: dict[tuple[str, str, int, int], Any] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def cached_model(model: str, device: str = "auto", preloaded: Any = None) -> Any:
-    """The model folder's bundle, loaded once per thread (MC-dropout switches module modes)."""
-    from napari_unet.training.checkpoint import load_bundle
-    from napari_unet.training.device import resolve_device
-
-    key = (str(model), device, threading.get_ident(), id(preloaded))
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = copy.deepcopy(preloaded) if preloaded is not None else load_bundle(model, resolve_device(device))
-        return _MODELS[key]
-
-
-def _is_large(path: Path, limit: int) -> bool:
-    if path.suffix == ".zarr":
-        return True
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                shape = tif.series[0].shape
-        except Exception:  # corrupt or empty: read_image reports it in one line
-            return False
-        return int(np.prod(shape[:2] if len(shape) >= 2 else shape)) > limit and len(shape) <= 3
-    return False
-
-
-def _open_lazy(path: Path) -> Any:
-    if path.suffix == ".zarr":
-        from napari_unet.omezarr import open_ome_zarr
-
-        return open_ome_zarr(path)
-    import tifffile
-    import zarr
-
-    return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-
-
-def _write(path: Path, data: np.ndarray, fmt: str, axes: list[str] | None = None, labels: bool = False) -> Path:
-    from napari_unet.io import write_image
-    from napari_unet.omezarr import write_ome_zarr
-
-    if fmt == "ome-zarr":
-        return write_ome_zarr(path, data, axes, labels=labels)
-    if fmt == "png" and data.dtype.kind in "ui" and data.size and int(data.max()) >= 2**16:
-        raise UserError(f"{path.name}: {int(data.max())} labels do not fit a PNG; use --format tif")
-    write_image(path, data)
-    return path
-
-
-def predict_one(model: str, image_path: str, out_dir: str, rel: str, pcfg: PredictConfig,
-                bcfg: BatchConfig, preloaded: Any = None) -> dict[str, Any]:
-    """Predict one file and write its outputs; returns its summary row (runs on any worker)."""
-    run = predict_one_events(model, image_path, out_dir, rel, pcfg, bcfg, preloaded)
-    try:
-        while True:
-            next(run)
-    except StopIteration as stop:
-        return stop.value
-
-
-def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg: PredictConfig,
-                       bcfg: BatchConfig, preloaded: Any = None) -> Generator[object, None, dict[str, Any]]:
-    """``predict_one`` as a generator: streamed (large) images yield ``Progress`` per tile."""
-    from napari_unet.inference.uncertainty import entropy
-    from napari_unet.io import labels_dtype, read_image
-
-    start = time.perf_counter()
-    bundle = cached_model(model, pcfg.device, preloaded)
-    path, out = Path(image_path), Path(out_dir) / rel
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if bundle.config.model.dims == 2 and _is_large(path, bcfg.large_pixels):
-        return (yield from _predict_streamed(bundle, path, out, pcfg, bcfg, start))
-    from napari_unet.inference.predict import predict_image
-
-    cfg = replace(pcfg, mc_samples=bcfg.mc_samples if bcfg.uncertainty else 0)
-    try:
-        pred = predict_image(bundle, read_image(path), cfg)
-    except MemoryError:
-        raise UserError(f"out of memory (RAM) predicting {path.name}; use a smaller tile size") from None
-    labels = pred.labels
-    if bundle.task == "instances":
-        labels = labels.astype(labels_dtype(int(labels.max()) if labels.size else 0))
-    spatial = ["z", "y", "x"][-labels.ndim:]
-    target = _write(out.with_name(out.name + SUFFIX[bcfg.format]), labels, bcfg.format, spatial, labels=True)
-    extra_fmt = "ome-zarr" if bcfg.format == "ome-zarr" else "tif"
-    if bcfg.probabilities:
-        _write(out.with_name(out.name + "_probabilities" + SUFFIX[extra_fmt]), pred.probabilities, extra_fmt,
-               ["c", *spatial])
-    uncertainty = pred.uncertainty.get("total")
-    if bcfg.uncertainty and pred.uncertainty:
-        maps = np.stack([pred.uncertainty[k] for k in ("total", "aleatoric", "epistemic")])
-        _write(out.with_name(out.name + "_uncertainty" + SUFFIX[extra_fmt]), maps, extra_fmt, ["c", *spatial])
-    if uncertainty is None:
-        uncertainty = entropy(pred.probabilities)  # predictive entropy of a single pass
-    return summary_row(path, target, labels, bundle.task, uncertainty, time.perf_counter() - start)
-
-
-def _predict_streamed(bundle: Any, path: Path, out: Path, pcfg: PredictConfig, bcfg: BatchConfig,
-                      start: float) -> Generator[object, None, dict[str, Any]]:
-    """Large images: streamed to OME-Zarr pyramids by ``inference.large`` (with ``uncertainty``,
-    MC-dropout maps streamed the same way); the summary row is computed block by block."""
-    from napari_unet.inference.large import predict_large, streamed_summary
-    from napari_unet.omezarr import open_ome_zarr
-
-    cfg = replace(pcfg, mc_samples=bcfg.mc_samples if bcfg.uncertainty else 0)
-    run = predict_large(bundle, _open_lazy(path), out.with_name(out.name + ".ome.zarr"), cfg, bcfg.probabilities)
-    try:
-        while True:
-            event = next(run)
-            if isinstance(event, Progress):
-                yield Progress(event.done, event.total, event.elapsed, f"{path.name}: {event.message}")
-    except StopIteration as stop:
-        result = stop.value
-    maps = open_ome_zarr(result.uncertainty) if result.uncertainty is not None else None  # lazy
-    row = {"mean_uncertainty": "", "mean_object_uncertainty": "", **streamed_summary(open_ome_zarr(result.labels), maps)}
-    return {"file": str(path), "output": str(result.labels), "objects": result.objects, **row,
-            "seconds": round(time.perf_counter() - start, 3)}
-
-
-def summary_row(path: Path, target: Path, labels: np.ndarray, task: str, uncertainty: np.ndarray,
-                seconds: float) -> dict[str, Any]:
-    """Objects, mean object area (pixels), foreground fraction and mean uncertainty (nats)."""
-    fg = labels > 0
-    objects = int(len(np.unique(labels[fg]))) if task == "instances" else 0
-    return {"file": str(path), "output": str(target), "objects": objects,
-            "mean_area": round(float(fg.sum()) / objects, 2) if objects else 0.0,
-            "foreground_fraction": round(float(fg.mean()), 5),
-            "mean_uncertainty": round(float(uncertainty.mean()), 5),
-            "mean_object_uncertainty": round(float(uncertainty[fg].mean()), 5) if fg.any() else 0.0,
-            "seconds": round(seconds, 3)}
-
-
 def write_summary(path: Path, rows: list[dict[str, Any]]) -> Path:
     """The per-image CSV, written atomically."""
     from napari_unet.io import write_atomic_bytes
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", restval="")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: r["file"]))
     write_atomic_bytes(path, buf.getvalue().encode())
@@ -249,13 +101,25 @@ def _executor(bcfg: BatchConfig) -> tuple[Any, Any, Any]:
     return pool, local_as_completed, lambda: pool.shutdown(wait=True, cancel_futures=True)
 
 
-def predict_batch(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: str | Path,
-                  pcfg: PredictConfig = PredictConfig(), bcfg: BatchConfig = BatchConfig(),
-                  preloaded: Any = None) -> Generator[object, None, list[dict[str, Any]]]:
-    """Predict every (file, relative output stem) of ``inputs`` into ``out_dir``; returns the
-    summary rows (also written to ``out_dir/bcfg.summary``). With one local worker the files run
-    in this thread (tile progress for streamed images; stopping takes effect between tiles)."""
-    out_dir = Path(out_dir)
+def batch_key(model: str | Path, pcfg: PredictConfig, bcfg: BatchConfig, preloaded: Any = None) -> str:
+    """``resume.run_key`` of the model and of the settings that change what a batch writes."""
+    from napari_unet.training.checkpoint import load_bundle
+
+    bundle = preloaded if preloaded is not None else load_bundle(model)
+    settings = {"tile_size": pcfg.tile_size, "overlap": pcfg.overlap, "min_size": pcfg.min_size,
+                "format": bcfg.format, "probabilities": bcfg.probabilities, "uncertainty": bcfg.uncertainty,
+                "mc_samples": bcfg.mc_samples if bcfg.uncertainty else 0, "large_pixels": bcfg.large_pixels}
+    return run_key(bundle, settings)
+
+
+def output_names(stem: str) -> list[str]:
+    """Every name an input with output stem ``stem`` may write (any format, extras, staging)."""
+    labels = [stem + s for s in SUFFIX.values()]
+    extras = [f"{stem}_{kind}{s}" for kind in ("probabilities", "uncertainty") for s in (".tif", ".ome.zarr")]
+    return [stem, *labels, *extras]
+
+
+def _prepare(out_dir: Path, bcfg: BatchConfig) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output folder {out_dir} exists and is not a folder")
     try:
@@ -264,39 +128,96 @@ def predict_batch(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: s
         raise UserError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
     if bcfg.uncertainty and bcfg.mc_samples < 2:
         raise UserError("uncertainty needs at least 2 MC-dropout samples")
+
+
+def predict_batch(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: str | Path,
+                  pcfg: PredictConfig = PredictConfig(), bcfg: BatchConfig = BatchConfig(),
+                  preloaded: Any = None) -> Generator[object, None, list[dict[str, Any]]]:
+    """Predict every (file, relative output stem) of ``inputs`` into ``out_dir``; returns the
+    summary rows of all inputs (also written to ``out_dir/bcfg.summary``): ``status`` ok, or
+    failed with an ``error`` for a file that could not be read or predicted (the run goes on;
+    a ``Message`` at level ``error`` tells each). Files already complete from an earlier run with
+    the same model and settings are skipped unless ``bcfg.overwrite`` (see ``napari_unet.resume``).
+    With one local worker the files run in this thread (tile progress for streamed images;
+    stopping takes effect between tiles). ``Finished.summary`` counts images, objects, failed, skipped."""
+    out_dir = Path(out_dir)
+    _prepare(out_dir, bcfg)
+    key = batch_key(model, pcfg, bcfg, preloaded)
+    done = {} if bcfg.overwrite else {rel: completed_row(out_dir, rel, p, key) for p, rel in inputs}
+    done = {rel: row for rel, row in done.items() if row is not None}
+    todo = [(p, rel) for p, rel in inputs if rel not in done]
+    for _, rel in todo:  # before any worker starts: nothing of this run is removed
+        clear_leftovers(out_dir, rel, output_names(rel.name))
+    clear_leftovers(out_dir, bcfg.summary, [bcfg.summary])
     inline = not bcfg.scheduler and bcfg.workers <= 1
     where = f"dask scheduler {bcfg.scheduler}" if bcfg.scheduler else f"{max(1, bcfg.workers)} local worker(s)"
-    yield Message(f"predicting {len(inputs)} file(s) on {where}")
+    if done:
+        yield Message(f"skipping {len(done)} file(s) whose outputs are already complete (overwrite to redo them)")
+    yield Message(f"predicting {len(todo)} file(s) on {where}")
     local = preloaded if not bcfg.scheduler else None  # remote workers load the folder themselves
     start, rows = time.perf_counter(), []
     try:
         if inline:
-            for p, rel in inputs:
-                rows.append((yield from predict_one_events(str(model), str(p), str(out_dir), str(rel), pcfg, bcfg,
-                                                           local)))
-                yield Progress(len(rows), len(inputs), time.perf_counter() - start, p.name)
-        else:
-            yield from _run_parallel(model, inputs, out_dir, pcfg, bcfg, local, rows, start)
+            for p, rel in todo:
+                row = yield from predict_file_events(str(model), str(p), str(out_dir), str(rel), pcfg, bcfg, local,
+                                                     key)
+                yield from _finished_file(row, rows, len(todo), start)
+        elif todo:
+            yield from _run_parallel(model, todo, out_dir, pcfg, bcfg, local, key, rows, start)
+    except (GeneratorExit, KeyboardInterrupt):  # stopped: the summary still lists what is finished
+        _summary_after_stop(out_dir, bcfg, inputs, key, rows)
+        raise
     finally:
         with _MODELS_LOCK:  # per-thread copies of a preloaded model are not needed after the run
-            for key in [k for k in _MODELS if local is not None and k[3] == id(local)]:
-                del _MODELS[key]
+            for k in [k for k in _MODELS if local is not None and k[3] == id(local)]:
+                del _MODELS[k]
+    rows = [*done.values(), *rows]
     summary = write_summary(out_dir / bcfg.summary, rows)
-    yield Finished(summary, {"images": len(rows), "objects": sum(int(r["objects"] or 0) for r in rows)})
-    return rows
+    failed = sum(r["status"] == "failed" for r in rows)
+    yield Finished(summary, {"images": len(rows) - failed, "objects": sum(int(r["objects"] or 0) for r in rows),
+                             "failed": failed, "skipped": len(done)})
+    return sorted(rows, key=lambda r: r["file"])
 
 
-def _run_parallel(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: Path, pcfg: PredictConfig,
-                  bcfg: BatchConfig, local: Any, rows: list[dict[str, Any]], start: float) -> Generator[object, None, None]:
-    """Submit one task per file to the executor; append rows and yield ``Progress`` as they finish."""
-    executor, as_completed, close = _executor(bcfg)
-    futures = []
+def _finished_file(row: dict[str, Any], rows: list[dict[str, Any]], total: int,
+                   start: float) -> Generator[object, None, None]:
+    rows.append(row)
+    name = Path(row["file"]).name
+    if row["status"] == "failed":
+        yield Message(f"failed: {name}: {row['error']}", "error")
+    yield Progress(len(rows), total, time.perf_counter() - start, name)
+
+
+def _summary_after_stop(out_dir: Path, bcfg: BatchConfig, inputs: list[tuple[Path, Path]], key: str,
+                        rows: list[dict[str, Any]]) -> None:
+    """Best effort on Ctrl-C or cancel: the summary of every input finished so far (from disk)."""
+    failed = [r for r in rows if r["status"] == "failed"]
+    finished = [row for p, rel in inputs if (row := completed_row(out_dir, rel, p, key)) is not None]
     try:
-        futures = [executor.submit(predict_one, str(model), str(p), str(out_dir), str(rel), pcfg, bcfg, local)
-                   for p, rel in inputs]
-        for future in as_completed(futures):
-            rows.append(future.result())
-            yield Progress(len(rows), len(inputs), time.perf_counter() - start, Path(rows[-1]["file"]).name)
+        write_summary(out_dir / bcfg.summary, finished + failed)
+    except UserError:
+        pass
+
+
+def _run_parallel(model: str | Path, todo: list[tuple[Path, Path]], out_dir: Path, pcfg: PredictConfig,
+                  bcfg: BatchConfig, local: Any, key: str, rows: list[dict[str, Any]],
+                  start: float) -> Generator[object, None, None]:
+    """Submit one task per file to the executor; append rows and yield events as they finish. A
+    task that fails on its worker (or whose worker is lost for good) becomes that file's failed row."""
+    executor, as_completed, close = _executor(bcfg)
+    futures: dict[Any, Path] = {}
+    try:
+        for p, rel in todo:
+            futures[executor.submit(predict_one, str(model), str(p), str(out_dir), str(rel), pcfg, bcfg, local,
+                                    key)] = p
+        for future in as_completed(list(futures)):
+            try:
+                row = future.result()
+            except Exception as exc:  # e.g. distributed.KilledWorker, or an error outside predict_one
+                if stops_the_batch(exc):
+                    raise
+                row = failed_row(futures[future], exc)
+            yield from _finished_file(row, rows, len(todo), start)
     finally:
         for future in futures:
             future.cancel()

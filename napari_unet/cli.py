@@ -1,7 +1,8 @@
 """Command-line interface: ``napari-unet train | predict | evaluate | demo``.
 
-Bad input ends with one line on stderr and exit code 2, never a traceback (set
-``NAPARI_UNET_DEBUG=1`` to see tracebacks of unexpected errors).
+Exit codes: 0 done; 2 bad input or usage (one line on stderr, never a traceback); 1 when some
+files of a ``predict`` batch failed (one line each, the others are still predicted) or on an
+unexpected error (set ``NAPARI_UNET_DEBUG=1`` to see its traceback); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def drive(events: Generator, desc: str, quiet: bool = False):
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items() if k != "score")
                 bar.write(f"step {event.step}: validation {shown}{' (best)' if event.best else ''}")
             elif isinstance(event, Message):
-                bar.write(event.text)
+                bar.write(event.text, file=sys.stderr if event.level == "error" else None)
     finally:
         bar.close()
 
@@ -150,9 +151,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError("--workers must be >= 1 and --mc-samples >= 2")
     cfg = PredictConfig(tile_size=args.tile_size, device=args.device)
     bcfg = BatchConfig(format=args.format, probabilities=args.probabilities, uncertainty=args.uncertainty,
-                       mc_samples=args.mc_samples, workers=args.workers, scheduler=args.scheduler)
+                       mc_samples=args.mc_samples, workers=args.workers, scheduler=args.scheduler,
+                       overwrite=args.overwrite)
     rows = drive(predict_batch(folder, inputs, Path(args.out), cfg, bcfg, preloaded=bundle), "predicting", args.quiet)
-    print(f"wrote {len(rows)} label image(s) and {bcfg.summary} to {args.out}")
+    failed = sum(row["status"] == "failed" for row in rows)
+    print(f"{len(rows) - failed} label image(s) and {bcfg.summary} in {args.out}")
+    if failed:
+        print(f"napari-unet: {failed} of {len(rows)} files failed (see the status and error columns of "
+              f"{Path(args.out) / bcfg.summary})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -248,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mc-samples", type=int, default=8, help="dropout samples for --uncertainty")
     p.add_argument("--workers", type=int, default=1, help="files predicted in parallel (local threads)")
     p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler to run on")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict every file again (default: skip files an earlier run of the same model "
+                        "and settings completed in --out)")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predicted masks against ground truth")
@@ -280,8 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    import logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # a corrupt file's own one-line error says enough
     try:
         return args.func(args)
     except UserError as exc:

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from napari_unet.errors import UserError
+from napari_unet.errors import OutputError, UserError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 WEIGHTS_FILE = "model.safetensors"
@@ -89,10 +89,25 @@ def pair_files(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) -> l
     return pairs
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def _atomic_target(path: Path) -> Path:
+    """A temporary file beside ``path`` with the permissions a plain ``open`` would give it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it private (0600)
+    except (OSError, AttributeError):  # no fchmod (Windows) or a file system without modes
+        pass
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
@@ -110,7 +125,7 @@ def write_atomic_bytes(path: str | os.PathLike, data: bytes) -> None:
     except OSError as exc:
         if tmp is not None:
             tmp.unlink(missing_ok=True)  # a full disk must not also keep a half-written temporary
-        raise UserError(f"cannot write {path}: {_os_reason(exc)}") from None
+        raise OutputError(f"cannot write {path}: {_os_reason(exc)}") from None
 
 
 def _os_reason(exc: OSError) -> str:

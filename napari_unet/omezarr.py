@@ -21,7 +21,7 @@ from typing import Any, Generator, Literal, Sequence
 
 import numpy as np
 
-from napari_unet.errors import UserError
+from napari_unet.errors import OutputError, UserError
 from napari_unet.events import Progress
 
 NGFF_VERSION = "0.4"
@@ -82,7 +82,7 @@ def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, c
         array = group.create_array("0", shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype),
                                    fill_value=0)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     attrs = multiscales_attrs(axes, name or Path(path).name, scale)
     if labels:
         attrs["image-label"] = {"version": NGFF_VERSION}
@@ -146,14 +146,31 @@ def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, axes: Sequence[str
     shutil.rmtree(staging, ignore_errors=True)
     axes = list(axes or default_axes(data.ndim))
     chunks = [1 if a == "c" else min(chunk, s) for a, s in zip(axes, data.shape)]
-    array = create_ome_zarr(staging, data.shape, data.dtype, chunks, axes, labels, path.name, scale)
-    array[...] = data
-    for _ in build_pyramid(staging, min_size=min_size):
-        pass
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(staging, path)
+    try:
+        array = create_ome_zarr(staging, data.shape, data.dtype, chunks, axes, labels, path.name, scale)
+        array[...] = data
+        for _ in build_pyramid(staging, min_size=min_size):
+            pass
+        replace_store(staging, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only left when something failed
     return path
+
+
+def replace_store(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the finished store (a folder) ``source`` to ``target``, replacing what is there; readers
+    see the old store, none, or the new one, never a partly written one."""
+    source, target = Path(source), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, target)
 
 
 def open_ome_zarr(path: str | os.PathLike) -> Any:

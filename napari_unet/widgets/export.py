@@ -10,14 +10,15 @@ from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
 
-SHOWN = ["file", "objects", "mean_area", "mean_uncertainty", "seconds"]
+SHOWN = ["file", "status", "objects", "mean_area", "mean_uncertainty", "seconds", "error"]
 
 if TYPE_CHECKING:
     import napari
 
 
 class ExportWidget(PluginWidget):
-    """Model, input folder, output folder and format; progress, cancel, per-image summary."""
+    """Model, input folder, output folder and format; progress, cancel, per-image summary (failed
+    files are rows with their error; files an earlier export completed are skipped)."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
@@ -30,13 +31,16 @@ class ExportWidget(PluginWidget):
         self.format = ComboBox(label="Format", choices=["tif", "png", "ome-zarr"], value="tif")
         self.probabilities = CheckBox(text="Also write probabilities", value=False)
         self.uncertainty = CheckBox(text="Also write MC-dropout uncertainty", value=False)
+        self.overwrite = CheckBox(text="Predict files already done again", value=False,
+                                  tooltip="off: files an earlier export completed in the output folder are skipped")
         self.run_button = PushButton(text="Export")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="")
         self.table = Table(value=_table([]))
+        self._counts: dict = {}  # Finished.summary of the last run (images, failed, skipped)
         self.extend([self.model, self.model_folder, self.inputs, self.recursive, self.output, self.format,
-                     self.probabilities, self.uncertainty,
+                     self.probabilities, self.uncertainty, self.overwrite,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status, self.table])
         self.model.changed.connect(lambda v: setattr(self.model_folder, "visible", v == FOLDER))
@@ -72,7 +76,7 @@ class ExportWidget(PluginWidget):
             show_warning(str(exc))
             return
         bcfg = BatchConfig(format=self.format.value, probabilities=self.probabilities.value,
-                           uncertainty=self.uncertainty.value)
+                           uncertainty=self.uncertainty.value, overwrite=self.overwrite.value)
         pcfg = PredictConfig(threads=gui_threads())
         out = self.output.value
 
@@ -83,6 +87,7 @@ class ExportWidget(PluginWidget):
 
         self.table.value = _table([])
         self.progress.value = 0
+        self._counts = {}
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.worker = run_in_thread(events, self._on_event, self._on_done, self._on_error, self._on_finished)
 
@@ -99,22 +104,34 @@ class ExportWidget(PluginWidget):
 
     @unless_closed
     def _on_event(self, event: Any) -> None:
-        from napari_unet.events import Message, Progress
+        from napari_unet.events import Finished, Message, Progress
 
         if isinstance(event, Progress) and event.total:
             self.progress.value = int(1000 * event.done / event.total)
             self.status.value = f"{event.done}/{event.total} · {event.message} · {format_seconds(event.eta)} left"
         elif isinstance(event, Message):
             self.status.value = event.text
+        elif isinstance(event, Finished):
+            self._counts = dict(event.summary)
 
     @unless_closed
     def _on_done(self, rows: list[dict]) -> None:
         from pathlib import Path
 
+        from napari.utils.notifications import show_warning
+
         data = [[Path(row["file"]).name, *(_short(row.get(c)) for c in SHOWN[1:])] for row in rows]
         self.table.value = _table(data)
         self.progress.value = 1000
-        self.status.value = f"exported {len(rows)} image(s) to {self.output.value}"
+        failed = sum(row["status"] == "failed" for row in rows)
+        skipped = self._counts.get("skipped", 0)
+        notes = [f"{skipped} already done"] if skipped else []
+        notes += [f"{failed} of {len(rows)} failed"] if failed else []
+        self.status.value = (f"exported {len(rows) - failed} image(s) to {self.output.value}"
+                             + (f" ({', '.join(notes)})" if notes else ""))
+        if failed:
+            show_warning(f"{failed} of {len(rows)} files could not be predicted: see the table "
+                         f"(status, error) and summary.csv")
 
     _on_error = show_failure
 

@@ -1,7 +1,9 @@
 """Bad input gets one clear line, everywhere: a table of cases through the CLI and the core API.
 
-CLI cases assert exit code 2, exactly one line on stderr and no traceback; inputs that are
-merely unusual (NaN pixels, constant images, other dtypes, colour, tiny or odd sizes) must work.
+CLI cases assert exit code 2, exactly one line on stderr and no traceback; an input file of a
+``predict`` batch that cannot be read or predicted is one line of its own and exit code 1 (the
+other files are still predicted, tests/core/test_batch.py); inputs that are merely unusual (NaN
+pixels, constant images, other dtypes, colour, tiny or odd sizes) must work.
 The README section "What happens with bad input" lists the same table.
 """
 
@@ -80,6 +82,16 @@ def _one_line_exit_2(capsys, argv: list[str], expected: str) -> None:
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert expected in err, err
+
+
+def _one_file_fails(capsys, argv: list[str], expected: str) -> None:
+    """A batch of one bad file: exit 1, its one-line reason, the count, no traceback."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1, err
+    assert len(err) == 2 and "Traceback" not in "\n".join(err), err
+    assert err[0].startswith("failed: ") and expected in err[0], err
+    assert err[1].startswith("napari-unet: 1 of 1 files failed"), err
 
 
 def test_unusual_inputs_train_and_predict(dataset, model, tmp_path, capsys):
@@ -188,15 +200,15 @@ def test_predict_bad_images(model, tmp_path, capsys, case, image, expected):
         predict_image(load_bundle(model), image)
     if image.size:
         tifffile.imwrite(tmp_path / "x.tif", image)
-        _one_line_exit_2(capsys, ["predict", model, tmp_path / "x.tif", "--out", tmp_path / "o", "--quiet"], expected)
+        _one_file_fails(capsys, ["predict", model, tmp_path / "x.tif", "--out", tmp_path / "o", "--quiet"], expected)
 
 
 @pytest.mark.parametrize("damage, name", [(_corrupt_png, "bad.png"), (_truncated_tif, "bad.tif"),
                                           (lambda p: p.write_bytes(b""), "empty.tif")])
 def test_predict_corrupt_files(model, tmp_path, capsys, damage, name):
     damage(tmp_path / name)
-    _one_line_exit_2(capsys, ["predict", model, tmp_path / name, "--out", tmp_path / "o", "--quiet"],
-                     f"cannot read {name}")
+    _one_file_fails(capsys, ["predict", model, tmp_path / name, "--out", tmp_path / "o", "--quiet"],
+                    f"cannot read {name}")
     with pytest.raises(UserError, match=f"cannot read {name}"):
         read_image(tmp_path / name)
 
@@ -237,8 +249,8 @@ def test_host_memory_error_is_a_message(dataset, model, tmp_path, capsys, monkey
     _one_line_exit_2(capsys, ["train", dataset / "images", dataset / "masks", "--out", tmp_path / "m", *TINY],
                      "out of memory (RAM)")
     monkeypatch.setattr("napari_unet.inference.predict.predict_tiled", no_ram)
-    _one_line_exit_2(capsys, ["predict", model, dataset / "images", "--out", tmp_path / "o", "--quiet"],
-                     "out of memory (RAM)")
+    _one_file_fails(capsys, ["predict", model, dataset / "images", "--out", tmp_path / "o", "--quiet"],
+                    "out of memory (RAM)")
 
 
 CORE_CASES = [

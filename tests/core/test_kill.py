@@ -57,3 +57,92 @@ def test_sigkill_during_training_never_leaves_a_half_written_model(folders, tmp_
     bundle = load_bundle(out)  # restores an interrupted swap if the kill hit one
     assert bundle.meta["training"]["checkpoint"] is True and bundle.meta["training"]["steps"] >= 1
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
+
+
+N_FILES = 16
+
+
+@pytest.fixture()
+def batch(tmp_path, small_pairs):
+    """A tiny model and 16 small real images (crops of the bundled nuclei)."""
+    import torch
+
+    from napari_unet.config import TrainConfig, UNetConfig
+    from napari_unet.training.checkpoint import ModelBundle, build_network, save_bundle
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=UNetConfig(depth=2, base_width=4))
+    model = save_bundle(ModelBundle(build_network(cfg).eval(), cfg), tmp_path / "model")
+    images = tmp_path / "images"
+    for i in range(N_FILES):
+        image = small_pairs[i % len(small_pairs)][0]
+        write_image(images / f"n{i:02d}.png", np.roll(image, 7 * i, axis=1)[:96, :112])
+    return model, images
+
+
+def _outputs(out):
+    """Final-named outputs (OME-Zarr stores) by name."""
+    return sorted(p.name for p in out.glob("*.ome.zarr"))
+
+
+def test_sigkill_mid_batch_then_rerun_completes_without_redoing_finished_files(batch, tmp_path, capsys):
+    import csv
+
+    import torch
+
+    from napari_unet.cli import main
+    from napari_unet.omezarr import open_pyramid
+    from napari_unet.resume import RECORDS
+
+    model, images = batch
+    options = ["--format", "ome-zarr", "--probabilities", "--quiet"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic as the OMP_NUM_THREADS=1 subprocess
+    try:
+        reference = tmp_path / "reference"
+        assert main(["predict", str(model), str(images), "--out", str(reference), *options]) == 0
+        out = tmp_path / "out"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        proc = subprocess.Popen([sys.executable, "-m", "napari_unet", "predict", str(model), str(images), "--out",
+                                 str(out), *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while not (out / "n03.ome.zarr").exists():  # kill while n03's probabilities are being written
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, "n03 was not reached within 60 s"
+                time.sleep(0.002)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stderr.close()
+        assert proc.returncode == -signal.SIGKILL
+        done = sorted(p.stem for p in (out / RECORDS).glob("*.json"))
+        assert 3 <= len(done) < N_FILES, done  # killed mid-folder
+        assert not (out / "summary.csv").exists()
+        for name in _outputs(out):  # whatever has a final name is whole, even the file in flight
+            for level, expected in zip(open_pyramid(out / name), open_pyramid(reference / name)):
+                assert np.array_equal(np.asarray(level), np.asarray(expected)), name
+        with capsys.disabled():
+            print(f"\nkilled after {len(done)} of {N_FILES} files; {len(_outputs(out))} stores had their final name")
+        stamps = {n: (out / n / "0" / ".zarray").stat().st_mtime_ns for n in _outputs(out)
+                  if n.split(".")[0].removesuffix("_probabilities") in done}
+        capsys.readouterr()
+        assert main(["predict", str(model), str(images), "--out", str(out), *options]) == 0  # the same command
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert f"skipping {len(done)} file(s)" in printed and f"predicting {N_FILES - len(done)} file(s)" in printed
+    assert {n: (out / n / "0" / ".zarray").stat().st_mtime_ns for n in stamps} == stamps  # not predicted twice
+    assert _outputs(out) == _outputs(reference) and len(_outputs(out)) == 2 * N_FILES
+    for name in _outputs(reference):
+        got, expected = open_pyramid(out / name), open_pyramid(reference / name)
+        assert len(got) == len(expected) and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, expected))
+
+    def rows(folder):
+        with open(folder / "summary.csv") as fh:
+            return [{k: v.replace(str(folder), "") for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+
+    assert rows(out) == rows(reference) and len(rows(out)) == N_FILES
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [RECORDS]  # no temporaries left

@@ -47,3 +47,41 @@ def test_manifest_declares_label_writers():
     assert all([str(t) for t in w.layer_types] == ["labels"] for w in writers.values())
     commands = {c.id: c.python_name for c in manifest.contributions.commands}
     assert commands["napari-unet.write_labels_tif"] == "napari_unet.writers:write_labels_tif"
+
+
+def _no_space(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_write_keeps_the_previous_file_whole(tmp_path, monkeypatch):
+    import pytest
+
+    from napari_unet.errors import OutputError
+
+    old = _labels()
+    write_labels_tif(str(tmp_path / "cells.tif"), old, {})
+    write_labels_ome_zarr(str(tmp_path / "cells.ome.zarr"), old, {})
+    new = old + 1
+    monkeypatch.setattr("napari_unet.io.os.fsync", _no_space)  # the disk fills while the TIFF is flushed
+    with pytest.raises(OutputError, match="disk is full"):
+        write_labels_tif(str(tmp_path / "cells.tif"), new, {})
+    monkeypatch.setattr("napari_unet.omezarr.build_pyramid", _no_space)  # ... or while the store is built
+    with pytest.raises(OutputError, match="No space left"):
+        write_labels_ome_zarr(str(tmp_path / "cells.ome.zarr"), new, {})
+    assert np.array_equal(read_mask(tmp_path / "cells.tif"), old)
+    assert np.array_equal(np.asarray(open_ome_zarr(tmp_path / "cells.ome.zarr")), old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.ome.zarr", "cells.tif"]  # no temporaries
+
+
+def test_rewriting_a_store_replaces_it_whole(tmp_path):
+    """No level of the old pyramid survives next to the new one (the store is swapped, not merged)."""
+    import zarr
+
+    write_labels_ome_zarr(str(tmp_path / "cells.ome.zarr"), np.ones((1100, 1100), np.uint16), {})  # 2 levels
+    assert len(zarr.open_group(str(tmp_path / "cells.ome.zarr"), mode="r").attrs["multiscales"][0]["datasets"]) == 2
+    write_labels_ome_zarr(str(tmp_path / "cells.ome.zarr"), _labels(), {})
+    assert np.array_equal(np.asarray(open_ome_zarr(tmp_path / "cells.ome.zarr")), _labels())
+    assert sorted(p.name for p in (tmp_path / "cells.ome.zarr").iterdir() if not p.name.startswith(".")) == ["0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.ome.zarr"]
