@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from napari_unet.errors import UserError
 
@@ -37,15 +38,18 @@ def is_package(path: str | os.PathLike) -> bool:
     return path.is_dir() and not (path / "model.json").is_file() and any((path / n).is_file() for n in RDF_NAMES)
 
 
-def _package_reader(path: Path):
+@contextmanager
+def _package_files(path: Path) -> Iterator[tuple[set[str], Callable[[str], bytes]]]:
     """(names in the package, read(name) -> bytes) for a zip or an unpacked package folder."""
     if path.is_dir():
-        return {p.name for p in path.iterdir() if p.is_file()}, lambda name: (path / name).read_bytes()
+        yield {p.name for p in path.iterdir() if p.is_file()}, lambda name: (path / name).read_bytes()
+        return
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise UserError(f"cannot open {path} as a bioimage.io package: {exc}") from None
-    return set(archive.namelist()), archive.read
+    with archive:
+        yield set(archive.namelist()), archive.read
 
 
 def read_package_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -53,12 +57,13 @@ def read_package_config(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
-    names, read = _package_reader(path)
-    rdf = next((n for n in RDF_NAMES if n in names), None)
-    if rdf is None:
-        raise UserError(f"{path} is not a bioimage.io package (no rdf.yaml inside)")
+    with _package_files(path) as (names, read):
+        rdf = next((n for n in RDF_NAMES if n in names), None)
+        if rdf is None:
+            raise UserError(f"{path} is not a bioimage.io package (no rdf.yaml inside)")
+        text = read(rdf)
     try:
-        content = yaml.safe_load(read(rdf))
+        content = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: cannot parse {rdf}: {str(exc).splitlines()[0]}") from None
     if not isinstance(content, dict):
@@ -82,14 +87,16 @@ def read_package_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
         raise UserError(f"{path} is a bioimage.io {kind} package that napari-unet did not export; only packages "
                         "written by `napari-unet export-model --format bioimageio` can be used (importing other "
                         "zoo models is not supported)")
-    names, read = _package_reader(path)
     files = {key: ours.get(key) for key in ("model_json", "weights")}
-    missing = [f for f in files.values() if not isinstance(f, str) or f not in names]
-    if missing:
-        raise UserError(f"{path}: the napari-unet model files {missing} named in rdf.yaml are missing")
     try:
-        meta = json.loads(read(files["model_json"]))
-        tensors = load_safetensors(read(files["weights"]))
+        with _package_files(path) as (names, read):
+            missing = [f for f in files.values() if not isinstance(f, str) or f not in names]
+            if missing:
+                raise UserError(f"{path}: the napari-unet model files {missing} named in rdf.yaml are missing")
+            meta = json.loads(read(files["model_json"]))
+            tensors = load_safetensors(read(files["weights"]))
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"{path}: cannot read the napari-unet model inside: {type(exc).__name__}: {exc}"
                         .split("\n")[0]) from None

@@ -114,13 +114,14 @@ def make_test_input(bundle: Any, image: np.ndarray, tile: int | None = None) -> 
 
 
 def write_cover(raw: np.ndarray, probs: np.ndarray, path: Path) -> None:
-    """A 2:1 png: the input (first channel, contrast-stretched) beside the foreground probability
-    (1 - background) as a heat map; the middle plane of a volume."""
+    """A 2:1 png: the input (first channel, contrast-stretched; the output's part for valid networks)
+    beside the foreground probability (1 - background) as a heat map; the middle plane of a volume."""
     import imageio.v3 as iio
 
     img, fg = raw[0, 0], 1.0 - probs[0, 0]  # (*S)
     if img.ndim == 3:
         img, fg = img[img.shape[0] // 2], fg[fg.shape[0] // 2]
+    img = img[tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(img.shape, fg.shape))]  # valid: centre
     lo, hi = np.percentile(img, (1, 99.8))
     img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
     left = np.repeat(img[..., None], 3, axis=-1)
@@ -146,7 +147,10 @@ def readme_text(bundle: Any, info: PackageInfo) -> str:
         "- Instance post-processing (seeded watershed) is not part of the bioimage.io model. napari-unet's "
         "own model folder travels as attachments (`model.json`, `model.safetensors`): "
         "`napari-unet predict THIS.zip IMAGES --out OUT` and the Predict widget give its full result.\n"
-        "- Weights: TorchScript and, where ONNX was installed, ONNX (opset 17), both from the same network.\n")
+        "- Weights: TorchScript and, where ONNX was installed, ONNX (opset 17), both from the same network.\n"
+        + (f"- Valid padding: the input size is fixed (that of the test input); the output is its centre, "
+           f"{bundle.net.output_crop(int(bundle.net.valid_input_size(128)))} px smaller on each side.\n"
+           if mcfg.padding == "valid" else ""))
     if not info.card or not re.search(r"#.*[vV]alidation", info.card):
         val = bundle.meta.get("val_split") or bundle.meta.get("validation") or {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, (int, float)) and k != "score")

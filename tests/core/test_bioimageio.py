@@ -161,3 +161,21 @@ def test_shipped_nuclei_model_is_packaged_as_cc0_with_its_card():
     assert "10.1038/s41592-019-0612-7" in [doi for _, doi in info.citations]  # the data (BBBC038 / DSB 2018)
     assert package_info(model_folder("nuclei"), license="MIT").license == "MIT"
     json.dumps(info.__dict__)  # plain data
+
+
+@pytest.mark.parametrize("model", [{"padding": "valid"}, {"dims": 3}])
+def test_valid_and_3d_networks_make_valid_packages(model, tmp_path):
+    """Fixed-size axes for valid networks (the output is the input's centre), z/y/x axes for 3D."""
+    from helpers import drain
+
+    from napari_unet.bioimage_io_export import export_bioimageio
+
+    path = drain(export_bioimageio(tiny_bundle(**model), tmp_path / "m.zip", tile=16, run_test=False))
+    assert validate_package(path).status == "valid-format"
+    rdf = read_package_config(path)
+    in_axes, out_axes = rdf["inputs"][0]["axes"], rdf["outputs"][0]["axes"]
+    if model.get("dims") == 3:
+        assert [a.get("id") for a in in_axes[2:]] == ["z", "y", "x"]
+    else:
+        assert all(isinstance(a["size"], int) for a in in_axes[2:] + out_axes[2:])
+        assert out_axes[2]["size"] < in_axes[2]["size"]
