@@ -82,6 +82,9 @@ def test_bioimageio_core_reproduces_our_prediction(exported, weight_format, monk
     against our float32 path, and within bf16 rounding against our default (bf16 autocast where
     the CPU has it)."""
     import napari_unet.inference.predict as predict_module
+    from napari_unet.bioimage_io import require_spec
+
+    require_spec()  # bioimageio.spec 0.5.12 needs our pydantic 2.14 fix before it loads a description
     from bioimageio.core import create_prediction_pipeline, load_description, predict
 
     root, _, _ = exported
