@@ -202,9 +202,23 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     folder = resolve_model(args.model)
     bundle = load_bundle(folder)
     default_dir = Path(args.model) if Path(args.model).is_dir() else Path.cwd()  # never inside the package
+    if args.format == "bioimageio":
+        return _export_bioimageio(args, folder, bundle, Path(args.out) if args.out else default_dir / "model.zip")
     out = Path(args.out) if args.out else default_dir / f"model{SUFFIXES[args.format]}"
     path = drive(export_model(bundle, out, args.format, args.tile), "exporting", args.quiet)
     print(f"wrote {path} and {path.name}.json")
+    return 0
+
+
+def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path) -> int:
+    """``export-model --format bioimageio``: package, validate and test (napari_unet.bioimage_io_export)."""
+    from napari_unet.bioimage_io_export import export_bioimageio, package_info
+    from napari_unet.io import read_image
+
+    info = package_info(folder, license=args.license, authors=tuple(args.author) if args.author else None)
+    image = read_image(args.test_image) if args.test_image else None
+    path = drive(export_bioimageio(bundle, out, info, test_image=image, tile=args.tile), "exporting", args.quiet)
+    print(f"wrote bioimage.io package {path} (licence {info.license})")
     return 0
 
 
@@ -272,11 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
-    x = sub.add_parser("export-model", help="export a model to TorchScript or ONNX")
-    x.add_argument("model", help="model folder, or pretrained:nuclei")
-    x.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
-    x.add_argument("--out", default=None, help="file to write (default: MODEL/model.pt or MODEL/model.onnx)")
+    x = sub.add_parser("export-model", help="export a model to TorchScript, ONNX or a bioimage.io package")
+    x.add_argument("model", help="model folder, bioimage.io package from napari-unet, or pretrained:nuclei")
+    x.add_argument("--format", choices=("torchscript", "onnx", "bioimageio"), default="torchscript",
+                   help="bioimageio: a validated and tested model package .zip (needs napari-unet[bioimageio])")
+    x.add_argument("--out", default=None,
+                   help="file to write (default: MODEL/model.pt, MODEL/model.onnx or MODEL/model.zip)")
     x.add_argument("--tile", type=int, default=None, help="input size for valid-padding models (fixed at export)")
+    from napari_unet.bioimage_io_export import PackageInfo
+
+    x.add_argument("--license", default=None, help="bioimageio: SPDX licence id (default: a shipped model's "
+                   f"own, CC0-1.0 for pretrained:nuclei; else {PackageInfo.license})")
+    x.add_argument("--author", action="append", default=None,
+                   help=f"bioimageio: author name, repeatable (default: {', '.join(PackageInfo.authors)})")
+    x.add_argument("--test-image", default=None,
+                   help="bioimageio: image the package's test tensors are cut from (default: a bundled nuclei image)")
     x.set_defaults(func=cmd_export_model)
 
     for sp in (t, p, e, d, x):

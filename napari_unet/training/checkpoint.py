@@ -92,9 +92,18 @@ def save_bundle(bundle: ModelBundle, folder: str | os.PathLike) -> Path:
     return save_model_folder(folder, state, meta)
 
 
+def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a model folder, or of a bioimage.io package napari-unet exported
+    (its attachments hold the same two files)."""
+    from napari_unet.bioimage_io import is_package, read_package_model
+
+    return read_package_model(path) if is_package(path) else load_model_folder(path)
+
+
 def load_bundle(folder: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
-    """Rebuild a model from its folder; clear errors for other kinds or newer formats."""
-    tensors, meta = load_model_folder(folder)
+    """Rebuild a model from its folder (or bioimage.io package); clear errors for other kinds or
+    newer formats."""
+    tensors, meta = read_model(folder)
     if meta.get("kind") != MODEL_KIND:
         raise UserError(f"{folder} holds a {meta.get('kind', 'unknown')!r} model, not a segmentation model")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:

@@ -20,6 +20,8 @@ CURRENT_IMAGE, TRAINING_SET = "current image", "all training-set images"
 if TYPE_CHECKING:
     import napari
 
+PACKAGE = "bioimage.io package…"  # a .zip that napari-unet exported (export-model --format bioimageio)
+
 
 class PredictWidget(PluginWidget):
     """Model choice, MC-dropout samples, Predict/Cancel, progress; writes prediction layers."""
@@ -31,6 +33,8 @@ class PredictWidget(PluginWidget):
                               choices=lambda _w: [l.name for l in layers_of_type(viewer, "image")])
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.model_folder = FileEdit(label="Model folder", mode="d", visible=False)
+        self.model_package = FileEdit(label="Package", mode="r", filter="*.zip", visible=False,
+                                      tooltip="a bioimage.io model package exported by napari-unet")
         self.mc_samples = SpinBox(label="MC-dropout samples", value=8, min=0, max=64,
                                   tooltip="0 = no uncertainty layer; more samples = smoother uncertainty, slower")
         self.uncertainty = ComboBox(label="Uncertainty", choices=UNCERTAINTY_KINDS, value="epistemic")
@@ -45,7 +49,7 @@ class PredictWidget(PluginWidget):
         self.region_size = SpinBox(label="Region size (px)", value=96, min=16, max=2048, step=16)
         self.suggest_button = PushButton(text="Suggest where to annotate")
         self.next_button = PushButton(text="Go to next region")
-        self.extend([self.image, self.model, self.model_folder, self.mc_samples, self.uncertainty,
+        self.extend([self.image, self.model, self.model_folder, self.model_package, self.mc_samples, self.uncertainty,
                      Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status, Label(value="<b>Annotate next</b>"), self.scope, self.n_regions,
                      self.region_size,
@@ -54,6 +58,7 @@ class PredictWidget(PluginWidget):
         self.next_button.changed.connect(self.go_to_next)
         self.tour = RegionTour(self.viewer, self.session)
         self.model.changed.connect(lambda v: setattr(self.model_folder, "visible", v == FOLDER))
+        self.model.changed.connect(lambda v: setattr(self.model_package, "visible", v == PACKAGE))
         self.predict_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.session.changed.connect(self.model.reset_choices)
@@ -163,11 +168,13 @@ class PredictWidget(PluginWidget):
         if choice == CURRENT and self.session.model is None:
             show_warning("no model yet: train one, load one, or choose a pretrained model")
             return None
+        if choice == PACKAGE:
+            return str(self.model_package.value)
         return str(self.model_folder.value) if choice == FOLDER else choice
 
     def _model_choices(self, _widget=None) -> list[str]:
         current = [CURRENT] if self.session.model is not None else []
-        return [*current, *pretrained_choices(), FOLDER]
+        return [*current, *pretrained_choices(), FOLDER, PACKAGE]
 
     def start(self) -> None:
         """Predict the selected image in a worker thread."""
@@ -240,7 +247,7 @@ def _has_uncertainty(viewer: Any, name: str, kind: str) -> bool:
 
 
 def _load_bundle(spec: str, current: Any) -> Any:
-    """The session's model for CURRENT, else the pretrained or folder model ``spec`` (worker thread)."""
+    """The session's model for CURRENT, else the pretrained, folder or package model ``spec`` (worker thread)."""
     if spec == CURRENT:
         return current
     from napari_unet.pretrained import resolve_init
