@@ -63,7 +63,8 @@ def _train_config(args: argparse.Namespace, pairs_masks: Sequence) -> "TrainConf
     model = UNetConfig(depth=default.depth if args.depth is None else args.depth,
                        base_width=default.base_width if args.base_width is None else args.base_width,
                        in_channels=args.in_channels)
-    cfg = TrainConfig(task=args.task, model=model, n_classes=n_classes, time_limit=args.time_limit,
+    cfg = TrainConfig(task=args.task, instance_head=args.instance_head, model=model, n_classes=n_classes,
+                      time_limit=args.time_limit,
                       epochs=args.epochs, steps=args.steps, device=args.device, seed=args.seed,
                       sparse=args.sparse, batch_size=args.batch_size, patch_size=args.patch_size)
     if args.time_limit is not None and args.time_limit <= 0:
@@ -223,6 +224,8 @@ def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from napari_unet.config import INSTANCE_HEADS, TrainConfig
+
     parser = argparse.ArgumentParser(prog="napari-unet", description="Train and apply U-Nets for segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -231,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("masks", help="folder of masks matched to images by file name")
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--task", choices=("instances", "semantic"), default="instances")
+    t.add_argument("--instance-head", choices=INSTANCE_HEADS, default=TrainConfig.instance_head,
+                   help="instances: '3class' (interior/boundary + watershed) or 'star' (StarDist rays + polygon "
+                        f"NMS, beside the 3 classes); default {TrainConfig.instance_head}")
     t.add_argument("--n-classes", type=int, default=None, help="semantic: number of classes (default: from masks)")
     t.add_argument("--sparse", action="store_true", help="masks are scribbles: 0 = unannotated, 1 = background, 2.. = classes")
     t.add_argument("--time-limit", type=float, default=None, help="seconds (default 120 when no --epochs/--steps)")

@@ -14,6 +14,8 @@ from typing import Any, Literal, TypeVar
 T = TypeVar("T")
 
 Task = Literal["instances", "semantic"]
+InstanceHead = Literal["3class", "star"]
+INSTANCE_HEADS: tuple[str, ...] = ("3class", "star")  # what an instance model outputs (``models.heads``)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -53,6 +55,8 @@ class UNetConfig:
     upsample: Literal["transpose", "interpolate"] = "transpose"
     reduce_after_concat: bool = False  # 1x1 conv halving channels after concatenation
     checkpointing: bool = False  # gradient checkpointing of the conv blocks
+    side_channels: int = 0  # extra outputs from a side branch at half resolution (the star head's rays)
+    side_width: int = 32  # channels of the side branch's two 3x3 convolutions
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class TrainConfig:
     """Everything a training run needs besides the data."""
 
     task: Task = "instances"
-    instance_head: Literal["3class", "star"] = "3class"  # instances: 3 classes + watershed, or + StarDist rays
+    instance_head: InstanceHead = "3class"  # instances: 3 classes + watershed, or + StarDist rays
     n_rays: int = 32  # star head: rays per pixel
     model: UNetConfig = field(default_factory=UNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

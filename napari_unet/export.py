@@ -31,7 +31,8 @@ SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 
 
 class Probabilities(nn.Module):
-    """The U-Net followed by a softmax over classes, in float32."""
+    """The U-Net followed by its output maps in float32: a softmax over classes (for a star
+    head then the object probability and the ray lengths in pixels, ``models.heads``)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -39,7 +40,9 @@ class Probabilities(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *S) -> (B, K, *S_out)."""
-        return torch.softmax(self.net(x).float(), dim=1)
+        activation = getattr(self.net, "activation", None)
+        logits = self.net(x).float()
+        return activation(logits) if activation is not None else torch.softmax(logits, dim=1)
 
 
 def example_input(bundle: ModelBundle, tile: int | None = None) -> torch.Tensor:
@@ -59,7 +62,7 @@ def export_metadata(bundle: ModelBundle, fmt: str, example: torch.Tensor) -> dic
     size = int(example.shape[-1])
     valid = mcfg.padding == "valid"
     return {
-        "format": fmt, "task": bundle.task, "classes": bundle.class_names, "dims": mcfg.dims,
+        "format": fmt, "task": bundle.task, "classes": bundle.class_names, "outputs": bundle.output_names, "dims": mcfg.dims,
         "in_channels": mcfg.in_channels, "percentiles": list(bundle.config.percentiles),
         "normalisation": "per channel: (x - p_low) / (p_high - p_low), percentiles of the whole image",
         "input": "float32 (B, C, *S)", "output": "float32 softmax probabilities (B, K, *S_out)",

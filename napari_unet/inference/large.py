@@ -23,6 +23,7 @@ import torch
 
 from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
+from napari_unet.models.heads import is_star
 from napari_unet.events import Finished, Message, Progress
 from napari_unet.inference.blockwise import instances_blockwise
 from napari_unet.inference.tiling import Slab, iter_tiled
@@ -183,7 +184,11 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
         push(None)
     labels_dtype = np.uint32
     labels = create_ome_zarr(out, (h, w), labels_dtype, (chunk, chunk), ["y", "x"], labels=True)
-    if bundle.task == "instances":
+    if is_star(bundle.config):
+        from napari_unet.inference.star import star_blockwise
+
+        objects = yield from star_blockwise(probs, labels, chunk, halo, cfg.min_size, **bundle.postprocess)
+    elif bundle.task == "instances":
         import zarr
 
         scratch = zarr.open_array(str(out.with_name(f".{out.name}.seeds")), mode="w", shape=(h, w),

@@ -15,13 +15,10 @@ probability and ray lengths in pixels.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-InstanceHead = Literal["3class", "star"]
-INSTANCE_HEADS: tuple[str, ...] = ("3class", "star")
+from napari_unet.config import INSTANCE_HEADS, InstanceHead  # noqa: F401  (re-exported)
 DIST_SCALE = 10.0  # ray lengths are predicted in units of 10 px, so a unit-sized output is a typical nucleus radius
 
 

@@ -110,9 +110,17 @@ class UNet(nn.Module):
             block(2 * widths[lv], widths[lv], reduce=cfg.reduce_after_concat) for lv in range(depth)
         )
         self.head = conv(dims, widths[0], cfg.out_channels, 1)
+        self.side: nn.Sequential | None = None
+        if cfg.side_channels:  # two 3x3 convs on the level-1 decoder features, then 1x1 to the outputs
+            side_in = widths[1] if depth >= 1 else widths[0]
+            self.side = nn.Sequential(conv(dims, side_in, cfg.side_width, 3, padding=1), nn.ReLU(inplace=True),
+                                      conv(dims, cfg.side_width, cfg.side_width, 3, padding=1), nn.ReLU(inplace=True),
+                                      conv(dims, cfg.side_width, cfg.side_channels, 1))
 
         init_weights(self)
         nn.init.kaiming_normal_(self.head.weight, nonlinearity="linear")  # logits: no ReLU after
+        if self.side is not None:
+            nn.init.kaiming_normal_(self.side[-1].weight, nonlinearity="linear")
         if self.gates is not None:
             for gate in self.gates:
                 nn.init.kaiming_normal_(gate.psi.weight, nonlinearity="linear")  # then sigmoid
@@ -164,13 +172,22 @@ class UNet(nn.Module):
             x = self.pool(x)  # (B, w_l, *S_l/2)
         x = self.bottleneck(x)  # (B, w_depth, *S_depth)
 
+        side = None
         for lv in reversed(range(cfg.depth)):
             up = self.ups[lv](x)  # (B, w_lv, *2S)
             skip = center_crop(skips[lv], up.shape[2:])  # (B, w_lv, *2S)
             if self.gates is not None:
                 skip = self.gates[lv](skip, x)  # (B, w_lv, *2S)
             x = self.decoders[lv](torch.cat([skip, up.to(skip.dtype)], dim=1))  # (B, w_lv, *S_lv)
+            if lv == 1 and self.side is not None:
+                side = self.side(x)  # (B, side_channels, *S_1): half resolution
         x = self.head(x)  # (B, out_channels, *S_out)
+        if self.side is not None:
+            if side is None:  # depth 0: full resolution
+                side = self.side(x)
+            else:  # pixel (2i, 2j) carries the side outputs computed at (i, j); the others copy them
+                side = F.interpolate(side, scale_factor=2, mode="nearest")
+            x = torch.cat([x, side.to(x.dtype)], dim=1)  # (B, out_channels + side_channels, *S_out)
 
         if cfg.padding == "same":
             x = center_crop(x, in_size)  # padding was centred, so is the crop
@@ -189,6 +206,8 @@ def _check(cfg: UNetConfig) -> None:
         raise ValueError(f"norm must be 'batch', 'group' or 'none', got {cfg.norm!r}")
     if cfg.upsample not in ("transpose", "interpolate"):
         raise ValueError(f"upsample must be 'transpose' or 'interpolate', got {cfg.upsample!r}")
+    if cfg.side_channels and cfg.padding != "same":
+        raise ValueError("a side branch (star head) needs padding='same'")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
 

@@ -52,6 +52,12 @@ class ModelBundle:
         return n_output_channels(self.config)
 
     @property
+    def output_names(self) -> list[str]:
+        """A name for every channel of the output maps: the classes, then a star head's maps."""
+        extra = self.n_outputs - len(self.class_names)
+        return self.class_names + (["object probability"] + [f"ray {i}" for i in range(extra - 1)] if extra else [])
+
+    @property
     def class_names(self) -> list[str]:
         from napari_unet.data.targets import INSTANCE_CLASSES
 
@@ -68,7 +74,8 @@ def build_network(cfg: TrainConfig) -> torch.nn.Module:
     from napari_unet.models import UNet
     from napari_unet.models.heads import OutputMaps, is_star
 
-    net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg)))
+    rays = cfg.n_rays if is_star(cfg) else 0  # the star head's rays come from the half-resolution side branch
+    net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg) - rays, side_channels=rays))
     net.activation = OutputMaps(n_output_classes(cfg), is_star(cfg))  # no parameters: the weights file is unchanged
     return net
 

@@ -10,7 +10,7 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox)
 
-from napari_unet.config import UNetConfig
+from napari_unet.config import INSTANCE_HEADS, TrainConfig, UNetConfig
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
                                          probability_name, show_image, show_labels, show_uncertainty,
                                          uncertainty_name)
@@ -119,6 +119,10 @@ class TrainWidget(PluginWidget):
                                choices=lambda _w: [l.name for l in layers_of_type(viewer, "labels")
                                                    if not l.name.endswith(" prediction")])
         self.task = ComboBox(label="Task", choices=list(TASKS), value="instances")
+        self.instance_head = ComboBox(label="Instance head", choices=list(INSTANCE_HEADS),
+                                      value=TrainConfig.instance_head,
+                                      tooltip="3class: interior/boundary classes + watershed; star: StarDist rays + "
+                                              "polygon NMS (crowded round nuclei)")
         self.init = ComboBox(label="Start from", choices=self._init_choices)
         self.init_folder = FileEdit(label="Model folder", mode="d", visible=False)
         self.time_limit = SpinBox(label="Time limit (s)", value=120, min=5, max=7 * 24 * 3600, step=30)
@@ -151,7 +155,7 @@ class TrainWidget(PluginWidget):
         self.save_button = PushButton(text="Save model")
         self.load_button = PushButton(text="Load model")
         self.model_label = Label(value="no model yet")
-        self.extend([self.image, self.labels, self.task, self.init, self.init_folder, self.time_limit, self.device,
+        self.extend([self.image, self.labels, self.task, self.instance_head, self.init, self.init_folder, self.time_limit, self.device,
                      self.device_label, self.show_advanced, self.advanced,
                      Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
                      self.progress, self.status])
@@ -191,6 +195,7 @@ class TrainWidget(PluginWidget):
 
     def _on_task_changed(self, _value=None) -> None:
         self.init.reset_choices()
+        self.instance_head.visible = TASKS[self.task.value] == "instances"
 
     def _on_image_changed(self, name: str | None) -> None:
         layer = find_layer(self.viewer, name)
@@ -240,6 +245,7 @@ class TrainWidget(PluginWidget):
             n_classes = max(2, top if task == "sparse" else top + 1)
         return TrainConfig(
             task="instances" if task == "instances" else "semantic", sparse=task == "sparse", n_classes=n_classes,
+            instance_head=self.instance_head.value,
             model=UNetConfig(in_channels=in_channels, base_width=self.base_width.value, depth=self.depth.value),
             augment=AugmentConfig(elastic=self.elastic.value),
             loss=LossConfig(border_w0=self.w0.value, border_sigma=self.sigma.value),

@@ -1,0 +1,88 @@
+"""Instance heads side by side on dsb2018_fluo, in one run.
+
+Each head trains from scratch on the train split (404 images) for each time budget and seed,
+then predicts the val split (94 images, objects pooled) with the post-processing its own run
+chose on its held-out train images: AP@0.5, AP@0.75, training steps and post-processing
+seconds per image. Peers (StarDist, Cellpose) run in their own environments (bench/peers/).
+
+    .venv/bin/python bench/bench_instances.py [--heads 3class star] [--budgets 120] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, load_dsb, machine_description  # noqa: E402
+
+from napari_unet.cli import drive  # noqa: E402
+from napari_unet.config import INSTANCE_HEADS, TrainConfig  # noqa: E402
+from napari_unet.inference.postprocess import labels_for  # noqa: E402
+from napari_unet.inference.predict import predict_probabilities  # noqa: E402
+from napari_unet.metrics import evaluate_instances  # noqa: E402
+from napari_unet.training.engine import Trainer  # noqa: E402
+
+
+def run(train, val, head: str, budget: float, seed: int, base: TrainConfig) -> dict:
+    """Train one model and score it on val; returns the row."""
+    cfg = replace(base, instance_head=head, time_limit=budget, seed=seed)
+    bundle = drive(Trainer([(im, m) for _, im, m in train], cfg, names=[n for n, _, _ in train]).run(),
+                   "training", quiet=True)
+    maps = [predict_probabilities(bundle, im) for _, im, _ in val]
+    start = time.perf_counter()
+    labels = [labels_for(bundle, m) for m in maps]
+    post_s = (time.perf_counter() - start) / len(val)
+    scores = evaluate_instances([(lab, m) for lab, (_, _, m) in zip(labels, val)])
+    big = [i for i, (_, im, _) in enumerate(val) if im.shape == (520, 696)]
+    start = time.perf_counter()
+    for i in big:
+        labels_for(bundle, maps[i])
+    post_520 = (time.perf_counter() - start) / max(len(big), 1)
+    row = {"head": head, "budget": budget, "seed": seed, "steps": bundle.meta["training"]["steps"],
+           "ap50": float(scores["ap50"]), "ap75": float(scores["ap75"]),
+           "post_s": post_s, "post_s_520x696": post_520, "postprocess": bundle.postprocess}
+    print(f"  {head:6s} {budget:5.0f} s seed {seed}: {row['steps']} steps, AP@0.5 {row['ap50']:.3f}, "
+          f"AP@0.75 {row['ap75']:.3f}, post-processing {post_s:.3f} s/image ({post_520:.3f} s at 520x696), "
+          f"{bundle.postprocess}", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--heads", nargs="+", default=list(INSTANCE_HEADS), choices=INSTANCE_HEADS)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[120.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "instances.json"))
+    args = parser.parse_args()
+    print(machine_description(), flush=True)
+    train, val = load_dsb("train"), load_dsb("val")
+    print(f"dsb2018_fluo: {len(train)} train, {len(val)} val images", flush=True)
+    base = TrainConfig()
+    rows = []
+    for budget in args.budgets:
+        for seed in args.seeds:
+            for head in args.heads:  # heads interleaved, so machine load drifts hit both alike
+                rows.append(run(train, val, head, budget, seed, base))
+    print(f"\n{'head':8s} {'budget':>7s} {'AP@0.5 mean ± sd':>18s} {'min':>6s} {'AP@0.75':>8s} {'steps':>6s} "
+          f"{'post s/img':>10s}")
+    for budget in args.budgets:
+        for head in args.heads:
+            sel = [r for r in rows if r["head"] == head and r["budget"] == budget]
+            ap = np.array([r["ap50"] for r in sel])
+            print(f"{head:8s} {budget:7.0f} {ap.mean():9.3f} ± {ap.std():.3f} {ap.min():6.3f} "
+                  f"{np.mean([r['ap75'] for r in sel]):8.3f} {np.mean([r['steps'] for r in sel]):6.0f} "
+                  f"{np.mean([r['post_s'] for r in sel]):10.3f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
