@@ -58,6 +58,7 @@ class PredictWidget(PluginWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.session.changed.connect(self.model.reset_choices)
         on_close(self, lambda w: w.worker.quit() if w.worker is not None else None)
+        self.preselect_layers(self.image)
 
     def suggest(self) -> None:
         """Rank windows by uncertainty (of the chosen image, or of every training-set image) and
