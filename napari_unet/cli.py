@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    from napari_unet.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # our own process: before anything loads torch
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
