@@ -2,7 +2,7 @@
 
 CLI cases assert exit code 2, exactly one line on stderr and no traceback; inputs that are
 merely unusual (NaN pixels, constant images, other dtypes, colour, tiny or odd sizes) must work.
-The README section "What happens with bad input" lists the same table.
+docs/usage.md ("What happens with bad input") lists the same table.
 """
 
 from __future__ import annotations
