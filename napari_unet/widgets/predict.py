@@ -149,6 +149,8 @@ class PredictWidget(PluginWidget):
             return
         region, n = self.tour.regions[self.tour.index], len(self.tour.regions)
         self.status.value = f"region {self.tour.index + 1}/{n}" + region_summary(region, self.scope.value == TRAINING_SET)
+        self.status.tooltip = (f"mean {self.uncertainty.value} uncertainty in this region {region.mean:.2g} nats, "
+                               f"{region.relative:.1f} times the image's mean")
 
     def _plane(self, layer: Any) -> np.ndarray:
         """A 2D uncertainty map: the layer's data, or its slice at the viewer's current step."""
@@ -234,9 +236,9 @@ class PredictWidget(PluginWidget):
 
 
 def region_summary(region: Any, across: bool) -> str:
-    """': 3.1× the image's average uncertainty (2.9e-05)' for the status line; ``across`` adds the image."""
+    """': 3.1× the image's mean uncertainty' for the status line (``across``: ' in IMAGE' first)."""
     where = f" in {region.name}" if across else ""
-    return f"{where}: {region.relative:.1f}× the image's average uncertainty ({region.mean:.2g})"
+    return f"{where}: {region.relative:.1f}× the image's mean uncertainty"
 
 
 def _has_uncertainty(viewer: Any, name: str, kind: str) -> bool:
