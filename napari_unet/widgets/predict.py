@@ -12,7 +12,7 @@ from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
-from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
+from napari_unet.widgets.train import CURRENT, FOLDER, _fixed_height, gui_threads, pretrained_choices
 
 UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric"]
 CURRENT_IMAGE, TRAINING_SET = "current image", "all training-set images"
@@ -38,6 +38,7 @@ class PredictWidget(PluginWidget):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="")
+        _fixed_height(self.status)  # the whole row, and no re-layout when the text changes
         self.scope = ComboBox(label="Suggest from", choices=[CURRENT_IMAGE, TRAINING_SET], value=CURRENT_IMAGE,
                               tooltip="rank the chosen image, or every training-set image (those without an "
                                       "uncertainty layer are predicted first with the model above)")
