@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     from napari_unet.threads import prefer_passive_wait
 
-    prefer_passive_wait()  # our own process: before anything loads torch
+    prefer_passive_wait()  # our own process: before anything loads torch (napari_unet.threads)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

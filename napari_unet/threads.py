@@ -1,12 +1,16 @@
-"""How our own processes wait for CPU threads: OpenMP's wait policy, set where our work starts.
+"""OpenMP's wait policy, set where our own processes start, never on import.
 
-Idle OpenMP threads spin for a while before they sleep; on a busy machine that spinning takes
-time slices from the threads doing the work. ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep at
-once. It is a process-wide setting, so the package never sets it on import (napari hosts other
-plugins in the same process); the command line sets it in ``napari_unet.cli.main`` before torch
-loads. The GNU OpenMP runtime that torch ships reads the variable once, when it is loaded with
-torch, so setting it any later changes nothing; an explicit user setting always wins. Inside
-napari the widgets instead keep one core for the viewer (``widgets.train.gui_threads``).
+``OMP_WAIT_POLICY=PASSIVE`` makes idle OpenMP threads sleep at once instead of spinning first.
+It is process-wide, so importing the package never sets it (napari hosts other plugins in the
+same process); the ``napari-unet`` entry point (``cli.main``) and ``bench/bench_speed.py`` set it
+before torch loads. The GNU OpenMP runtime that torch ships reads it once, when torch loads;
+setting it later changes nothing, and an explicit user setting always wins.
+
+Measured on the 2-core development machine (docs/benchmarks.md, *OpenMP wait policy*): with
+another process keeping one core busy, the runtime's default (spin, then sleep) made the training
+step about 8× slower (3.6 s instead of 0.46 s); with both cores free, passive waiting costs about
+1.4× in the step (0.115 s instead of 0.080–0.085 s). We take the robust one. Inside napari the
+widgets keep one core for the viewer instead (``widgets.train.gui_threads``).
 """
 
 from __future__ import annotations
