@@ -31,7 +31,7 @@ system-deps:
 demo: install
 	$(PY) -m napari_unet demo --out demo-output
 
-# PIP_CONSTRAINT: pip calls made by the tests (tests/test_wheel.py) honour the same pins.
+# PIP_CONSTRAINT: pip calls made by the tests (tests/packaging/test_wheel.py) honour the same pins.
 test: install system-deps
 	PIP_CONSTRAINT=$(CURDIR)/$(CONSTRAINTS) QT_QPA_PLATFORM=xcb $(PY) -m pytest -q
 
