@@ -8,12 +8,16 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every pip call here passes constraints.txt (torch 2.13.0, PyQt6 6.11.0, ...): the published
+# requirements carry lower bounds only, our own set-up pins them in that one file.
+CONSTRAINTS := constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch is pinned to 2.13.0 first so nothing else pulls a newer (CUDA) build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --upgrade pip -c $(CONSTRAINTS)
+	# torch first, so nothing else can pull a newer (CUDA) build while resolving.
+	$(PY) -m pip install -q torch -c $(CONSTRAINTS)
+	$(PY) -m pip install -q -e ".[dev]" -c $(CONSTRAINTS)
 	touch $(STAMP)
 
 # napari's tests need an X server (Xvfb) with xcb; install it when we can (root or sudo).
@@ -27,8 +31,9 @@ system-deps:
 demo: install
 	$(PY) -m napari_unet demo --out demo-output
 
+# PIP_CONSTRAINT: pip calls made by the tests (tests/packaging/test_wheel.py) honour the same pins.
 test: install system-deps
-	QT_QPA_PLATFORM=xcb $(PY) -m pytest -q
+	PIP_CONSTRAINT=$(CURDIR)/$(CONSTRAINTS) QT_QPA_PLATFORM=xcb $(PY) -m pytest -q
 
 bench: install
 	$(PY) bench/run_all.py

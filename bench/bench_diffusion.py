@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_diffusion.py evaluate --model /tmp/synth_bench/diffusion --threads 1
 
 ``train`` uses the 404 train-split images (tags from ``auto_tags``), one torch thread, and
-saves a snapshot every 10 minutes. ``evaluate`` prints the quality figures of the README:
+saves a snapshot every 10 minutes. ``evaluate`` prints the quality figures of docs/benchmarks.md:
 mask consistency (Dice of a real-data segmentation model on synthetic images vs the prompt
 masks), copying (nearest-neighbour normalised correlation to training crops) and DDIM-50
 speed; it writes the sample grid to docs/images/synth_grid.png. Whether synthetic pairs help

@@ -30,12 +30,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from napari_unet.threads import prefer_passive_wait  # noqa: E402
+
+WAIT_POLICY = prefer_passive_wait()  # as `napari-unet` does: before torch loads, or it changes nothing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
 from bench.common import machine_description  # noqa: E402
 from napari_unet.config import TrainConfig, UNetConfig  # noqa: E402
 from napari_unet.inference.predict import network_forward  # noqa: E402
@@ -405,8 +409,8 @@ def main() -> None:
         PEAK_GFLOP = 2 * PEAK_N**3 / 1e9
 
     print(machine_description())
-    print(f"load average at start: {os.getloadavg()[0]:.2f}, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} ('cpu x/N thr' below = process CPU s per wall s; "
+    print(f"load average at start: {os.getloadavg()[0]:.2f}, OMP_WAIT_POLICY in effect: "
+          f"{WAIT_POLICY} ('cpu x/N thr' below = process CPU s per wall s; "
           f"other processes on these cores slow multi-threaded steps a lot)")
     mcfg = replace(defaults.model, out_channels=3)
     dtype = low_precision_dtype(DEV, None)

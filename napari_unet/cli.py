@@ -224,8 +224,11 @@ def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from napari_unet.config import INSTANCE_HEADS, TrainConfig
+    from napari_unet.batch import BatchConfig
+    from napari_unet.config import INSTANCE_HEADS, PredictConfig, TrainConfig, UNetConfig
 
+    # defaults shown in --help come from the config dataclasses, never retyped here
+    tdef, udef, pdef, bdef = TrainConfig(), UNetConfig(), PredictConfig(), BatchConfig()
     parser = argparse.ArgumentParser(prog="napari-unet", description="Train and apply U-Nets for segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -233,32 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("images", help="folder of images")
     t.add_argument("masks", help="folder of masks matched to images by file name")
     t.add_argument("--out", required=True, help="model folder to write")
-    t.add_argument("--task", choices=("instances", "semantic"), default="instances")
-    t.add_argument("--instance-head", choices=INSTANCE_HEADS, default=TrainConfig.instance_head,
+    t.add_argument("--task", choices=("instances", "semantic"), default=tdef.task, help="default: %(default)s")
+    t.add_argument("--instance-head", choices=INSTANCE_HEADS, default=tdef.instance_head,
                    help="instances: '3class' (interior/boundary + watershed) or 'star' (StarDist rays + polygon "
-                        f"NMS, beside the 3 classes); default {TrainConfig.instance_head}")
+                        "NMS, beside the 3 classes); default: %(default)s")
     t.add_argument("--n-classes", type=int, default=None, help="semantic: number of classes (default: from masks)")
     t.add_argument("--sparse", action="store_true", help="masks are scribbles: 0 = unannotated, 1 = background, 2.. = classes")
-    t.add_argument("--time-limit", type=float, default=None, help="seconds (default 120 when no --epochs/--steps)")
+    t.add_argument("--time-limit", type=float, default=None,
+                   help=f"seconds (default {tdef.time_limit:g} when no --epochs/--steps)")
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=tdef.device, choices=("auto", "cpu", "cuda", "mps"),
+                   help="default: %(default)s (CUDA, then MPS, then CPU)")
+    t.add_argument("--seed", type=int, default=tdef.seed, help="default: %(default)s")
     t.add_argument("--init", default=None,
                    help="starting model: pretrained:nuclei, a model folder, or 'none' for scratch "
                         "(default: pretrained:nuclei for instances, none for semantic)")
     t.add_argument("--in-channels", type=int, default=1,
                    help="network input channels (default 1: colour is averaged to grey)")
-    t.add_argument("--depth", type=int, default=None, help="default 4 (from scratch only)")
-    t.add_argument("--base-width", type=int, default=None, help="default 16 (from scratch only)")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--patch-size", type=int, default=128)
+    t.add_argument("--depth", type=int, default=None, help=f"default {udef.depth} (from scratch only)")
+    t.add_argument("--base-width", type=int, default=None, help=f"default {udef.base_width} (from scratch only)")
+    t.add_argument("--batch-size", type=int, default=tdef.batch_size, help="patches per step (default: %(default)s)")
+    t.add_argument("--patch-size", type=int, default=tdef.patch_size, help="patch side in pixels (default: %(default)s)")
     t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",
                    help="also train on synthetic pairs (a `synth generate` output: images/ and masks/); "
                         "validation stays on real images")
-    t.add_argument("--synthetic-ratio", type=float, default=0.5, help="share of patches from --synthetic")
+    t.add_argument("--synthetic-ratio", type=float, default=0.5, help="share of patches from --synthetic (default: %(default)s)")
     t.add_argument("--checkpoint-every", type=float, default=30.0,
-                   help="seconds between atomic saves of the model while training (0 = only at the end)")
+                   help="seconds between atomic saves of the model while training (0 = only at the end; "
+                        "default: %(default)s)")
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment images with a trained model")
@@ -266,14 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder: <stem>.tif|png|ome.zarr labels, summary.csv")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
-    p.add_argument("--tile-size", type=int, default=1024)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--format", choices=("tif", "png", "ome-zarr"), default="tif", help="label file format")
+    p.add_argument("--tile-size", type=int, default=pdef.tile_size,
+                   help="images larger than this are predicted in overlapping tiles (default: %(default)s)")
+    p.add_argument("--device", default=pdef.device, choices=("auto", "cpu", "cuda", "mps"), help="default: %(default)s")
+    p.add_argument("--format", choices=("tif", "png", "ome-zarr"), default=bdef.format,
+                   help="label file format (default: %(default)s)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities (float32)")
     p.add_argument("--uncertainty", action="store_true",
                    help="MC-dropout: also write <stem>_uncertainty (total, aleatoric, epistemic)")
-    p.add_argument("--mc-samples", type=int, default=8, help="dropout samples for --uncertainty")
-    p.add_argument("--workers", type=int, default=1, help="files predicted in parallel (local threads)")
+    p.add_argument("--mc-samples", type=int, default=bdef.mc_samples,
+                   help="dropout samples for --uncertainty (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=bdef.workers,
+                   help="files predicted in parallel (local threads; default: %(default)s)")
     p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler to run on")
     p.add_argument("--overwrite", action="store_true",
                    help="predict every file again (default: skip files an earlier run of the same model "
@@ -283,19 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     e.add_argument("pred", help="folder of predicted masks")
     e.add_argument("gt", help="folder of ground-truth masks (matched by file name)")
-    e.add_argument("--task", choices=("instances", "semantic"), default="instances")
+    e.add_argument("--task", choices=("instances", "semantic"), default="instances", help="default: %(default)s")
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="train briefly on the bundled nuclei images and segment one")
-    d.add_argument("--out", default="demo-output")
-    d.add_argument("--time-limit", type=float, default=60.0)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="demo-output", help="default: %(default)s")
+    d.add_argument("--time-limit", type=float, default=60.0, help="seconds of training (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=tdef.seed, help="default: %(default)s")
     d.set_defaults(func=cmd_demo)
 
     x = sub.add_parser("export-model", help="export a model to TorchScript, ONNX or a bioimage.io package")
     x.add_argument("model", help="model folder, bioimage.io package from napari-unet, or pretrained:nuclei")
     x.add_argument("--format", choices=("torchscript", "onnx", "bioimageio"), default="torchscript",
-                   help="bioimageio: a validated and tested model package .zip (needs napari-unet[bioimageio])")
+                   help="default: %(default)s; bioimageio: a validated and tested model package .zip "
+                        "(needs napari-unet[bioimageio])")
     x.add_argument("--out", default=None,
                    help="file to write (default: MODEL/model.pt, MODEL/model.onnx or MODEL/model.zip)")
     x.add_argument("--tile", type=int, default=None, help="input size for valid-padding models (fixed at export)")
@@ -322,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     import logging
 
+    from napari_unet.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # our own process: before anything loads torch (napari_unet.threads)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # a corrupt file's own one-line error says enough

@@ -8,6 +8,11 @@ import pytest
 from napari_unet.samples import load_sample, training_samples
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "wheel: builds the wheel and runs the plugin from a fresh venv "
+                                       "(about half a minute, no network; deselect with -m 'not wheel')")
+
+
 @pytest.fixture(scope="session")
 def nuclei_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
     """Seven real (image, instance mask) pairs, 256² to 520x696."""

@@ -29,13 +29,13 @@ FG_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 # validation images: with a dozen images the best of 17 rules is partly noise (one crowded image
 # can carry a rule), and rules picked that way often transferred badly to other images. This one
 # had the best mean AP@0.5 over four short-run models, each scored on its own 12 held-out
-# train-split images (README, "Choosing the post-processing").
+# train-split images (docs/experiments.md, "Width, calibration and keep-best").
 PRIOR_RULE: dict[str, float | None] = {"seed_threshold": 0.7, "split_height": 1.0, "fg_threshold": 0.8}
 CONFIDENCE = 0.9  # an earlier checkpoint replaces the final weights (one comparison, engine keep-best)
 # The searched rule is the best of 17 on the same images it is then tested on, so its bootstrap
 # win rate is inflated by the choice (the winner's curse of many comparisons): it needs 0.99.
 # At 0.9, 5 of 9 default 120 s dsb2018_fluo runs replaced the prior; on the val split the three
-# measured lost 0.052 and 0.082 and gained 0.007 (README, "Accuracy"). A prior that finds next to
+# measured lost 0.052 and 0.082 and gained 0.007 (docs/benchmarks.md, "Accuracy"). A prior that finds next to
 # nothing (an under-confident model) still loses in every resample and is replaced.
 RULE_CONFIDENCE = 0.99
 RESAMPLES = 1000

@@ -6,6 +6,7 @@ from typing import Any
 
 from magicgui.widgets import Container
 
+from napari_unet.widgets._layers import annotations_name, find_layer
 from napari_unet.widgets._session import session_for, unwrap
 
 
@@ -19,3 +20,34 @@ class PluginWidget(Container):
         self.worker = None  # the running napari thread worker, if any
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
+
+    def preselect_layers(self, image: Any, labels: Any = None) -> None:
+        """Fill the ``image`` (and ``labels``) pickers with the obvious layers now and whenever the
+        layer list changes, but only while a picker is empty: a user's choice is never replaced."""
+
+        def choose(_event: Any = None) -> None:
+            if image.value is None:
+                name = obvious_image(self.viewer, [c for c in image.choices if c is not None])
+                if name is not None:
+                    image.value = name
+            if labels is not None and labels.value is None and image.value is not None:
+                name = annotations_name(image.value)
+                if name in labels.choices:
+                    labels.value = name
+
+        self.viewer.layers.events.inserted.connect(choose)
+        self.viewer.layers.events.removed.connect(choose)
+        choose()
+
+
+def obvious_image(viewer: Any, names: list[str]) -> str | None:
+    """Of the image layers ``names``: the active one (or the one whose annotations are active),
+    else the first with an ``<image> annotations`` layer, else the first; None when there is none."""
+    if not names:
+        return None
+    active = viewer.layers.selection.active
+    for name in names if active is not None else []:
+        if active.name in (name, annotations_name(name)):
+            return name
+    annotated = [n for n in names if find_layer(viewer, annotations_name(n)) is not None]
+    return (annotated or names)[0]

@@ -69,6 +69,7 @@ class AnnotateWidget(PluginWidget):
         self.image.changed.connect(self.refresh_stats)
         self.session.changed.connect(self._on_session_changed)
         self.session.annotations_edited.connect(lambda _name: self.refresh_stats())
+        self.preselect_layers(self.image)
         self.refresh_stats()
 
     # -- choices -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
-from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
+from napari_unet.widgets.train import CURRENT, FOLDER, _fixed_height, gui_threads, pretrained_choices
 
 UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric"]
 CURRENT_IMAGE, TRAINING_SET = "current image", "all training-set images"
@@ -42,6 +42,7 @@ class PredictWidget(PluginWidget):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="")
+        _fixed_height(self.status)  # the whole row, and no re-layout when the text changes
         self.scope = ComboBox(label="Suggest from", choices=[CURRENT_IMAGE, TRAINING_SET], value=CURRENT_IMAGE,
                               tooltip="rank the chosen image, or every training-set image (those without an "
                                       "uncertainty layer are predicted first with the model above)")
@@ -63,6 +64,7 @@ class PredictWidget(PluginWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.session.changed.connect(self.model.reset_choices)
         on_close(self, lambda w: w.worker.quit() if w.worker is not None else None)
+        self.preselect_layers(self.image)
 
     def suggest(self) -> None:
         """Rank windows by uncertainty (of the chosen image, or of every training-set image) and
@@ -152,8 +154,9 @@ class PredictWidget(PluginWidget):
             self.status.value = "no region to suggest"
             return
         region, n = self.tour.regions[self.tour.index], len(self.tour.regions)
-        where = f" in {region.name}" if self.scope.value == TRAINING_SET else ""
-        self.status.value = f"region {self.tour.index + 1}/{n}{where}: uncertainty {region.score:.3f}"
+        self.status.value = f"region {self.tour.index + 1}/{n}" + region_summary(region, self.scope.value == TRAINING_SET)
+        self.status.tooltip = (f"mean {self.uncertainty.value} uncertainty in this region {region.mean:.2g} nats, "
+                               f"{region.relative:.1f} times the image's mean")
 
     def _plane(self, layer: Any) -> np.ndarray:
         """A 2D uncertainty map: the layer's data, or its slice at the viewer's current step."""
@@ -238,6 +241,12 @@ class PredictWidget(PluginWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self.predict_button.enabled, self.cancel_button.enabled = True, False
+
+
+def region_summary(region: Any, across: bool) -> str:
+    """': 3.1× the image's mean uncertainty' for the status line (``across``: ' in IMAGE' first)."""
+    where = f" in {region.name}" if across else ""
+    return f"{where}: {region.relative:.1f}× the image's mean uncertainty"
 
 
 def _has_uncertainty(viewer: Any, name: str, kind: str) -> bool:

@@ -182,6 +182,7 @@ class TrainWidget(PluginWidget):
         self._sync.setInterval(SYNC_INTERVAL_MS)
         self._sync.timeout.connect(self._push_annotations)
         on_close(self, lambda w: w.run.stop() if w.run is not None else None)
+        self.preselect_layers(self.image, self.labels)
         self._on_image_changed(self.image.value)
         self._on_session_changed()
         self._warm_up = start_warm_up(self.device_label)

@@ -45,3 +45,31 @@ def test_ranking_across_images_merges_by_score_and_tags_each_region():
     single = rank_regions(b, size=32, k=2)
     assert [(r.y0, r.x0) for r in regions if r.name == "b"] == [(r.y0, r.x0) for r in single]
     assert rank_regions_across([a, b], size=32, k=1)[0].name == "1"  # default names: the index
+
+
+def test_one_long_structure_gets_one_region_and_the_rest_spread_out():
+    """A bright streak (a smear, a cell outline) and a few dimmer blobs: the streak gets one box,
+    the blobs the others; no two boxes touch."""
+    u = np.full((400, 600), 1e-6)
+    u[20:380, 560:575] = 3e-5  # long vertical streak at the right edge
+    blobs = [(60, 100), (200, 300), (320, 150), (100, 420)]
+    for y, x in blobs:
+        u[y:y + 20, x:x + 20] = 1e-5
+    regions = rank_regions(u, size=64, k=5)
+    on_streak = [r for r in regions if r.x1 > 560]
+    assert len(on_streak) == 1 and regions[0] is on_streak[0]
+    found = {b for b in blobs for r in regions[1:] if r.y0 <= b[0] + 10 <= r.y1 and r.x0 <= b[1] + 10 <= r.x1}
+    assert found == set(blobs)
+    for i, a in enumerate(regions):
+        for b in regions[i + 1:]:
+            assert a.y1 + 32 <= b.y0 or b.y1 + 32 <= a.y0 or a.x1 + 32 <= b.x0 or b.x1 + 32 <= a.x0
+
+
+def test_regions_report_a_figure_that_reads_at_small_uncertainties():
+    """MC-dropout epistemic maps of a good model are ~1e-5 nats: ``relative`` (window mean over the
+    map's mean) says how much more uncertain a region is, whatever the scale."""
+    u = np.full((128, 128), 1e-6)
+    u[10:30, 10:30] = 4e-5
+    first = rank_regions(u, size=32, k=1)[0]
+    assert first.mean == first.score and first.relative > 5
+    assert abs(first.relative - first.mean / u.mean()) < 1e-9

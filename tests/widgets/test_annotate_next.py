@@ -50,6 +50,7 @@ def test_tour_ranks_all_training_images_and_switches_between_them(make_napari_vi
     assert list(boxes.text.values) == ["#1", "#3"]
     assert np.allclose(viewer.camera.center[-2:], np.add(widget.tour.regions[0].centre, (0, 500)))
     assert 50 <= widget.tour.regions[0].centre[0] <= 80 and "region 1/3 in b" in widget.status.value
+    assert "× the image's mean uncertainty" in widget.status.value
 
     widget.go_to_next()
     assert layers["a"].visible and layers["a uncertainty"].visible and not layers["b"].visible
