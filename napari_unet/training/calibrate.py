@@ -62,6 +62,11 @@ def rule_counts(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], se
         preds = _each(lambda p: instances_from_probabilities(p, 10, fg_threshold, seed_threshold, split_height), probs)
     else:
         preds = _each(lambda p, s: grow_seeds(p, s, fg_threshold), probs, seeds)
+    return image_counts(preds, instances)
+
+
+def image_counts(preds: Sequence[np.ndarray], instances: Sequence[np.ndarray]) -> np.ndarray:
+    """(images, 3) TP, FP, FN at IoU 0.5 of predicted vs true instance labels, per image."""
     rows = evaluate_instances(list(zip(preds, instances)), thresholds=(0.5,))["per_image"]
     return np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in rows], dtype=np.float64).reshape(-1, 3)
 
@@ -138,9 +143,7 @@ def star_counts(maps: Sequence[np.ndarray], instances: Sequence[np.ndarray], pro
     """(images, 3) TP, FP, FN at IoU 0.5 per image of the star post-processing with these thresholds."""
     from napari_unet.inference.star import instances_from_star
 
-    preds = _each(lambda m: instances_from_star(m, 10, prob_threshold, nms_threshold), maps)
-    rows = evaluate_instances(list(zip(preds, instances)), thresholds=(0.5,))["per_image"]
-    return np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in rows], dtype=np.float64).reshape(-1, 3)
+    return image_counts(_each(lambda m: instances_from_star(m, 10, prob_threshold, nms_threshold), maps), instances)
 
 
 def tune_star_thresholds(maps: Sequence[np.ndarray], instances: Sequence[np.ndarray],
