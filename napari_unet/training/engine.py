@@ -101,7 +101,11 @@ class Trainer:
         """Patches of the synthetic pairs, or None when there are none or the ratio is 0."""
         if not self._synthetic or self.cfg.synthetic_ratio <= 0:
             return None
-        return PatchSampler(prepare_pairs(self._synthetic, self.cfg), self.cfg.patch_size, rng,
+        return self._patches(prepare_pairs(self._synthetic, self.cfg), rng)
+
+    def _patches(self, pairs: Sequence[PreparedPair], rng: np.random.Generator, focus_annotated: bool = False) -> PatchSampler:
+        """The patch sampler for ``pairs``; a star head's batches also carry the instance ids."""
+        return PatchSampler(pairs, self.cfg.patch_size, rng, focus_annotated=focus_annotated,
                             with_instances=is_star(self.cfg))
 
     def _build(self, device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, list[str]]:
@@ -135,7 +139,7 @@ class Trainer:
         else:
             train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed,
                                                       cfg.validation_max_images)
-        sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse, with_instances=is_star(cfg))
+        sampler = self._patches(train_pairs, rng, cfg.sparse)
         synthetic = self._synthetic_sampler(rng)
         if synthetic is not None:
             sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
@@ -174,8 +178,7 @@ class Trainer:
             pending = self._take_pending()
             if pending is not None:
                 train_pairs = prepare_pairs(pending[0], cfg, pending[1])
-                sampler = PatchSampler(train_pairs, cfg.patch_size, rng, focus_annotated=cfg.sparse,
-                                       with_instances=is_star(cfg))
+                sampler = self._patches(train_pairs, rng, cfg.sparse)
                 if synthetic is not None:
                     sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
@@ -243,12 +246,17 @@ class Trainer:
                 "validation": best_metrics}
         same_head = self._init is not None and (self._init.task, self._init.config.instance_head) == (cfg.task, cfg.instance_head)
         postprocess = self._init.postprocess if same_head else {}
-        if is_star(cfg) and val_pairs and (kept or not stopped):
+        if is_star(cfg) and (kept or not stopped or not val_pairs):
+            # With no held-out images (one or two annotated images) the thresholds are chosen on the
+            # training images: two numbers fitted in-sample, and a short run's object probability is
+            # often below the default 0.5 everywhere, which would show the user no objects at all.
+            tune_on = val_pairs or train_pairs[:cfg.validation_max_images]
             tune_start = time.perf_counter()
-            postprocess = self._tune_star(net, val_pairs, dtype, kept.get("probs", []))
+            postprocess = self._tune_star(net, tune_on, dtype, kept.get("probs", []) if val_pairs else [])
             meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
             how = "searched" if postprocess["confidence"] >= CONFIDENCE else "default (none clearly better)"
-            yield Message(f"star post-processing on {len(val_pairs)} validation image(s): AP@0.5 "
+            which = "validation" if val_pairs else "training (no validation images)"
+            yield Message(f"star post-processing on {len(tune_on)} {which} image(s): AP@0.5 "
                           f"{postprocess['ap50_default']:.3f} (default) -> {postprocess['ap50']:.3f} with the {how} "
                           f"thresholds (probability > {postprocess['prob_threshold']}, "
                           f"NMS overlap {postprocess['nms_threshold']})")

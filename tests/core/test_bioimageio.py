@@ -182,3 +182,27 @@ def test_valid_and_3d_networks_make_valid_packages(model, tmp_path):
     else:
         assert all(isinstance(a["size"], int) for a in in_axes[2:] + out_axes[2:])
         assert out_axes[2]["size"] < in_axes[2]["size"]
+
+
+def test_star_model_packages_its_maps_and_predicts_the_same_labels(tmp_path, small_pairs):
+    """A star-head model: 36 output channels (classes, object probability, rays in pixels); the
+    package passes bioimageio.core's own test and reads back to the same labels."""
+    from helpers import drain
+
+    from napari_unet.bioimage_io_export import export_bioimageio
+    from napari_unet.config import TrainConfig, UNetConfig
+    from napari_unet.inference.predict import predict_image
+    from napari_unet.training.checkpoint import ModelBundle, build_network
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(instance_head="star", model=UNetConfig(depth=2, base_width=4))
+    bundle = ModelBundle(build_network(cfg).eval(), cfg, {"postprocess": {"prob_threshold": 0.5, "nms_threshold": 0.4}})
+    path = drain(export_bioimageio(bundle, tmp_path / "star.zip"))
+    assert validate_package(path).status == "valid-format"
+    rdf = read_package_config(path)
+    channels = rdf["outputs"][0]["axes"][1]["channel_names"]
+    assert len(channels) == 36 and rdf["outputs"][0]["data"]["range"][1] is None
+    again = load_bundle(path)
+    image = small_pairs[0][0]
+    assert again.config.instance_head == "star"
+    np.testing.assert_array_equal(predict_image(again, image).labels, predict_image(bundle, image).labels)

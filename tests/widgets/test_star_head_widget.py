@@ -1,0 +1,46 @@
+"""The Train widget's instance-head choice, trained and previewed in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_unet.widgets.predict import PredictWidget
+from napari_unet.widgets.train import CURRENT, TrainWidget
+
+from test_train_predict import small_settings
+
+
+def test_star_head_trains_previews_and_predicts(nuclei_viewer, qtbot):
+    viewer = nuclei_viewer
+    widget = TrainWidget(viewer)
+    small_settings(widget, seconds=45)
+    widget.patch_size.value = 128  # the rays need whole nuclei in view
+    assert widget.instance_head.value == "3class"  # the default, read from TrainConfig
+    widget.instance_head.value = "star"
+    widget.train_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.previews >= 1, timeout=60_000)
+    probability = viewer.layers["nuclei probability"].data
+    assert probability.shape == viewer.layers["nuclei"].data.shape and 0 <= probability.min() <= probability.max() <= 1
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=90_000)
+    model = widget.session.model
+    assert model is not None and model.config.instance_head == "star"
+    # one image, no validation images: the thresholds were chosen on the training image
+    assert set(model.postprocess) == {"prob_threshold", "nms_threshold"}
+
+    predict = PredictWidget(viewer)
+    predict.image.value = "nuclei"
+    predict.model.value = CURRENT
+    predict.mc_samples.value = 2  # MC-dropout over the star maps too
+    predict.predict_button.changed.emit(True)
+    qtbot.waitUntil(lambda: predict.worker is None, timeout=60_000)
+    labels = viewer.layers["nuclei prediction"].data
+    assert labels.shape == viewer.layers["nuclei"].data.shape and len(np.unique(labels)) > 1
+    assert np.isfinite(viewer.layers["nuclei uncertainty"].data).all()
+
+
+def test_instance_head_hidden_for_semantic_tasks(nuclei_viewer):
+    widget = TrainWidget(nuclei_viewer)
+    widget.task.value = "sparse classes"
+    assert widget.instance_head.native.isHidden()  # the viewer window is not shown: ask Qt, not magicgui
+    widget.task.value = "instances"
+    assert not widget.instance_head.native.isHidden()
