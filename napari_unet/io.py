@@ -186,6 +186,20 @@ def _recover_model_folder(folder: Path) -> None:
         os.replace(old, folder)
 
 
+def replace_folder(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the finished folder ``source`` to ``target``, replacing what is there; readers see the
+    old folder, none, or the new one, never a partly written one (model folders, OME-Zarr stores)."""
+    source, target = Path(source), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, target)
+
+
 def save_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write weights (safetensors) and metadata (JSON) into ``folder`` atomically.
 
@@ -211,14 +225,7 @@ def save_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], meta: 
         with open(staging / WEIGHTS_FILE, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(staging, 0o755)  # mkdtemp makes it private
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(staging, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, folder)
+        replace_folder(staging, folder)
         staging = None
         _fsync_dir(folder.parent)
     except OSError as exc:

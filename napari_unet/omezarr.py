@@ -23,6 +23,7 @@ import numpy as np
 
 from napari_unet.errors import OutputError, UserError
 from napari_unet.events import Progress
+from napari_unet.io import replace_folder as replace_store
 
 NGFF_VERSION = "0.4"
 MIN_LEVEL_SIZE = 1024  # pyramids stop once the smaller of y, x is at most this many pixels
@@ -157,20 +158,6 @@ def write_ome_zarr(path: str | os.PathLike, data: np.ndarray, axes: Sequence[str
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # only left when something failed
     return path
-
-
-def replace_store(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Move the finished store (a folder) ``source`` to ``target``, replacing what is there; readers
-    see the old store, none, or the new one, never a partly written one."""
-    source, target = Path(source), Path(target)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(source, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(source, target)
 
 
 def open_ome_zarr(path: str | os.PathLike) -> Any:
