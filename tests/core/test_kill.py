@@ -27,26 +27,24 @@ def folders(tmp_path):
     return images, masks
 
 
-def _train(images, masks, out):
+def _cli(*args) -> subprocess.Popen:
+    """``napari-unet ARGS`` in a one-thread subprocess (stderr kept for failure messages)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    argv = [sys.executable, "-m", "napari_unet", "train", str(images), str(masks), "--out", str(out),
-            "--time-limit", "120", "--checkpoint-every", "0.05", "--init", "none", "--depth", "2",
-            "--base-width", "8", "--patch-size", "32", "--batch-size", "2", "--quiet"]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "napari_unet", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_sigkill_during_training_never_leaves_a_half_written_model(folders, tmp_path):
-    images, masks = folders
-    out = tmp_path / "model"
-    proc = _train(images, masks, out)
+def _kill_once_exists(proc: subprocess.Popen, path, what: str, poll: float, delay: float = 0.0) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after ``path`` appears (at most 60 s), and reap it."""
     try:
         deadline = time.monotonic() + 60
-        while not (out / "model.json").exists():  # wait for the first periodic checkpoint
+        while not path.exists():
             assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no checkpoint within 60 s"
-            time.sleep(0.01)
-        time.sleep(0.37)  # then kill at some point of the save cycle (saves run every ~50 ms)
-        assert proc.poll() is None
+            assert time.monotonic() < deadline, f"{what} within 60 s"
+            time.sleep(poll)
+        if delay:
+            time.sleep(delay)
+            assert proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -54,6 +52,19 @@ def test_sigkill_during_training_never_leaves_a_half_written_model(folders, tmp_
             proc.kill()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
+
+
+def _train(images, masks, out):
+    return _cli("train", images, masks, "--out", out, "--time-limit", "120", "--checkpoint-every", "0.05",
+                "--init", "none", "--depth", "2", "--base-width", "8", "--patch-size", "32", "--batch-size", "2",
+                "--quiet")
+
+
+def test_sigkill_during_training_never_leaves_a_half_written_model(folders, tmp_path):
+    images, masks = folders
+    out = tmp_path / "model"
+    # after the first periodic checkpoint, kill at some point of the save cycle (saves run every ~50 ms)
+    _kill_once_exists(_train(images, masks, out), out / "model.json", "no checkpoint", 0.01, delay=0.37)
     bundle = load_bundle(out)  # restores an interrupted swap if the kill hit one
     assert bundle.meta["training"]["checkpoint"] is True and bundle.meta["training"]["steps"] >= 1
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
@@ -102,22 +113,9 @@ def test_sigkill_mid_batch_then_rerun_completes_without_redoing_finished_files(b
         reference = tmp_path / "reference"
         assert main(["predict", str(model), str(images), "--out", str(reference), *options]) == 0
         out = tmp_path / "out"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        proc = subprocess.Popen([sys.executable, "-m", "napari_unet", "predict", str(model), str(images), "--out",
-                                 str(out), *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 60
-            while not (out / "n03.ome.zarr").exists():  # kill while n03's probabilities are being written
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "n03 was not reached within 60 s"
-                time.sleep(0.002)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.stderr.close()
-        assert proc.returncode == -signal.SIGKILL
+        # kill while n03's probabilities are being written
+        _kill_once_exists(_cli("predict", model, images, "--out", out, *options), out / "n03.ome.zarr",
+                          "n03 was not reached", 0.002)
         done = sorted(p.stem for p in (out / RECORDS).glob("*.json"))
         assert 3 <= len(done) < N_FILES, done  # killed mid-folder
         assert not (out / "summary.csv").exists()
