@@ -19,10 +19,10 @@ from typing import Any, Generator
 
 import numpy as np
 
-from napari_unet.events import Progress
-
 from napari_unet.data.star_targets import GRID
 from napari_unet.data.targets import relabel_sequential
+from napari_unet.events import Progress
+from napari_unet.inference.blockwise import blocks
 
 DEFAULT_RULE: dict[str, float] = {"prob_threshold": 0.5, "nms_threshold": 0.4}
 MIN_CANDIDATES, MAX_CANDIDATE_SHARE = 2000, 8  # at most max(2000, 1/8 of the grid) candidates enter the NMS
@@ -119,13 +119,13 @@ def star_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, mi
     shape = labels.shape
     n_blocks = -(-shape[0] // block) * -(-shape[1] // block)
     next_id, areas, start = 1, {}, time.perf_counter()
-    for i, (y, x) in enumerate((y, x) for y in range(0, shape[0], block) for x in range(0, shape[1], block)):
-        y0, x0 = max(y - halo, 0) // GRID * GRID, max(x - halo, 0) // GRID * GRID  # on the grid
-        y1, x1 = min(y + block + halo, shape[0]), min(x + block + halo, shape[1])
+    for i, (_, _, (ys, xs)) in enumerate(blocks(shape, block)):
+        y0, x0 = max(ys.start - halo, 0) // GRID * GRID, max(xs.start - halo, 0) // GRID * GRID  # on the grid
+        y1, x1 = min(ys.stop + halo, shape[0]), min(xs.stop + halo, shape[1])
         window = np.asarray(labels[y0:y1, x0:x1]).astype(np.int32)
         prob, dist = star_candidates(np.asarray(maps[:, y0:y1, x0:x1], dtype=np.float32), n_classes)
-        core = (slice((y - y0 + GRID - 1) // GRID, (min(y + block, shape[0]) - y0 + GRID - 1) // GRID),
-                slice((x - x0 + GRID - 1) // GRID, (min(x + block, shape[1]) - x0 + GRID - 1) // GRID))
+        core = (slice((ys.start - y0 + GRID - 1) // GRID, (ys.stop - y0 + GRID - 1) // GRID),
+                slice((xs.start - x0 + GRID - 1) // GRID, (xs.stop - x0 + GRID - 1) // GRID))
         next_id = greedy_polygon_nms(prob, dist, window, prob_threshold, nms_threshold, min_size, next_id,
                                      areas, core)
         labels[y0:y1, x0:x1] = window.astype(labels.dtype)
