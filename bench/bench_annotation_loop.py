@@ -204,7 +204,7 @@ def main() -> None:
     import torch
 
     from napari_unet.pretrained import resolve_init
-    from napari_unet.training.checkpoint import load_bundle
+    from napari_unet.models.bundle import load_bundle
 
     torch.set_num_threads(args.threads)
     began = time.perf_counter()

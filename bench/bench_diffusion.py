@@ -71,7 +71,7 @@ def segmentation_model(cache: Path, train: list, seconds: float):
     """The real-data segmentation model: the pretrained nuclei model if it is a trained one, else 120 s of core training."""
     from napari_unet.config import TrainConfig
     from napari_unet.pretrained import resolve_init
-    from napari_unet.training.checkpoint import load_bundle, save_bundle
+    from napari_unet.models.bundle import load_bundle, save_bundle
     from napari_unet.training.engine import Trainer
 
     try:

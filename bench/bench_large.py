@@ -34,7 +34,7 @@ CHILD = r"""
 import json, resource, sys, time, torch, zarr, numpy as np
 torch.set_num_threads(int(sys.argv[3]))
 from napari_unet.config import PredictConfig, TrainConfig
-from napari_unet.training.checkpoint import ModelBundle, build_network
+from napari_unet.models.bundle import ModelBundle, build_network
 from napari_unet.inference.large import predict_large
 torch.manual_seed(0)
 cfg = TrainConfig()
@@ -61,7 +61,7 @@ def make_bundle():
     import torch
 
     from napari_unet.config import TrainConfig
-    from napari_unet.training.checkpoint import ModelBundle, build_network
+    from napari_unet.models.bundle import ModelBundle, build_network
 
     torch.manual_seed(0)
     cfg = TrainConfig()

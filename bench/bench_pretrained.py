@@ -34,7 +34,7 @@ from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
 from napari_unet.inference.predict import predict_image  # noqa: E402
 from napari_unet.metrics import evaluate_instances  # noqa: E402
 from napari_unet.pretrained import fine_tune_config, resolve_init  # noqa: E402
-from napari_unet.training.checkpoint import ModelBundle, load_bundle  # noqa: E402
+from napari_unet.models.bundle import ModelBundle, load_bundle  # noqa: E402
 from napari_unet.training.engine import Trainer  # noqa: E402
 
 

@@ -45,7 +45,7 @@ from napari_unet.config import TrainConfig, UNetConfig  # noqa: E402
 from napari_unet.inference.predict import network_forward  # noqa: E402
 from napari_unet.models import count_parameters, estimate_flops  # noqa: E402
 from napari_unet.models.batchnorm import with_stock_batchnorm  # noqa: E402
-from napari_unet.training.checkpoint import build_network  # noqa: E402
+from napari_unet.models.bundle import build_network  # noqa: E402
 from napari_unet.training.device import autocast, low_precision_dtype, resolve_device  # noqa: E402
 from napari_unet.training.losses import segmentation_loss  # noqa: E402
 

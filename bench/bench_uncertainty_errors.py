@@ -200,7 +200,7 @@ def main() -> None:
     import torch
 
     from napari_unet.pretrained import resolve_model
-    from napari_unet.training.checkpoint import load_bundle
+    from napari_unet.models.bundle import load_bundle
 
     if args.threads:
         torch.set_num_threads(args.threads)

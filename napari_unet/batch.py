@@ -103,7 +103,7 @@ def _executor(bcfg: BatchConfig) -> tuple[Any, Any, Any]:
 
 def batch_key(model: str | Path, pcfg: PredictConfig, bcfg: BatchConfig, preloaded: Any = None) -> str:
     """``resume.run_key`` of the model and of the settings that change what a batch writes."""
-    from napari_unet.training.checkpoint import load_bundle
+    from napari_unet.models.bundle import load_bundle
 
     bundle = preloaded if preloaded is not None else load_bundle(model)
     settings = {"tile_size": pcfg.tile_size, "overlap": pcfg.overlap, "min_size": pcfg.min_size,
@@ -174,7 +174,7 @@ def predict_batch(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: s
     rows = [*done.values(), *rows]
     summary = write_summary(out_dir / bcfg.summary, rows)
     failed = sum(r["status"] == "failed" for r in rows)
-    yield Finished(summary, {"images": len(rows) - failed, "objects": sum(int(r["objects"] or 0) for r in rows),
+    yield Finished({"images": len(rows) - failed, "objects": sum(int(r["objects"] or 0) for r in rows),
                              "failed": failed, "skipped": len(done)})
     return sorted(rows, key=lambda r: r["file"])
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from napari_unet.config import PredictConfig
 from napari_unet.errors import OutputError, UserError
-from napari_unet.events import Progress
+from napari_unet.events import Progress, relay, run_to_end
 from napari_unet.resume import forget, write_record
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ _MODELS_LOCK = threading.Lock()
 
 def cached_model(model: str, device: str = "auto", preloaded: Any = None) -> Any:
     """The model folder's bundle, loaded once per thread (MC-dropout switches module modes)."""
-    from napari_unet.training.checkpoint import load_bundle
+    from napari_unet.models.bundle import load_bundle
     from napari_unet.training.device import resolve_device
 
     key = (str(model), device, threading.get_ident(), id(preloaded))
@@ -109,12 +109,7 @@ def predict_one(model: str, image_path: str, out_dir: str, rel: str, pcfg: Predi
                 bcfg: BatchConfig, preloaded: Any = None, key: str = "") -> dict[str, Any]:
     """Predict one file and write its outputs; returns its summary row, a ``failed`` one when the
     file cannot be read or predicted (runs on any worker; only ``OutputError`` is raised)."""
-    run = predict_file_events(model, image_path, out_dir, rel, pcfg, bcfg, preloaded, key)
-    try:
-        while True:
-            next(run)
-    except StopIteration as stop:
-        return stop.value
+    return run_to_end(predict_file_events(model, image_path, out_dir, rel, pcfg, bcfg, preloaded, key))
 
 
 def predict_file_events(model: str, image_path: str, out_dir: str, rel: str, pcfg: PredictConfig,
@@ -203,13 +198,9 @@ def _predict_streamed(bundle: Any, path: Path, out: Path, pcfg: PredictConfig, b
         except OSError as exc:
             raise OutputError(f"cannot write in {out.parent}: {exc.strerror or exc}") from None
         run = predict_large(bundle, _open_lazy(path), staging / (out.name + ".ome.zarr"), cfg, bcfg.probabilities)
-        try:
-            while True:
-                event = next(run)
-                if isinstance(event, Progress):
-                    yield Progress(event.done, event.total, event.elapsed, f"{path.name}: {event.message}")
-        except StopIteration as stop:
-            result = stop.value
+        result = yield from relay(run, lambda event: Progress(event.done, event.total, event.elapsed,
+                                                              f"{path.name}: {event.message}")
+                                  if isinstance(event, Progress) else None)
         stores = [result.labels, result.probabilities, result.uncertainty]
         finals = [None if s is None else out.parent / Path(s).name for s in stores]
         for store, final in zip(stores, finals):

@@ -30,7 +30,7 @@ import numpy as np
 
 from napari_unet.bioimage_io import CONFIG_KEY, first_error, require_spec, run_package_test, validate_package
 from napari_unet.errors import UserError
-from napari_unet.events import Finished, Message, Progress
+from napari_unet.events import Finished, Message, Progress, relay
 
 INPUT_ID, OUTPUT_ID = "raw", "probabilities"
 TEST_SIZE = 256  # the largest side of the test tensors (same networks)
@@ -296,7 +296,7 @@ def export_bioimageio(bundle: Any, out: str | os.PathLike, info: PackageInfo = P
         finally:
             staged.unlink(missing_ok=True)
     yield Progress(3, 3, time.perf_counter() - start, "done")
-    yield Finished(out, {"weights": sorted(weights), "validation": summary.status,
+    yield Finished({"weights": sorted(weights), "validation": summary.status,
                          "test": None if tested is None else tested.status})
     return out
 
@@ -309,7 +309,7 @@ def _identifier(name: str, i: int) -> str:
 
 def _save_own_model(bundle: Any, folder: Path) -> Path:
     """napari-unet's model folder for the attachments; float16 weights stay float16 (shipped models)."""
-    from napari_unet.training.checkpoint import save_bundle
+    from napari_unet.models.bundle import save_bundle
 
     save_bundle(bundle, folder)
     if bundle.meta.get("weights_dtype") == "float16":
@@ -323,13 +323,7 @@ def _save_own_model(bundle: Any, folder: Path) -> Path:
 
 def _messages_of(events: Generator) -> Generator[object, None, Any]:
     """Run an inner export, passing on its messages only (its own progress counts would confuse a bar)."""
-    while True:
-        try:
-            event = next(events)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(event, Message):
-            yield event
+    return (yield from relay(events, lambda event: event if isinstance(event, Message) else None))
 
 
 def _pydantic_reason(exc: Exception) -> str:

@@ -20,28 +20,27 @@ def drive(events: Generator, desc: str, quiet: bool = False):
     """Run a core generator to completion with a tqdm progress bar; return its return value."""
     from tqdm import tqdm
 
-    from napari_unet.events import LossReport, Message, Progress, ValidationReport
+    from napari_unet.events import LossReport, Message, Progress, ValidationReport, run_to_end
 
     bar = tqdm(desc=desc, unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+
+    def show(event) -> None:
+        if isinstance(event, Progress):
+            bar.total = event.total
+            bar.n = event.done
+            postfix = {"eta": f"{event.eta:.0f}s"} if event.eta is not None else {}
+            bar.set_postfix(postfix, refresh=False)
+            bar.refresh()
+        elif isinstance(event, LossReport):
+            bar.set_description(f"{desc} loss {event.loss:.3f}", refresh=False)
+        elif isinstance(event, ValidationReport):
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items() if k != "score")
+            bar.write(f"step {event.step}: validation {shown}{' (best)' if event.best else ''}")
+        elif isinstance(event, Message):
+            bar.write(event.text, file=sys.stderr if event.level == "error" else None)
+
     try:
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(event, Progress):
-                bar.total = event.total
-                bar.n = event.done
-                postfix = {"eta": f"{event.eta:.0f}s"} if event.eta is not None else {}
-                bar.set_postfix(postfix, refresh=False)
-                bar.refresh()
-            elif isinstance(event, LossReport):
-                bar.set_description(f"{desc} loss {event.loss:.3f}", refresh=False)
-            elif isinstance(event, ValidationReport):
-                shown = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items() if k != "score")
-                bar.write(f"step {event.step}: validation {shown}{' (best)' if event.best else ''}")
-            elif isinstance(event, Message):
-                bar.write(event.text, file=sys.stderr if event.level == "error" else None)
+        return run_to_end(events, show)
     finally:
         bar.close()
 
@@ -82,7 +81,7 @@ def _load_init(args: argparse.Namespace):
     model keeps its own architecture, so asking for another one with ``--init`` is an error.
     """
     from napari_unet.pretrained import default_init, resolve_init
-    from napari_unet.training.checkpoint import load_bundle
+    from napari_unet.models.bundle import load_bundle
 
     arch = {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width)) if v is not None}
     spec = args.init if args.init is not None else ("none" if arch else default_init(args.task))
@@ -103,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from napari_unet.io import pair_files, read_image, read_mask
     from napari_unet.pretrained import fine_tune_config
-    from napari_unet.training.checkpoint import save_bundle
+    from napari_unet.models.bundle import save_bundle
     from napari_unet.training.engine import Trainer
 
     init = _load_init(args)  # before reading data: a bad --init fails fast
@@ -140,7 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_unet.batch import BatchConfig, collect_inputs, predict_batch
     from napari_unet.config import PredictConfig
     from napari_unet.pretrained import resolve_model
-    from napari_unet.training.checkpoint import load_bundle
+    from napari_unet.models.bundle import load_bundle
     from napari_unet.training.device import resolve_device
 
     folder = resolve_model(args.model)
@@ -198,7 +197,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export_model(args: argparse.Namespace) -> int:
     from napari_unet.export import SUFFIXES, export_model
     from napari_unet.pretrained import resolve_model
-    from napari_unet.training.checkpoint import load_bundle
+    from napari_unet.models.bundle import load_bundle
 
     folder = resolve_model(args.model)
     bundle = load_bundle(folder)

@@ -19,7 +19,7 @@ def run_demo(out: Path, time_limit: float = 60.0, seed: int = 0) -> Generator[ob
     from napari_unet.metrics import evaluate_instances
     from napari_unet.overview import overview
     from napari_unet.samples import SHOWCASE, load_sample, training_samples
-    from napari_unet.training.checkpoint import save_bundle
+    from napari_unet.models.bundle import save_bundle
     from napari_unet.training.engine import Trainer
 
     samples = training_samples()

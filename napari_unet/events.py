@@ -7,9 +7,11 @@ consume the same generator. Only ``Preview`` carries arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Generator, TypeVar
 
 import numpy as np
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,29 @@ class Message:
 
 @dataclass(frozen=True)
 class Finished:
-    """The generator completed; ``result`` is what it produced (model folder, outputs...)."""
+    """The generator's last event: figures about the run (steps, images...). Its result is the
+    generator's return value, not part of the event."""
 
-    result: Any = None
     summary: dict[str, Any] = field(default_factory=dict)
+
+def run_to_end(events: Generator[Any, None, R], on_event: Callable[[Any], None] | None = None) -> R:
+    """Drive a core generator to its end, passing each event to ``on_event``; return its result."""
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)
+
+
+def relay(events: Generator[Any, None, R], change: Callable[[Any], Any]) -> Generator[Any, None, R]:
+    """Re-yield an inner generator's events as ``change(event)`` (dropped when None); return its result."""
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as stop:
+            return stop.value
+        changed = change(event)
+        if changed is not None:
+            yield changed

@@ -24,7 +24,7 @@ from torch import nn
 
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
-from napari_unet.training.checkpoint import ModelBundle
+from napari_unet.models.bundle import ModelBundle
 
 ExportFormat = Literal["torchscript", "onnx"]
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -108,7 +108,7 @@ def export_model(bundle: ModelBundle, out: str | os.PathLike, fmt: ExportFormat 
     if error > 1e-3:
         raise UserError(f"the exported {fmt} model differs from the original by {error:.2e}")
     yield Progress(2, 2, time.perf_counter() - start, "checked")
-    yield Finished(out, {"format": fmt, "max_abs_difference": error})
+    yield Finished({"format": fmt, "max_abs_difference": error})
     return out
 
 

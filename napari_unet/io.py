@@ -236,6 +236,32 @@ def save_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], meta: 
     return folder
 
 
+def stamp_model_meta(meta: dict[str, Any], kind: str, format_version: int, config: Any) -> dict[str, Any]:
+    """A copy of ``meta`` with what every model folder records: kind, format, version, time, config."""
+    import copy
+    import datetime as _dt
+
+    from napari_unet import __version__
+    from napari_unet.config import to_dict
+
+    stamped = copy.deepcopy(meta)
+    stamped.update(kind=kind, format_version=format_version, napari_unet_version=__version__,
+                   saved=_dt.datetime.now().isoformat(timespec="seconds"), config=to_dict(config))
+    return stamped
+
+
+def check_model_meta(meta: dict[str, Any], folder: str | os.PathLike, kind: str, format_version: int,
+                     what: str) -> None:
+    """``UserError`` unless ``meta`` is a ``kind`` model (``what``: 'segmentation'...) this version reads."""
+    from napari_unet import __version__
+
+    if meta.get("kind") != kind:
+        raise UserError(f"{folder} holds a {meta.get('kind', 'unknown')!r} model, not a {what} model")
+    if int(meta.get("format_version", 0)) > format_version:
+        raise UserError(f"{folder} was saved by napari-unet {meta.get('napari_unet_version', '?')} in a newer "
+                        f"format; upgrade napari-unet (this is {__version__})")
+
+
 LEGACY_WEIGHTS = ("model.pt", "model.pth")
 
 

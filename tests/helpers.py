@@ -3,7 +3,7 @@
 import torch
 
 from napari_unet.config import TrainConfig, UNetConfig
-from napari_unet.training.checkpoint import ModelBundle, build_network
+from napari_unet.models.bundle import ModelBundle, build_network
 
 
 def drain(gen):

@@ -7,8 +7,6 @@ vocabulary, so the folder alone rebuilds the model.
 
 from __future__ import annotations
 
-import copy
-import datetime as _dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet import __version__
-from napari_unet.config import to_dict
 from napari_unet.diffusion.config import DiffusionConfig, diffusion_config_from_dict
 from napari_unet.diffusion.schedulers import NoiseSchedule
 from napari_unet.diffusion.text import TagEncoder
 from napari_unet.errors import UserError
-from napari_unet.io import load_model_folder, save_model_folder
+from napari_unet.io import check_model_meta, load_model_folder, save_model_folder, stamp_model_meta
 
 MODEL_KIND = "napari-unet/diffusion"
 FORMAT_VERSION = 1
@@ -62,9 +58,7 @@ def build_models(cfg: DiffusionConfig) -> tuple[torch.nn.Module, TagEncoder]:
 
 def save_diffusion(bundle: DiffusionBundle, folder: str | os.PathLike) -> Path:
     """Write the diffusion model folder atomically."""
-    meta = copy.deepcopy(bundle.meta)
-    meta.update(kind=MODEL_KIND, format_version=FORMAT_VERSION, napari_unet_version=__version__,
-                saved=_dt.datetime.now().isoformat(timespec="seconds"), config=to_dict(bundle.config))
+    meta = stamp_model_meta(bundle.meta, MODEL_KIND, FORMAT_VERSION, bundle.config)
     state = {f"net.{k}": v for k, v in bundle.net.state_dict().items()}
     state.update({f"encoder.{k}": v for k, v in bundle.encoder.state_dict().items()})
     if bundle.shapes is not None:
@@ -76,10 +70,7 @@ def save_diffusion(bundle: DiffusionBundle, folder: str | os.PathLike) -> Path:
 def load_diffusion(folder: str | os.PathLike, device: str | torch.device = "cpu") -> DiffusionBundle:
     """Rebuild a diffusion model from its folder; clear errors for other kinds of folders."""
     tensors, meta = load_model_folder(folder)
-    if meta.get("kind") != MODEL_KIND:
-        raise UserError(f"{folder} holds a {meta.get('kind', 'unknown')!r} model, not a diffusion model")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise UserError(f"{folder} was saved by a newer napari-unet ({meta.get('napari_unet_version', '?')}); upgrade")
+    check_model_meta(meta, folder, MODEL_KIND, FORMAT_VERSION, "diffusion")
     cfg = diffusion_config_from_dict(meta.get("config", {}))
     net, encoder = build_models(cfg)
     try:

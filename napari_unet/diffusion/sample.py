@@ -18,7 +18,7 @@ from napari_unet.diffusion.config import SampleConfig
 from napari_unet.diffusion.prompts import mask_channels
 from napari_unet.diffusion.schedulers import DDIMSampler
 from napari_unet.errors import UserError
-from napari_unet.events import Finished, Progress
+from napari_unet.events import Finished, Progress, relay
 from napari_unet.training.device import autocast, low_precision_dtype
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, C, H, W), t (B,)) -> output
@@ -100,18 +100,13 @@ def synthesize(bundle: DiffusionBundle, masks: Sequence[np.ndarray], cfg: Sample
                              for k in range(i, j)]).to(device)  # (b, C, H', W')
         gen = torch.Generator(device=device).manual_seed(cfg.seed + i) if cfg.eta > 0 else None
         denoise = guided_denoiser(bundle, prompts, tag_lists[i:j], cfg.guidance, dtype)
-        loop = ddim_loop(denoise, sampler, noise, gen)
-        while True:
-            try:
-                next(loop)
-            except StopIteration as stop:
-                x = stop.value
-                break
-            done += j - i
-            elapsed = time.perf_counter() - start
-            yield Progress(done, total, elapsed, f"image {j}/{len(masks)}")
+        before = done  # steps x images of the earlier batches
+        x = yield from relay(ddim_loop(denoise, sampler, noise, gen),
+                             lambda k: Progress(before + (k + 1) * (j - i), total, time.perf_counter() - start,
+                                                f"image {j}/{len(masks)}"))
+        done = before + cfg.steps * (j - i)
         arr = x.float().cpu().numpy()[:, :, : shape[0], : shape[1]]  # (b, C, H, W)
         results += [to_uint8(a[0] if c == 1 else np.moveaxis(a, 0, -1)) for a in arr]
         i = j
-    yield Finished(results, {"images": len(results), "seconds": time.perf_counter() - start})
+    yield Finished({"images": len(results), "seconds": time.perf_counter() - start})
     return results

@@ -236,7 +236,7 @@ class DiffusionTrainer:
                              "images": len(data), "unannotated_images": len(extra),
                              "stopped_early": self._stop.is_set()}, **self._prompt_meta}
         bundle = DiffusionBundle(ema, encoder, cfg, meta, self._shapes)
-        yield Finished(bundle, {"steps": step, "seconds": elapsed})
+        yield Finished({"steps": step, "seconds": elapsed})
         return bundle
 
 

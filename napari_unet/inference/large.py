@@ -28,7 +28,7 @@ from napari_unet.events import Finished, Message, Progress
 from napari_unet.inference.blockwise import instances_blockwise
 from napari_unet.inference.tiling import Slab, iter_tiled
 from napari_unet.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
-from napari_unet.training.checkpoint import ModelBundle
+from napari_unet.models.bundle import ModelBundle
 from napari_unet.training.device import low_precision_dtype
 
 
@@ -207,7 +207,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
             yield from build_pyramid(path, min_size=min_level_size)
     result = LargeResult(out, prob_path if probabilities else None, objects, (h, w), time.perf_counter() - begin,
                          unc_path)
-    yield Finished(result, {"objects": objects, "seconds": result.seconds, "megapixels_per_second":
+    yield Finished({"objects": objects, "seconds": result.seconds, "megapixels_per_second":
                             h * w / 1e6 / max(result.seconds, 1e-9)})
     return result
 

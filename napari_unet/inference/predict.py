@@ -18,7 +18,7 @@ from napari_unet.events import Finished, Message, Progress
 from napari_unet.inference.postprocess import labels_for
 from napari_unet.inference.tiling import AllowedFn, TileFn, TileSpec, predict_tiled, round_up
 from napari_unet.inference.uncertainty import mc_uncertainty
-from napari_unet.training.checkpoint import ModelBundle
+from napari_unet.models.bundle import ModelBundle
 from napari_unet.training.device import autocast, low_precision_dtype
 
 _log = logging.getLogger(__name__)
@@ -219,5 +219,5 @@ def predict_files(bundle: ModelBundle, paths: Sequence[Path], out_dir: Path,
         write_image(target, labels)
         written.append(target)
         yield Progress(i + 1, len(paths), time.perf_counter() - start, Path(path).name)
-    yield Finished(written, {"images": len(written)})
+    yield Finished({"images": len(written)})
     return written

@@ -116,7 +116,7 @@ def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = No
     import torch
     from safetensors.torch import save_file
 
-    from napari_unet.training.checkpoint import save_bundle
+    from napari_unet.models.bundle import save_bundle
 
     folder = REGISTRY[name].folder
     card = folder / "MODEL_CARD.md"

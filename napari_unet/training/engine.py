@@ -28,13 +28,8 @@ from napari_unet.data.star_targets import GRID, pack, star_targets, unpack
 from napari_unet.models.heads import is_star
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
-from napari_unet.training.checkpoint import (
-    ModelBundle,
-    build_network,
-    cpu_state_dict,
-    load_compatible_weights,
-    save_bundle,
-)
+from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
+from napari_unet.training.checkpoint import load_compatible_weights
 from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstrap_win_rate
 from napari_unet.training.device import autocast, describe, describe_precision, start_run
 from napari_unet.training.losses import segmentation_loss, star_loss
@@ -274,7 +269,7 @@ class Trainer:
         if postprocess:
             meta["postprocess"] = postprocess
         bundle = ModelBundle(net, cfg, meta)
-        yield Finished(bundle, {"steps": step, "seconds": elapsed, **best_metrics})
+        yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
 
     def _step(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,

@@ -260,7 +260,7 @@ def _load_bundle(spec: str, current: Any) -> Any:
     if spec == CURRENT:
         return current
     from napari_unet.pretrained import resolve_init
-    from napari_unet.training.checkpoint import load_bundle
+    from napari_unet.models.bundle import load_bundle
 
     return load_bundle(resolve_init(spec))
 

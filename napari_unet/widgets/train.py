@@ -72,7 +72,7 @@ class TrainRun:
         from napari_unet.events import Message, Preview
         from napari_unet.inference.postprocess import labels_for
         from napari_unet.inference.predict import predict_probabilities
-        from napari_unet.training.checkpoint import load_bundle
+        from napari_unet.models.bundle import load_bundle
         from napari_unet.training.engine import Trainer
 
         init = current if init_spec == CURRENT else None
@@ -385,12 +385,12 @@ class TrainWidget(PluginWidget):
 
     # -- model files -------------------------------------------------------------------------
     def save_model(self) -> None:
-        from napari_unet.training.checkpoint import save_bundle
+        from napari_unet.models.bundle import save_bundle
 
         save_folder(save_bundle, self.session.model, self.model_folder.value, "model")
 
     def load_model(self) -> None:
-        from napari_unet.training.checkpoint import load_bundle
+        from napari_unet.models.bundle import load_bundle
 
         bundle = load_folder(load_bundle, self.model_folder.value)
         if bundle is None:

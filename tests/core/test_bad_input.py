@@ -25,7 +25,7 @@ from napari_unet.data.dataset import prepare_pairs
 from napari_unet.errors import UserError
 from napari_unet.inference.predict import predict_image
 from napari_unet.io import read_image, read_mask
-from napari_unet.training.checkpoint import ModelBundle, build_network, load_bundle, save_bundle
+from napari_unet.models.bundle import ModelBundle, build_network, load_bundle, save_bundle
 
 RNG = np.random.default_rng(0)
 MASK = np.zeros((40, 40), np.uint16)

@@ -11,7 +11,7 @@ from napari_unet.cli import main
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.io import read_image, read_mask, write_image
 from napari_unet.omezarr import open_ome_zarr
-from napari_unet.training.checkpoint import ModelBundle, build_network, save_bundle
+from napari_unet.models.bundle import ModelBundle, build_network, save_bundle
 
 from helpers import drain
 

@@ -22,7 +22,7 @@ from napari_unet.config import PredictConfig  # noqa: E402
 from napari_unet.errors import UserError  # noqa: E402
 from napari_unet.inference.predict import predict_probabilities  # noqa: E402
 from napari_unet.io import read_image  # noqa: E402
-from napari_unet.training.checkpoint import load_bundle, save_bundle  # noqa: E402
+from napari_unet.models.bundle import load_bundle, save_bundle  # noqa: E402
 
 from helpers import tiny_bundle  # noqa: E402
 
@@ -192,7 +192,7 @@ def test_star_model_packages_its_maps_and_predicts_the_same_labels(tmp_path, sma
     from napari_unet.bioimage_io_export import export_bioimageio
     from napari_unet.config import TrainConfig, UNetConfig
     from napari_unet.inference.predict import predict_image
-    from napari_unet.training.checkpoint import ModelBundle, build_network
+    from napari_unet.models.bundle import ModelBundle, build_network
 
     torch.manual_seed(0)
     cfg = TrainConfig(instance_head="star", model=UNetConfig(depth=2, base_width=4))

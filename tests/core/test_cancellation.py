@@ -12,7 +12,7 @@ import torch
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.events import Progress
 from napari_unet.inference.predict import predict_files
-from napari_unet.training.checkpoint import ModelBundle, build_network
+from napari_unet.models.bundle import ModelBundle, build_network
 from napari_unet.training.engine import Trainer
 from napari_unet.training.validation import validate
 from napari_unet.data.dataset import prepare_pairs

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from napari_unet.io import write_image
-from napari_unet.training.checkpoint import load_bundle
+from napari_unet.models.bundle import load_bundle
 
 
 @pytest.fixture()
@@ -79,7 +79,7 @@ def batch(tmp_path, small_pairs):
     import torch
 
     from napari_unet.config import TrainConfig, UNetConfig
-    from napari_unet.training.checkpoint import ModelBundle, build_network, save_bundle
+    from napari_unet.models.bundle import ModelBundle, build_network, save_bundle
 
     torch.manual_seed(0)
     cfg = TrainConfig(model=UNetConfig(depth=2, base_width=4))

@@ -12,7 +12,7 @@ import torch
 from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.errors import UserError
 from napari_unet.io import load_model_folder
-from napari_unet.training.checkpoint import FORMAT_VERSION, ModelBundle, build_network, load_bundle, save_bundle
+from napari_unet.models.bundle import FORMAT_VERSION, ModelBundle, build_network, load_bundle, save_bundle
 
 
 class WritesAFile:

@@ -11,7 +11,7 @@ from napari_unet.errors import UserError
 from napari_unet.events import Message
 from napari_unet.inference import predict as predict_module
 from napari_unet.models.unet import UNet
-from napari_unet.training.checkpoint import ModelBundle, build_network
+from napari_unet.models.bundle import ModelBundle, build_network
 from napari_unet.training.engine import Trainer
 
 MASK = np.zeros((48, 48), np.uint16)

@@ -15,7 +15,7 @@ from napari_unet.errors import UserError
 from napari_unet.io import read_mask, write_image
 from napari_unet.metrics import evaluate_instances
 from napari_unet.samples import load_sample
-from napari_unet.training.checkpoint import load_bundle
+from napari_unet.models.bundle import load_bundle
 from napari_unet.training.engine import Trainer
 
 

@@ -17,7 +17,7 @@ from napari_unet.inference.predict import network_forward, predict_image
 from napari_unet.inference.star import instances_from_star, star_blockwise
 from napari_unet.inference.uncertainty import mc_uncertainty
 from napari_unet.metrics import evaluate_instances
-from napari_unet.training.checkpoint import build_network, load_bundle, save_bundle
+from napari_unet.models.bundle import build_network, load_bundle, save_bundle
 from napari_unet.training.engine import Trainer
 
 TINY = UNetConfig(depth=2, base_width=8)
@@ -146,7 +146,7 @@ def test_star_model_trains_on_real_nuclei_and_roundtrips(small_pairs, tmp_path):
 def test_fine_tuning_a_3class_model_into_a_star_model_keeps_the_backbone(small_pairs):
     torch.manual_seed(0)
     start = TrainConfig(model=TINY)
-    from napari_unet.training.checkpoint import ModelBundle
+    from napari_unet.models.bundle import ModelBundle
 
     init = ModelBundle(build_network(start), start)
     cfg = TrainConfig(instance_head="star", model=TINY, steps=1, time_limit=None, patch_size=64, batch_size=2,
@@ -173,7 +173,7 @@ def test_mc_dropout_uncertainty_covers_probability_and_rays():
 def test_star_predictions_with_mc_dropout_and_tiles(small_pairs):
     cfg = TrainConfig(instance_head="star", model=TINY)
     torch.manual_seed(0)
-    from napari_unet.training.checkpoint import ModelBundle
+    from napari_unet.models.bundle import ModelBundle
 
     bundle = ModelBundle(build_network(cfg).eval(), cfg)
     image = np.tile(small_pairs[0][0], (2, 2))  # 256²
@@ -187,7 +187,7 @@ def test_star_predictions_with_mc_dropout_and_tiles(small_pairs):
 
 def test_star_network_exports_its_maps(tmp_path):
     from napari_unet.export import export_model, run_exported
-    from napari_unet.training.checkpoint import ModelBundle
+    from napari_unet.models.bundle import ModelBundle
 
     cfg = TrainConfig(instance_head="star", model=TINY)
     torch.manual_seed(0)

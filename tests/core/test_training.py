@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
-from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
+from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport, run_to_end
 from napari_unet.inference.predict import predict_image
 from napari_unet.metrics import evaluate_instances
-from napari_unet.training.checkpoint import load_bundle, load_compatible_weights, save_bundle, build_network
+from napari_unet.models.bundle import load_bundle, save_bundle, build_network
+from napari_unet.training.checkpoint import load_compatible_weights
 from napari_unet.training.engine import Trainer, learning_rate
 from napari_unet.training.losses import soft_dice_loss, weighted_cross_entropy
 
@@ -17,12 +18,7 @@ TINY = UNetConfig(depth=2, base_width=8)
 
 def run(trainer):
     events = []
-    gen = trainer.run()
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return stop.value, events
+    return run_to_end(trainer.run(), events.append), events
 
 
 def test_losses_ignore_unannotated_pixels():
@@ -75,9 +71,9 @@ def test_stop_and_live_data_update(small_pairs):
     cfg = TrainConfig(model=TINY, time_limit=60, patch_size=64, batch_size=2, preview_every=0.01,
                       validation_fraction=0)
     trainer = Trainer(small_pairs[:1], cfg, preview_image=small_pairs[0][0])
-    gen = trainer.run()
     seen = []
-    for event in gen:
+
+    def watch(event):
         seen.append(event)
         if isinstance(event, Progress) and event.done == 3:
             trainer.update_pairs(small_pairs)
@@ -85,10 +81,12 @@ def test_stop_and_live_data_update(small_pairs):
             assert event.probabilities.shape == (3, 128, 128) and event.labels.shape == (128, 128)
             if event.step > 3:
                 trainer.stop()
+
+    bundle = run_to_end(trainer.run(), watch)
     texts = [e.text for e in seen if isinstance(e, Message)]
     assert any("4 image(s)" in t for t in texts)
-    finished = [e for e in seen if isinstance(e, Finished)]
-    assert finished and finished[0].result.meta["training"]["stopped_early"]
+    assert isinstance(seen[-1], Finished) and seen[-1].summary["steps"] == bundle.meta["training"]["steps"]
+    assert bundle.meta["training"]["stopped_early"]
 
 
 def test_fine_tuning_reinitialises_only_what_does_not_fit():

@@ -7,7 +7,7 @@ from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.events import ValidationReport
 from napari_unet.inference.predict import predict_image
 from napari_unet.metrics import evaluate_instances
-from napari_unet.training.checkpoint import ModelBundle, build_network
+from napari_unet.models.bundle import ModelBundle, build_network
 from napari_unet.training.engine import Trainer
 
 torch.set_num_threads(2)

@@ -12,7 +12,7 @@ from napari_unet.inference.large import predict_large
 from napari_unet.inference.postprocess import instances_from_probabilities
 from napari_unet.inference.predict import predict_probabilities
 from napari_unet.omezarr import open_ome_zarr
-from napari_unet.training.checkpoint import ModelBundle, build_network
+from napari_unet.models.bundle import ModelBundle, build_network
 
 torch.set_num_threads(2)
 

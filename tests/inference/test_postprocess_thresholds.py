@@ -30,7 +30,7 @@ def test_strict_seeds_split_touching_objects():
 
 def test_bundle_carries_thresholds():
     from napari_unet.config import TrainConfig
-    from napari_unet.training.checkpoint import ModelBundle
+    from napari_unet.models.bundle import ModelBundle
 
     bundle = ModelBundle(None, TrainConfig(), {"postprocess": {"seed_threshold": 0.8, "fg_threshold": 0.6, "x": 1}})
     assert bundle.postprocess == {"seed_threshold": 0.8, "fg_threshold": 0.6}

@@ -8,7 +8,7 @@ import torch
 
 from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.inference.suggest import rank_regions_across
-from napari_unet.training.checkpoint import ModelBundle, build_network
+from napari_unet.models.bundle import ModelBundle, build_network
 from napari_unet.widgets._layers import annotations_name, show_uncertainty, uncertainty_name
 from napari_unet.widgets._session import session_for
 from napari_unet.widgets.predict import TRAINING_SET, PredictWidget

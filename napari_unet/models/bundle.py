@@ -1,0 +1,126 @@
+"""A trained model with everything needed to use it again: network, config, metadata.
+
+It lives beside the networks so training and inference both import it downward (no cycle).
+
+On disk a model folder holds ``model.safetensors`` and ``model.json``; the JSON carries the
+full ``TrainConfig`` (architecture, task, normalisation), so the network is rebuilt from the
+folder alone and no pickle is involved.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_unet.config import TrainConfig, from_dict
+from napari_unet.errors import UserError
+from napari_unet.io import check_model_meta, load_model_folder, save_model_folder, stamp_model_meta
+
+MODEL_KIND = "napari-unet/segmentation"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelBundle:
+    """A segmentation network and the configuration it was trained with."""
+
+    net: torch.nn.Module
+    config: TrainConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def postprocess(self) -> dict[str, float]:
+        """Instance post-processing tuned for this model (3-class head: ``seed_threshold``,
+        ``fg_threshold``, ``split_height``; star head: ``prob_threshold``, ``nms_threshold``)."""
+        known = ("seed_threshold", "fg_threshold", "split_height", "prob_threshold", "nms_threshold")
+        return {k: v for k, v in (self.meta.get("postprocess") or {}).items() if k in known}
+
+    @property
+    def n_outputs(self) -> int:
+        """Channels of the network's output maps (classes, plus a star head's probability and rays)."""
+        from napari_unet.data.dataset import n_output_channels
+
+        return n_output_channels(self.config)
+
+    @property
+    def output_names(self) -> list[str]:
+        """A name for every channel of the output maps: the classes, then a star head's maps."""
+        extra = self.n_outputs - len(self.class_names)
+        return self.class_names + (["object probability"] + [f"ray {i}" for i in range(extra - 1)] if extra else [])
+
+    @property
+    def class_names(self) -> list[str]:
+        from napari_unet.data.targets import INSTANCE_CLASSES
+
+        if self.task == "instances":
+            return list(INSTANCE_CLASSES)
+        return self.meta.get("class_names") or [f"class {i}" for i in range(self.config.n_classes)]
+
+
+def build_network(cfg: TrainConfig) -> torch.nn.Module:
+    """A fresh U-Net whose output channels fit the task."""
+    from dataclasses import replace
+
+    from napari_unet.data.dataset import n_output_channels, n_output_classes
+    from napari_unet.models import UNet
+    from napari_unet.models.heads import OutputMaps, is_star
+
+    rays = cfg.n_rays if is_star(cfg) else 0  # the star head's rays come from the half-resolution side branch
+    net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg) - rays, side_channels=rays))
+    net.activation = OutputMaps(n_output_classes(cfg), is_star(cfg))  # no parameters: the weights file is unchanged
+    return net
+
+
+def cpu_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the weights (used to keep the best model while training)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
+def save_bundle(bundle: ModelBundle, folder: str | os.PathLike) -> Path:
+    """Write the model folder atomically."""
+    meta = stamp_model_meta(bundle.meta, MODEL_KIND, FORMAT_VERSION, bundle.config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in cpu_state_dict(bundle.net).items()}
+    return save_model_folder(folder, state, meta)
+
+
+def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a model folder, or of a bioimage.io package napari-unet exported
+    (its attachments hold the same two files)."""
+    from napari_unet.bioimage_io import is_package, read_package_model
+
+    return read_package_model(path) if is_package(path) else load_model_folder(path)
+
+
+def load_bundle(folder: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
+    """Rebuild a model from its folder (or bioimage.io package); clear errors for other kinds or
+    newer formats."""
+    tensors, meta = read_model(folder)
+    check_model_meta(meta, folder, MODEL_KIND, FORMAT_VERSION, "segmentation")
+    if not isinstance(meta.get("config"), dict):
+        raise UserError(f"{folder}/model.json has no training configuration")
+    try:
+        cfg = from_dict(TrainConfig, meta["config"])
+        net = build_network(cfg)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise UserError(f"{folder}/model.json holds an invalid configuration: {type(exc).__name__}: {exc}"
+                        .split("\n")[0]) from None
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise UserError(f"the weights in {folder} do not fit its configuration: {_first_reason(exc)}") from None
+    net.to(device).eval()
+    return ModelBundle(net, cfg, meta)
+
+
+def _first_reason(exc: Exception) -> str:
+    """The first informative line of a ``load_state_dict`` error (its first line is a header)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]
