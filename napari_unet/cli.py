@@ -11,9 +11,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Generator, Sequence
+from typing import TYPE_CHECKING, Generator, Sequence
 
 from napari_unet.errors import UserError
+
+if TYPE_CHECKING:
+    from napari_unet.decide.train_request import TrainRequest
 
 
 def drive(events: Generator, desc: str, quiet: bool = False):
@@ -45,86 +48,51 @@ def drive(events: Generator, desc: str, quiet: bool = False):
         bar.close()
 
 
-def _train_config(args: argparse.Namespace, pairs_masks: Sequence) -> "TrainConfig":
-    from dataclasses import replace
+def train_request(args: argparse.Namespace) -> "TrainRequest":
+    """The ``TrainRequest`` the ``train`` flags describe (defaults: the config dataclasses')."""
+    from napari_unet.decide.classes import user_task
+    from napari_unet.decide.train_request import TrainRequest
 
-    import numpy as np
-
-    from napari_unet.config import TrainConfig, UNetConfig
-
-    n_classes = 2
-    if args.task == "semantic":
-        top = max(int(np.max(m)) for m in pairs_masks)
-        n_classes = args.n_classes or (2 if top == 255 else top + 1 - int(args.sparse))
-    if not 1 <= args.in_channels <= 4:
-        raise UserError("--in-channels must be between 1 and 4")
-    default = UNetConfig()
-    model = UNetConfig(depth=default.depth if args.depth is None else args.depth,
-                       base_width=default.base_width if args.base_width is None else args.base_width,
-                       in_channels=args.in_channels)
-    cfg = TrainConfig(task=args.task, instance_head=args.instance_head, model=model, n_classes=n_classes,
-                      time_limit=args.time_limit,
-                      epochs=args.epochs, steps=args.steps, device=args.device, seed=args.seed,
-                      sparse=args.sparse, batch_size=args.batch_size, patch_size=args.patch_size)
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise UserError("--time-limit must be positive")
-    if args.time_limit is None and args.epochs is None and args.steps is None:
-        cfg = replace(cfg, time_limit=120.0)
-    return cfg
+    return TrainRequest(task=user_task(args.task, args.sparse), instance_head=args.instance_head,
+                        n_classes=args.n_classes, in_channels=args.in_channels, depth=args.depth,
+                        base_width=args.base_width, time_limit=args.time_limit, epochs=args.epochs, steps=args.steps,
+                        patch_size=args.patch_size, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                        checkpoint_every=args.checkpoint_every or None, synthetic=bool(args.synthetic),
+                        synthetic_ratio=args.synthetic_ratio)
 
 
-def _load_init(args: argparse.Namespace):
-    """The ``ModelBundle`` to fine-tune from (``pretrained:NAME``, a folder) or None for ``none``.
-
-    No ``--init`` means the task's default (``pretrained:nuclei`` for instances, scratch
-    otherwise), or scratch when ``--depth``/``--base-width`` ask for an architecture; a starting
-    model keeps its own architecture, so asking for another one with ``--init`` is an error.
-    """
-    from napari_unet.pretrained import default_init, resolve_init
-    from napari_unet.models.bundle import load_bundle
-
-    arch = {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width)) if v is not None}
-    spec = args.init if args.init is not None else ("none" if arch else default_init(args.task))
-    folder = resolve_init(spec)
-    if folder is None:
-        return None
-    init = load_bundle(folder)
-    clash = [f"--{k.replace('_', '-')} {v}" for k, v in arch.items() if getattr(init.config.model, k) != v]
-    if clash:
-        raise UserError(f"{' '.join(clash)} does not match the starting model {spec} "
-                        f"(depth {init.config.model.depth}, base width {init.config.model.base_width}); "
-                        "use --init none to train another architecture from scratch")
-    return init
+def _architecture(args: argparse.Namespace) -> dict[str, int]:
+    """The architecture the flags ask for (only the ones given)."""
+    return {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width)) if v is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
+    from napari_unet.decide.classes import user_task
+    from napari_unet.decide.model_spec import start_model
+    from napari_unet.decide.train_request import train_config_for
     from napari_unet.io import pair_files, read_image, read_mask
     from napari_unet.pretrained import fine_tune_config
     from napari_unet.models.bundle import save_bundle
     from napari_unet.training.engine import Trainer
 
-    init = _load_init(args)  # before reading data: a bad --init fails fast
-    files = pair_files(args.images, args.masks)
-    images = [read_image(i) for i, _ in files]
-    masks = [read_mask(m) for _, m in files]
-    cfg = _train_config(args, masks)
-    if init is not None:  # its architecture and normalisation; the Trainer re-initialises what does not fit
-        cfg = fine_tune_config(cfg, init)
+    if args.checkpoint_every < 0:
+        raise UserError("--checkpoint-every must be >= 0")
+    init = start_model(args.init, user_task(args.task, args.sparse), _architecture(args),  # before reading data
+                       shown=lambda field: f"--{field.replace('_', '-')}",
+                       hint="use --init none to train another architecture from scratch")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    if args.checkpoint_every < 0:
-        raise UserError("--checkpoint-every must be >= 0")
-    cfg = replace(cfg, checkpoint_every=args.checkpoint_every or None)
+    files = pair_files(args.images, args.masks)
+    images = [read_image(i) for i, _ in files]
+    masks = [read_mask(m) for _, m in files]
     synthetic = None
     if args.synthetic:  # a `synth generate` output folder: images/ and masks/
-        if not 0 < args.synthetic_ratio < 1:
-            raise UserError("--synthetic-ratio must be between 0 and 1")
         root = Path(args.synthetic)
         synthetic = [(read_image(i), read_mask(m)) for i, m in pair_files(root / "images", root / "masks")]
-        cfg = replace(cfg, synthetic_ratio=args.synthetic_ratio)
+    cfg = train_config_for(train_request(args), images, masks)
+    if init is not None:  # its architecture and normalisation; the Trainer re-initialises what does not fit
+        cfg = fine_tune_config(cfg, init)
     trainer = Trainer(list(zip(images, masks)), cfg, init=init, names=[i.name for i, _ in files], checkpoint_to=out,
                       synthetic=synthetic)
     bundle = drive(trainer.run(), "training", args.quiet)
@@ -225,6 +193,7 @@ def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path
 def build_parser() -> argparse.ArgumentParser:
     from napari_unet.batch import BatchConfig
     from napari_unet.config import INSTANCE_HEADS, PredictConfig, TrainConfig, UNetConfig
+    from napari_unet.decide.train_request import SYNTHETIC_SHARE
 
     # defaults shown in --help come from the config dataclasses, never retyped here
     tdef, udef, pdef, bdef = TrainConfig(), UNetConfig(), PredictConfig(), BatchConfig()
@@ -251,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default=None,
                    help="starting model: pretrained:nuclei, a model folder, or 'none' for scratch "
                         "(default: pretrained:nuclei for instances, none for semantic)")
-    t.add_argument("--in-channels", type=int, default=1,
-                   help="network input channels (default 1: colour is averaged to grey)")
+    t.add_argument("--in-channels", type=int, default=None,
+                   help="network input channels (default: the first image's: 1 for grey, 3 for colour)")
     t.add_argument("--depth", type=int, default=None, help=f"default {udef.depth} (from scratch only)")
     t.add_argument("--base-width", type=int, default=None, help=f"default {udef.base_width} (from scratch only)")
     t.add_argument("--batch-size", type=int, default=tdef.batch_size, help="patches per step (default: %(default)s)")
@@ -260,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",
                    help="also train on synthetic pairs (a `synth generate` output: images/ and masks/); "
                         "validation stays on real images")
-    t.add_argument("--synthetic-ratio", type=float, default=0.5, help="share of patches from --synthetic (default: %(default)s)")
+    t.add_argument("--synthetic-ratio", type=float, default=SYNTHETIC_SHARE,
+                   help="share of patches from --synthetic (default: %(default)s)")
     t.add_argument("--checkpoint-every", type=float, default=30.0,
                    help="seconds between atomic saves of the model while training (0 = only at the end; "
                         "default: %(default)s)")

@@ -56,7 +56,7 @@ def safe_name(name: str) -> str:
 
 @dataclass
 class Project:
-    """An ordered set of samples annotated in one mode ("instances" or "sparse")."""
+    """An ordered set of samples annotated in one mode: the user task ("instances", "sparse" or "classes")."""
 
     mode: str = "instances"
     class_names: list[str] = field(default_factory=lambda: ["background", "object"])
@@ -98,17 +98,6 @@ class Project:
     def synthetic_pairs(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """The accepted synthetic (image, mask) pairs, for ``Trainer(..., synthetic=...)``."""
         return [(s.image, s.labels) for s in self.synthetic.values()]
-
-    @property
-    def task(self) -> str:
-        return "instances" if self.mode == "instances" else "semantic"
-
-    def n_classes(self) -> int:
-        """Classes the network predicts (sparse: background + painted classes)."""
-        if self.mode == "instances":
-            return 2
-        top = max((int(s.labels.max()) for s in self.samples.values() if s.labels.size), default=2)
-        return max(top, len(self.class_names), 2)
 
     # -- files -------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:

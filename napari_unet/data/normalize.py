@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_unet.decide.layout import array_layout
 from napari_unet.errors import UserError
 
 
@@ -21,20 +22,13 @@ def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.
         image = image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.number)):
         raise UserError(f"cannot use pixels of type {image.dtype}")
-    if image.ndim == dims:
-        chw = image[None]
-    elif image.ndim == dims + 1:
-        if image.shape[-1] <= 4 and image.shape[0] > 4:
-            chw = np.moveaxis(image, -1, 0)
-        elif image.shape[0] <= 4:
-            chw = image
-        elif image.shape[-1] <= 4:
-            chw = np.moveaxis(image, -1, 0)
-        else:
-            raise UserError(f"an array of shape {image.shape} is a {dims + 1}D stack or has more than 4 channels; "
-                            f"this model takes {dims}D images with up to 4 channels")
-    else:
+    if image.ndim not in (dims, dims + 1):
         raise UserError(f"expected a {dims}D image (optionally with channels), got shape {image.shape}")
+    layout = array_layout(image.shape, dims=dims)  # decide.layout: which axis is channels
+    if layout.is_stack:
+        raise UserError(f"an array of shape {image.shape} is a {dims + 1}D stack or has more than 4 channels; "
+                        f"this model takes {dims}D images with up to 4 channels")
+    chw = image[None] if layout.channel_axis is None else np.moveaxis(image, layout.channel_axis, 0)
     if chw.shape[0] == 4 and in_channels != 4:
         chw = chw[:3]  # drop alpha
     if chw.shape[0] == in_channels:

@@ -65,7 +65,7 @@ def cmd_synth_train(args: argparse.Namespace) -> int:
                           crop_size=args.crop_size, batch_size=args.batch_size,
                           unannotated_share=args.unannotated_share)
     if args.time_limit is None and args.steps is None:
-        cfg = replace(cfg, time_limit=600.0)
+        cfg = replace(cfg, time_limit=DiffusionConfig.time_limit)
     trainer = DiffusionTrainer(list(zip(images, masks)), cfg, tags=tags, names=[i.name for i, _ in files],
                                unannotated=unannotated)
     bundle = drive(trainer.run(), "diffusion training", args.quiet)
@@ -76,7 +76,7 @@ def cmd_synth_train(args: argparse.Namespace) -> int:
 
 def _prompts(args: argparse.Namespace, bundle) -> tuple[list[str], list]:
     """(stems, masks) from --masks or automatic layouts for --count."""
-    from napari_unet.diffusion.prompts import object_shapes, prompt_layouts, unpack_shapes
+    from napari_unet.decide.auto_prompts import auto_prompts
     from napari_unet.io import list_images, read_mask
 
     if args.masks:
@@ -84,20 +84,9 @@ def _prompts(args: argparse.Namespace, bundle) -> tuple[list[str], list]:
         if not paths:
             raise UserError(f"no mask images found in {args.masks}")
         return [p.stem for p in paths], [read_mask(p) for p in paths]
-    if args.count <= 0:
-        raise UserError("--count must be positive")
-    if args.size < 16:
-        raise UserError("--size must be at least 16")
-    if args.source_masks:
-        shapes = object_shapes([read_mask(p) for p in list_images([args.source_masks])])
-    elif bundle.shapes is not None:
-        shapes = unpack_shapes(bundle.shapes)
-    else:
-        raise UserError("this model stores no object shapes; pass --source-masks MASK_DIR")
-    density = args.density if args.density is not None else float(bundle.meta.get("density", 10.0))
-    if args.vary and args.objects is not None:
-        raise UserError("--vary sets each image's object count from --density; leave out --objects")
-    masks = prompt_layouts(shapes, args.size, args.count, density, args.seed, args.objects, args.vary)
+    source = [read_mask(p) for p in list_images([args.source_masks])] if args.source_masks else None
+    masks = auto_prompts(bundle, args.count, args.size, args.seed, source_masks=source, density=args.density,
+                         objects=args.objects, vary=args.vary)
     width = max(4, len(str(args.count - 1)))
     return [f"synth_{k:0{width}d}" for k in range(args.count)], masks
 
@@ -129,6 +118,9 @@ def cmd_synth_generate(args: argparse.Namespace) -> int:
 
 def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``synth train`` and ``synth generate`` under the main parser's subcommands."""
+    from napari_unet.diffusion.config import DiffusionConfig, SampleConfig
+
+    ddef, sdef = DiffusionConfig(), SampleConfig()  # defaults come from the config dataclasses
     s = sub.add_parser("synth", help="diffusion model that turns mask prompts into synthetic training pairs")
     ss = s.add_subparsers(dest="synth_command", required=True)
 
@@ -136,18 +128,19 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     t.add_argument("images", help="folder of images")
     t.add_argument("masks", help="folder of instance masks matched to images by file name")
     t.add_argument("--out", required=True, help="diffusion model folder to write")
-    t.add_argument("--time-limit", type=float, default=None, help="seconds (default 600 when no --steps)")
+    t.add_argument("--time-limit", type=float, default=None, help=f"seconds (default {ddef.time_limit:g} when no --steps)")
     t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--crop-size", type=int, default=64, help="training crop side (multiple of 4)")
-    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--crop-size", type=int, default=ddef.crop_size,
+                   help="training crop side (multiple of 4; default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=ddef.batch_size, help="default: %(default)s")
     t.add_argument("--tags", default=None, help="CSV of name,tags (space-separated style tags per image)")
     t.add_argument("--auto-tags", action="store_true", help="tag images by object density and size")
     t.add_argument("--unannotated", default=None,
                    help="folder of images without masks: the model learns their look too (unconditional crops)")
-    t.add_argument("--unannotated-share", type=float, default=0.5,
-                   help="share of training crops from --unannotated images (0 to <1)")
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--unannotated-share", type=float, default=ddef.unannotated_share,
+                   help="share of training crops from --unannotated images (0 to <1; default: %(default)s)")
+    t.add_argument("--device", default=ddef.device, choices=("auto", "cpu", "cuda", "mps"))
+    t.add_argument("--seed", type=int, default=ddef.seed)
     t.set_defaults(func=cmd_synth_train)
 
     g = ss.add_parser("generate", help="synthesize images for mask prompts")
@@ -156,10 +149,11 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     src.add_argument("--masks", help="folder of instance masks to use as prompts")
     src.add_argument("--count", type=int, help="number of pairs from automatic mask prompts")
     g.add_argument("--out", required=True, help="writes OUT/images/<stem>.tif and OUT/masks/<stem>.tif")
-    g.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    g.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=sdef.steps, help="DDIM steps (default: %(default)s)")
+    g.add_argument("--guidance", type=float, default=sdef.guidance,
+                   help="classifier-free guidance scale (default: %(default)s)")
+    g.add_argument("--eta", type=float, default=sdef.eta, help="DDIM stochasticity (0 = deterministic)")
+    g.add_argument("--seed", type=int, default=sdef.seed)
     g.add_argument("--tags", default=None, help='style tags for every image, e.g. "dense small"')
     g.add_argument("--size", type=int, default=128, help="--count: side of the generated images")
     g.add_argument("--objects", type=int, default=None, help="--count: objects per image")
@@ -168,7 +162,7 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     g.add_argument("--vary", action="store_true",
                    help="--count: vary each layout's magnification (0.6-1.6x), crowding (0.5-2x) and whether "
                         "objects touch, with objects cut by the edges")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    g.add_argument("--device", default=sdef.device, choices=("auto", "cpu", "cuda", "mps"))
     g.set_defaults(func=cmd_synth_generate)
     for sp in (t, g):
         sp.add_argument("--quiet", action="store_true", help="no progress bar")

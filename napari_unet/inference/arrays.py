@@ -13,23 +13,15 @@ from typing import TYPE_CHECKING, Generator
 import numpy as np
 
 from napari_unet.config import PredictConfig
+from napari_unet.decide.layout import array_layout
 from napari_unet.errors import UserError
-from napari_unet.events import Progress
+from napari_unet.events import Progress, relay
 from napari_unet.data.dataset import n_output_classes
 from napari_unet.inference.postprocess import labels_for
 from napari_unet.inference.uncertainty import mc_uncertainty
 
 if TYPE_CHECKING:
     from napari_unet.inference.predict import Prediction
-
-
-def is_stack(image: np.ndarray, in_channels: int, rgb: bool = False) -> bool:
-    """Whether a 3D array is a stack of 2D images (rather than one image with channels)."""
-    if rgb or image.ndim == 2:
-        return False
-    if image.ndim == 4:
-        return True
-    return not (image.shape[0] == in_channels and in_channels > 1) and not (image.shape[-1] == in_channels > 1)
 
 
 def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(), *, rgb: bool = False,
@@ -40,7 +32,8 @@ def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(
     image = np.asarray(image)
     if image.ndim not in (2, 3, 4):
         raise UserError(f"cannot predict an array of shape {image.shape}: expected 2D, 2D + channels or a stack")
-    slices = list(image) if is_stack(image, bundle.config.model.in_channels, rgb) else [image]
+    mcfg = bundle.config.model
+    slices = list(image) if array_layout(image.shape, rgb, mcfg.in_channels, mcfg.dims).is_stack else [image]
     passes = max(cfg.mc_samples, 1)
     total, done, start = len(slices) * passes, 0, time.perf_counter()
     probs_out, labels_out, maps_out = [], [], []
@@ -67,3 +60,18 @@ def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(
         labels = np.where(labels > 0, labels.astype(np.int64) + offsets[:, None, None], 0).astype(np.uint32)
     maps = {uncertainty: np.stack(maps_out)} if maps_out else {}
     return Prediction(np.stack(probs_out, axis=1), labels, maps)
+
+
+def predict_many(bundle, items: list[tuple[str, np.ndarray, bool]], cfg: PredictConfig = PredictConfig(), *,
+                 uncertainty: str = "epistemic") -> Generator[object, None, dict[str, "Prediction"]]:
+    """``predict_array`` over (name, array, rgb) items with one ``Progress`` stream for them all;
+    returns {name: Prediction}."""
+    results, start = {}, time.perf_counter()
+    for i, (name, data, rgb) in enumerate(items):
+        def overall(event: object, i: int = i, name: str = name) -> Progress | None:
+            if not (isinstance(event, Progress) and event.total):
+                return None
+            return Progress(i * event.total + event.done, len(items) * event.total, time.perf_counter() - start, name)
+
+        results[name] = yield from relay(predict_array(bundle, data, cfg, rgb=rgb, uncertainty=uncertainty), overall)
+    return results

@@ -14,6 +14,7 @@ from napari_unet.config import PredictConfig
 from napari_unet.data.dataset import n_output_classes
 from napari_unet.data.normalize import has_nonfinite, prepare_image
 from napari_unet.errors import UserError
+from napari_unet.decide.layout import array_layout
 from napari_unet.events import Finished, Message, Progress
 from napari_unet.inference.postprocess import labels_for
 from napari_unet.inference.tiling import AllowedFn, TileFn, TileSpec, predict_tiled, round_up
@@ -147,13 +148,6 @@ def predict_normalized(net: torch.nn.Module, chw: np.ndarray, n_out: int, cfg: P
             _log.warning("GPU out of memory: retrying with tile %d, batch %d", cfg.tile_size, cfg.batch_size)
 
 
-def is_stack(image: np.ndarray, dims: int) -> bool:
-    """True when a 2D model must be applied slice by slice: (Z, H, W) with Z and W > 4, or (Z, H, W, C)."""
-    if dims != 2:
-        return False
-    return (image.ndim == 3 and image.shape[0] > 4 and image.shape[-1] > 4) or image.ndim == 4
-
-
 def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(),
                           mc_dropout: bool = False, seed: int = 0) -> np.ndarray:
     """Class probabilities (K, *S) for one raw image (2D, a 3D volume for a 3D model, or a
@@ -161,7 +155,7 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictCo
     from napari_unet.models import enable_mc_dropout
 
     mcfg = bundle.config.model
-    if is_stack(image, mcfg.dims):
+    if array_layout(image.shape, False, mcfg.in_channels, mcfg.dims).is_stack:  # a 2D model, slice by slice
         slices = [predict_probabilities(bundle, plane, cfg, mc_dropout, seed + z) for z, plane in enumerate(image)]
         return np.stack(slices, axis=1)  # (K, Z, H, W)
     chw = prepare_image(image, mcfg.in_channels, bundle.config.percentiles, mcfg.dims)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
+from napari_unet.decide.layout import annotated_planes
 from napari_unet.project import Project
 
 AUTOSAVE_DELAY_MS = 2000
@@ -90,7 +91,7 @@ class Session:
         """Copies of all (image, labels) pairs, safe to hand to a worker thread."""
         pairs, names = [], []
         for sample in self.project.samples.values():
-            for name, image, labels in _planes(sample.name, np.asarray(sample.image), np.asarray(sample.labels)):
+            for name, image, labels in annotated_planes(sample.name, sample.image, sample.labels):
                 pairs.append((image, np.array(labels, copy=True)))
                 names.append(name)
         return pairs, names
@@ -174,16 +175,6 @@ class Session:
             self.project.save_image(self.folder, name)
         except UserError as exc:
             show_error(f"autosave failed: {exc}")
-
-
-def _planes(name: str, image: np.ndarray, labels: np.ndarray):
-    """A 2D pair as is; a stack (Z, H, W) with (Z, H, W) labels as its annotated slices."""
-    if labels.ndim == 3 and image.shape[: 3] == labels.shape:
-        for z in range(labels.shape[0]):
-            if labels[z].any():
-                yield f"{name}[{z}]", image[z], labels[z]
-        return
-    yield name, image, labels
 
 
 def unwrap(viewer: Any) -> Any:

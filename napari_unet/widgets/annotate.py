@@ -103,7 +103,7 @@ class AnnotateWidget(PluginWidget):
         if project.samples and project.mode != self.mode_key:
             show_warning(f"the training set holds {project.mode} annotations; "
                          "save it and start a new viewer to switch modes")
-            self.mode.value = next(k for k, v in MODES.items() if v == project.mode)
+            self.mode.value = next((k for k, v in MODES.items() if v == project.mode), self.mode.value)
         project.mode = self.mode_key
         project.class_names = ["background", *[n.strip() for n in self.class_names.value.split(",") if n.strip()]]
         labels = self.labels_layer()

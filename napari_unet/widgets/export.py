@@ -8,7 +8,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pro
 
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
-from napari_unet.widgets.train import CURRENT, FOLDER, gui_threads, pretrained_choices
+from napari_unet.decide.model_spec import CURRENT
+from napari_unet.widgets.train import FOLDER, gui_threads, pretrained_choices
 
 SHOWN = ["file", "status", "objects", "mean_area", "mean_uncertainty", "seconds", "error"]
 
@@ -58,17 +59,17 @@ class ExportWidget(PluginWidget):
         from napari.utils.notifications import show_warning
 
         from napari_unet.batch import BatchConfig, collect_inputs
+        from napari_unet.decide.model_spec import batch_source
         from napari_unet.config import PredictConfig
         from napari_unet.errors import UserError
 
         if self.worker is not None:
             return
         choice = self.model.value
-        preloaded = self.session.model if choice == CURRENT else None
+        if choice == FOLDER:
+            choice = str(self.model_folder.value)
         try:
-            if choice == CURRENT and preloaded is None:
-                raise UserError("no model yet: train one, load one, or choose a pretrained model")
-            model = "current model" if choice == CURRENT else self._model_path(choice)
+            model, preloaded = batch_source(choice, self.session.model)
             inputs = collect_inputs([self.inputs.value], self.recursive.value)
             if not inputs:
                 raise UserError(f"no images found in {self.inputs.value}")
@@ -90,12 +91,6 @@ class ExportWidget(PluginWidget):
         self._counts = {}
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.worker = run_in_thread(events, self._on_event, self._on_done, self._on_error, self._on_finished)
-
-    @staticmethod
-    def _model_path(choice: str) -> str:
-        from napari_unet.pretrained import resolve_init
-
-        return str(resolve_init(choice))
 
     def cancel(self) -> None:
         if self.worker is not None:

@@ -12,7 +12,8 @@ from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
-from napari_unet.widgets.train import CURRENT, FOLDER, _fixed_height, gui_threads, pretrained_choices
+from napari_unet.decide.model_spec import CURRENT
+from napari_unet.widgets.train import FOLDER, _fixed_height, gui_threads, pretrained_choices
 
 UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric"]
 CURRENT_IMAGE, TRAINING_SET = "current image", "all training-set images"
@@ -167,10 +168,16 @@ class PredictWidget(PluginWidget):
         """What to load: CURRENT, a pretrained name or a folder; None (after a warning) when no model."""
         from napari.utils.notifications import show_warning
 
+        from napari_unet.decide.model_spec import resolve_model
+        from napari_unet.errors import UserError
+
         choice = self.model.value
-        if choice == CURRENT and self.session.model is None:
-            show_warning("no model yet: train one, load one, or choose a pretrained model")
-            return None
+        if choice == CURRENT:
+            try:
+                resolve_model(CURRENT, self.session.model)  # only says whether there is one
+            except UserError as exc:
+                show_warning(str(exc))
+                return None
         if choice == PACKAGE:
             return str(self.model_package.value)
         return str(self.model_folder.value) if choice == FOLDER else choice
@@ -255,49 +262,26 @@ def _has_uncertainty(viewer: Any, name: str, kind: str) -> bool:
     return layer is not None and layer.metadata.get("kind") == kind
 
 
-def _load_bundle(spec: str, current: Any) -> Any:
-    """The session's model for CURRENT, else the pretrained, folder or package model ``spec`` (worker thread)."""
-    if spec == CURRENT:
-        return current
-    from napari_unet.pretrained import resolve_init
-    from napari_unet.models.bundle import load_bundle
-
-    return load_bundle(resolve_init(spec))
-
-
 def _predict_events(spec: str, current: Any, data: np.ndarray, rgb: bool, cfg: Any, kind: str):
     """Worker generator: load the model (unless it is the session's), then predict."""
     import torch
 
+    from napari_unet.decide.model_spec import resolve_model
     from napari_unet.inference.arrays import predict_array
 
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    bundle = _load_bundle(spec, current)
+    bundle = resolve_model(spec, current)
     prediction = yield from predict_array(bundle, data, cfg, rgb=rgb, uncertainty=kind)
     return bundle, prediction
 
 
 def _uncertainty_events(spec: str, current: Any, items: list, cfg: Any, kind: str):
     """Worker generator: the ``kind`` uncertainty map of each (name, data, rgb); returns {name: map}."""
-    import time
-
     import torch
 
-    from napari_unet.events import Progress
-    from napari_unet.inference.arrays import predict_array
+    from napari_unet.decide.model_spec import resolve_model
+    from napari_unet.inference.arrays import predict_many
 
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    bundle = _load_bundle(spec, current)
-    maps, start = {}, time.perf_counter()
-    for i, (name, data, rgb) in enumerate(items):
-        run = predict_array(bundle, data, cfg, rgb=rgb, uncertainty=kind)
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as stop:
-                maps[name] = stop.value.uncertainty[kind]
-                break
-            if isinstance(event, Progress) and event.total:  # progress over all images
-                yield Progress(i * event.total + event.done, len(items) * event.total, time.perf_counter() - start,
-                               name)
-    return maps
+    predictions = yield from predict_many(resolve_model(spec, current), items, cfg, uncertainty=kind)
+    return {name: prediction.uncertainty[kind] for name, prediction in predictions.items()}

@@ -8,6 +8,7 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
                               PushButton, Select, SpinBox)
 
+from napari_unet.diffusion.config import DiffusionConfig, SampleConfig
 from napari_unet.widgets._layers import find_layer, layers_of_type
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import (load_folder, on_close, progress_permille, run_in_thread, save_folder,
@@ -28,7 +29,8 @@ class SynthesizeWidget(PluginWidget):
         super().__init__(viewer)
         viewer = self.viewer
         self._trainer = None
-        self.time_limit = SpinBox(label="Training time (s)", value=600, min=10, max=7 * 24 * 3600, step=60)
+        self.time_limit = SpinBox(label="Training time (s)", value=int(DiffusionConfig.time_limit), min=10,
+                                  max=7 * 24 * 3600, step=60)
         self.use_unannotated = CheckBox(text="Also learn from open images without annotations", value=False,
                                         tooltip="2D image layers outside the training set teach the look "
                                                 "(unconditional crops); masks still come from annotations")
@@ -43,9 +45,9 @@ class SynthesizeWidget(PluginWidget):
         self.vary = CheckBox(text="Vary layouts (auto)", value=False,
                              tooltip="vary magnification, crowding and touching from image to image")
         self.tags = LineEdit(label="Text prompt", value="", tooltip="style tags, e.g. 'dense, dim'")
-        self.guidance = FloatSpinBox(label="Guidance", value=2.0, min=0.0, max=20.0, step=0.5)
-        self.steps = SpinBox(label="DDIM steps", value=50, min=1, max=1000)
-        self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        self.guidance = FloatSpinBox(label="Guidance", value=SampleConfig.guidance, min=0.0, max=20.0, step=0.5)
+        self.steps = SpinBox(label="DDIM steps", value=SampleConfig.steps, min=1, max=1000)
+        self.seed = SpinBox(label="Seed", value=SampleConfig.seed, min=0, max=2**31 - 1)
         self.generate_button = PushButton(text="Generate")
         self.review = Select(label="Generated", choices=self._generated_choices)
         self.accept_button = PushButton(text="Accept selected into training set")
@@ -132,21 +134,13 @@ class SynthesizeWidget(PluginWidget):
     # -- generation --------------------------------------------------------------------------
     def prompt_masks(self) -> list[np.ndarray]:
         """The mask prompts: a Labels layer, or automatic layouts of annotated object shapes."""
-        from napari_unet.diffusion.prompts import object_shapes, prompt_layouts, unpack_shapes
-        from napari_unet.errors import UserError
+        from napari_unet.decide.auto_prompts import auto_prompts
 
         if self.prompt.value != AUTO:
             return [np.asarray(find_layer(self.viewer, self.prompt.value).data)]
-        if self.bundle is not None and self.bundle.shapes is not None:
-            shapes = unpack_shapes(self.bundle.shapes)
-        else:
-            pairs, _ = self.session.training_pairs()
-            if not pairs:
-                raise UserError("automatic prompts need annotated objects in the training set")
-            shapes = object_shapes([mask for _, mask in pairs])
-        density = float(self.bundle.meta.get("density", 10.0)) if self.bundle is not None else 10.0
-        return prompt_layouts(shapes, self.size.value, self.count.value, density, self.seed.value,
-                              vary=self.vary.value)
+        training_masks = [mask for _, mask in self.session.training_pairs()[0]]
+        return auto_prompts(self.bundle, self.count.value, self.size.value, self.seed.value,
+                            fallback_masks=training_masks, vary=self.vary.value)
 
     def generate(self) -> None:
         from napari.utils.notifications import show_warning

@@ -10,7 +10,10 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox)
 
-from napari_unet.config import INSTANCE_HEADS, TrainConfig, UNetConfig
+from napari_unet.config import INSTANCE_HEADS, AugmentConfig, LossConfig, TrainConfig, UNetConfig
+from napari_unet.decide.layout import array_layout
+from napari_unet.decide.model_spec import CURRENT
+from napari_unet.decide.train_request import SYNTHETIC_SHARE
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
                                          probability_name, show_image, show_labels, show_uncertainty,
                                          uncertainty_name)
@@ -18,8 +21,9 @@ from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import (format_seconds, load_folder, on_close, progress_permille, run_in_thread,
                                          save_folder, show_failure, unless_closed)
 
-TASKS = {"instances": "instances", "sparse classes": "sparse", "classes (every pixel labelled)": "classes"}
-SCRATCH, CURRENT, FOLDER = "none (from scratch)", "current model", "model folder…"
+TASKS = {"instances": "instances", "sparse classes": "sparse", "classes (every pixel labelled)": "classes"}  # -> user task
+SCRATCH, FOLDER = "none (from scratch)", "model folder…"
+LIVE_UNCERTAINTY_MC = 4  # preview MC-dropout passes the widget starts with (the live uncertainty layer)
 SYNC_INTERVAL_MS = 1000
 STATUS_INTERVAL_S = 1.0
 
@@ -72,15 +76,11 @@ class TrainRun:
         from napari_unet.events import Message, Preview
         from napari_unet.inference.postprocess import labels_for
         from napari_unet.inference.predict import predict_probabilities
-        from napari_unet.models.bundle import load_bundle
+        from napari_unet.decide.model_spec import resolve_model
         from napari_unet.training.engine import Trainer
 
-        init = current if init_spec == CURRENT else None
-        if init_spec and init_spec not in (CURRENT, SCRATCH):
-            from napari_unet.pretrained import resolve_init
-
-            folder = resolve_init(init_spec)
-            init = load_bundle(folder) if folder is not None else None
+        init = resolve_model("none" if init_spec == SCRATCH else init_spec, current, required=False)
+        if init is not None and init_spec != CURRENT:
             yield Message(f"starting from {init_spec}")
         if init is not None:
             from napari_unet.pretrained import fine_tune_config
@@ -125,22 +125,25 @@ class TrainWidget(PluginWidget):
                                               "polygon NMS (crowded round nuclei)")
         self.init = ComboBox(label="Start from", choices=self._init_choices)
         self.init_folder = FileEdit(label="Model folder", mode="d", visible=False)
-        self.time_limit = SpinBox(label="Time limit (s)", value=120, min=5, max=7 * 24 * 3600, step=30)
-        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.time_limit = SpinBox(label="Time limit (s)", value=int(TrainConfig.time_limit), min=5, max=7 * 24 * 3600,
+                                  step=30)
+        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value=TrainConfig.device)
         self.device_label = Label(value="device: detecting…")
         self.show_advanced = CheckBox(text="Advanced settings", value=False)
         self.base_width = SpinBox(label="Base width", value=UNetConfig().base_width, min=4, max=128)
         self.depth = SpinBox(label="Depth", value=UNetConfig().depth, min=1, max=6)
-        self.patch_size = SpinBox(label="Patch size", value=128, min=32, max=1024, step=32)
-        self.batch_size = SpinBox(label="Batch size", value=8, min=1, max=128)
-        self.learning_rate = FloatSpinBox(label="Learning rate", value=5e-3, min=1e-6, max=1.0, step=1e-4)
-        self.elastic = CheckBox(text="Elastic deformation", value=True)
-        self.w0 = FloatSpinBox(label="Border weight w0", value=10.0, min=0.0, max=100.0)
-        self.sigma = FloatSpinBox(label="Border σ (px)", value=5.0, min=0.5, max=50.0)
-        self.preview_every = FloatSpinBox(label="Preview every (s)", value=4.0, min=0.0, max=600.0)
-        self.synthetic_ratio = FloatSpinBox(label="Synthetic share", value=0.5, min=0.0, max=0.95, step=0.05,
-                                            tooltip="share of patches from accepted synthetic pairs (if any)")
-        self.preview_mc = SpinBox(label="Preview MC samples", value=4, min=0, max=32,
+        self.patch_size = SpinBox(label="Patch size", value=TrainConfig.patch_size, min=32, max=1024, step=32)
+        self.batch_size = SpinBox(label="Batch size", value=TrainConfig.batch_size, min=1, max=128)
+        self.learning_rate = FloatSpinBox(label="Learning rate", value=TrainConfig.learning_rate, min=1e-6, max=1.0,
+                                          step=1e-4)
+        self.elastic = CheckBox(text="Elastic deformation", value=AugmentConfig.elastic)
+        self.w0 = FloatSpinBox(label="Border weight w0", value=LossConfig.border_w0, min=0.0, max=100.0)
+        self.sigma = FloatSpinBox(label="Border σ (px)", value=LossConfig.border_sigma, min=0.5, max=50.0)
+        self.preview_every = FloatSpinBox(label="Preview every (s)", value=TrainConfig.preview_every, min=0.0,
+                                          max=600.0)
+        self.synthetic_ratio = FloatSpinBox(label="Synthetic share", value=SYNTHETIC_SHARE, min=0.0, max=0.95,
+                                            step=0.05, tooltip="share of patches from accepted synthetic pairs (if any)")
+        self.preview_mc = SpinBox(label="Preview MC samples", value=LIVE_UNCERTAINTY_MC, min=0, max=32,
                                   tooltip="MC-dropout passes per preview for the live uncertainty layer (0 = off)")
         self.advanced = Container(widgets=[self.base_width, self.depth, self.patch_size, self.batch_size,
                                            self.learning_rate, self.elastic, self.w0, self.sigma, self.preview_every,
@@ -209,7 +212,7 @@ class TrainWidget(PluginWidget):
     def _on_session_changed(self) -> None:
         project = self.session.project
         if project.samples:
-            self.task.value = {"instances": "instances", "sparse": "sparse classes"}[project.mode]
+            self.task.value = next((k for k, v in TASKS.items() if v == project.mode), self.task.value)
         self.init.reset_choices()
 
     def _on_edited(self, _name: str) -> None:
@@ -217,43 +220,43 @@ class TrainWidget(PluginWidget):
 
     # -- training ----------------------------------------------------------------------------
     def _preview_data(self, layer: Any) -> np.ndarray | None:
+        """The image previewed while training: the layer's data, or the stack slice on screen."""
+        from napari_unet.errors import UserError
+
         data = np.asarray(layer.data)
-        if data.ndim == 2 or layer.rgb or (data.ndim == 3 and data.shape[0] <= 4):
+        try:
+            layout = array_layout(data.shape, bool(layer.rgb))
+        except UserError:
+            return None
+        if not layout.is_stack:
             return data
-        step = self.viewer.dims.current_step[0] if data.ndim == 3 else 0
-        return data[min(step, data.shape[0] - 1)] if data.ndim == 3 else None
+        return data[min(self.viewer.dims.current_step[0], data.shape[0] - 1)]
 
     def _gather(self) -> tuple[list, list[str]]:
         """The training set plus the selected image/annotation pair (added to the set)."""
         image, labels = find_layer(self.viewer, self.image.value), find_layer(self.viewer, self.labels.value)
         if image is not None and labels is not None and image.name not in self.session.project.samples:
-            self.session.project.mode = "instances" if TASKS[self.task.value] == "instances" else "sparse"
+            self.session.project.mode = TASKS[self.task.value]  # a project's mode is the user task
             self.session.attach(image, labels)
         return self.session.training_pairs()
 
-    def config(self, pairs: list) -> Any:
-        """The ``TrainConfig`` the current settings describe."""
-        from napari_unet.config import AugmentConfig, LossConfig, TrainConfig
+    def request(self) -> Any:
+        """The ``TrainRequest`` the current settings describe."""
+        from napari_unet.decide.train_request import TrainRequest
 
-        task = TASKS[self.task.value]
-        image = pairs[0][0]
-        in_channels = 1
-        if image.ndim == 3:
-            in_channels = image.shape[-1] if image.shape[-1] <= 4 and image.shape[0] > 4 else image.shape[0]
-        n_classes = 2
-        if task != "instances":
-            top = max(int(np.max(labels)) for _, labels in pairs)
-            n_classes = max(2, top if task == "sparse" else top + 1)
-        return TrainConfig(
-            task="instances" if task == "instances" else "semantic", sparse=task == "sparse", n_classes=n_classes,
-            instance_head=self.instance_head.value,
-            model=UNetConfig(in_channels=in_channels, base_width=self.base_width.value, depth=self.depth.value),
-            augment=AugmentConfig(elastic=self.elastic.value),
-            loss=LossConfig(border_w0=self.w0.value, border_sigma=self.sigma.value),
+        return TrainRequest(
+            task=TASKS[self.task.value], instance_head=self.instance_head.value, base_width=self.base_width.value,
+            depth=self.depth.value, elastic=self.elastic.value, border_w0=self.w0.value, border_sigma=self.sigma.value,
             patch_size=self.patch_size.value, batch_size=self.batch_size.value, learning_rate=self.learning_rate.value,
             time_limit=float(self.time_limit.value), preview_every=self.preview_every.value, device=self.device.value,
-            preview_mc_samples=self.preview_mc.value, synthetic_ratio=self.synthetic_ratio.value,
-            threads=gui_threads(), validate_every=15.0)
+            preview_mc_samples=self.preview_mc.value, synthetic=bool(self.session.synthetic),
+            synthetic_ratio=self.synthetic_ratio.value, threads=gui_threads())
+
+    def config(self, pairs: list) -> Any:
+        """The ``TrainConfig`` for the current settings on these (image, labels) pairs."""
+        from napari_unet.decide.train_request import train_config_for
+
+        return train_config_for(self.request(), [image for image, _ in pairs], [labels for _, labels in pairs])
 
     def start(self) -> None:
         """Start training in the background (the Train button)."""
@@ -334,7 +337,7 @@ class TrainWidget(PluginWidget):
 
     def _prepare_preview_layers(self, image: Any, data: np.ndarray) -> None:
         """Create empty preview layers now, so the first preview only swaps data in."""
-        shape = data.shape[:2] if image.rgb else data.shape[-2:]
+        shape = array_layout(data.shape, bool(image.rgb)).spatial
         active = self.viewer.layers.selection.active
         if prediction_name(image.name) not in self.viewer.layers:
             show_labels(self.viewer, prediction_name(image.name), np.zeros(shape, np.uint32), like=image)

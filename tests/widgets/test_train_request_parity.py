@@ -1,0 +1,50 @@
+"""The CLI and the Train widget turn the same request into the same ``TrainConfig``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from napari_unet.cli import build_parser, train_request
+from napari_unet.decide.train_request import train_config_for
+from napari_unet.io import pair_files, read_image, read_mask, write_image
+from napari_unet.widgets.train import SCRATCH, TrainWidget
+
+
+@pytest.mark.parametrize("widget_task, head, flags, binary", [
+    ("classes (every pixel labelled)", "3class", ["--task", "semantic"], True),  # {0, 255}: 2 classes both ways
+    ("instances", "star", ["--instance-head", "star"], False),
+])
+def test_cli_and_widget_build_the_same_train_config(make_napari_viewer, tmp_path, widget_task, head, flags, binary):
+    from napari_unet.samples import load_sample
+
+    image, instances = load_sample()
+    mask = np.where(instances > 0, 255, 0).astype(np.uint8) if binary else instances.astype(np.uint16)
+    write_image(tmp_path / "images" / "a.tif", image)
+    write_image(tmp_path / "masks" / "a.tif", mask)
+
+    args = build_parser().parse_args(["train", str(tmp_path / "images"), str(tmp_path / "masks"), "--out",
+                                      str(tmp_path / "model"), "--init", "none", "--time-limit", "45",
+                                      "--patch-size", "64", "--batch-size", "4", "--depth", "3", "--base-width", "8",
+                                      "--device", "cpu", "--checkpoint-every", "0", *flags])
+    files = pair_files(args.images, args.masks)
+    from_cli = train_config_for(train_request(args), [read_image(i) for i, _ in files],
+                                [read_mask(m) for _, m in files])
+
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="a")
+    viewer.add_labels(mask.astype(np.uint32), name="a annotations")
+    widget = TrainWidget(viewer)
+    widget.image.value, widget.labels.value = "a", "a annotations"
+    widget.task.value, widget.instance_head.value, widget.init.value = widget_task, head, SCRATCH
+    widget.time_limit.value, widget.patch_size.value, widget.batch_size.value = 45, 64, 4
+    widget.depth.value, widget.base_width.value, widget.device.value = 3, 8, "cpu"
+    widget.preview_mc.value = 0  # the live uncertainty layer has no CLI counterpart
+    pairs, _ = widget._gather()
+    from_widget = widget.config(pairs)
+
+    assert from_widget.threads is not None  # the widget leaves a core to the viewer; the CLI uses torch's default
+    assert replace(from_widget, threads=None) == from_cli
+    assert from_cli.n_classes == 2 and from_cli.instance_head == head
