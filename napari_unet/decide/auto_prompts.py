@@ -15,6 +15,7 @@ from napari_unet.errors import UserError
 
 DEFAULT_DENSITY = 10.0  # objects per 10,000 px when the model records no training median
 MIN_SIZE = 16  # smallest prompt side, pixels
+PROMPT_SIZE = 128  # default prompt side, pixels
 
 
 def auto_prompts(bundle: Any, count: int, size: int, seed: int = 0, *, source_masks: Sequence[np.ndarray] | None = None,

@@ -118,6 +118,7 @@ def cmd_synth_generate(args: argparse.Namespace) -> int:
 
 def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``synth train`` and ``synth generate`` under the main parser's subcommands."""
+    from napari_unet.decide.auto_prompts import PROMPT_SIZE
     from napari_unet.diffusion.config import DiffusionConfig, SampleConfig
 
     ddef, sdef = DiffusionConfig(), SampleConfig()  # defaults come from the config dataclasses
@@ -155,7 +156,7 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     g.add_argument("--eta", type=float, default=sdef.eta, help="DDIM stochasticity (0 = deterministic)")
     g.add_argument("--seed", type=int, default=sdef.seed)
     g.add_argument("--tags", default=None, help='style tags for every image, e.g. "dense small"')
-    g.add_argument("--size", type=int, default=128, help="--count: side of the generated images")
+    g.add_argument("--size", type=int, default=PROMPT_SIZE, help="--count: side of the generated images (default: %(default)s)")
     g.add_argument("--objects", type=int, default=None, help="--count: objects per image")
     g.add_argument("--density", type=float, default=None, help="--count: objects per 10,000 px (default: training median)")
     g.add_argument("--source-masks", default=None, help="--count: take object shapes from this mask folder")

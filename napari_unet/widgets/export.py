@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Table
 
+from napari_unet.batch_file import BatchConfig
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.decide.model_spec import CURRENT
@@ -29,7 +30,7 @@ class ExportWidget(PluginWidget):
         self.inputs = FileEdit(label="Input folder", mode="d")
         self.recursive = CheckBox(text="Include sub-folders", value=False)
         self.output = FileEdit(label="Output folder", mode="d")
-        self.format = ComboBox(label="Format", choices=["tif", "png", "ome-zarr"], value="tif")
+        self.format = ComboBox(label="Format", choices=["tif", "png", "ome-zarr"], value=BatchConfig.format)
         self.probabilities = CheckBox(text="Also write probabilities", value=False)
         self.uncertainty = CheckBox(text="Also write MC-dropout uncertainty", value=False)
         self.overwrite = CheckBox(text="Predict files already done again", value=False,

@@ -12,6 +12,7 @@ from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
+from napari_unet.batch_file import BatchConfig
 from napari_unet.decide.model_spec import CURRENT
 from napari_unet.widgets.train import FOLDER, _fixed_height, gui_threads, pretrained_choices
 
@@ -36,7 +37,7 @@ class PredictWidget(PluginWidget):
         self.model_folder = FileEdit(label="Model folder", mode="d", visible=False)
         self.model_package = FileEdit(label="Package", mode="r", filter="*.zip", visible=False,
                                       tooltip="a bioimage.io model package exported by napari-unet")
-        self.mc_samples = SpinBox(label="MC-dropout samples", value=8, min=0, max=64,
+        self.mc_samples = SpinBox(label="MC-dropout samples", value=BatchConfig.mc_samples, min=0, max=64,
                                   tooltip="0 = no uncertainty layer; more samples = smoother uncertainty, slower")
         self.uncertainty = ComboBox(label="Uncertainty", choices=UNCERTAINTY_KINDS, value="epistemic")
         self.predict_button = PushButton(text="Predict")

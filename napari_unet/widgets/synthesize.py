@@ -8,6 +8,7 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
                               PushButton, Select, SpinBox)
 
+from napari_unet.decide.auto_prompts import PROMPT_SIZE
 from napari_unet.diffusion.config import DiffusionConfig, SampleConfig
 from napari_unet.widgets._layers import find_layer, layers_of_type
 from napari_unet.widgets._base import PluginWidget
@@ -41,7 +42,7 @@ class SynthesizeWidget(PluginWidget):
         self.load_button = PushButton(text="Load")
         self.prompt = ComboBox(label="Mask prompt", choices=self._prompt_choices)
         self.count = SpinBox(label="Images (auto)", value=4, min=1, max=256)
-        self.size = SpinBox(label="Size (px)", value=128, min=32, max=2048, step=32)
+        self.size = SpinBox(label="Size (px)", value=PROMPT_SIZE, min=32, max=2048, step=32)
         self.vary = CheckBox(text="Vary layouts (auto)", value=False,
                              tooltip="vary magnification, crowding and touching from image to image")
         self.tags = LineEdit(label="Text prompt", value="", tooltip="style tags, e.g. 'dense, dim'")

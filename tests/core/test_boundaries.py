@@ -37,3 +37,11 @@ def test_every_core_module_imports_neither_qt_nor_napari():
 def test_importing_the_package_does_not_import_torch():
     code = "import sys, napari_unet, napari_unet.samples; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_inference_does_not_import_training():
+    """The model bundle lives beside the models: inference needs no training module but the device helper."""
+    code = ("import sys, napari_unet.inference.predict, napari_unet.inference.arrays, napari_unet.inference.large\n"
+            "print(','.join(sorted(m for m in sys.modules if m.startswith('napari_unet.training'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "napari_unet.training,napari_unet.training.device"
