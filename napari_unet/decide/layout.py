@@ -4,7 +4,7 @@ One rule for the CLI (files) and the widgets (napari layers, which add an ``rgb`
 
 - ``rgb`` (napari's flag): the last axis is colour; anything before the image is a stack.
 - a model's input channels, when known, settle an ambiguous axis: a first or last axis of that
-  length (> 1) is the channel axis; a one-channel model reads a short first axis as slices.
+  length (> 1) is the channel axis (a one-channel model averages the channels it is given).
 - otherwise a short axis (<= ``MAX_CHANNELS``) beside a long one is channels: last (H, W, C)
   before first (C, H, W); a 3D array with no short axis is a stack (Z, H, W).
 - ``dims=3`` asks for volumes: (Z, Y, X) is one volume; (Z, C, Y, X), (C, Z, Y, X) or, with
@@ -81,8 +81,6 @@ def _channel_axis(shape: tuple[int, ...], model_channels: int | None, dims: int)
         return 1
     if shape[-1] <= MAX_CHANNELS < shape[0]:
         return -1
-    if model_channels == 1 and dims == 2:  # a grey model reads a short first axis as slices (napari's slider axis)
-        return None
     if shape[0] <= MAX_CHANNELS:
         return 0
     if shape[-1] <= MAX_CHANNELS:

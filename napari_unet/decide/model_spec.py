@@ -59,7 +59,7 @@ def start_model(spec: str | None, task: str, architecture: dict[str, int] | None
 
     architecture = architecture or {}
     if spec is None:
-        spec = "none" if architecture else default_init("instances" if task == "instances" else "semantic")
+        spec = "none" if architecture else default_init(task)
     start = resolve_model(spec, current, required=False)
     if start is None:
         return None

@@ -24,7 +24,7 @@ from napari_unet.errors import UserError
     ((64, 80, 3), False, None, 2, "channels", (64, 80), 2, None, 3),  # a colour file (no rgb flag)
     ((2, 64, 80), False, None, 2, "channels", (64, 80), 0, None, 2),
     ((2, 64, 80), False, 2, 2, "channels", (64, 80), 0, None, 2),
-    ((3, 64, 80), False, 1, 2, "stack", (64, 80), None, 0, 1),  # a grey model: slices, as napari shows them
+    ((3, 64, 80), False, 1, 2, "channels", (64, 80), 0, None, 3),  # a grey model averages them
     ((7, 64, 80), False, None, 2, "stack", (64, 80), None, 0, 1),
     ((5, 64, 80, 3), True, None, 2, "rgb", (64, 80), 3, 0, 3),
     ((5, 2, 64, 80), False, None, 2, "stack", (64, 80), 1, 0, 2),
