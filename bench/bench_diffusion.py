@@ -30,7 +30,7 @@ from napari_unet.diffusion.bundle import save_diffusion  # noqa: E402
 from napari_unet.diffusion.config import DiffusionConfig  # noqa: E402
 from napari_unet.diffusion.prompts import auto_tags  # noqa: E402
 from napari_unet.diffusion.train import DiffusionTrainer  # noqa: E402
-from napari_unet.events import Finished, LossReport, Message  # noqa: E402
+from napari_unet.events import Finished, LossReport, Message, run_to_end  # noqa: E402
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -42,14 +42,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     trainer = DiffusionTrainer(pairs, cfg, tags=tags, names=[n for n, _, _ in train])
     print(machine_description(), flush=True)
     last_save = time.perf_counter()
-    for event in trainer.run():
+
+    def show(event) -> None:
+        nonlocal last_save
         if isinstance(event, Message):
             print(event.text, flush=True)
         elif isinstance(event, LossReport) and event.step % 100 < 2:
             print(f"step {event.step} loss {event.loss:.4f} {event.elapsed:.0f}s", flush=True)
         elif isinstance(event, Finished):
-            save_diffusion(event.result, args.out)
-            print(f"saved {args.out}: {event.summary}", flush=True)
+            print(f"finished: {event.summary}", flush=True)
         if time.perf_counter() - last_save > 600:
             snap = trainer.snapshot()
             if snap is not None:
@@ -57,14 +58,13 @@ def cmd_train(args: argparse.Namespace) -> None:
                 print(f"snapshot saved at step {snap.meta['training']['steps']}", flush=True)
             last_save = time.perf_counter()
 
+    save_diffusion(run_to_end(trainer.run(), show), args.out)
+    print(f"saved {args.out}", flush=True)
+
 
 def _drive(gen):
     """Run a core generator silently; return its result."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(gen)
 
 
 def segmentation_model(cache: Path, train: list, seconds: float):

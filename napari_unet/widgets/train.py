@@ -73,10 +73,10 @@ class TrainRun:
     def events(self, pairs: list, names: list[str], cfg: Any, init_spec: str | None, current: Any,
                synthetic: list | None = None):
         """The worker's generator: load the starting model, train, then preview the best model."""
+        from napari_unet.decide.model_spec import resolve_model
         from napari_unet.events import Message, Preview
         from napari_unet.inference.postprocess import labels_for
         from napari_unet.inference.predict import predict_probabilities
-        from napari_unet.decide.model_spec import resolve_model
         from napari_unet.training.engine import Trainer
 
         init = resolve_model("none" if init_spec == SCRATCH else init_spec, current, required=False)
