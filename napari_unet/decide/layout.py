@@ -14,7 +14,9 @@ One rule for the CLI (files) and the widgets (napari layers, which add an ``rgb`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
+
+import numpy as np
 
 from napari_unet.errors import UserError
 
@@ -88,11 +90,10 @@ def _channel_axis(shape: tuple[int, ...], model_channels: int | None, dims: int)
     return None
 
 
-def annotated_planes(name: str, image, labels, dims: int = 2):
+def annotated_planes(name: str, image: np.ndarray, labels: np.ndarray,
+                     dims: int = 2) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, image, labels) training pairs of one annotated array: a 2D pair as is; a stack
     (Z, H, W) with (Z, H, W) labels (for a 2D model) as its annotated slices, named ``name[z]``."""
-    import numpy as np
-
     image, labels = np.asarray(image), np.asarray(labels)
     if dims == 2 and labels.ndim == 3 and image.shape[:3] == labels.shape:
         for z in range(labels.shape[0]):
