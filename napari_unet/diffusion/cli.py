@@ -84,6 +84,8 @@ def _prompts(args: argparse.Namespace, bundle) -> tuple[list[str], list]:
         if not paths:
             raise UserError(f"no mask images found in {args.masks}")
         return [p.stem for p in paths], [read_mask(p) for p in paths]
+    if args.vary and args.objects is not None:  # the flags' own words; auto_prompts checks the rule too
+        raise UserError("--vary sets each image's object count from --density; leave out --objects")
     source = [read_mask(p) for p in list_images([args.source_masks])] if args.source_masks else None
     masks = auto_prompts(bundle, args.count, args.size, args.seed, source_masks=source, density=args.density,
                          objects=args.objects, vary=args.vary)
