@@ -62,9 +62,9 @@ def _train_config(args: argparse.Namespace, pairs_masks: Sequence) -> "TrainConf
     default = UNetConfig()
     model = UNetConfig(depth=default.depth if args.depth is None else args.depth,
                        base_width=default.base_width if args.base_width is None else args.base_width,
-                       in_channels=args.in_channels)
+                       in_channels=args.in_channels, dims=default.dims if args.dims is None else args.dims)
     cfg = TrainConfig(task=args.task, instance_head=args.instance_head, model=model, n_classes=n_classes,
-                      time_limit=args.time_limit,
+                      time_limit=args.time_limit, z_scale=args.z_scale,
                       epochs=args.epochs, steps=args.steps, device=args.device, seed=args.seed,
                       sparse=args.sparse, batch_size=args.batch_size, patch_size=args.patch_size)
     if args.time_limit is not None and args.time_limit <= 0:
@@ -78,13 +78,14 @@ def _load_init(args: argparse.Namespace):
     """The ``ModelBundle`` to fine-tune from (``pretrained:NAME``, a folder) or None for ``none``.
 
     No ``--init`` means the task's default (``pretrained:nuclei`` for instances, scratch
-    otherwise), or scratch when ``--depth``/``--base-width`` ask for an architecture; a starting
+    otherwise), or scratch when ``--depth``/``--base-width``/``--dims`` ask for an architecture; a starting
     model keeps its own architecture, so asking for another one with ``--init`` is an error.
     """
     from napari_unet.pretrained import default_init, resolve_init
     from napari_unet.training.checkpoint import load_bundle
 
-    arch = {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width)) if v is not None}
+    arch = {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width), ("dims", args.dims))
+            if v is not None}
     spec = args.init if args.init is not None else ("none" if arch else default_init(args.task))
     folder = resolve_init(spec)
     if folder is None:
@@ -93,7 +94,8 @@ def _load_init(args: argparse.Namespace):
     clash = [f"--{k.replace('_', '-')} {v}" for k, v in arch.items() if getattr(init.config.model, k) != v]
     if clash:
         raise UserError(f"{' '.join(clash)} does not match the starting model {spec} "
-                        f"(depth {init.config.model.depth}, base width {init.config.model.base_width}); "
+                        f"(depth {init.config.model.depth}, base width {init.config.model.base_width}, "
+                        f"{init.config.model.dims}D); "
                         "use --init none to train another architecture from scratch")
     return init
 
@@ -256,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network input channels (default 1: colour is averaged to grey)")
     t.add_argument("--depth", type=int, default=None, help=f"default {udef.depth} (from scratch only)")
     t.add_argument("--base-width", type=int, default=None, help=f"default {udef.base_width} (from scratch only)")
+    t.add_argument("--dims", type=int, choices=(2, 3), default=None,
+                   help=f"2: 2D images (stacks slice by slice); 3: a 3D U-Net on (Z, Y, X) volumes (default {udef.dims}, "
+                        "or the starting model's; 3D trains from scratch)")
+    t.add_argument("--z-scale", type=float, default=tdef.z_scale,
+                   help="3D: voxel depth / pixel width, e.g. 2 for 0.5 um pixels and 1 um planes (default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=tdef.batch_size, help="patches per step (default: %(default)s)")
     t.add_argument("--patch-size", type=int, default=tdef.patch_size, help="patch side in pixels (default: %(default)s)")
     t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",

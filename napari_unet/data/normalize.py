@@ -11,7 +11,7 @@ def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.
     """Return ``image`` as (C, *spatial) with C == ``in_channels``.
 
     Accepts (H, W), (H, W, C) with C <= 4 (colour, channels last) and (C, H, W) with
-    C <= 4 when it is unambiguous. RGB(A) fed to a one-channel model is averaged to grey;
+    C <= 4 when it is unambiguous; for ``dims`` 3 the same with (Z, Y, X), and (Z, C, Y, X). RGB(A) fed to a one-channel model is averaged to grey;
     alpha is dropped.
     """
     image = np.asarray(image)
@@ -21,6 +21,8 @@ def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.
         image = image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.number)):
         raise UserError(f"cannot use pixels of type {image.dtype}")
+    if dims == 3 and (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] <= 4 < image.shape[0])):
+        raise UserError(f"a 3D model needs (Z, Y, X) volumes, got a 2D image of shape {image.shape}")
     if image.ndim == dims:
         chw = image[None]
     elif image.ndim == dims + 1:
@@ -30,6 +32,8 @@ def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.
             chw = image
         elif image.shape[-1] <= 4:
             chw = np.moveaxis(image, -1, 0)
+        elif dims == 3 and image.shape[1] <= 4:  # (Z, C, Y, X), as ImageJ hyperstacks store it
+            chw = np.moveaxis(image, 1, 0)
         else:
             raise UserError(f"an array of shape {image.shape} is a {dims + 1}D stack or has more than 4 channels; "
                             f"this model takes {dims}D images with up to 4 channels")

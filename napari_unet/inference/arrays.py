@@ -2,7 +2,8 @@
 
 ``predict_array`` is a generator (``Progress`` per slice and MC-dropout pass) that returns a
 ``Prediction`` whose arrays have the image's spatial shape; stacks (Z, H, W) are predicted
-slice by slice by a 2D model and get (Z, H, W) labels and (K, Z, H, W) probabilities.
+slice by slice by a 2D model and get (Z, H, W) labels and (K, Z, H, W) probabilities; a 3D
+model predicts a (Z, H, W) volume in one go (3D tiles).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(
     image = np.asarray(image)
     if image.ndim not in (2, 3, 4):
         raise UserError(f"cannot predict an array of shape {image.shape}: expected 2D, 2D + channels or a stack")
-    slices = list(image) if is_stack(image, bundle.config.model.in_channels, rgb) else [image]
+    volume_model = bundle.config.model.dims == 3  # a 3D model predicts the whole volume at once
+    slices = list(image) if not volume_model and is_stack(image, bundle.config.model.in_channels, rgb) else [image]
     passes = max(cfg.mc_samples, 1)
     total, done, start = len(slices) * passes, 0, time.perf_counter()
     probs_out, labels_out, maps_out = [], [], []

@@ -56,6 +56,8 @@ def tile_geometry(net: torch.nn.Module, cfg: PredictConfig) -> tuple[TileSpec, A
     if ucfg is None:  # an arbitrary callable network: plain tiles
         return TileSpec(cfg.tile_size, cfg.overlap), lambda n: n
     depth, align = ucfg.depth, 2**ucfg.depth
+    if ucfg.dims == 3:  # a 3D tile costs the cube of its side
+        cfg = replace(cfg, tile_size=min(cfg.tile_size, cfg.volume_tile_size))
     probe = _valid_input_size(1, depth)
     radius = (probe - _valid_output_size(probe, depth)) // 2  # pixels each output sees per side
     if ucfg.padding == "valid":
@@ -149,9 +151,9 @@ def predict_normalized(net: torch.nn.Module, chw: np.ndarray, n_out: int, cfg: P
 
 def is_stack(image: np.ndarray, dims: int) -> bool:
     """True when a 2D model must be applied slice by slice: (Z, H, W) with Z and W > 4, or (Z, H, W, C)."""
-    if dims != 2:
-        return False
-    return (image.ndim == 3 and image.shape[0] > 4 and image.shape[-1] > 4) or image.ndim == 4
+    from napari_unet.volumes import is_volume
+
+    return dims == 2 and is_volume(image.shape)
 
 
 def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(),
