@@ -38,6 +38,17 @@ def is_volume(shape: Sequence[int], rgb: bool = False) -> bool:
     return (len(shape) == 3 and shape[0] > 4 and shape[-1] > 4) or len(shape) == 4
 
 
+def volume_channels(shape: Sequence[int]) -> int:
+    """Channels of a volume array: 1 for (Z, Y, X); for 4D the axis of at most 4 entries, looked
+    for last, first, then second ((Z, Y, X, C), (C, Z, Y, X), (Z, C, Y, X), as ``to_channels_first``)."""
+    if len(shape) != 4:
+        return 1
+    for axis in (-1, 0, 1):
+        if shape[axis] <= 4:
+            return int(shape[axis])
+    raise UserError(f"a volume of shape {tuple(shape)} has no channel axis of at most 4 entries")
+
+
 def voxel_spacing(cfg) -> tuple[float, ...]:
     """Pixel size per spatial axis in units of the pixel width: (z_scale, 1, 1) or (1, 1)."""
     return (float(cfg.z_scale), 1.0, 1.0) if cfg.model.dims == 3 else (1.0, 1.0)
@@ -85,3 +96,11 @@ def preview_slab(volume: np.ndarray, z: int, half: int = PREVIEW_HALF_PLANES) ->
     z = int(np.clip(z, 0, volume.shape[0] - 1))
     lo, hi = max(z - half, 0), min(z + half + 1, volume.shape[0])
     return np.asarray(volume[lo:hi]), z - lo
+
+
+def check_start_dims(cfg, init) -> None:
+    """Raise ``UserError`` when the starting model ``init`` (a ``ModelBundle``) is not of the
+    dimension ``cfg`` asks for: its weights could not start the other kind of network."""
+    if init is not None and init.config.model.dims != cfg.model.dims:
+        raise UserError(f"the starting model is {init.config.model.dims}D but a {cfg.model.dims}D model was asked "
+                        f"for; start from scratch or from a {cfg.model.dims}D model")

@@ -86,11 +86,13 @@ class Session:
         self._timer.start()
         self.annotations_edited.emit(name)
 
-    def training_pairs(self) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
-        """Copies of all (image, labels) pairs, safe to hand to a worker thread."""
+    def training_pairs(self, volumes: bool = False) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+        """Copies of all (image, labels) pairs, safe to hand to a worker thread; ``volumes``: 3D
+        annotations stay whole (their annotated planes) instead of being split into 2D slices."""
         pairs, names = [], []
+        split = _volume if volumes else _planes
         for sample in self.project.samples.values():
-            for name, image, labels in _planes(sample.name, np.asarray(sample.image), np.asarray(sample.labels)):
+            for name, image, labels in split(sample.name, np.asarray(sample.image), np.asarray(sample.labels)):
                 pairs.append((image, np.array(labels, copy=True)))
                 names.append(name)
         return pairs, names
@@ -183,6 +185,16 @@ def _planes(name: str, image: np.ndarray, labels: np.ndarray):
             if labels[z].any():
                 yield f"{name}[{z}]", image[z], labels[z]
         return
+    yield name, image, labels
+
+
+def _volume(name: str, image: np.ndarray, labels: np.ndarray):
+    """A 3D pair as its annotated z-range (``volumes.annotated_planes``); a 2D pair as is."""
+    from napari_unet.volumes import annotated_planes
+
+    if labels.ndim == 3 and image.shape[:3] == labels.shape:
+        planes = annotated_planes(labels)
+        image, labels = image[planes], labels[planes]
     yield name, image, labels
 
 
