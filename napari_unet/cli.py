@@ -259,12 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--depth", type=int, default=None, help=f"default {udef.depth} (from scratch only)")
     t.add_argument("--base-width", type=int, default=None, help=f"default {udef.base_width} (from scratch only)")
     t.add_argument("--dims", type=int, choices=(2, 3), default=None,
-                   help=f"2: 2D images (stacks slice by slice); 3: a 3D U-Net on (Z, Y, X) volumes (default {udef.dims}, "
-                        "or the starting model's; 3D trains from scratch)")
+                   help=f"2: 2D images (stacks slice by slice); 3: a 3D U-Net on (Z, Y, X) volumes "
+                        f"(default {udef.dims}, or the starting model's; 3D trains from scratch)")
     t.add_argument("--z-scale", type=float, default=tdef.z_scale,
-                   help="3D: voxel depth / pixel width, e.g. 2 for 0.5 um pixels and 1 um planes (default: %(default)s)")
+                   help="3D: voxel depth / pixel width, e.g. 2 for 0.5 um pixels and 1 um planes "
+                        "(default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=tdef.batch_size, help="patches per step (default: %(default)s)")
-    t.add_argument("--patch-size", type=int, default=tdef.patch_size, help="patch side in pixels (default: %(default)s)")
+    t.add_argument("--patch-size", type=int, default=tdef.patch_size,
+                   help="patch side in pixels, along y/x in 3D (z-planes: it / --z-scale) (default: %(default)s)")
     t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",
                    help="also train on synthetic pairs (a `synth generate` output: images/ and masks/); "
                         "validation stays on real images")

@@ -166,7 +166,8 @@ class TrainWidget(PluginWidget):
         self.save_button = PushButton(text="Save model")
         self.load_button = PushButton(text="Load model")
         self.model_label = Label(value="no model yet")
-        self.extend([self.image, self.labels, self.task, self.instance_head, self.dims, self.preview_volume, self.init, self.init_folder, self.time_limit, self.device,
+        self.extend([self.image, self.labels, self.task, self.instance_head, self.dims, self.preview_volume, self.init,
+                     self.init_folder, self.time_limit, self.device,
                      self.device_label, self.show_advanced, self.advanced,
                      Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
                      self.progress, self.status])
@@ -224,7 +225,7 @@ class TrainWidget(PluginWidget):
     def _on_step(self, _event=None) -> None:
         """The current-slice preview of a 3D run follows the viewer's slice."""
         layer = self._preview_target if self.run is not None else None
-        if layer is not None and self._volume_mode() and not self.preview_volume.value:
+        if layer is not None and self._volumes and not self.preview_volume.value:
             self.run.set_preview(self._preview_data(layer))
 
     def _on_image_changed(self, name: str | None) -> None:
@@ -237,7 +238,7 @@ class TrainWidget(PluginWidget):
         labels = None if layer is None else find_layer(self.viewer, annotations_name(layer.name))
         if labels is not None:
             self.labels.value = labels.name
-        if self.run is not None and layer is not None:
+        if self.run is not None and layer is not None and (volume or not self._volumes):  # 3D runs: volumes only
             self.run.set_preview(self._preview_data(layer))
 
     def _on_session_changed(self) -> None:
@@ -252,9 +253,9 @@ class TrainWidget(PluginWidget):
     # -- training ----------------------------------------------------------------------------
     def _preview_data(self, layer: Any) -> np.ndarray | None:
         """What the live preview predicts: the image, the current slice of a stack, or for a 3D model
-        the whole volume or a slab around the current slice (``self.run.plane`` says which plane)."""
+        the whole volume or a slab around the current slice (``self._plane`` says which plane)."""
         data = np.asarray(layer.data)
-        if self._volume_mode():
+        if self._volumes:
             from napari_unet.volumes import preview_slab
 
             if self.preview_volume.value:

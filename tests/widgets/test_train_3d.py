@@ -24,15 +24,10 @@ def test_3d_choice_trains_a_3d_model_with_the_layer_z_scale(make_napari_viewer, 
     assert widget.dims.enabled and widget.dims.value == SLICES and not widget.preview_volume.enabled
     widget.dims.value = VOLUME
     assert widget.preview_volume.enabled and not any(c.startswith("pretrained:") for c in widget.init.choices)
-    widget.labels.value = "vol annotations"
-    widget.init.value = SCRATCH
-    widget.time_limit.value = 5
-    widget.patch_size.value = 32
-    widget.batch_size.value = 2
-    widget.base_width.value = 4
-    widget.depth.value = 2
-    widget.preview_every.value = 0.5
-    widget.preview_mc.value = 0
+    tiny = {"labels": "vol annotations", "init": SCRATCH, "time_limit": 5, "patch_size": 32, "batch_size": 2,
+            "base_width": 4, "depth": 2, "preview_every": 0.5, "preview_mc": 0}
+    for name, value in tiny.items():
+        getattr(widget, name).value = value
     viewer.dims.set_current_step(0, 7)
     widget.train_button.changed.emit(True)
     qtbot.waitUntil(lambda: widget.previews >= 1, timeout=60_000)
@@ -48,15 +43,17 @@ def test_3d_choice_trains_a_3d_model_with_the_layer_z_scale(make_napari_viewer, 
     model = session_for(viewer).model
     assert model is not None and model.config.model.dims == 3 and model.config.z_scale == 2.0
     predict = PredictWidget(viewer)
-    predict.image.value = "vol"
     predict.model.value = CURRENT
     predict.mc_samples.value = 0
-    predict.predict_button.changed.emit(True)
-    qtbot.waitUntil(lambda: predict.worker is None, timeout=60_000)
+    _predict(predict, "vol", qtbot)
     assert "done" in predict.status.value
     assert viewer.layers["vol prediction"].data.shape == image.shape
+    _predict(predict, "flat", qtbot)  # a 3D model refuses a 2D image with a one-line notification
+    assert any(kind == "error" and "3D model needs (Z, Y, X) volumes" in text for kind, text in notifications)
 
-    predict.image.value = "flat"  # a 3D model refuses a 2D image with a one-line notification
+
+def _predict(predict: PredictWidget, image: str, qtbot) -> None:
+    """Predict layer ``image`` with the Predict widget's settings and wait for the worker to end."""
+    predict.image.value = image
     predict.predict_button.changed.emit(True)
     qtbot.waitUntil(lambda: predict.worker is None, timeout=60_000)
-    assert any(kind == "error" and "3D model needs (Z, Y, X) volumes" in text for kind, text in notifications)
