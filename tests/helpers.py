@@ -21,20 +21,3 @@ def tiny_bundle(**model) -> ModelBundle:
     cfg = TrainConfig(model=UNetConfig(depth=2, base_width=4, **model))
     return ModelBundle(build_network(cfg).eval(), cfg)
 
-
-def ball_volume(rng, shape=(12, 48, 48), n=5, z_scale=1.0):
-    """Noisy bright balls (radius 4-7 pixel widths, physically round for voxels ``z_scale`` deep)
-    on a dark background and their instance labels (uint16), as (Z, Y, X) arrays."""
-    import numpy as np
-
-    z, y, x = np.indices(shape)
-    z = z * z_scale
-    mask = np.zeros(shape, np.uint16)
-    image = rng.normal(0.2, 0.1, shape).astype(np.float32)
-    for i in range(n):
-        lo, hi = [3 * z_scale, 8, 8], [(shape[0] - 3) * z_scale, shape[1] - 8, shape[2] - 8]
-        c, r = rng.uniform(lo, hi), rng.uniform(4, 7)
-        ball = ((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) < r * r
-        mask[ball & (mask == 0)] = i + 1
-        image[ball] += 1.0
-    return image, mask

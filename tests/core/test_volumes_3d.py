@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import ball_volume, drain, tiny_bundle
+from helpers import drain, tiny_bundle
 
 from napari_unet.config import AugmentConfig, TrainConfig, UNetConfig
 from napari_unet.data.augment import augment_batch
@@ -11,6 +11,7 @@ from napari_unet.data.dataset import prepare_pairs
 from napari_unet.data.normalize import to_channels_first
 from napari_unet.errors import UserError
 from napari_unet.inference.predict import predict_image
+from napari_unet.samples import ball_volume
 from napari_unet.training.engine import Trainer
 from napari_unet.volumes import annotated_planes, is_volume, patch_shape, preview_slab, z_scale_of
 

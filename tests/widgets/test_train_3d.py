@@ -4,8 +4,8 @@ layer's z-scale, the current-slice live preview, then the Predict widget on the 
 from __future__ import annotations
 
 import numpy as np
-from helpers import ball_volume
 
+from napari_unet.samples import ball_volume
 from napari_unet.widgets.predict import PredictWidget
 from napari_unet.widgets.train import CURRENT, SCRATCH, SLICES, VOLUME, TrainWidget
 from napari_unet.widgets._session import session_for
