@@ -1,6 +1,6 @@
 """Benchmark: a 3D U-Net on anisotropic volumes, with and without telling it the z-scale.
 
-Run: ``.venv/bin/python bench/bench_anisotropy.py [--steps 80] [--runs 1:24 2:24]``
+Run: ``.venv/bin/python bench/bench_anisotropy.py [--steps 80] [--seeds 1] [--first-seed 0] [--runs 1:24 2:24]``
 
 Data: synthetic noisy balls (``samples.ball_volume``), 12 x 40 x 40 voxels twice as deep as
 wide (z_scale 2), 4 training volumes (one held out for validation) and 3 test volumes. Each run
@@ -57,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--runs", nargs="+", default=["1:24", "2:24"], help="Z_SCALE:PATCH pairs")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -64,7 +65,8 @@ def main() -> None:
           f"{args.seeds} seed(s), true z_scale {TRUE_Z_SCALE:g})")
     for spec in args.runs:
         z_scale, patch = float(spec.split(":")[0]), int(spec.split(":")[1])
-        scores = [run(z_scale, patch, args.steps, seed) for seed in range(args.seeds)]
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        scores = [run(z_scale, patch, args.steps, seed) for seed in seeds]
         iou, ap = (float(np.mean(v)) for v in zip(*scores))
         shape = patch_shape(TrainConfig(model=UNetConfig(dims=3), patch_size=patch, z_scale=z_scale))
         print(f"| {z_scale:g} | {' x '.join(map(str, shape))} | {iou:.3f} | {ap:.3f} |", flush=True)
