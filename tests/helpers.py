@@ -20,4 +20,3 @@ def tiny_bundle(**model) -> ModelBundle:
     torch.manual_seed(0)
     cfg = TrainConfig(model=UNetConfig(depth=2, base_width=4, **model))
     return ModelBundle(build_network(cfg).eval(), cfg)
-
