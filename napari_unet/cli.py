@@ -58,12 +58,14 @@ def train_request(args: argparse.Namespace) -> "TrainRequest":
                         base_width=args.base_width, time_limit=args.time_limit, epochs=args.epochs, steps=args.steps,
                         patch_size=args.patch_size, batch_size=args.batch_size, device=args.device, seed=args.seed,
                         checkpoint_every=args.checkpoint_every or None, synthetic=bool(args.synthetic),
-                        synthetic_ratio=args.synthetic_ratio)
+                        synthetic_ratio=args.synthetic_ratio, z_scale=args.z_scale,
+                        dims=TrainRequest.dims if args.dims is None else args.dims)
 
 
 def _architecture(args: argparse.Namespace) -> dict[str, int]:
     """The architecture the flags ask for (only the ones given)."""
-    return {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width)) if v is not None}
+    return {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width), ("dims", args.dims))
+            if v is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -224,8 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network input channels (default: the first image's: 1 for grey, 3 for colour)")
     t.add_argument("--depth", type=int, default=None, help=f"default {udef.depth} (from scratch only)")
     t.add_argument("--base-width", type=int, default=None, help=f"default {udef.base_width} (from scratch only)")
+    t.add_argument("--dims", type=int, choices=(2, 3), default=None,
+                   help=f"2: 2D images (stacks slice by slice); 3: a 3D U-Net on (Z, Y, X) volumes "
+                        f"(default {udef.dims}, or the starting model's; 3D trains from scratch)")
+    t.add_argument("--z-scale", type=float, default=tdef.z_scale,
+                   help="3D: voxel depth / pixel width, e.g. 2 for 0.5 um pixels and 1 um planes "
+                        "(default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=tdef.batch_size, help="patches per step (default: %(default)s)")
-    t.add_argument("--patch-size", type=int, default=tdef.patch_size, help="patch side in pixels (default: %(default)s)")
+    t.add_argument("--patch-size", type=int, default=tdef.patch_size,
+                   help="patch side in pixels, along y/x in 3D (z-planes: it / --z-scale) (default: %(default)s)")
     t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",
                    help="also train on synthetic pairs (a `synth generate` output: images/ and masks/); "
                         "validation stays on real images")

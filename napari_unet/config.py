@@ -97,7 +97,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     n_classes: int = 2  # semantic task: number of classes including background
-    patch_size: int = 128
+    patch_size: int = 128  # patch side in pixels (3D: along y/x; z gets patch_size / z_scale planes)
+    z_scale: float = 1.0  # 3D: voxel depth / pixel width (anisotropy); elastic warps and border weights use it
     batch_size: int = 8
     learning_rate: float = 5e-3
     weight_decay: float = 1e-4
@@ -125,6 +126,7 @@ class PredictConfig:
     """How to apply a trained model."""
 
     tile_size: int = 1024  # "same" models see whole images up to this size; larger ones are tiled
+    volume_tile_size: int = 128  # 3D models: tile side per axis (a 3D tile costs the cube of its side)
     overlap: int = 64
     batch_size: int = 1
     device: str = "auto"

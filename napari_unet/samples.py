@@ -1,4 +1,5 @@
-"""The bundled CC0 nuclei images (DSB 2018): napari sample data and the demo's training set."""
+"""The bundled CC0 nuclei images (DSB 2018): napari sample data and the demo's training set;
+synthetic 3D balls for trying (and testing) 3D models."""
 
 from __future__ import annotations
 
@@ -34,3 +35,20 @@ def nuclei_sample() -> list[tuple]:
         (image, {"name": "nuclei"}, "image"),
         (labels, {"name": "nuclei ground truth", "opacity": 0.5}, "labels"),
     ]
+
+
+def ball_volume(rng: np.random.Generator, shape: tuple[int, int, int] = (12, 48, 48), n: int = 5,
+                z_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy bright balls (radius 4-7 pixel widths, round in tissue for voxels ``z_scale`` deep)
+    on a dark background: (image float32 (Z, Y, X), instance labels uint16 (Z, Y, X))."""
+    z, y, x = np.indices(shape)
+    z = z * z_scale
+    mask = np.zeros(shape, np.uint16)
+    image = rng.normal(0.2, 0.1, shape).astype(np.float32)
+    lo, hi = [3 * z_scale, 8, 8], [(shape[0] - 3) * z_scale, shape[1] - 8, shape[2] - 8]
+    for i in range(n):
+        c, r = rng.uniform(lo, hi), rng.uniform(4, 7)
+        ball = ((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) < r * r
+        mask[ball & (mask == 0)] = i + 1
+        image[ball] += 1.0
+    return image, mask

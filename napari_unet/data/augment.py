@@ -24,6 +24,8 @@ seeded (CPU) generator whatever the device of the data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -231,6 +233,7 @@ def augment_batch(
     weights: Tensor | None,
     cfg: AugmentConfig,
     generator: torch.Generator | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Randomly augment a batch; returns (image, labels, weights) and never edits the inputs.
 
@@ -239,7 +242,10 @@ def augment_batch(
     image: (B, C, H, W) or (B, C, D, H, W) float; labels: (B, *S) integer (``-1`` = ignore);
     weights: (B, *S) float or None. Each sample is augmented with probability
     ``cfg.probability``, with its own random parameters. rot90 acts on the last two axes
-    and is skipped when they differ in size; flips act on every spatial axis.
+    and is skipped when they differ in size; flips act on every spatial axis. ``spacing``
+    (pixel size per axis, in units of the last axis's) makes the elastic displacements
+    physical: ``elastic_sigma`` pixels along the last axis, ``sigma / spacing`` pixels along
+    each axis, so an anisotropic volume is not warped more across its thick planes.
     """
     nd = image.ndim - 2
     if nd not in (2, 3) or tuple(labels.shape) != (image.shape[0],) + tuple(image.shape[2:]):
@@ -265,6 +271,9 @@ def augment_batch(
 
     if cfg.elastic and cfg.elastic_sigma > 0:
         coarse = _coarse_displacement(n, nd, cfg.elastic_grid, cfg.elastic_sigma, generator, dev)
+        if spacing is not None:
+            per_axis = torch.tensor([1.0 / float(s) for s in spacing], device=dev, dtype=coarse.dtype)  # (nd,)
+            coarse = coarse * per_axis.view((1, nd) + (1,) * nd)  # (n, nd, g, ..., g)
         coords = elastic_grid(coarse, shape, _dihedral_matrices(flips, k))  # (n, *S, nd)
         img_w, lab_w, wts_w = warp(img, lab, wts, coords)
         assert img_w is not None and lab_w is not None

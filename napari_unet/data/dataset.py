@@ -17,6 +17,7 @@ from napari_unet.data.targets import (
     semantic_classes,
 )
 from napari_unet.errors import UserError
+from napari_unet.volumes import voxel_spacing
 
 
 @dataclass
@@ -77,8 +78,9 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     if np.unique(annotated).size < 2:
         raise UserError("the labels hold a single class: annotate background and objects")
     class_w = class_balance_weights(all_targets, k, cfg.loss.balance_power) if cfg.loss.balance_classes else np.ones(k)
+    spacing = voxel_spacing(cfg)
     return [
-        PreparedPair(chw, target, pixel_weights(target, instances, k, cfg.loss, class_w), instances, name)
+        PreparedPair(chw, target, pixel_weights(target, instances, k, cfg.loss, class_w, spacing), instances, name)
         for name, chw, target, instances in staged
     ]
 
@@ -100,12 +102,14 @@ def split_validation(pairs: list[PreparedPair], fraction: float, seed: int,
 class PatchSampler:
     """Random fixed-size crops, drawn from images in proportion to their annotated area."""
 
-    def __init__(self, pairs: Sequence[PreparedPair], patch_size: int, rng: np.random.Generator,
+    def __init__(self, pairs: Sequence[PreparedPair], patch_size: int | Sequence[int], rng: np.random.Generator,
                  focus_annotated: bool = False, with_instances: bool = False) -> None:
-        """``with_instances``: batches also carry the instance ids (B, *P) (0 in padding)."""
+        """``patch_size``: one side for every axis, or one per axis (``volumes.patch_shape``);
+        ``with_instances``: batches also carry the instance ids (B, *P) (0 in padding)."""
         self.pairs = list(pairs)
         self.with_instances = with_instances
-        self.patch = patch_size
+        nd = self.pairs[0].target.ndim if self.pairs else 2
+        self.patch = (int(patch_size),) * nd if np.isscalar(patch_size) else tuple(int(s) for s in patch_size)
         self.rng = rng
         self.focus = focus_annotated
         areas = np.array([(p.target >= 0).sum() for p in self.pairs], dtype=np.float64)
@@ -114,18 +118,18 @@ class PatchSampler:
 
     def _crop(self, index: int) -> tuple[np.ndarray, ...]:
         """One patch (C, *P), (*P), (*P)[, (*P) instance ids] of image ``index``; 2D or 3D alike."""
-        pair, s = self.pairs[index], self.patch
+        pair, sizes = self.pairs[index], self.patch
         shape = pair.target.shape
         if self._annotated is not None and self.rng.random() < 0.8:
             flat = self._annotated[index][self.rng.integers(len(self._annotated[index]))]
             centre = np.unravel_index(int(flat), shape)
-            lo = [int(np.clip(c - s // 2, 0, max(n - s, 0))) for c, n in zip(centre, shape)]
+            lo = [int(np.clip(c - s // 2, 0, max(n - s, 0))) for c, n, s in zip(centre, shape, sizes)]
         else:
-            lo = [int(self.rng.integers(0, max(n - s, 0) + 1)) for n in shape]
-        sl = tuple(slice(start, start + s) for start in lo)
+            lo = [int(self.rng.integers(0, max(n - s, 0) + 1)) for n, s in zip(shape, sizes)]
+        sl = tuple(slice(start, start + s) for start, s in zip(lo, sizes))
         image, target, weights = pair.image[(slice(None), *sl)], pair.target[sl], pair.weights[sl]
         extra = [pair.instances[sl]] if self.with_instances else []
-        pads = [(0, s - n) for n in target.shape]
+        pads = [(0, s - n) for n, s in zip(target.shape, sizes)]
         if any(after for _, after in pads):  # image smaller than the patch: mirror the pixels, ignore the padding
             mode = "reflect" if min(target.shape) > 1 else "edge"
             image = np.pad(image, [(0, 0), *pads], mode=mode)

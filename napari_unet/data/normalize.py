@@ -12,8 +12,8 @@ def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.
     """Return ``image`` as (C, *spatial) with C == ``in_channels``.
 
     Accepts (H, W), (H, W, C) with C <= 4 (colour, channels last) and (C, H, W) with
-    C <= 4 when it is unambiguous. RGB(A) fed to a one-channel model is averaged to grey;
-    alpha is dropped.
+    C <= 4 when it is unambiguous; for ``dims`` 3 the same with (Z, Y, X), and (Z, C, Y, X).
+    RGB(A) fed to a one-channel model is averaged to grey; alpha is dropped.
     """
     image = np.asarray(image)
     if image.size == 0:

@@ -77,12 +77,13 @@ def class_balance_weights(target: np.ndarray, n_classes: int, power: float = 1.0
 
 
 def pixel_weights(target: np.ndarray, instances: np.ndarray | None, n_classes: int, cfg: LossConfig,
-                  class_weights: np.ndarray | None = None) -> np.ndarray:
+                  class_weights: np.ndarray | None = None, spacing: tuple[float, ...] | None = None) -> np.ndarray:
     """The U-Net weight map w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2) as float32 (H, W).
 
     ``class_weights`` overrides the per-image w_c (the engine passes dataset-wide ones).
     For instances the distances are measured to the object *interiors*, so the boundary
     pixels where two nuclei touch get the high weight, not only the gaps between them.
+    ``spacing`` (pixel size per axis) makes those distances physical for anisotropic volumes.
     """
     if class_weights is None:
         class_weights = class_balance_weights(target, n_classes, cfg.balance_power) if cfg.balance_classes else np.ones(n_classes)
@@ -91,7 +92,8 @@ def pixel_weights(target: np.ndarray, instances: np.ndarray | None, n_classes: i
         from napari_unet.data.weights import border_weight_map
 
         interiors = np.where(target == 1, instances, 0)
-        border = border_weight_map(interiors, w0=cfg.border_w0, sigma=cfg.border_sigma, balance=False) - 1.0
+        border = border_weight_map(interiors, w0=cfg.border_w0, sigma=cfg.border_sigma, balance=False,
+                                   spacing=spacing) - 1.0
         w += np.where(target >= 0, border, 0).astype(np.float32)
     return w
 

@@ -7,7 +7,7 @@ One rule for the CLI (files) and the widgets (napari layers, which add an ``rgb`
   length (> 1) is the channel axis (a one-channel model averages the channels it is given).
 - otherwise a short axis (<= ``MAX_CHANNELS``) beside a long one is channels: last (H, W, C)
   before first (C, H, W); a 3D array with no short axis is a stack (Z, H, W).
-- ``dims=3`` asks for volumes: (Z, Y, X) is one volume; (Z, C, Y, X), (C, Z, Y, X) or, with
+- ``dims=3`` asks for volumes (a 2D image, (H, W) or (H, W, C), is refused): (Z, Y, X) is one volume; (Z, C, Y, X), (C, Z, Y, X) or, with
   ``rgb``, (Z, Y, X, C) one with channels.
 """
 
@@ -45,6 +45,8 @@ def array_layout(shape: tuple[int, ...], rgb: bool = False, model_channels: int 
     """The layout of an array of ``shape`` for a ``dims``-D model (see the module rules)."""
     shape = tuple(int(s) for s in shape)
     n = len(shape)
+    if dims == 3 and (n == 2 or (n == 3 and not rgb and shape[-1] <= MAX_CHANNELS < shape[0])):
+        raise UserError(f"a 3D model needs (Z, Y, X) volumes, got a 2D image of shape {shape}")
     if n < dims:
         raise UserError(f"expected a {dims}D image, got shape {shape}")
     if n == dims:
@@ -93,8 +95,15 @@ def _channel_axis(shape: tuple[int, ...], model_channels: int | None, dims: int)
 def annotated_planes(name: str, image: np.ndarray, labels: np.ndarray,
                      dims: int = 2) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, image, labels) training pairs of one annotated array: a 2D pair as is; a stack
-    (Z, H, W) with (Z, H, W) labels (for a 2D model) as its annotated slices, named ``name[z]``."""
+    (Z, H, W) with (Z, H, W) labels (for a 2D model) as its annotated slices, named ``name[z]``;
+    for a 3D model a volume as its annotated z-range (``volumes.annotated_z_range``)."""
     image, labels = np.asarray(image), np.asarray(labels)
+    if dims == 3 and labels.ndim == 3 and image.shape[:3] == labels.shape:
+        from napari_unet.volumes import annotated_z_range
+
+        planes = annotated_z_range(labels)
+        yield name, image[planes], labels[planes]
+        return
     if dims == 2 and labels.ndim == 3 and image.shape[:3] == labels.shape:
         for z in range(labels.shape[0]):
             if labels[z].any():

@@ -51,7 +51,7 @@ def start_model(spec: str | None, task: str, architecture: dict[str, int] | None
     """The model a training run starts from, or None for scratch.
 
     No ``spec`` means the task's default (``pretrained:nuclei`` for instances, scratch otherwise),
-    or scratch when an ``architecture`` (``depth``/``base_width``) is asked for: a starting model
+    or scratch when an ``architecture`` (``depth``/``base_width``/``dims``) is asked for: a starting model
     keeps its own, so asking for another one together with a starting model is an error
     (``shown`` names a field in that message, ``hint`` says what to do instead).
     """
@@ -66,6 +66,7 @@ def start_model(spec: str | None, task: str, architecture: dict[str, int] | None
     clash = [f"{shown(k)} {v}" for k, v in architecture.items() if getattr(start.config.model, k) != v]
     if clash:
         raise UserError(f"{' '.join(clash)} does not match the starting model {spec} "
-                        f"(depth {start.config.model.depth}, base width {start.config.model.base_width}); "
+                        f"(depth {start.config.model.depth}, base width {start.config.model.base_width}, "
+                        f"{start.config.model.dims}D); "
                         f"{hint}")
     return start

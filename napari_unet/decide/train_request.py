@@ -16,6 +16,7 @@ from napari_unet.config import INSTANCE_HEADS, AugmentConfig, LossConfig, TrainC
 from napari_unet.decide.classes import task_and_classes
 from napari_unet.decide.layout import MAX_CHANNELS, array_layout
 from napari_unet.errors import UserError
+from napari_unet.volumes import check_head_dims
 
 SYNTHETIC_SHARE = 0.5  # share of patches from synthetic pairs, when there are any
 
@@ -33,7 +34,8 @@ class TrainRequest:
     instance_head: str = TrainConfig.instance_head
     n_classes: int | None = None
     in_channels: int | None = None
-    dims: int = 2  # 2: images (stacks slice by slice); 3: volumes
+    dims: int = UNetConfig.dims  # 2: images (stacks slice by slice); 3: volumes
+    z_scale: float = TrainConfig.z_scale  # 3D: voxel depth / pixel width
     depth: int | None = None
     base_width: int | None = None
     time_limit: float | None = None
@@ -73,6 +75,7 @@ def train_config_for(request: TrainRequest, images: Sequence[np.ndarray], masks:
     if r.synthetic and not 0 <= r.synthetic_ratio < 1:
         raise UserError("the synthetic share must be at least 0 and below 1")
     classes = task_and_classes(masks, r.task, r.n_classes)
+    check_head_dims(classes.task, r.instance_head, r.dims)
     in_channels = r.in_channels if r.in_channels is not None else input_channels(images, r.dims)
     if not 1 <= in_channels <= MAX_CHANNELS:
         raise UserError(f"input channels must be between 1 and {MAX_CHANNELS}, not {in_channels}")
@@ -90,5 +93,5 @@ def train_config_for(request: TrainRequest, images: Sequence[np.ndarray], masks:
         patch_size=r.patch_size, batch_size=r.batch_size, learning_rate=r.learning_rate,
         epochs=r.epochs, steps=r.steps, time_limit=time_limit, validate_every=r.validate_every,
         preview_every=r.preview_every, preview_mc_samples=r.preview_mc_samples, device=r.device, seed=r.seed,
-        threads=r.threads, checkpoint_every=r.checkpoint_every,
+        threads=r.threads, checkpoint_every=r.checkpoint_every, z_scale=r.z_scale,
         synthetic_ratio=r.synthetic_ratio if r.synthetic else 0.0)

@@ -2,7 +2,8 @@
 
 ``predict_array`` is a generator (``Progress`` per slice and MC-dropout pass) that returns a
 ``Prediction`` whose arrays have the image's spatial shape; stacks (Z, H, W) are predicted
-slice by slice by a 2D model and get (Z, H, W) labels and (K, Z, H, W) probabilities.
+slice by slice by a 2D model and get (Z, H, W) labels and (K, Z, H, W) probabilities; a 3D
+model predicts a (Z, H, W) volume in one go (3D tiles).
 """
 
 from __future__ import annotations

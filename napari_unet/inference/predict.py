@@ -57,6 +57,8 @@ def tile_geometry(net: torch.nn.Module, cfg: PredictConfig) -> tuple[TileSpec, A
     if ucfg is None:  # an arbitrary callable network: plain tiles
         return TileSpec(cfg.tile_size, cfg.overlap), lambda n: n
     depth, align = ucfg.depth, 2**ucfg.depth
+    if ucfg.dims == 3:  # a 3D tile costs the cube of its side
+        cfg = replace(cfg, tile_size=min(cfg.tile_size, cfg.volume_tile_size))
     probe = _valid_input_size(1, depth)
     radius = (probe - _valid_output_size(probe, depth)) // 2  # pixels each output sees per side
     if ucfg.padding == "valid":

@@ -34,6 +34,7 @@ from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstra
 from napari_unet.training.device import autocast, describe, describe_precision, start_run
 from napari_unet.training.losses import segmentation_loss, star_loss
 from napari_unet.training.validation import validate
+from napari_unet.volumes import check_volume_config, patch_shape, voxel_spacing
 
 Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
 
@@ -49,7 +50,7 @@ def learning_rate(base: float, fraction: float) -> float:
 def steps_per_epoch(pairs: Sequence[PreparedPair], cfg: TrainConfig) -> int:
     """Batches needed to see every annotated pixel about once."""
     pixels = sum(int((p.target >= 0).sum()) for p in pairs)
-    return max(1, math.ceil(pixels / (cfg.patch_size**2 * cfg.batch_size)))
+    return max(1, math.ceil(pixels / (math.prod(patch_shape(cfg)) * cfg.batch_size)))
 
 
 class Trainer:
@@ -100,7 +101,7 @@ class Trainer:
 
     def _patches(self, pairs: Sequence[PreparedPair], rng: np.random.Generator, focus_annotated: bool = False) -> PatchSampler:
         """The patch sampler for ``pairs``; a star head's batches also carry the instance ids."""
-        return PatchSampler(pairs, self.cfg.patch_size, rng, focus_annotated=focus_annotated,
+        return PatchSampler(pairs, patch_shape(self.cfg), rng, focus_annotated=focus_annotated,
                             with_instances=is_star(self.cfg))
 
     def _build(self, device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, list[str]]:
@@ -118,6 +119,7 @@ class Trainer:
 
     def run(self) -> Generator[object, None, ModelBundle]:
         cfg = self.cfg
+        check_volume_config(cfg)
         setup_start = time.perf_counter()
         rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
         channels_last = dtype is not None and cfg.model.dims == 2
@@ -277,11 +279,13 @@ class Trainer:
               channels_last: bool, generator: torch.Generator) -> float:
         """One optimiser step on a batch of (images, targets, weights[, instance ids]); returns the loss."""
         images, targets, weights, *ids = (torch.from_numpy(a).to(device) for a in arrays)
+        spacing = voxel_spacing(self.cfg)
         if ids:  # star head: the ids go through the same nearest-neighbour warp as the classes
-            images, codes, weights = augment_batch(images, pack(targets, ids[0]), weights, self.cfg.augment, generator)
+            images, codes, weights = augment_batch(images, pack(targets, ids[0]), weights, self.cfg.augment, generator,
+                                                   spacing)
             targets, warped = unpack(codes)
         else:
-            images, targets, weights = augment_batch(images, targets, weights, self.cfg.augment, generator)
+            images, targets, weights = augment_batch(images, targets, weights, self.cfg.augment, generator, spacing)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
@@ -360,7 +364,7 @@ class Trainer:
         from napari_unet.inference.postprocess import labels_from_probabilities
         from napari_unet.inference.predict import predict_normalized
 
-        chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles)
+        chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles, self.cfg.model.dims)
         net.eval()
         uncertainty = None
         try:

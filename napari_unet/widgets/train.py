@@ -24,6 +24,7 @@ from napari_unet.widgets._worker import (format_seconds, load_folder, on_close, 
 TASKS = {"instances": "instances", "sparse classes": "sparse", "classes (every pixel labelled)": "classes"}  # -> user task
 SCRATCH, FOLDER = "none (from scratch)", "model folder…"
 LIVE_UNCERTAINTY_MC = 4  # preview MC-dropout passes the widget starts with (the live uncertainty layer)
+SLICES, VOLUME = "2D (slice by slice)", "3D"
 SYNC_INTERVAL_MS = 1000
 STATUS_INTERVAL_S = 1.0
 
@@ -84,7 +85,9 @@ class TrainRun:
             yield Message(f"starting from {init_spec}")
         if init is not None:
             from napari_unet.pretrained import fine_tune_config
+            from napari_unet.volumes import check_start_dims
 
+            check_start_dims(cfg, init)
             cfg = fine_tune_config(cfg, init)  # the starting model's architecture, gentler learning rate
         self.trainer = Trainer(pairs, cfg, init=init, names=names, preview_image=self.preview,
                                synthetic=synthetic or None)
@@ -110,6 +113,9 @@ class TrainWidget(PluginWidget):
         super().__init__(viewer)
         viewer = self.viewer
         self.run: TrainRun | None = None
+        self._volumes = False  # the running (or last) run trains a 3D model
+        self._plane: tuple[int, int] | None = None  # 3D current-slice preview: (z, its index in the slab)
+        self._preview_target = None
         self.previews = 0
         self._status_time = 0.0
         self._edited = False
@@ -123,6 +129,11 @@ class TrainWidget(PluginWidget):
                                       value=TrainConfig.instance_head,
                                       tooltip="3class: interior/boundary classes + watershed; star: StarDist rays + "
                                               "polygon NMS (crowded round nuclei)")
+        self.dims = ComboBox(label="Model", choices=[SLICES, VOLUME], value=SLICES, visible=False, enabled=False,
+                             tooltip="3D image: a 2D model trained on its annotated slices, or a 3D U-Net on the "
+                                     "annotated z-range (annotate every plane of it; z-scale from the layer's scale)")
+        self.preview_volume = CheckBox(text="Preview the whole volume", value=False, visible=False,
+                                       tooltip="off: only the current slice is previewed (cheap)")
         self.init = ComboBox(label="Start from", choices=self._init_choices)
         self.init_folder = FileEdit(label="Model folder", mode="d", visible=False)
         self.time_limit = SpinBox(label="Time limit (s)", value=int(TrainConfig.time_limit), min=5, max=7 * 24 * 3600,
@@ -158,7 +169,8 @@ class TrainWidget(PluginWidget):
         self.save_button = PushButton(text="Save model")
         self.load_button = PushButton(text="Load model")
         self.model_label = Label(value="no model yet")
-        self.extend([self.image, self.labels, self.task, self.instance_head, self.init, self.init_folder, self.time_limit, self.device,
+        self.extend([self.image, self.labels, self.task, self.instance_head, self.dims, self.preview_volume, self.init,
+                     self.init_folder, self.time_limit, self.device,
                      self.device_label, self.show_advanced, self.advanced,
                      Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
                      self.progress, self.status])
@@ -175,6 +187,8 @@ class TrainWidget(PluginWidget):
         self.init.changed.connect(lambda v: setattr(self.init_folder, "visible", v == FOLDER))
         self.image.changed.connect(self._on_image_changed)
         self.task.changed.connect(self._on_task_changed)
+        self.dims.changed.connect(self._on_dims_changed)
+        self.viewer.dims.events.current_step.connect(self._on_step)
         self.train_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self.save_model)
@@ -193,7 +207,8 @@ class TrainWidget(PluginWidget):
     # -- choices -----------------------------------------------------------------------------
     def _init_choices(self, _widget=None) -> list[str]:
         task = TASKS.get(getattr(getattr(self, "task", None), "value", "instances"), "instances")
-        pretrained = pretrained_choices() if task == "instances" else []
+        volume = hasattr(self, "dims") and self._volume_mode()  # the shipped models are 2D
+        pretrained = pretrained_choices() if task == "instances" and not volume else []
         current = [CURRENT] if getattr(self, "session", None) and self.session.model is not None else []
         return [*current, *pretrained, SCRATCH, FOLDER]
 
@@ -201,12 +216,32 @@ class TrainWidget(PluginWidget):
         self.init.reset_choices()
         self.instance_head.visible = TASKS[self.task.value] == "instances"
 
+    def _volume_mode(self) -> bool:
+        """Whether the settings ask for a 3D model (a volume image and the 3D choice)."""
+        return self.dims.enabled and self.dims.value == VOLUME
+
+    def _on_dims_changed(self, _value=None) -> None:
+        self.preview_volume.visible = self.preview_volume.enabled = self._volume_mode()
+        self.init.reset_choices()
+
+    @unless_closed
+    def _on_step(self, _event=None) -> None:
+        """The current-slice preview of a 3D run follows the viewer's slice."""
+        layer = self._preview_target if self.run is not None else None
+        if layer is not None and self._volumes and not self.preview_volume.value:
+            self.run.set_preview(self._preview_data(layer))
+
     def _on_image_changed(self, name: str | None) -> None:
+        from napari_unet.volumes import is_volume
+
         layer = find_layer(self.viewer, name)
+        volume = layer is not None and is_volume(np.shape(layer.data), bool(layer.rgb))
+        self.dims.enabled = self.dims.visible = volume
+        self._on_dims_changed()
         labels = None if layer is None else find_layer(self.viewer, annotations_name(layer.name))
         if labels is not None:
             self.labels.value = labels.name
-        if self.run is not None and layer is not None:
+        if self.run is not None and layer is not None and (volume or not self._volumes):  # 3D runs: volumes only
             self.run.set_preview(self._preview_data(layer))
 
     def _on_session_changed(self) -> None:
@@ -220,10 +255,21 @@ class TrainWidget(PluginWidget):
 
     # -- training ----------------------------------------------------------------------------
     def _preview_data(self, layer: Any) -> np.ndarray | None:
-        """The image previewed while training: the layer's data, or the stack slice on screen."""
+        """What the live preview predicts: the image, the current slice of a stack, or for a 3D model
+        the whole volume or a slab around the current slice (``self._plane`` says which plane)."""
+        data = np.asarray(layer.data)
+        if self._volumes:
+            from napari_unet.volumes import preview_slab
+
+            if self.preview_volume.value:
+                self._plane = None
+                return data
+            z = self.viewer.dims.current_step[0]
+            slab, inside = preview_slab(data, z)
+            self._plane = (min(max(z, 0), data.shape[0] - 1), inside)
+            return slab
         from napari_unet.errors import UserError
 
-        data = np.asarray(layer.data)
         try:
             layout = array_layout(data.shape, bool(layer.rgb))
         except UserError:
@@ -238,13 +284,20 @@ class TrainWidget(PluginWidget):
         if image is not None and labels is not None and image.name not in self.session.project.samples:
             self.session.project.mode = TASKS[self.task.value]  # a project's mode is the user task
             self.session.attach(image, labels)
-        return self.session.training_pairs()
+        return self.session.training_pairs(volumes=self._volume_mode())
 
     def request(self) -> Any:
         """The ``TrainRequest`` the current settings describe."""
         from napari_unet.decide.train_request import TrainRequest
 
+        dims, z_scale = 2, 1.0
+        if self._volume_mode():
+            from napari_unet.volumes import z_scale_of
+
+            layer = find_layer(self.viewer, self.image.value)
+            dims, z_scale = 3, z_scale_of(layer.scale) if layer is not None else 1.0
         return TrainRequest(
+            dims=dims, z_scale=z_scale,
             task=TASKS[self.task.value], instance_head=self.instance_head.value, base_width=self.base_width.value,
             depth=self.depth.value, elastic=self.elastic.value, border_w0=self.w0.value, border_sigma=self.sigma.value,
             patch_size=self.patch_size.value, batch_size=self.batch_size.value, learning_rate=self.learning_rate.value,
@@ -279,6 +332,7 @@ class TrainWidget(PluginWidget):
             init_spec = str(self.init_folder.value)
         image = find_layer(self.viewer, self.image.value)
         self.run = TrainRun()
+        self._volumes = self._volume_mode()
         self.run.preview = None if image is None else self._preview_data(image)
         self._preview_target = image
         if image is not None and self.run.preview is not None:
@@ -304,7 +358,7 @@ class TrainWidget(PluginWidget):
     def _push_annotations(self) -> None:
         if self._edited and self.run is not None:
             self._edited = False
-            pairs, names = self.session.training_pairs()
+            pairs, names = self.session.training_pairs(volumes=self._volumes)
             if pairs:
                 self.run.update_pairs(pairs, names)
 
@@ -338,6 +392,8 @@ class TrainWidget(PluginWidget):
     def _prepare_preview_layers(self, image: Any, data: np.ndarray) -> None:
         """Create empty preview layers now, so the first preview only swaps data in."""
         shape = array_layout(data.shape, bool(image.rgb)).spatial
+        if self._volumes:  # 3D previews fill volume-shaped layers
+            shape = np.shape(image.data)[:3]
         active = self.viewer.layers.selection.active
         if prediction_name(image.name) not in self.viewer.layers:
             show_labels(self.viewer, prediction_name(image.name), np.zeros(shape, np.uint32), like=image)
@@ -354,14 +410,25 @@ class TrainWidget(PluginWidget):
         if image is None or image not in self.viewer.layers:
             return
         task = "instances" if TASKS[self.task.value] == "instances" else "semantic"
-        labels = show_labels(self.viewer, prediction_name(image.name), event.labels, like=image,
+        place = self._placed if self._volumes else (lambda a: a)
+        labels = show_labels(self.viewer, prediction_name(image.name), place(event.labels), like=image,
                              metadata={"task": task})
         labels.metadata["task"] = task
         foreground = 1.0 - event.probabilities[0]
-        show_image(self.viewer, probability_name(image.name), foreground.astype(np.float32), like=image,
+        show_image(self.viewer, probability_name(image.name), place(foreground.astype(np.float32)), like=image,
                    colormap="magma", opacity=0.45, blending="additive", contrast_limits=(0.0, 1.0), visible=False)
         if event.uncertainty is not None:
-            show_uncertainty(self.viewer, image, event.uncertainty, "epistemic")
+            show_uncertainty(self.viewer, image, place(event.uncertainty), "epistemic")
+
+    def _placed(self, values: np.ndarray) -> np.ndarray:
+        """A 3D preview as a volume-shaped array: the whole volume as is, a slab's previewed plane
+        at its z (the other planes empty)."""
+        if self._plane is None:
+            return values
+        z, inside = self._plane
+        out = np.zeros((np.shape(self._preview_target.data)[0], *values.shape[1:]), values.dtype)
+        out[z] = values[min(inside, values.shape[0] - 1)]
+        return out
 
     @unless_closed
     def _on_done(self, bundle: Any) -> None:
