@@ -72,11 +72,11 @@ def build_network(cfg: TrainConfig) -> torch.nn.Module:
 
     from napari_unet.data.dataset import n_output_channels, n_output_classes
     from napari_unet.models import UNet
-    from napari_unet.models.heads import OutputMaps, is_star
+    from napari_unet.models.heads import OutputMaps, is_flow, is_star, side_channels
 
-    rays = cfg.n_rays if is_star(cfg) else 0  # the star head's rays come from the half-resolution side branch
-    net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg) - rays, side_channels=rays))
-    net.activation = OutputMaps(n_output_classes(cfg), is_star(cfg))  # no parameters: the weights file is unchanged
+    side = side_channels(cfg)  # star rays / flows come from the half-resolution side branch
+    net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg) - side, side_channels=side))
+    net.activation = OutputMaps(n_output_classes(cfg), is_star(cfg), is_flow(cfg))  # no parameters: the weights file is unchanged
     return net
 
 
