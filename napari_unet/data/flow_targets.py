@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 CROP_SIDES = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # crop buckets; larger objects use their own side
-ITERATIONS_PER_PIXEL = 1  # diffusion steps per pixel of an object's longest side (the heat front moves 1 px a step)
+ITERATIONS_PER_PIXEL = 2  # diffusion steps per pixel of the crop side (the heat front moves 1 px a step; bent objects are longer inside);
+# a function of the bucket alone, so an object's flows do not depend on the other objects of its batch
 MAX_ITERATIONS = 600  # diffusion steps at most
 
 
@@ -104,15 +105,13 @@ def flow_field(ids: np.ndarray | torch.Tensor) -> torch.Tensor:
     for side, members in buckets.items():
         masks = np.zeros((len(members), side, side), bool)
         local = np.zeros(len(members), np.int64)
-        extent = 1
         for m, k in enumerate(members):
             b, ys, xs = boxes[objects[k] - 1]
             masks[m, :ys.stop - ys.start, :xs.stop - xs.start] = unique[b, ys, xs] == objects[k]
             _, sy, sx = np.unravel_index(sources[k], unique.shape)
             local[m] = m * side * side + (sy - ys.start) * side + (sx - xs.start)
-            extent = max(extent, ys.stop - ys.start, xs.stop - xs.start)
         masks_t = torch.from_numpy(masks)
-        heat = diffuse(masks_t, torch.from_numpy(local), min(MAX_ITERATIONS, ITERATIONS_PER_PIXEL * extent + 4))
+        heat = diffuse(masks_t, torch.from_numpy(local), min(MAX_ITERATIONS, ITERATIONS_PER_PIXEL * side + 4))
         flows = _unit_gradient(heat, masks_t).numpy()  # (M, 2, side, side)
         for m, k in enumerate(members):
             b, ys, xs = boxes[objects[k] - 1]

@@ -9,7 +9,8 @@
 3. Flow-consistency check: the flows of each predicted mask are recomputed with the training
    target function (``data.flow_targets.flow_field``); a mask whose mean squared difference to
    the predicted flows exceeds ``flow_threshold`` is dropped (a fragment or a merge whose
-   flows do not point to one centre). Masks under ``min_size`` pixels go too.
+   flows do not point to one centre). Masks under ``min_size`` pixels go too. Masks longer than
+   ``CHECK_MAX_SIDE`` are kept unchecked (an unsure model's large blobs would take seconds).
 
 Maps layout of a flow model: ``[0:3]`` class probabilities, ``[3]`` object probability,
 ``[4:6]`` flows (dy, dx) in [-1, 1].
@@ -17,16 +18,23 @@ Maps layout of a flow model: ``[0:3]`` class probabilities, ``[3]`` object proba
 
 from __future__ import annotations
 
+import time
+from typing import Any, Generator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from napari_unet.data.targets import relabel_sequential
+from napari_unet.events import Progress
+from napari_unet.inference.blockwise import blocks
 
 DEFAULT_RULE: dict[str, float] = {"prob_threshold": 0.5, "flow_threshold": 0.4}
 STEPS = 200  # Euler steps at most, of one pixel per unit of flow
 PATH_FACTOR = 1.5  # steps per pixel of the largest foreground region's longest side
+MAX_CANDIDATE_SHARE = 2  # at most half the pixels follow the flows (an untrained model's probability is ~0.5 everywhere)
+CHECK_MAX_SIDE = 128  # masks longer than this skip the consistency check (its cost grows with the side cubed)
 MERGE_RADIUS = 2  # end-point pixels this close (Chebyshev, pixels) join one cluster
 
 
@@ -69,13 +77,19 @@ def cluster_end_points(ends: np.ndarray, shape: tuple[int, int], min_count: int)
     return np.where(keep[which], which, 0)
 
 
-def flow_errors(labels: np.ndarray, flows: np.ndarray) -> np.ndarray:
+def flow_errors(labels: np.ndarray, flows: np.ndarray, max_side: int | None = None) -> np.ndarray:
     """Per label id 0..max: mean squared difference between ``flows`` (2, H, W) and the flows
-    recomputed from ``labels`` (H, W); index 0 is unused."""
+    recomputed from ``labels`` (H, W); index 0 is unused. Masks whose bounding box is longer than
+    ``max_side`` get error 0 (unchecked: their diffusion costs the cube of their side)."""
     from napari_unet.data.flow_targets import flow_field
 
-    expected = flow_field(labels).numpy()  # (2, H, W)
-    sq = ((np.asarray(flows, np.float32) - expected) ** 2).sum(axis=0)
+    checked = labels
+    if max_side is not None:
+        long = [i for i, box in enumerate(ndi.find_objects(labels), start=1)
+                if box is not None and max(s.stop - s.start for s in box) > max_side]
+        checked = np.where(np.isin(labels, long), 0, labels) if long else labels
+    expected = flow_field(checked).numpy()  # (2, H, W)
+    sq = ((np.asarray(flows, np.float32) - expected) ** 2).sum(axis=0) * (checked > 0)
     n = int(labels.max())
     counts = np.bincount(labels.ravel(), minlength=n + 1)
     return np.bincount(labels.ravel(), weights=sq.ravel(), minlength=n + 1) / np.maximum(counts, 1)
@@ -87,6 +101,9 @@ def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: f
     docstring. ``flow_threshold`` <= 0 skips the consistency check."""
     shape = maps.shape[1:]
     prob, flows = maps[n_classes], maps[n_classes + 1:n_classes + 3]
+    cap = prob.size // MAX_CANDIDATE_SHARE
+    if int((prob > prob_threshold).sum()) > cap:  # an unsure (half-trained) model: the likeliest pixels only
+        prob_threshold = max(prob_threshold, float(np.partition(prob.ravel(), -cap)[-cap]))
     ys, xs = np.nonzero(prob > prob_threshold)
     if ys.size == 0:
         return np.zeros(shape, np.uint16)
@@ -95,10 +112,45 @@ def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: f
     labels[ys, xs] = cluster_end_points(ends, shape, max(min_size, 1))
     labels = relabel_sequential(labels).astype(np.int32)
     if flow_threshold > 0 and labels.any():
-        bad = flow_errors(labels, flows) > flow_threshold
+        bad = flow_errors(labels, flows, CHECK_MAX_SIDE) > flow_threshold
         bad[0] = False
         labels[bad[labels]] = 0
     if min_size > 1 and labels.any():
         sizes = np.bincount(labels.ravel())
         labels[sizes[labels] < min_size] = 0
     return relabel_sequential(labels)
+
+
+def flows_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
+                    prob_threshold: float = 0.5, flow_threshold: float = 0.4,
+                    n_classes: int = 3) -> Generator[Progress, None, int]:
+    """Flow instances of maps (K + 1 + 2, H, W) too large for memory into ``labels`` (H, W).
+
+    Each block runs the whole-image dynamics on itself plus ``halo`` pixels and keeps the
+    objects it owns: those whose centre (the object pixel nearest its median, as the flow
+    targets' source) lies in the block's core. An object crossing a seam lies whole in the
+    windows of the blocks on both sides, gets the same mask in each, and is written once, with
+    one id. ``halo`` must exceed the largest object. Returns the number of objects."""
+    from napari_unet.data.flow_targets import object_centres
+
+    shape = labels.shape
+    n_blocks = -(-shape[0] // block) * -(-shape[1] // block)
+    next_id, start = 1, time.perf_counter()
+    for i, (_, _, (ys, xs)) in enumerate(blocks(shape, block)):
+        y0, x0 = max(ys.start - halo, 0), max(xs.start - halo, 0)
+        y1, x1 = min(ys.stop + halo, shape[0]), min(xs.stop + halo, shape[1])
+        window = instances_from_flows(np.asarray(maps[:, y0:y1, x0:x1], dtype=np.float32), min_size,
+                                      prob_threshold, flow_threshold, n_classes).astype(np.int64)
+        centres, ids = object_centres(window)
+        cy, cx = np.unravel_index(centres, window.shape)
+        owned = ids[(cy + y0 >= ys.start) & (cy + y0 < ys.stop) & (cx + x0 >= xs.start) & (cx + x0 < xs.stop)]
+        if owned.size:
+            new_ids = np.zeros(int(window.max()) + 1, np.int64)
+            new_ids[owned] = np.arange(next_id, next_id + owned.size)
+            out = np.asarray(labels[y0:y1, x0:x1])
+            mine = new_ids[window] > 0
+            out[mine] = new_ids[window][mine]
+            labels[y0:y1, x0:x1] = out
+            next_id += owned.size
+        yield Progress(i + 1, n_blocks, time.perf_counter() - start, "objects")
+    return next_id - 1

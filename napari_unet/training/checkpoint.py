@@ -40,8 +40,9 @@ class ModelBundle:
     @property
     def postprocess(self) -> dict[str, float]:
         """Instance post-processing tuned for this model (3-class head: ``seed_threshold``,
-        ``fg_threshold``, ``split_height``; star head: ``prob_threshold``, ``nms_threshold``)."""
-        known = ("seed_threshold", "fg_threshold", "split_height", "prob_threshold", "nms_threshold")
+        ``fg_threshold``, ``split_height``; star head: ``prob_threshold``, ``nms_threshold``; flow
+        head: ``prob_threshold``, ``flow_threshold``)."""
+        known = ("seed_threshold", "fg_threshold", "split_height", "prob_threshold", "nms_threshold", "flow_threshold")
         return {k: v for k, v in (self.meta.get("postprocess") or {}).items() if k in known}
 
     @property
@@ -53,8 +54,12 @@ class ModelBundle:
 
     @property
     def output_names(self) -> list[str]:
-        """A name for every channel of the output maps: the classes, then a star head's maps."""
+        """A name for every channel of the output maps: the classes, then a star or flow head's maps."""
+        from napari_unet.models.heads import is_flow
+
         extra = self.n_outputs - len(self.class_names)
+        if is_flow(self.config):
+            return self.class_names + ["object probability", "flow y", "flow x"]
         return self.class_names + (["object probability"] + [f"ray {i}" for i in range(extra - 1)] if extra else [])
 
     @property

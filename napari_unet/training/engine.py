@@ -116,6 +116,8 @@ class Trainer:
             state = self._init.net.state_dict()
             if self._init.config.task != self.cfg.task:  # same shape, other meaning: a fresh head
                 state = {k: v for k, v in state.items() if not k.startswith("head.")}
+            elif self._init.config.instance_head != self.cfg.instance_head:  # another instance head: fresh outputs
+                state = {k: v for k, v in state.items() if not k.startswith(("head.", "side."))}
             fresh = load_compatible_weights(net, state)
         net.to(device)
         if channels_last:
