@@ -86,9 +86,23 @@ def _unit_gradient(heat: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (grad / norm.clamp(min=1e-12) * (norm > 0) * masks[:, None]).float()
 
 
-def flow_field(ids: np.ndarray | torch.Tensor) -> torch.Tensor:
+def _coarse(mask: np.ndarray, factor: int) -> np.ndarray:
+    """(h, w) bool -> (ceil(h/f), ceil(w/f)): a coarse pixel is inside where any of its f x f pixels is."""
+    if factor == 1:
+        return mask
+    h, w = mask.shape
+    padded = np.zeros((-(-h // factor) * factor, -(-w // factor) * factor), bool)
+    padded[:h, :w] = mask
+    return padded.reshape(padded.shape[0] // factor, factor, -1, factor).any(axis=(1, 3))
+
+
+def flow_field(ids: np.ndarray | torch.Tensor, max_side: int | None = None) -> torch.Tensor:
     """Unit flows (N, 2, H, W) float32 (dy, dx; 0 on background and at single-pixel objects) of
-    the instance ids (N, H, W), or (2, H, W) of ids (H, W); ids may repeat across images."""
+    the instance ids (N, H, W), or (2, H, W) of ids (H, W); ids may repeat across images.
+
+    ``max_side``: objects longer than this diffuse on a grid coarsened by the smallest integer
+    factor that brings them under it, and take the flow of their coarse pixel (approximate flows
+    at a bounded cost, for the consistency check of large masks); None: exact everywhere."""
     ids = ids.cpu().numpy() if torch.is_tensor(ids) else np.asarray(ids)
     single = ids.ndim == 2
     ids = ids[None] if single else ids
@@ -97,26 +111,32 @@ def flow_field(ids: np.ndarray | torch.Tensor) -> torch.Tensor:
     out = np.zeros((n, 2, h, w), np.float32)
     sources, objects = object_centres(unique)
     boxes = ndi.find_objects(unique)
-    buckets: dict[int, list[int]] = {}
+    buckets: dict[int, list[tuple[int, int]]] = {}  # crop side -> (object index, coarsening factor)
     for k, obj in enumerate(objects):
         box = boxes[obj - 1]
         side = max(box[1].stop - box[1].start, box[2].stop - box[2].start)
-        buckets.setdefault(next((c for c in CROP_SIDES if c >= side), side), []).append(k)
+        factor = 1 if max_side is None else -(-side // max_side)
+        side = -(-side // factor)
+        buckets.setdefault(next((c for c in CROP_SIDES if c >= side), side), []).append((k, factor))
     for side, members in buckets.items():
         masks = np.zeros((len(members), side, side), bool)
         local = np.zeros(len(members), np.int64)
-        for m, k in enumerate(members):
-            b, ys, xs = boxes[objects[k] - 1]
-            masks[m, :ys.stop - ys.start, :xs.stop - xs.start] = unique[b, ys, xs] == objects[k]
+        for m, (k, f) in enumerate(members):
+            images, ys, xs = boxes[objects[k] - 1]
+            b = images.start  # the one image holding the object
+            crop = _coarse(unique[b, ys, xs] == objects[k], f)
+            masks[m, :crop.shape[0], :crop.shape[1]] = crop
             _, sy, sx = np.unravel_index(sources[k], unique.shape)
-            local[m] = m * side * side + (sy - ys.start) * side + (sx - xs.start)
+            local[m] = m * side * side + (sy - ys.start) // f * side + (sx - xs.start) // f
         masks_t = torch.from_numpy(masks)
         heat = diffuse(masks_t, torch.from_numpy(local), min(MAX_ITERATIONS, ITERATIONS_PER_PIXEL * side + 4))
         flows = _unit_gradient(heat, masks_t).numpy()  # (M, 2, side, side)
-        for m, k in enumerate(members):
-            b, ys, xs = boxes[objects[k] - 1]
+        for m, (k, f) in enumerate(members):
+            images, ys, xs = boxes[objects[k] - 1]
+            b = images.start  # the one image holding the object
             hh, ww = ys.stop - ys.start, xs.stop - xs.start
-            out[b, :, ys, xs] += flows[m, :, :hh, :ww]
+            fine = flows[m].repeat(f, axis=1).repeat(f, axis=2) if f > 1 else flows[m]
+            out[b, :, ys, xs] += fine[:, :hh, :ww] * (unique[b, ys, xs] == objects[k])
     return torch.from_numpy(out[0] if single else out)
 
 

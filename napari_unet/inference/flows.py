@@ -10,7 +10,8 @@
    target function (``data.flow_targets.flow_field``); a mask whose mean squared difference to
    the predicted flows exceeds ``flow_threshold`` is dropped (a fragment or a merge whose
    flows do not point to one centre). Masks under ``min_size`` pixels go too. Masks longer than
-   ``CHECK_MAX_SIDE`` are kept unchecked (an unsure model's large blobs would take seconds).
+   ``CHECK_SIDE`` are recomputed on a grid coarsened to that side (the diffusion's cost grows with
+   the cube of the side; an unsure model's large blobs took seconds).
 
 Maps layout of a flow model: ``[0:3]`` class probabilities, ``[3]`` object probability,
 ``[4:6]`` flows (dy, dx) in [-1, 1].
@@ -34,7 +35,7 @@ DEFAULT_RULE: dict[str, float] = {"prob_threshold": 0.5, "flow_threshold": 0.4}
 STEPS = 200  # Euler steps at most, of one pixel per unit of flow
 PATH_FACTOR = 1.5  # steps per pixel of the largest foreground region's longest side
 MAX_CANDIDATE_SHARE = 2  # at most half the pixels follow the flows (an untrained model's probability is ~0.5 everywhere)
-CHECK_MAX_SIDE = 128  # masks longer than this skip the consistency check (its cost grows with the side cubed)
+CHECK_SIDE = 32  # the consistency check diffuses masks longer than this on a coarser grid (cost: side cubed)
 MERGE_RADIUS = 2  # end-point pixels this close (Chebyshev, pixels) join one cluster
 
 
@@ -77,19 +78,14 @@ def cluster_end_points(ends: np.ndarray, shape: tuple[int, int], min_count: int)
     return np.where(keep[which], which, 0)
 
 
-def flow_errors(labels: np.ndarray, flows: np.ndarray, max_side: int | None = None) -> np.ndarray:
+def flow_errors(labels: np.ndarray, flows: np.ndarray, max_side: int | None = CHECK_SIDE) -> np.ndarray:
     """Per label id 0..max: mean squared difference between ``flows`` (2, H, W) and the flows
-    recomputed from ``labels`` (H, W); index 0 is unused. Masks whose bounding box is longer than
-    ``max_side`` get error 0 (unchecked: their diffusion costs the cube of their side)."""
+    recomputed from ``labels`` (H, W) (masks longer than ``max_side`` on a coarser grid,
+    ``flow_field``); index 0 is unused."""
     from napari_unet.data.flow_targets import flow_field
 
-    checked = labels
-    if max_side is not None:
-        long = [i for i, box in enumerate(ndi.find_objects(labels), start=1)
-                if box is not None and max(s.stop - s.start for s in box) > max_side]
-        checked = np.where(np.isin(labels, long), 0, labels) if long else labels
-    expected = flow_field(checked).numpy()  # (2, H, W)
-    sq = ((np.asarray(flows, np.float32) - expected) ** 2).sum(axis=0) * (checked > 0)
+    expected = flow_field(labels, max_side).numpy()  # (2, H, W)
+    sq = ((np.asarray(flows, np.float32) - expected) ** 2).sum(axis=0)
     n = int(labels.max())
     counts = np.bincount(labels.ravel(), minlength=n + 1)
     return np.bincount(labels.ravel(), weights=sq.ravel(), minlength=n + 1) / np.maximum(counts, 1)
@@ -112,7 +108,7 @@ def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: f
     labels[ys, xs] = cluster_end_points(ends, shape, max(min_size, 1))
     labels = relabel_sequential(labels).astype(np.int32)
     if flow_threshold > 0 and labels.any():
-        bad = flow_errors(labels, flows, CHECK_MAX_SIDE) > flow_threshold
+        bad = flow_errors(labels, flows) > flow_threshold
         bad[0] = False
         labels[bad[labels]] = 0
     if min_size > 1 and labels.any():

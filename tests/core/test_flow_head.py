@@ -1,21 +1,21 @@
-"""The flow (Cellpose-style) instance head: targets, dynamics, training, tiles, uncertainty, export, CLI."""
+"""The flow (Cellpose-style) instance head: targets, dynamics, training, streaming.
+
+Fine-tuning, tiles, MC-dropout, export and the CLI run for both map heads in ``test_star_head.py``."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
 
 from helpers import drain
-from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
+from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.data.flow_targets import flow_field, flow_targets
 from napari_unet.data.targets import instance_classes, relabel_sequential
 from napari_unet.inference.flows import flow_errors, instances_from_flows
 from napari_unet.inference.postprocess import labels_for
-from napari_unet.inference.predict import network_forward, predict_image
+from napari_unet.inference.predict import predict_image
 from napari_unet.inference.star import instances_from_star
 from napari_unet.metrics import evaluate_instances
-from napari_unet.training.checkpoint import ModelBundle, build_network, load_bundle, save_bundle
+from napari_unet.training.checkpoint import load_bundle, save_bundle
 from napari_unet.training.engine import Trainer
 
 TINY = UNetConfig(depth=2, base_width=8)
@@ -113,61 +113,6 @@ def test_flow_model_trains_on_real_nuclei_and_roundtrips(small_pairs, tmp_path):
     assert again.config.instance_head == "flow" and again.postprocess == bundle.postprocess
     image = small_pairs[0][0]
     np.testing.assert_allclose(predict_image(again, image).probabilities, results[0].probabilities, atol=1e-4)
-
-
-def test_fine_tuning_a_3class_model_into_a_flow_model_keeps_the_backbone(small_pairs):
-    torch.manual_seed(0)
-    start = TrainConfig(model=TINY)
-    init = ModelBundle(build_network(start), start)
-    cfg = TrainConfig(instance_head="flow", model=TINY, steps=1, time_limit=None, patch_size=64, batch_size=2,
-                      validate_every=1e9, low_precision=False)
-    net, fresh = Trainer(small_pairs[:3], cfg, init=init)._build(torch.device("cpu"), False)
-    assert fresh and all(k.startswith(("head.", "side.")) for k in fresh)
-    kept, start_state = net.state_dict(), init.net.state_dict()
-    assert all(torch.equal(kept[k], start_state[k]) for k in kept if k not in fresh)
-
-
-def test_flow_predictions_with_tiles_and_mc_dropout(small_pairs):
-    cfg = TrainConfig(instance_head="flow", model=TINY)
-    torch.manual_seed(0)
-    bundle = ModelBundle(build_network(cfg).eval(), cfg)
-    image = np.tile(small_pairs[0][0], (2, 2))  # 256²
-    whole = predict_image(bundle, image, PredictConfig(tile_size=1024))
-    tiled = predict_image(bundle, image, PredictConfig(tile_size=128, overlap=32))
-    assert whole.probabilities.shape == (6, 256, 256)
-    np.testing.assert_allclose(tiled.probabilities, whole.probabilities, atol=2e-2)
-    mc = predict_image(bundle, image, PredictConfig(mc_samples=3))
-    assert mc.uncertainty["epistemic"].shape == (256, 256)
-    assert mc.uncertainty["rays"].shape == (256, 256) and mc.uncertainty["rays"].max() > 0  # the flows' spread
-
-
-def test_flow_network_exports_its_maps(tmp_path):
-    from napari_unet.export import export_model, run_exported
-
-    cfg = TrainConfig(instance_head="flow", model=TINY)
-    torch.manual_seed(0)
-    bundle = ModelBundle(build_network(cfg).eval(), cfg)
-    path = drain(export_model(bundle, tmp_path / "flow.pt"))
-    x = np.random.default_rng(0).normal(size=(1, 1, 64, 64)).astype(np.float32)
-    out = run_exported(path, x)
-    assert out.shape == (1, 6, 64, 64)
-    np.testing.assert_allclose(out, network_forward(bundle.net, x), atol=1e-4)
-
-
-def test_cli_trains_and_predicts_with_the_flow_head(tmp_path, small_pairs):
-    from napari_unet.cli import main
-    from napari_unet.io import read_mask, write_image
-
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    for i, (image, mask) in enumerate(small_pairs):
-        write_image(images / f"n{i}.png", image)
-        write_image(masks / f"n{i}.tif", mask)
-    model = tmp_path / "model"
-    assert main(["train", str(images), str(masks), "--out", str(model), "--steps", "20", "--init", "none",
-                 "--depth", "2", "--instance-head", "flow", "--batch-size", "2", "--patch-size", "64"]) == 0
-    assert load_bundle(model).config.instance_head == "flow"
-    assert main(["predict", str(model), str(images), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    assert read_mask(tmp_path / "out" / "n0.tif").shape == small_pairs[0][1].shape
 
 
 def test_streamed_flow_instances_are_seam_free(nuclei_pairs):
