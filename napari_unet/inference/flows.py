@@ -43,14 +43,15 @@ def follow_flows(flows: np.ndarray, starts: np.ndarray, steps: int = STEPS) -> n
     """End positions (N, 2) float32 (y, x) of the points ``starts`` (N, 2) after ``steps`` Euler
     steps along ``flows`` (2, H, W) (dy, dx per step), bilinearly interpolated."""
     h, w = flows.shape[1:]
-    field = torch.from_numpy(np.ascontiguousarray(flows[::-1], dtype=np.float32))[None]  # (1, 2, H, W) as (dx, dy)
     scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])  # pixels -> grid_sample's [-1, 1]
+    field = torch.from_numpy(np.ascontiguousarray(flows[::-1], dtype=np.float32))[None]  # (1, 2, H, W) as (dx, dy)
+    field = field * scale.view(1, 2, 1, 1)  # steps in grid units
     pos = torch.from_numpy(starts[:, ::-1].astype(np.float32)) * scale - 1.0  # (N, 2) as (x, y) in [-1, 1]
     grid = pos.view(1, 1, -1, 2)  # (1, 1, N, 2)
     with torch.inference_mode():
         for _ in range(steps):
             step = F.grid_sample(field, grid, mode="bilinear", align_corners=True)  # (1, 2, 1, N)
-            grid = (grid + step.permute(0, 2, 3, 1) * scale).clamp(-1.0, 1.0)
+            grid.add_(step.permute(0, 2, 3, 1)).clamp_(-1.0, 1.0)
     ends = (grid.view(-1, 2) + 1.0) / scale  # (N, 2) pixels (x, y)
     return ends.numpy()[:, ::-1].copy()
 
