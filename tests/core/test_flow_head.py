@@ -129,3 +129,21 @@ def test_streamed_flow_instances_are_seam_free(nuclei_pairs):
     assert crossing
     for g in crossing:  # each keeps one id, not two halves
         assert len(np.unique(labels[whole == g])) == 1
+
+
+def test_predict_large_streams_flow_instances(tmp_path, nuclei_pairs):
+    import torch
+
+    from napari_unet.config import PredictConfig
+    from napari_unet.inference.large import predict_large
+    from napari_unet.omezarr import open_ome_zarr
+    from napari_unet.training.checkpoint import ModelBundle, build_network
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(instance_head="flow", model=UNetConfig(depth=2, base_width=4))
+    bundle = ModelBundle(build_network(cfg).eval(), cfg, {"postprocess": {"prob_threshold": 0.5, "flow_threshold": 0.4}})
+    result = drain(predict_large(bundle, nuclei_pairs[2][0][:200, :250], tmp_path / "big.ome.zarr", PredictConfig(),
+                                 probabilities=True, chunk=64, tile=64, halo=16))
+    labels = np.asarray(open_ome_zarr(result.labels))
+    assert labels.shape == (200, 250) and labels.max() == result.objects == len(np.unique(labels)) - 1
+    assert np.asarray(open_ome_zarr(result.probabilities)).shape == (6, 200, 250)
