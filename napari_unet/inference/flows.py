@@ -1,8 +1,9 @@
 """Instances from the flow head: pixels follow the predicted flow and gather at object centres.
 
 1. Every pixel whose object probability exceeds ``prob_threshold`` starts at its own position and
-   takes ``STEPS`` Euler steps of one pixel along the predicted flow, bilinearly interpolated
-   at its current (sub-pixel) position (``torch.nn.functional.grid_sample``).
+   takes Euler steps of one pixel along the predicted flow, bilinearly interpolated at its
+   current (sub-pixel) position (``torch.nn.functional.grid_sample``): enough steps to cross the
+   largest foreground region 1.5 times (``steps_needed``), at most ``STEPS``.
 2. The end points are counted per pixel; end-point pixels within ``MERGE_RADIUS`` of each other
    form one cluster (connected components of the dilated end-point map) and each cluster with
    enough members is one object: its pixels are those that ended in it.
