@@ -6,6 +6,10 @@ chose on its held-out train images: AP@0.5, AP@0.75, training steps and post-pro
 seconds per image. Peers (StarDist, Cellpose) run in their own environments (bench/peers/).
 
     .venv/bin/python bench/bench_instances.py [--heads 3class star] [--budgets 120] [--seeds 0 1 2]
+    .venv/bin/python bench/bench_instances.py --steps 400 1200 --seeds 0   # fixed step counts
+
+``--steps`` trains each model for a fixed number of optimiser steps instead of a time budget:
+comparisons that a loaded (shared) machine does not skew; ``ms_per_step`` then shows the cost.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ from napari_unet.metrics import evaluate_instances  # noqa: E402
 from napari_unet.training.engine import Trainer  # noqa: E402
 
 
-def run(train, val, head: str, budget: float, seed: int, base: TrainConfig) -> dict:
-    """Train one model and score it on val; returns the row."""
-    cfg = replace(base, instance_head=head, time_limit=budget, seed=seed)
+def run(train, val, head: str, budget: float, seed: int, base: TrainConfig, steps: int | None = None) -> dict:
+    """Train one model (``budget`` seconds, or ``steps`` optimiser steps) and score it on val; returns the row."""
+    cfg = replace(base, instance_head=head, time_limit=None if steps else budget, steps=steps, seed=seed)
     bundle = drive(Trainer([(im, m) for _, im, m in train], cfg, names=[n for n, _, _ in train]).run(),
                    "training", quiet=True)
     maps = [predict_probabilities(bundle, im) for _, im, _ in val]
@@ -45,10 +49,13 @@ def run(train, val, head: str, budget: float, seed: int, base: TrainConfig) -> d
     for i in big:
         labels_for(bundle, maps[i])
     post_520 = (time.perf_counter() - start) / max(len(big), 1)
-    row = {"head": head, "budget": budget, "seed": seed, "steps": bundle.meta["training"]["steps"],
+    training = bundle.meta["training"]
+    row = {"head": head, "budget": budget if not steps else None, "seed": seed, "steps": training["steps"],
+           "ms_per_step": 1000 * training["seconds"] / max(training["steps"], 1),
            "ap50": float(scores["ap50"]), "ap75": float(scores["ap75"]),
            "post_s": post_s, "post_s_520x696": post_520, "postprocess": bundle.postprocess}
-    print(f"  {head:6s} {budget:5.0f} s seed {seed}: {row['steps']} steps, AP@0.5 {row['ap50']:.3f}, "
+    print(f"  {head:6s} {budget if not steps else 0:5.0f} s seed {seed}: {row['steps']} steps "
+          f"({row['ms_per_step']:.0f} ms/step), AP@0.5 {row['ap50']:.3f}, "
           f"AP@0.75 {row['ap75']:.3f}, post-processing {post_s:.3f} s/image ({post_520:.3f} s at 520x696), "
           f"{bundle.postprocess}", flush=True)
     return row
@@ -58,25 +65,32 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--heads", nargs="+", default=list(INSTANCE_HEADS), choices=INSTANCE_HEADS)
     parser.add_argument("--budgets", type=float, nargs="+", default=[120.0])
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="fixed optimiser step counts instead of --budgets")
+    parser.add_argument("--validate-every", type=float, default=TrainConfig.validate_every,
+                        help="seconds between validations while training (large: only the final one)")
+    parser.add_argument("--val-limit", type=int, default=None, help="score the first N val images only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "instances.json"))
     args = parser.parse_args()
     print(machine_description(), flush=True)
-    train, val = load_dsb("train"), load_dsb("val")
+    train, val = load_dsb("train"), load_dsb("val", args.val_limit)
     print(f"dsb2018_fluo: {len(train)} train, {len(val)} val images", flush=True)
-    base = TrainConfig()
+    base = TrainConfig(validate_every=args.validate_every)
     rows = []
-    for budget in args.budgets:
+    runs = [(0.0, n) for n in args.steps] if args.steps else [(b, None) for b in args.budgets]
+    for budget, steps in runs:
         for seed in args.seeds:
             for head in args.heads:  # heads interleaved, so machine load drifts hit both alike
-                rows.append(run(train, val, head, budget, seed, base))
+                rows.append(run(train, val, head, budget, seed, base, steps))
     print(f"\n{'head':8s} {'budget':>7s} {'AP@0.5 mean ± sd':>18s} {'min':>6s} {'AP@0.75':>8s} {'steps':>6s} "
           f"{'post s/img':>10s}")
-    for budget in args.budgets:
+    for budget, steps in runs:
         for head in args.heads:
-            sel = [r for r in rows if r["head"] == head and r["budget"] == budget]
+            sel = [r for r in rows if r["head"] == head and r["budget"] == (None if steps else budget)
+                   and (steps is None or r["steps"] == steps)]
             ap = np.array([r["ap50"] for r in sel])
-            print(f"{head:8s} {budget:7.0f} {ap.mean():9.3f} ± {ap.std():.3f} {ap.min():6.3f} "
+            print(f"{head:8s} {steps or budget:7.0f} {ap.mean():9.3f} ± {ap.std():.3f} {ap.min():6.3f} "
                   f"{np.mean([r['ap75'] for r in sel]):8.3f} {np.mean([r['steps'] for r in sel]):6.0f} "
                   f"{np.mean([r['post_s'] for r in sel]):10.3f}")
     out = Path(args.out)

@@ -174,7 +174,8 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
             outputs.append(_write(out.with_name(out.name + "_uncertainty" + SUFFIX[extra_fmt]), maps, extra_fmt,
                                   ["c", *spatial]))
         if uncertainty is None:
-            uncertainty = entropy(pred.probabilities)  # predictive entropy of a single pass
+            # predictive entropy of a single pass, over the class channels (not a star / flow head's maps)
+            uncertainty = entropy(pred.probabilities[:len(bundle.class_names)])
         row = summary_row(path, outputs[0], labels, bundle.task, uncertainty, time.perf_counter() - start)
     if key:
         write_record(root, rel, path, key, outputs, row)

@@ -176,6 +176,7 @@ def describe(spec: Any, bundle: Any, info: PackageInfo, files: dict[str, Path], 
         in_sizes, out_sizes = list(raw.shape[2:]), list(expected.shape[2:])
     channels = [spec.Identifier(_identifier(n, i)) for i, n in enumerate(bundle.output_names)]
     star = len(channels) > len(bundle.class_names)  # ray lengths are pixels, not probabilities
+    flow = star and bundle.config.instance_head == "flow"  # flows are unit-vector components in [-1, 1]
     file = lambda role: spec.FileDescr(source=files[role])  # noqa: E731
     return spec.ModelDescr(
         name=info.name or f"napari-unet {task} U-Net",
@@ -200,11 +201,13 @@ def describe(spec: Any, bundle: Any, info: PackageInfo, files: dict[str, Path], 
         outputs=[spec.OutputTensorDescr(
             id=spec.TensorId(OUTPUT_ID), description=("softmax probabilities per class (channels sum to 1)" if not star else
                                                       "softmax probabilities of the classes, then the object "
-                                                      "probability and the star-convex ray lengths in pixels"),
+                                                      + ("probability and the flows (dy, dx) towards each object's "
+                                                         "centre" if flow else
+                                                         "probability and the star-convex ray lengths in pixels")),
             axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=channels),
                   *[spec.SpaceOutputAxis(id=spec.AxisId(a), size=s) for a, s in zip(space, out_sizes)]],
             test_tensor=file("test_output"), sample_tensor=file("sample_output"),
-            data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, None if star else 1.0)),
+            data=spec.IntervalOrRatioDataDescr(type="float32", range=(-1.0, 1.0) if flow else (0.0, None if star else 1.0)),
         )],
         weights=spec.WeightsDescr(**weights),
         attachments=[file("model_json"), file("model_weights")],

@@ -208,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--task", choices=("instances", "semantic"), default=tdef.task, help="default: %(default)s")
     t.add_argument("--instance-head", choices=INSTANCE_HEADS, default=tdef.instance_head,
-                   help="instances: '3class' (interior/boundary + watershed) or 'star' (StarDist rays + polygon "
-                        "NMS, beside the 3 classes); default: %(default)s")
+                   help="instances: '3class' (interior/boundary + watershed), 'star' (StarDist rays + polygon "
+                        "NMS) or 'flow' (Cellpose-style flows followed to object centres), the latter two beside "
+                        "the 3 classes; default: %(default)s")
     t.add_argument("--n-classes", type=int, default=None, help="semantic: number of classes (default: from masks)")
     t.add_argument("--sparse", action="store_true", help="masks are scribbles: 0 = unannotated, 1 = background, 2.. = classes")
     t.add_argument("--time-limit", type=float, default=None,

@@ -14,8 +14,8 @@ from typing import Any, Literal, TypeVar
 T = TypeVar("T")
 
 Task = Literal["instances", "semantic"]
-InstanceHead = Literal["3class", "star"]
-INSTANCE_HEADS: tuple[str, ...] = ("3class", "star")  # what an instance model outputs (``models.heads``)
+InstanceHead = Literal["3class", "star", "flow"]
+INSTANCE_HEADS: tuple[str, ...] = ("3class", "star", "flow")  # what an instance model outputs (``models.heads``)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -55,7 +55,7 @@ class UNetConfig:
     upsample: Literal["transpose", "interpolate"] = "transpose"
     reduce_after_concat: bool = False  # 1x1 conv halving channels after concatenation
     checkpointing: bool = False  # gradient checkpointing of the conv blocks
-    side_channels: int = 0  # extra outputs from a side branch at half resolution (the star head's rays)
+    side_channels: int = 0  # extra outputs from a side branch at half resolution (star rays, flows)
     side_width: int = 32  # channels of the side branch's two 3x3 convolutions
 
 
@@ -91,7 +91,7 @@ class TrainConfig:
     """Everything a training run needs besides the data."""
 
     task: Task = "instances"
-    instance_head: InstanceHead = "3class"  # instances: 3 classes + watershed, or + StarDist rays
+    instance_head: InstanceHead = "3class"  # instances: 3 classes + watershed, + StarDist rays, or + Cellpose-style flows
     n_rays: int = 32  # star head: rays per pixel
     model: UNetConfig = field(default_factory=UNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -23,7 +23,7 @@ import torch
 
 from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
-from napari_unet.models.heads import is_star
+from napari_unet.models.heads import is_flow, is_star
 from napari_unet.events import Finished, Message, Progress
 from napari_unet.inference.blockwise import instances_blockwise
 from napari_unet.inference.tiling import Slab, iter_tiled
@@ -188,6 +188,10 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
         from napari_unet.inference.star import star_blockwise
 
         objects = yield from star_blockwise(probs, labels, chunk, halo, cfg.min_size, **bundle.postprocess)
+    elif is_flow(bundle.config):
+        from napari_unet.inference.flows import flows_blockwise
+
+        objects = yield from flows_blockwise(probs, labels, chunk, halo, cfg.min_size, **bundle.postprocess)
     elif bundle.task == "instances":
         import zarr
 

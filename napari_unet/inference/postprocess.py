@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -88,14 +89,26 @@ def classes_from_probabilities(probs: np.ndarray) -> np.ndarray:
     return probs.argmax(axis=0).astype(np.uint8)
 
 
+def head_postprocess(head: str) -> tuple[Callable[..., np.ndarray], dict[str, float]]:
+    """The instance function (maps, min_size, **thresholds) -> labels and the default thresholds
+    of a head whose instances come from its own maps: "star" (polygon NMS) or "flow" (dynamics)."""
+    if head == "star":
+        from napari_unet.inference.star import DEFAULT_RULE, instances_from_star
+
+        return instances_from_star, DEFAULT_RULE
+    if head == "flow":
+        from napari_unet.inference.flows import DEFAULT_RULE as FLOW_RULE, instances_from_flows
+
+        return instances_from_flows, FLOW_RULE
+    raise ValueError(f"the {head!r} head has no map post-processing")
+
+
 def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10, head: str = "3class",
                               **thresholds: float | None) -> np.ndarray:
-    """Instance labels (``thresholds``: see ``instances_from_probabilities``, or for the star
-    head ``inference.star.instances_from_star``) or class indices."""
-    if task == "instances" and head == "star":
-        from napari_unet.inference.star import instances_from_star
-
-        return instances_from_star(probs, min_size, **thresholds)
+    """Instance labels (``thresholds``: see ``instances_from_probabilities``, or for the star and
+    flow heads ``head_postprocess``) or class indices."""
+    if task == "instances" and head in ("star", "flow"):
+        return head_postprocess(head)[0](probs, min_size, **thresholds)
     if task == "instances":
         return instances_from_probabilities(probs[:3], min_size, **thresholds)
     return classes_from_probabilities(probs)

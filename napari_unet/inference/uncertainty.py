@@ -25,7 +25,9 @@ def mc_uncertainty(samples: np.ndarray, n_classes: int | None = None) -> dict[st
     (mutual information / BALD). A star head's maps follow (object probability, then rays):
     the Bernoulli object probability adds its own three terms, and ``rays`` is the spread of
     the ray lengths (mean over rays of their standard deviation over samples, in pixels),
-    weighted by the mean object probability.
+    weighted by the mean object probability. A flow head's maps (object probability, then the
+    two flows) give the same terms, ``rays`` then holding the spread of the flows (in units of
+    the unit flow vector) weighted by the object probability.
     """
     k = samples.shape[1] if n_classes is None else n_classes
     mean = samples.mean(axis=0)  # (K, H, W)

@@ -39,8 +39,9 @@ class ModelBundle:
     @property
     def postprocess(self) -> dict[str, float]:
         """Instance post-processing tuned for this model (3-class head: ``seed_threshold``,
-        ``fg_threshold``, ``split_height``; star head: ``prob_threshold``, ``nms_threshold``)."""
-        known = ("seed_threshold", "fg_threshold", "split_height", "prob_threshold", "nms_threshold")
+        ``fg_threshold``, ``split_height``; star head: ``prob_threshold``, ``nms_threshold``; flow
+        head: ``prob_threshold``, ``flow_threshold``)."""
+        known = ("seed_threshold", "fg_threshold", "split_height", "prob_threshold", "nms_threshold", "flow_threshold")
         return {k: v for k, v in (self.meta.get("postprocess") or {}).items() if k in known}
 
     @property
@@ -52,8 +53,12 @@ class ModelBundle:
 
     @property
     def output_names(self) -> list[str]:
-        """A name for every channel of the output maps: the classes, then a star head's maps."""
+        """A name for every channel of the output maps: the classes, then a star or flow head's maps."""
+        from napari_unet.models.heads import is_flow
+
         extra = self.n_outputs - len(self.class_names)
+        if is_flow(self.config):
+            return self.class_names + ["object probability", "flow y", "flow x"]
         return self.class_names + (["object probability"] + [f"ray {i}" for i in range(extra - 1)] if extra else [])
 
     @property
@@ -71,11 +76,11 @@ def build_network(cfg: TrainConfig) -> torch.nn.Module:
 
     from napari_unet.data.dataset import n_output_channels, n_output_classes
     from napari_unet.models import UNet
-    from napari_unet.models.heads import OutputMaps, is_star
+    from napari_unet.models.heads import OutputMaps, is_flow, is_star, side_channels
 
-    rays = cfg.n_rays if is_star(cfg) else 0  # the star head's rays come from the half-resolution side branch
-    net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg) - rays, side_channels=rays))
-    net.activation = OutputMaps(n_output_classes(cfg), is_star(cfg))  # no parameters: the weights file is unchanged
+    side = side_channels(cfg)  # star rays / flows come from the half-resolution side branch
+    net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg) - side, side_channels=side))
+    net.activation = OutputMaps(n_output_classes(cfg), is_star(cfg), is_flow(cfg))  # no parameters: the weights file is unchanged
     return net
 
 

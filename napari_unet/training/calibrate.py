@@ -132,54 +132,60 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     return {**best, "ap50_argmax": argmax, "confidence": round(confidence, 3)}
 
 
-# The star head's thresholds, searched as StarDist's ``optimize_thresholds`` does: object
-# probability over a grid, then refined next to the best, for each NMS overlap.
-STAR_PROB_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
-STAR_NMS_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5)
+# The star and flow heads' thresholds, searched as StarDist's ``optimize_thresholds`` does: object
+# probability over a grid, then refined next to the best, for each value of the second threshold
+# (the star head's NMS overlap, the flow head's flow-consistency error; 0 = no check).
+HEAD_GRIDS: dict[str, tuple[tuple[str, tuple[float, ...]], tuple[str, tuple[float, ...]]]] = {
+    "star": (("prob_threshold", (0.3, 0.4, 0.5, 0.6, 0.7)), ("nms_threshold", (0.3, 0.4, 0.5))),
+    "flow": (("prob_threshold", (0.3, 0.5, 0.7)), ("flow_threshold", (0.4, 0.8, 0.0))),
+}
 
 
-def star_counts(maps: Sequence[np.ndarray], instances: Sequence[np.ndarray], prob_threshold: float,
-                nms_threshold: float) -> np.ndarray:
-    """(images, 3) TP, FP, FN at IoU 0.5 per image of the star post-processing with these thresholds."""
-    from napari_unet.inference.star import instances_from_star
+def head_counts(head: str, maps: Sequence[np.ndarray], instances: Sequence[np.ndarray],
+                **rule: float) -> np.ndarray:
+    """(images, 3) TP, FP, FN at IoU 0.5 per image of a star / flow head's post-processing with ``rule``."""
+    from napari_unet.inference.postprocess import head_postprocess
 
-    return image_counts(_each(lambda m: instances_from_star(m, 10, prob_threshold, nms_threshold), maps), instances)
+    fn = head_postprocess(head)[0]
+    return image_counts(_each(lambda m: fn(m, 10, **rule), maps), instances)
 
 
-def tune_star_thresholds(maps: Sequence[np.ndarray], instances: Sequence[np.ndarray],
+def tune_head_thresholds(head: str, maps: Sequence[np.ndarray], instances: Sequence[np.ndarray],
                          should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
-    """Best ``prob_threshold``/``nms_threshold`` of the star head on the validation maps.
+    """Best thresholds of the star or flow head (``HEAD_GRIDS``) on the validation maps.
 
-    The winner replaces ``inference.star.DEFAULT_RULE`` when it beats it in ``CONFIDENCE`` of
-    the bootstrap resamples of the images. Returns the thresholds with their ``ap50``, the
-    default rule's ``ap50_default`` and the winner's ``confidence``.
+    The winner replaces the head's default rule (``head_postprocess``) when it beats it in
+    ``CONFIDENCE`` of the bootstrap resamples of the images. Returns the thresholds with their
+    ``ap50``, the default rule's ``ap50_default`` and the winner's ``confidence``.
     """
-    from napari_unet.inference.star import DEFAULT_RULE
+    from napari_unet.inference.postprocess import head_postprocess
 
+    (name_a, grid_a), (name_b, grid_b) = HEAD_GRIDS[head]
+    default_rule = head_postprocess(head)[1]
     known: dict[tuple[float, float], np.ndarray] = {}
 
-    def counts_of(prob: float, nms: float) -> np.ndarray:
-        key = (round(prob, 3), round(nms, 3))
+    def counts_of(a: float, b: float) -> np.ndarray:
+        key = (round(a, 3), round(b, 3))
         if key not in known:
-            known[key] = star_counts(maps, instances, *key)
+            known[key] = head_counts(head, maps, instances, **{name_a: key[0], name_b: key[1]})
         return known[key]
 
-    default = counts_of(DEFAULT_RULE["prob_threshold"], DEFAULT_RULE["nms_threshold"])
-    best, counts = dict(DEFAULT_RULE), default
-    for nms in STAR_NMS_THRESHOLDS:
-        for prob in STAR_PROB_THRESHOLDS:
+    default = counts_of(default_rule[name_a], default_rule[name_b])
+    best, counts = dict(default_rule), default
+    for b in grid_b:
+        for a in grid_a:
             if should_stop is not None and should_stop():
                 break
-            c = counts_of(prob, nms)
+            c = counts_of(a, b)
             if counts_ap(c) > counts_ap(counts):
-                best, counts = {"prob_threshold": prob, "nms_threshold": nms}, c
+                best, counts = {name_a: a, name_b: b}, c
     for step in (-0.05, 0.05):  # refine the probability next to the best
-        prob = best["prob_threshold"] + step
-        if 0.0 < prob < 1.0:
-            c = counts_of(prob, best["nms_threshold"])
+        a = best[name_a] + step
+        if 0.0 < a < 1.0:
+            c = counts_of(a, best[name_b])
             if counts_ap(c) > counts_ap(counts):
-                best, counts = {"prob_threshold": round(prob, 3), "nms_threshold": best["nms_threshold"]}, c
+                best, counts = {name_a: round(a, 3), name_b: best[name_b]}, c
     confidence = bootstrap_win_rate(counts, default) if counts_ap(counts) > counts_ap(default) else 0.0
     if confidence < CONFIDENCE:
-        best, counts = dict(DEFAULT_RULE), default
+        best, counts = dict(default_rule), default
     return {**best, "ap50": counts_ap(counts), "ap50_default": counts_ap(default), "confidence": round(confidence, 3)}

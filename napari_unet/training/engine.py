@@ -24,15 +24,16 @@ from napari_unet.data.augment import augment_batch
 from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, n_output_channels, n_output_classes,
                                       prepare_pairs, split_validation)
 from napari_unet.data.normalize import has_nonfinite, prepare_image
+from napari_unet.data.flow_targets import flow_targets
 from napari_unet.data.star_targets import GRID, pack, star_targets, unpack
-from napari_unet.models.heads import is_star
+from napari_unet.models.heads import has_instance_maps, is_star
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
 from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
 from napari_unet.training.checkpoint import load_compatible_weights
 from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstrap_win_rate
 from napari_unet.training.device import autocast, describe, describe_precision, start_run
-from napari_unet.training.losses import segmentation_loss, star_loss
+from napari_unet.training.losses import flow_loss, segmentation_loss, star_loss
 from napari_unet.training.validation import validate
 from napari_unet.volumes import check_volume_config, patch_shape, voxel_spacing
 
@@ -100,9 +101,9 @@ class Trainer:
         return self._patches(prepare_pairs(self._synthetic, self.cfg), rng)
 
     def _patches(self, pairs: Sequence[PreparedPair], rng: np.random.Generator, focus_annotated: bool = False) -> PatchSampler:
-        """The patch sampler for ``pairs``; a star head's batches also carry the instance ids."""
+        """The patch sampler for ``pairs``; a star or flow head's batches also carry the instance ids."""
         return PatchSampler(pairs, patch_shape(self.cfg), rng, focus_annotated=focus_annotated,
-                            with_instances=is_star(self.cfg))
+                            with_instances=has_instance_maps(self.cfg))
 
     def _build(self, device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, list[str]]:
         net = build_network(self.cfg)
@@ -111,6 +112,8 @@ class Trainer:
             state = self._init.net.state_dict()
             if self._init.config.task != self.cfg.task:  # same shape, other meaning: a fresh head
                 state = {k: v for k, v in state.items() if not k.startswith("head.")}
+            elif self._init.config.instance_head != self.cfg.instance_head:  # another instance head: fresh outputs
+                state = {k: v for k, v in state.items() if not k.startswith(("head.", "side."))}
             fresh = load_compatible_weights(net, state)
         net.to(device)
         if channels_last:
@@ -243,20 +246,21 @@ class Trainer:
                 "validation": best_metrics}
         same_head = self._init is not None and (self._init.task, self._init.config.instance_head) == (cfg.task, cfg.instance_head)
         postprocess = self._init.postprocess if same_head else {}
-        if is_star(cfg) and (kept or not stopped or not val_pairs):
+        if has_instance_maps(cfg) and (kept or not stopped or not val_pairs):
             # With no held-out images (one or two annotated images) the thresholds are chosen on the
             # training images: two numbers fitted in-sample, and a short run's object probability is
             # often below the default 0.5 everywhere, which would show the user no objects at all.
             tune_on = val_pairs or train_pairs[:cfg.validation_max_images]
             tune_start = time.perf_counter()
-            postprocess = self._tune_star(net, tune_on, dtype, kept.get("probs", []) if val_pairs else [])
+            postprocess = self._tune_head(net, tune_on, dtype, kept.get("probs", []) if val_pairs else [])
             meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
             how = "searched" if postprocess["confidence"] >= CONFIDENCE else "default (none clearly better)"
             which = "validation" if val_pairs else "training (no validation images)"
-            yield Message(f"star post-processing on {len(tune_on)} {which} image(s): AP@0.5 "
+            second = (f"NMS overlap {postprocess['nms_threshold']}" if is_star(cfg)
+                      else f"flow error < {postprocess['flow_threshold']}")
+            yield Message(f"{cfg.instance_head} post-processing on {len(tune_on)} {which} image(s): AP@0.5 "
                           f"{postprocess['ap50_default']:.3f} (default) -> {postprocess['ap50']:.3f} with the {how} "
-                          f"thresholds (probability > {postprocess['prob_threshold']}, "
-                          f"NMS overlap {postprocess['nms_threshold']})")
+                          f"thresholds (probability > {postprocess['prob_threshold']}, {second})")
         elif cfg.task == "instances" and val_pairs and (kept or not stopped):
             tune_start = time.perf_counter()
             tuned = self._tune_postprocess(net, val_pairs, dtype, kept.get("probs", []), kept.get("rule_counts"))
@@ -280,7 +284,7 @@ class Trainer:
         """One optimiser step on a batch of (images, targets, weights[, instance ids]); returns the loss."""
         images, targets, weights, *ids = (torch.from_numpy(a).to(device) for a in arrays)
         spacing = voxel_spacing(self.cfg)
-        if ids:  # star head: the ids go through the same nearest-neighbour warp as the classes
+        if ids:  # star / flow head: the ids go through the same nearest-neighbour warp as the classes
             images, codes, weights = augment_batch(images, pack(targets, ids[0]), weights, self.cfg.augment, generator,
                                                    spacing)
             targets, warped = unpack(codes)
@@ -290,10 +294,13 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             logits = net(images)  # (B, K, P, P)
-        if ids:
+        if ids and is_star(self.cfg):
             prob, dist = (torch.from_numpy(a).to(device) for a in star_targets(warped.cpu().numpy(), self.cfg.n_rays))
             loss = star_loss(logits, targets, weights, prob, dist, n_output_classes(self.cfg),
                              self.cfg.loss.dice_weight, GRID)
+        elif ids:  # flow head
+            prob, flows = (torch.from_numpy(a).to(device) for a in flow_targets(warped.cpu().numpy()))
+            loss = flow_loss(logits, targets, weights, prob, flows, n_output_classes(self.cfg), self.cfg.loss.dice_weight)
         else:
             loss = segmentation_loss(logits, targets, weights, self.cfg.loss.dice_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -343,16 +350,16 @@ class Trainer:
             return None  # the argmax rule
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
-    def _tune_star(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
+    def _tune_head(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
                    maps: list[np.ndarray]) -> dict:
-        """The star head's NMS thresholds chosen on the validation images (``tune_star_thresholds``)."""
+        """The star / flow head's thresholds chosen on the validation images (``tune_head_thresholds``)."""
         from napari_unet.inference.predict import predict_normalized
-        from napari_unet.training.calibrate import tune_star_thresholds
+        from napari_unet.training.calibrate import tune_head_thresholds
 
         if not maps:
             maps = [predict_normalized(net, p.image, n_output_channels(self.cfg), PredictConfig(), dtype)
                     for p in val_pairs]
-        tuned = tune_star_thresholds(maps, [p.instances for p in val_pairs])
+        tuned = tune_head_thresholds(self.cfg.instance_head, maps, [p.instances for p in val_pairs])
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
     def _save_checkpoint(self, net: torch.nn.Module, step: int, seconds: float) -> None:

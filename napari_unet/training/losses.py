@@ -39,6 +39,32 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch
     return loss
 
 
+def _classes_and_probability(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, prob: torch.Tensor,
+                             n_classes: int, dice_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class loss plus the BCE of the object probability (channel ``n_classes``) on annotated
+    pixels, and the annotated-pixel mask (B, H, W) float."""
+    loss = segmentation_loss(logits[:, :n_classes], target, weights, dice_weight)
+    valid = (target != IGNORE).float()  # (B, H, W)
+    bce = F.binary_cross_entropy_with_logits(logits[:, n_classes], prob, reduction="none")  # (B, H, W)
+    return loss + (bce * valid).sum() / valid.sum().clamp(min=1), valid
+
+
+def flow_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, prob: torch.Tensor,
+              flows: torch.Tensor, n_classes: int, dice_weight: float = 0.0) -> torch.Tensor:
+    """Border-weighted CE on the class channels + BCE on the object probability + half the mean
+    squared error of the flows in ``FLOW_SCALE`` units (Cellpose's loss).
+
+    logits (B, K + 3, H, W); target, weights, prob (B, H, W); flows (B, 2, H, W) unit vectors
+    (0 on background). Unannotated pixels (``IGNORE``) count in none of the terms.
+    """
+    from napari_unet.models.heads import FLOW_SCALE
+
+    logits = logits.float()
+    loss, valid = _classes_and_probability(logits, target, weights, prob, n_classes, dice_weight)
+    sq = (logits[:, n_classes + 1:n_classes + 3] - FLOW_SCALE * flows) ** 2  # (B, 2, H, W)
+    return loss + 0.5 * (sq.mean(dim=1) * valid).sum() / valid.sum().clamp(min=1)
+
+
 def star_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, prob: torch.Tensor,
               dist: torch.Tensor, n_classes: int, dice_weight: float = 0.0, grid: int = 2) -> torch.Tensor:
     """Border-weighted CE on the class channels + BCE on the object probability + the
@@ -50,10 +76,7 @@ def star_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
     from napari_unet.models.heads import DIST_SCALE
 
     logits = logits.float()
-    loss = segmentation_loss(logits[:, :n_classes], target, weights, dice_weight)
-    valid = (target != IGNORE).float()  # (B, H, W)
-    bce = F.binary_cross_entropy_with_logits(logits[:, n_classes], prob, reduction="none")  # (B, H, W)
-    loss = loss + (bce * valid).sum() / valid.sum().clamp(min=1)
+    loss, valid = _classes_and_probability(logits, target, weights, prob, n_classes, dice_weight)
     rays = logits[:, n_classes + 1:, ::grid, ::grid]  # (B, R, h, w) in DIST_SCALE units
     mask = (prob * valid)[:, None, ::grid, ::grid]  # (B, 1, h, w): StarDist weights rays by the probability
     l1 = (rays - dist / DIST_SCALE).abs().mean(dim=1, keepdim=True)  # (B, 1, h, w)

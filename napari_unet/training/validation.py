@@ -9,7 +9,7 @@ import torch
 
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.dataset import PreparedPair, n_output_channels, n_output_classes
-from napari_unet.models.heads import is_star
+from napari_unet.models.heads import has_instance_maps
 from napari_unet.inference.postprocess import instances_from_probabilities
 from napari_unet.training.calibrate import counts_ap, rule_counts
 
@@ -60,8 +60,8 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
         net.train(was_training)
     if keep is not None:
         keep["probs"] = probs
-    if is_star(cfg):
-        return _star_scores(probs, [p.instances for p in pairs], keep)
+    if has_instance_maps(cfg):
+        return _head_scores(cfg.instance_head, probs, [p.instances for p in pairs], keep)
     if cfg.task == "instances":
         metrics = evaluate_instances([(instances_from_probabilities(pr), p.instances) for pr, p in zip(probs, pairs)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
@@ -82,12 +82,13 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     return scores
 
 
-def _star_scores(maps: list[np.ndarray], gts: list[np.ndarray], keep: dict | None) -> dict[str, float]:
-    """Star head: AP@0.5 with the default NMS thresholds (``score``), per-image counts in ``keep``."""
-    from napari_unet.inference.star import DEFAULT_RULE, instances_from_star
+def _head_scores(head: str, maps: list[np.ndarray], gts: list[np.ndarray], keep: dict | None) -> dict[str, float]:
+    """Star / flow head: AP@0.5 with the head's default thresholds (``score``), per-image counts in ``keep``."""
+    from napari_unet.inference.postprocess import head_postprocess
     from napari_unet.metrics import evaluate_instances
 
-    metrics = evaluate_instances([(instances_from_star(m, 10, **DEFAULT_RULE), g) for m, g in zip(maps, gts)])
+    instances, rule = head_postprocess(head)
+    metrics = evaluate_instances([(instances(m, 10, **rule), g) for m, g in zip(maps, gts)])
     scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
     scores["score"] = scores["ap50"]
     if keep is not None:

@@ -184,9 +184,15 @@ def test_valid_and_3d_networks_make_valid_packages(model, tmp_path):
         assert out_axes[2]["size"] < in_axes[2]["size"]
 
 
-def test_star_model_packages_its_maps_and_predicts_the_same_labels(tmp_path, small_pairs):
-    """A star-head model: 36 output channels (classes, object probability, rays in pixels); the
-    package passes bioimageio.core's own test and reads back to the same labels."""
+@pytest.mark.parametrize("head, rule, n_channels, value_range", [
+    ("star", {"prob_threshold": 0.5, "nms_threshold": 0.4}, 36, [0.0, None]),
+    ("flow", {"prob_threshold": 0.5, "flow_threshold": 0.4}, 6, [-1.0, 1.0]),
+])
+def test_instance_head_model_packages_its_maps_and_predicts_the_same_labels(tmp_path, small_pairs, head, rule,
+                                                                             n_channels, value_range):
+    """A star-head model: 36 output channels (classes, object probability, rays in pixels); a
+    flow-head model: 6 (classes, object probability, flows in [-1, 1]). The package passes
+    bioimageio.core's own test and reads back to the same labels."""
     from helpers import drain
 
     from napari_unet.bioimage_io_export import export_bioimageio
@@ -195,14 +201,14 @@ def test_star_model_packages_its_maps_and_predicts_the_same_labels(tmp_path, sma
     from napari_unet.models.bundle import ModelBundle, build_network
 
     torch.manual_seed(0)
-    cfg = TrainConfig(instance_head="star", model=UNetConfig(depth=2, base_width=4))
-    bundle = ModelBundle(build_network(cfg).eval(), cfg, {"postprocess": {"prob_threshold": 0.5, "nms_threshold": 0.4}})
-    path = drain(export_bioimageio(bundle, tmp_path / "star.zip"))
+    cfg = TrainConfig(instance_head=head, model=UNetConfig(depth=2, base_width=4))
+    bundle = ModelBundle(build_network(cfg).eval(), cfg, {"postprocess": rule})
+    path = drain(export_bioimageio(bundle, tmp_path / f"{head}.zip"))
     assert validate_package(path).status == "valid-format"
     rdf = read_package_config(path)
     channels = rdf["outputs"][0]["axes"][1]["channel_names"]
-    assert len(channels) == 36 and rdf["outputs"][0]["data"]["range"][1] is None
+    assert len(channels) == n_channels and list(rdf["outputs"][0]["data"]["range"]) == value_range
     again = load_bundle(path)
     image = small_pairs[0][0]
-    assert again.config.instance_head == "star"
+    assert again.config.instance_head == head
     np.testing.assert_array_equal(predict_image(again, image).labels, predict_image(bundle, image).labels)

@@ -1,4 +1,5 @@
-"""The star-convex instance head: targets, NMS, training, streaming, uncertainty, export, CLI."""
+"""The star-convex instance head: targets, NMS, training, streaming, uncertainty; export and CLI
+of both map heads (star and flow)."""
 
 from __future__ import annotations
 
@@ -143,13 +144,14 @@ def test_star_model_trains_on_real_nuclei_and_roundtrips(small_pairs, tmp_path):
                                atol=1e-4)
 
 
-def test_fine_tuning_a_3class_model_into_a_star_model_keeps_the_backbone(small_pairs):
+@pytest.mark.parametrize("before, after", [("3class", "star"), ("3class", "flow"), ("star", "flow")])
+def test_fine_tuning_into_another_head_keeps_the_backbone(small_pairs, before, after):
     torch.manual_seed(0)
-    start = TrainConfig(model=TINY)
+    start = TrainConfig(instance_head=before, model=TINY)
     from napari_unet.models.bundle import ModelBundle
 
     init = ModelBundle(build_network(start), start)
-    cfg = TrainConfig(instance_head="star", model=TINY, steps=1, time_limit=None, patch_size=64, batch_size=2,
+    cfg = TrainConfig(instance_head=after, model=TINY, steps=1, time_limit=None, patch_size=64, batch_size=2,
                       validate_every=1e9, low_precision=False)
     trainer = Trainer(small_pairs[:3], cfg, init=init)
     net, fresh = trainer._build(torch.device("cpu"), False)
@@ -170,8 +172,9 @@ def test_mc_dropout_uncertainty_covers_probability_and_rays():
     assert np.allclose(same["epistemic"], 0, atol=1e-5) and np.allclose(same["rays"], 0)
 
 
-def test_star_predictions_with_mc_dropout_and_tiles(small_pairs):
-    cfg = TrainConfig(instance_head="star", model=TINY)
+@pytest.mark.parametrize("head, channels", [("star", 36), ("flow", 6)])
+def test_map_head_predictions_with_mc_dropout_and_tiles(small_pairs, head, channels):
+    cfg = TrainConfig(instance_head=head, model=TINY)
     torch.manual_seed(0)
     from napari_unet.models.bundle import ModelBundle
 
@@ -179,25 +182,30 @@ def test_star_predictions_with_mc_dropout_and_tiles(small_pairs):
     image = np.tile(small_pairs[0][0], (2, 2))  # 256²
     whole = predict_image(bundle, image, PredictConfig(tile_size=1024))
     tiled = predict_image(bundle, image, PredictConfig(tile_size=128, overlap=32))
-    assert whole.probabilities.shape == (36, 256, 256)
+    assert whole.probabilities.shape == (channels, 256, 256)
     np.testing.assert_allclose(tiled.probabilities, whole.probabilities, atol=2e-2)
     mc = predict_image(bundle, image, PredictConfig(mc_samples=2))
     assert mc.uncertainty["epistemic"].shape == (256, 256)
+    assert mc.uncertainty["rays"].max() > 0  # the spread of the rays / flows over the samples
 
 
-def test_star_network_exports_its_maps(tmp_path):
+@pytest.mark.parametrize("head, channels", [("star", 36), ("flow", 6)])
+def test_map_head_network_exports_its_maps(tmp_path, head, channels):
     from napari_unet.export import export_model, run_exported
     from napari_unet.models.bundle import ModelBundle
 
-    cfg = TrainConfig(instance_head="star", model=TINY)
+    cfg = TrainConfig(instance_head=head, model=TINY)
     torch.manual_seed(0)
     bundle = ModelBundle(build_network(cfg).eval(), cfg)
-    path = drain(export_model(bundle, tmp_path / "star.pt"))
+    path = drain(export_model(bundle, tmp_path / f"{head}.pt"))
     x = np.random.default_rng(0).normal(size=(1, 1, 64, 64)).astype(np.float32)
-    np.testing.assert_allclose(run_exported(path, x), network_forward(bundle.net, x), atol=1e-4)
+    out = run_exported(path, x)
+    assert out.shape == (1, channels, 64, 64)
+    np.testing.assert_allclose(out, network_forward(bundle.net, x), atol=1e-4)
 
 
-def test_cli_trains_and_predicts_with_the_star_head(tmp_path, small_pairs):
+@pytest.mark.parametrize("head", ["star", "flow"])
+def test_cli_trains_and_predicts_with_a_map_head(tmp_path, small_pairs, head):
     from napari_unet.cli import main
     from napari_unet.io import read_mask, write_image
 
@@ -207,7 +215,7 @@ def test_cli_trains_and_predicts_with_the_star_head(tmp_path, small_pairs):
         write_image(masks / f"n{i}.tif", mask)
     model = tmp_path / "model"
     assert main(["train", str(images), str(masks), "--out", str(model), "--steps", "20", "--init", "none",
-                 "--depth", "2", "--instance-head", "star", "--batch-size", "2", "--patch-size", "64"]) == 0
-    assert load_bundle(model).config.instance_head == "star"
+                 "--depth", "2", "--instance-head", head, "--batch-size", "2", "--patch-size", "64"]) == 0
+    assert load_bundle(model).config.instance_head == head
     assert main(["predict", str(model), str(images), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert read_mask(tmp_path / "out" / "n0.tif").shape == small_pairs[0][1].shape

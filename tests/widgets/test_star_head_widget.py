@@ -1,8 +1,9 @@
-"""The Train widget's instance-head choice, trained and previewed in a real viewer."""
+"""The Train widget's instance-head choice (star and flow heads), trained and previewed in a real viewer."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_unet.widgets.predict import PredictWidget
 from napari_unet.widgets.train import CURRENT, TrainWidget
@@ -10,27 +11,29 @@ from napari_unet.widgets.train import CURRENT, TrainWidget
 from test_train_predict import small_settings
 
 
-def test_star_head_trains_previews_and_predicts(nuclei_viewer, qtbot):
+@pytest.mark.parametrize("head, thresholds", [("star", {"prob_threshold", "nms_threshold"}),
+                                              ("flow", {"prob_threshold", "flow_threshold"})])
+def test_map_head_trains_previews_and_predicts(nuclei_viewer, qtbot, head, thresholds):
     viewer = nuclei_viewer
     widget = TrainWidget(viewer)
     small_settings(widget, seconds=45)
-    widget.patch_size.value = 128  # the rays need whole nuclei in view
+    widget.patch_size.value = 128  # the rays (and flows) need whole nuclei in view
     assert widget.instance_head.value == "3class"  # the default, read from TrainConfig
-    widget.instance_head.value = "star"
+    widget.instance_head.value = head
     widget.train_button.changed.emit(True)
     qtbot.waitUntil(lambda: widget.previews >= 1, timeout=60_000)
     probability = viewer.layers["nuclei probability"].data
     assert probability.shape == viewer.layers["nuclei"].data.shape and 0 <= probability.min() <= probability.max() <= 1
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=90_000)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=150_000)
     model = widget.session.model
-    assert model is not None and model.config.instance_head == "star"
+    assert model is not None and model.config.instance_head == head
     # one image, no validation images: the thresholds were chosen on the training image
-    assert set(model.postprocess) == {"prob_threshold", "nms_threshold"}
+    assert set(model.postprocess) == thresholds
 
     predict = PredictWidget(viewer)
     predict.image.value = "nuclei"
     predict.model.value = CURRENT
-    predict.mc_samples.value = 2  # MC-dropout over the star maps too
+    predict.mc_samples.value = 2  # MC-dropout over the star / flow maps too
     predict.predict_button.changed.emit(True)
     qtbot.waitUntil(lambda: predict.worker is None, timeout=60_000)
     labels = viewer.layers["nuclei prediction"].data
