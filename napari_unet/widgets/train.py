@@ -131,10 +131,9 @@ class TrainWidget(PluginWidget):
         self.show_advanced = CheckBox(text="Advanced settings", value=False)
         self.base_width = SpinBox(label="Base width", value=UNetConfig().base_width, min=4, max=128)
         self.depth = SpinBox(label="Depth", value=UNetConfig().depth, min=1, max=6)
-        self.patch_size = SpinBox(label="Patch size", value=0, min=0, max=1024, step=32)  # 0: sized to the device
-        self.batch_size = SpinBox(label="Batch size", value=0, min=0, max=128)
-        for size in (self.patch_size, self.batch_size):
-            size.native.setSpecialValueText("auto")
+        auto = "0 = sized to the device (training.device.default_sizes)"
+        self.patch_size = SpinBox(label="Patch size (0 = auto)", value=0, min=0, max=1024, step=32, tooltip=auto)
+        self.batch_size = SpinBox(label="Batch size (0 = auto)", value=0, min=0, max=128, tooltip=auto)
         self.learning_rate = FloatSpinBox(label="Learning rate", value=5e-3, min=1e-6, max=1.0, step=1e-4)
         self.elastic = CheckBox(text="Elastic deformation", value=True)
         self.w0 = FloatSpinBox(label="Border weight w0", value=10.0, min=0.0, max=100.0)

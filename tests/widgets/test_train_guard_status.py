@@ -13,7 +13,7 @@ def test_fine_tuning_one_image_says_the_guard_could_not_run(nuclei_viewer, qtbot
     widget.init.value = "pretrained:nuclei"
     widget.time_limit.value = 5
     widget.preview_every.value = 0
-    assert widget.patch_size.native.text() == "auto" and widget.batch_size.native.text() == "auto"
+    assert widget.patch_size.value == 0 and widget.batch_size.value == 0  # 0: sized to the device
     widget.start()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     status = widget.status.value
