@@ -164,7 +164,7 @@ class Trainer:
         start = time.perf_counter()  # the time limit covers training, not data preparation
         setup_seconds = start - setup_start
         yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
-                      f"in {setup_seconds:.1f} s; {cfg.batch_size} patches of {cfg.patch_size} px per step")
+                      f"in {setup_seconds:.1f} s; {cfg.batch_size} patches of side {cfg.patch_size} per step")
         best_state, best_score, best_metrics = None, -1.0, {}
         kept: dict = {}  # validation probabilities and per-image counts of the model kept so far
         step, losses, batch = 0, [], cfg.batch_size
@@ -238,17 +238,9 @@ class Trainer:
             if improved:
                 best_state, best_metrics, kept = None, metrics, latest
             yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
-        record = start_model.get("record")
-        if "metrics" in start_model:  # the fine-tune guard (training.guard)
-            if best_metrics:
-                keep_tuned = self._final_is_better(best_metrics, start_model["metrics"]["score"], kept,
-                                                   start_model["kept"])
-                record = guard.compared(keep_tuned, start_model["metrics"]["score"], best_metrics["score"],
-                                        len(val_pairs), start_model["seconds"])
-                if not keep_tuned:
-                    best_state, best_metrics, kept = start_model["state"], start_model["metrics"], start_model["kept"]
-            else:
-                record = guard.not_run("stopped before the fine-tuned model was validated")
+        record = self._guard_record(start_model, best_metrics, kept, len(val_pairs))
+        if record is not None and record["kept"] == guard.START:
+            best_state, best_metrics, kept = start_model["state"], start_model["metrics"], start_model["kept"]
         if record is not None:
             yield Message(guard.guard_note({"training": {guard.KEY: record}}),
                           level="warning" if record["kept"] == guard.START else "info")
@@ -349,6 +341,20 @@ class Trainer:
             return {"record": guard.not_run("stopped while scoring the starting model")}
         yield Message(f"starting model: validation score {metrics['score']:.3f} on {len(val_pairs)} image(s)")
         return {"metrics": metrics, "kept": kept, "state": cpu_state_dict(net), "seconds": time.perf_counter() - began}
+
+    def _guard_record(self, start_model: dict, best_metrics: dict, kept: dict, n_val: int) -> dict | None:
+        """The fine-tune guard's verdict: the best fine-tuned model against ``_score_start``'s result.
+
+        The fine-tuned model stays unless the starting model is better with the keep-best's care
+        (``_final_is_better``); None for a run from scratch or with the guard off.
+        """
+        if "metrics" not in start_model:
+            return start_model.get("record")
+        if not best_metrics:
+            return guard.not_run("stopped before the fine-tuned model was validated")
+        start_score = start_model["metrics"]["score"]
+        keep_tuned = self._final_is_better(best_metrics, start_score, kept, start_model["kept"])
+        return guard.compared(keep_tuned, start_score, best_metrics["score"], n_val, start_model["seconds"])
 
     @staticmethod
     def _final_is_better(metrics: dict, best_score: float, final: dict, best: dict) -> bool:

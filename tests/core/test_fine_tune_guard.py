@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_bundle
+from helpers import tiny_bundle, write_pairs
 from napari_unet import pretrained
 from napari_unet.cli import drive, main
 from napari_unet.config import TrainConfig
 from napari_unet.events import Message
-from napari_unet.io import write_image
 from napari_unet.training.checkpoint import load_bundle
 from napari_unet.training.engine import Trainer
 from napari_unet.training.guard import KEY, START, TUNED, guard_note
@@ -39,10 +38,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_cli_keeps_the_start_model_when_fine_tuning_is_sabotaged(tmp_path, small_pairs, monkeypatch, capsys):
     monkeypatch.setattr(pretrained, "FINE_TUNE_LR", 400.0)  # lr 2.0: a few steps wreck the starting model
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    for i, (image, mask) in enumerate(small_pairs):
-        write_image(images / f"n{i}.png", image)
-        write_image(masks / f"n{i}.tif", mask)
+    images, masks = write_pairs(tmp_path, small_pairs)
     out = tmp_path / "model"
     assert main(["train", str(images), str(masks), "--out", str(out), "--steps", "3", "--patch-size", "64",
                  "--batch-size", "2", "--checkpoint-every", "0", "--quiet"]) == 0
