@@ -1,17 +1,23 @@
 """What the shipped ``pretrained:nuclei`` starting model buys, measured side by side in one run.
 
-Four rows, all scored on the dsb2018_fluo val split (94 images, objects pooled, AP@0.5):
+Five rows, all scored on the dsb2018_fluo val split (94 images, objects pooled, AP@0.5):
 
 1. the pretrained model as-is (no training);
-2. pretrained + ``--finetune`` seconds (30) of fine-tuning on 5 train-split images;
-3. scratch for ``--scratch`` seconds (120) on the same 5 images;
-4. scratch for ``--scratch`` seconds on the whole train split (404 images).
+2. pretrained + ``--finetune`` seconds (30) of fine-tuning on 5 train-split images, with the
+   fine-tune guard off (``TrainConfig.fine_tune_guard``: the fine-tuned weights whatever they score);
+3. the same with the guard on (the default: the starting model is kept when it validates better);
+4. scratch for ``--scratch`` seconds (120) on the same 5 images;
+5. scratch for ``--scratch`` seconds on the whole train split (404 images).
+
+``--finetune-steps N`` fine-tunes for N steps instead of seconds (the same training on a loaded
+machine); ``--no-scratch`` leaves out rows 4 and 5.
 
 The 5 images are drawn (seeded) from the 24 train-split images the shipped model held out for
 keep-best validation, so it never trained on them. Every run uses the engine's defaults (as
 ``napari-unet train`` does), so each holds out one of the 5 images for keep-best.
 
-    .venv/bin/python bench/bench_pretrained.py [--finetune 30] [--scratch 120] [--threads 2]
+    .venv/bin/python bench/bench_pretrained.py [--finetune 30] [--finetune-steps N] [--scratch 120]
+        [--no-scratch] [--threads 2]
 """
 
 from __future__ import annotations
@@ -46,15 +52,18 @@ def few_images(n: int, seed: int) -> list[str]:
     return sorted(np.random.default_rng(seed).choice(sorted(held), size=n, replace=False).tolist())
 
 
-def train(samples, seconds: float, init: ModelBundle | None, threads: int, seed: int) -> tuple[ModelBundle, dict]:
-    """The engine with default settings for ``seconds`` (data preparation excluded)."""
-    cfg = replace(TrainConfig(), time_limit=seconds, seed=seed, threads=threads, preview_every=0.0)
+def train(samples, seconds: float, init: ModelBundle | None, threads: int, seed: int, steps: int | None = None,
+          guard: bool = True) -> tuple[ModelBundle, dict]:
+    """The engine with default settings for ``seconds`` or ``steps`` (data preparation excluded)."""
+    cfg = replace(TrainConfig(), time_limit=None if steps else seconds, steps=steps, seed=seed, threads=threads,
+                  preview_every=0.0, fine_tune_guard=guard)
     if init is not None:
         cfg = fine_tune_config(cfg, init)  # as `napari-unet train --init pretrained:nuclei` does
     start = time.perf_counter()
     bundle = drive(Trainer([(im, m) for _, im, m in samples], cfg, init=init,
                            names=[n for n, _, _ in samples]).run(), "training", quiet=True)
-    info = {"steps": bundle.meta["training"]["steps"], "train_s": round(time.perf_counter() - start, 1)}
+    info = {"steps": bundle.meta["training"]["steps"], "train_s": round(time.perf_counter() - start, 1),
+            "guard": bundle.meta["training"].get("fine_tune_guard")}
     return bundle, info
 
 
@@ -68,7 +77,9 @@ def score(bundle: ModelBundle, val, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--finetune", type=float, default=30.0, help="fine-tuning seconds")
+    parser.add_argument("--finetune-steps", type=int, default=None, help="fine-tune for this many steps instead")
     parser.add_argument("--scratch", type=float, default=120.0, help="training-from-scratch seconds")
+    parser.add_argument("--no-scratch", action="store_true", help="leave out the two runs from scratch")
     parser.add_argument("--n-images", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -83,25 +94,35 @@ def main() -> None:
     pretrained = load_bundle(resolve_init("pretrained:nuclei"))
     rows: dict[str, dict] = {"pretrained as-is": {"steps": 0, "train_s": 0.0, **score(pretrained, val, args.threads)}}
     print("pretrained as-is:", rows["pretrained as-is"], flush=True)
-    runs = [
-        (f"pretrained + {args.finetune:.0f} s fine-tuning, {len(few)} images", few, args.finetune, pretrained),
-        (f"scratch {args.scratch:.0f} s, same {len(few)} images", few, args.scratch, None),
-        (f"scratch {args.scratch:.0f} s, whole train split ({len(train_split)})", train_split, args.scratch, None),
+    tuning = f"{args.finetune_steps} steps" if args.finetune_steps else f"{args.finetune:.0f} s"
+    runs = [  # (label, samples, seconds, init, fine-tuning steps, guard)
+        (f"pretrained + {tuning} fine-tuning, {len(few)} images, guard off", few, args.finetune, pretrained,
+         args.finetune_steps, False),
+        (f"pretrained + {tuning} fine-tuning, {len(few)} images, guard on", few, args.finetune, pretrained,
+         args.finetune_steps, True),
     ]
-    for label, samples, seconds, init in runs:
-        bundle, info = train(samples, seconds, init, args.threads, args.seed)
+    if not args.no_scratch:
+        runs += [(f"scratch {args.scratch:.0f} s, same {len(few)} images", few, args.scratch, None, None, True),
+                 (f"scratch {args.scratch:.0f} s, whole train split ({len(train_split)})", train_split, args.scratch,
+                  None, None, True)]
+    for label, samples, seconds, init, steps, guard in runs:
+        bundle, info = train(samples, seconds, init, args.threads, args.seed, steps, guard)
         rows[label] = {**info, **score(bundle, val, args.threads)}
         print(f"{label}: {rows[label]}", flush=True)
 
     print(f"\nval split ({len(val)} images, objects pooled); load average at end: {os.getloadavg()}")
-    print(f"{'run':52s} {'steps':>6s} {'AP@0.5':>7s} {'mAP':>6s} {'Dice':>6s}")
+    print(f"{'run':64s} {'steps':>6s} {'AP@0.5':>7s} {'mAP':>6s} {'Dice':>6s}  kept (guard on)")
     for label, r in rows.items():
-        print(f"{label:52s} {r['steps']:6d} {r['ap50']:7.3f} {r['map']:6.3f} {r['dice']:6.3f}")
-    ft, few_scratch = rows[runs[0][0]]["ap50"], rows[runs[1][0]]["ap50"]
-    all_scratch = rows[runs[2][0]]["ap50"]
-    print(f"\nfine-tuned {args.finetune:.0f} s / scratch {args.scratch:.0f} s on the same images: "
-          f"AP@0.5 x{ft / max(few_scratch, 1e-9):.2f}; / scratch on the whole train split: "
-          f"x{ft / max(all_scratch, 1e-9):.2f}")
+        kept = (r.get("guard") or {}).get("kept", "")
+        print(f"{label:64s} {r['steps']:6d} {r['ap50']:7.3f} {r['map']:6.3f} {r['dice']:6.3f}  {kept}")
+    guarded = rows[runs[1][0]]
+    print(f"guard on: {guarded['guard']}")
+    if not args.no_scratch:
+        ft, few_scratch = guarded["ap50"], rows[runs[2][0]]["ap50"]
+        all_scratch = rows[runs[3][0]]["ap50"]
+        print(f"\nfine-tuned {tuning} (guard on) / scratch {args.scratch:.0f} s on the same images: "
+              f"AP@0.5 x{ft / max(few_scratch, 1e-9):.2f}; / scratch on the whole train split: "
+              f"x{ft / max(all_scratch, 1e-9):.2f}")
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrained.json").write_text(json.dumps({"images": names, "rows": rows}, indent=2))

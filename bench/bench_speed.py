@@ -46,7 +46,7 @@ from napari_unet.inference.predict import network_forward  # noqa: E402
 from napari_unet.models import count_parameters, estimate_flops  # noqa: E402
 from napari_unet.models.batchnorm import with_stock_batchnorm  # noqa: E402
 from napari_unet.models.bundle import build_network  # noqa: E402
-from napari_unet.training.device import autocast, low_precision_dtype, resolve_device  # noqa: E402
+from napari_unet.training.device import autocast, default_sizes, low_precision_dtype, resolve_device  # noqa: E402
 from napari_unet.training.losses import segmentation_loss  # noqa: E402
 
 DEV = torch.device("cpu")  # set from --device in main()
@@ -387,8 +387,8 @@ def main() -> None:
     """Parse options, run the sections, print the summary line."""
     defaults = TrainConfig()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--patch", type=int, default=defaults.patch_size, help="training patch size")
-    ap.add_argument("--batch", type=int, default=defaults.batch_size, help="training batch size")
+    ap.add_argument("--patch", type=int, default=defaults.patch_size, help="training patch size (default: the device's)")
+    ap.add_argument("--batch", type=int, default=defaults.batch_size, help="training batch size (default: the device's)")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per model")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up training steps per model")
     ap.add_argument("--infer-size", type=int, default=512, help="inference image size")
@@ -404,6 +404,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     global DEV, PEAK_N, PEAK_GFLOP
     DEV = resolve_device(args.device)
+    batch, patch = default_sizes(DEV)  # what training uses when they are left unset
+    args.batch, args.patch = args.batch or batch, args.patch or patch
     if DEV.type == "cuda":
         PEAK_N = 8192
         PEAK_GFLOP = 2 * PEAK_N**3 / 1e9

@@ -76,6 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from napari_unet.pretrained import fine_tune_config
     from napari_unet.models.bundle import save_bundle
     from napari_unet.training.engine import Trainer
+    from napari_unet.training.guard import guard_note
 
     if args.checkpoint_every < 0:
         raise UserError("--checkpoint-every must be >= 0")
@@ -101,7 +102,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     save_bundle(bundle, out)
     val = bundle.meta.get("validation") or {}
     summary = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "score")
-    print(f"saved model to {out} ({bundle.meta['training']['steps']} steps{'; ' + summary if summary else ''})")
+    note = guard_note(bundle.meta)  # fine-tuning: the fine-tuned or the starting model, and why
+    print(f"saved model to {out} ({bundle.meta['training']['steps']} steps{'; ' + summary if summary else ''})"
+          + (f"; {note}" if note else ""))
     return 0
 
 
@@ -194,7 +197,7 @@ def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path
 
 def build_parser() -> argparse.ArgumentParser:
     from napari_unet.batch import BatchConfig
-    from napari_unet.config import INSTANCE_HEADS, PredictConfig, TrainConfig, UNetConfig
+    from napari_unet.config import CPU_SIZES, CUDA_SIZES, INSTANCE_HEADS, PredictConfig, TrainConfig, UNetConfig
     from napari_unet.decide.train_request import SYNTHETIC_SHARE
 
     # defaults shown in --help come from the config dataclasses, never retyped here
@@ -233,9 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--z-scale", type=float, default=tdef.z_scale,
                    help="3D: voxel depth / pixel width, e.g. 2 for 0.5 um pixels and 1 um planes "
                         "(default: %(default)s)")
-    t.add_argument("--batch-size", type=int, default=tdef.batch_size, help="patches per step (default: %(default)s)")
+    sized = (f"sized to the device: {CPU_SIZES[0]} x {CPU_SIZES[1]}² on the CPU, "
+             f"up to {CUDA_SIZES[0][1]} x {CUDA_SIZES[0][2]}² on a GPU")
+    t.add_argument("--batch-size", type=int, default=tdef.batch_size, help=f"patches per step (default: {sized})")
     t.add_argument("--patch-size", type=int, default=tdef.patch_size,
-                   help="patch side in pixels, along y/x in 3D (z-planes: it / --z-scale) (default: %(default)s)")
+                   help=f"patch side in pixels, along y/x in 3D (z-planes: it / --z-scale) (default: {sized})")
     t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",
                    help="also train on synthetic pairs (a `synth generate` output: images/ and masks/); "
                         "validation stays on real images")

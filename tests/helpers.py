@@ -20,3 +20,14 @@ def tiny_bundle(**model) -> ModelBundle:
     torch.manual_seed(0)
     cfg = TrainConfig(model=UNetConfig(depth=2, base_width=4, **model))
     return ModelBundle(build_network(cfg).eval(), cfg)
+
+
+def write_pairs(root, pairs) -> tuple:
+    """Write (image, mask) pairs as ``root/images/n{i}.png`` and ``root/masks/n{i}.tif``; return both folders."""
+    from napari_unet.io import write_image
+
+    images, masks = root / "images", root / "masks"
+    for i, (image, mask) in enumerate(pairs):
+        write_image(images / f"n{i}.png", image)
+        write_image(masks / f"n{i}.tif", mask)
+    return images, masks

@@ -41,8 +41,8 @@ class TrainRequest:
     time_limit: float | None = None
     epochs: int | None = None
     steps: int | None = None
-    patch_size: int = TrainConfig.patch_size
-    batch_size: int = TrainConfig.batch_size
+    patch_size: int | None = TrainConfig.patch_size  # None: sized to the device
+    batch_size: int | None = TrainConfig.batch_size
     learning_rate: float = TrainConfig.learning_rate
     elastic: bool = AugmentConfig.elastic
     border_w0: float = LossConfig.border_w0

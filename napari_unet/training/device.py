@@ -9,6 +9,7 @@ import numpy as np
 
 import torch
 
+from napari_unet.config import CPU_SIZES, CUDA_SIZES, MPS_SIZES, TrainConfig
 from napari_unet.errors import UserError
 
 
@@ -62,12 +63,42 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
 
 
 def describe(device: torch.device) -> str:
-    """A short human-readable device name ("CPU (2 threads)", "CUDA: NVIDIA H100")."""
+    """A short human-readable device name ("CPU (2 threads)", "CUDA: NVIDIA H100, 80 GB")."""
     if device.type == "cuda":
-        return f"CUDA: {torch.cuda.get_device_name(device)}"
+        props = torch.cuda.get_device_properties(device)
+        return f"CUDA: {props.name}, {props.total_memory / 1e9:.0f} GB"
     if device.type == "mps":
         return "MPS (Apple GPU)"
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def default_sizes(device: torch.device, dims: int = 2) -> tuple[int, int]:
+    """(batch size, patch side) a training run uses on ``device`` when the user leaves them unset.
+
+    CPU and 3D volumes: ``CPU_SIZES`` (a 256³ patch would not fit); CUDA: by the card's memory
+    (``CUDA_SIZES``); MPS: ``MPS_SIZES``. Running out of GPU memory still halves the batch.
+    """
+    if dims != 2:
+        return CPU_SIZES
+    if device.type == "cuda":
+        memory_gb = torch.cuda.get_device_properties(device).total_memory / 1e9
+        return next(((b, p) for gb, b, p in CUDA_SIZES if memory_gb >= gb), CPU_SIZES)
+    return MPS_SIZES if device.type == "mps" else CPU_SIZES
+
+
+def with_device_sizes(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """``cfg`` (a ``TrainConfig``) with its unset (None) batch and patch size filled for ``device``."""
+    from dataclasses import replace
+
+    batch, patch = default_sizes(device, cfg.model.dims)
+    return replace(cfg, batch_size=cfg.batch_size or batch, patch_size=cfg.patch_size or patch)
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Hand the GPU memory torch caches back to the driver (after a run or an out-of-memory step),
+    so napari and other programs can use it."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def start_run(seed: int, threads: int | None, device_name: str,

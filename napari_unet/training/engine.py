@@ -32,7 +32,9 @@ from napari_unet.events import Finished, LossReport, Message, Preview, Progress,
 from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
 from napari_unet.training.checkpoint import load_compatible_weights
 from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstrap_win_rate
-from napari_unet.training.device import autocast, describe, describe_precision, start_run
+from napari_unet.training import guard
+from napari_unet.training.device import (autocast, describe, describe_precision, release_cached_memory, start_run,
+                                          with_device_sizes)
 from napari_unet.training.losses import flow_loss, segmentation_loss, star_loss
 from napari_unet.training.validation import validate
 from napari_unet.volumes import check_volume_config, patch_shape, voxel_spacing
@@ -125,6 +127,7 @@ class Trainer:
         check_volume_config(cfg)
         setup_start = time.perf_counter()
         rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
+        cfg = self.cfg = with_device_sizes(cfg, device)  # unset batch/patch size: sized to the device
         channels_last = dtype is not None and cfg.model.dims == 2
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         yield Message(f"training on {describe_precision(device, dtype)}")
@@ -157,10 +160,11 @@ class Trainer:
         if total_steps is None and cfg.time_limit is None:
             raise ValueError("give at least one of steps, epochs or time_limit")
 
+        start_model = yield from self._score_start(net, fresh, val_pairs, dtype)
         start = time.perf_counter()  # the time limit covers training, not data preparation
         setup_seconds = start - setup_start
         yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
-                      f"in {setup_seconds:.1f} s")
+                      f"in {setup_seconds:.1f} s; {cfg.batch_size} patches of side {cfg.patch_size} per step")
         best_state, best_score, best_metrics = None, -1.0, {}
         kept: dict = {}  # validation probabilities and per-image counts of the model kept so far
         step, losses, batch = 0, [], cfg.batch_size
@@ -188,8 +192,7 @@ class Trainer:
                 loss = self._step(net, optimizer, scaler, sampler.sample(batch), device, dtype, channels_last, generator)
             except torch.cuda.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                release_cached_memory(device)
                 if batch == 1:
                     raise UserError("the GPU ran out of memory even with batch size 1; "
                                     "use a smaller patch size or train on the CPU") from None
@@ -235,15 +238,25 @@ class Trainer:
             if improved:
                 best_state, best_metrics, kept = None, metrics, latest
             yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
+        record = self._guard_record(start_model, best_metrics, kept, len(val_pairs))
+        if record is not None and record["kept"] == guard.START:
+            best_state, best_metrics, kept = start_model["state"], start_model["metrics"], start_model["kept"]
+        if record is not None:
+            yield Message(guard.guard_note({"training": {guard.KEY: record}}),
+                          level="warning" if record["kept"] == guard.START else "info")
         if best_state is not None:
             net.load_state_dict(best_state)
         net.eval()
+        del optimizer, scaler
+        release_cached_memory(device)  # the optimiser state and activations; the model stays
         elapsed = time.perf_counter() - start
         meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "setup_seconds": round(setup_seconds, 1),
                              "device": describe(device),
                              "images": len(train_pairs), "validation_images": len(val_pairs),
                              "stopped_early": stopped, "batch_size": batch},
                 "validation": best_metrics}
+        if record is not None:
+            meta["training"][guard.KEY] = record
         same_head = self._init is not None and (self._init.task, self._init.config.instance_head) == (cfg.task, cfg.instance_head)
         postprocess = self._init.postprocess if same_head else {}
         if has_instance_maps(cfg) and (kept or not stopped or not val_pairs):
@@ -312,6 +325,42 @@ class Trainer:
             loss.backward()
             optimizer.step()
         return float(loss.detach())
+
+    def _score_start(self, net: torch.nn.Module, fresh: list[str], val_pairs: Sequence[PreparedPair],
+                     dtype: torch.dtype | None) -> Generator[object, None, dict]:
+        """Score the starting model (``net`` before training) for the fine-tune guard (``training.guard``).
+
+        Returns ``{}`` for a run from scratch (or with the guard off), ``{"record": ...}`` when the
+        guard cannot run, else the start's ``metrics``, validation ``kept`` (probabilities,
+        counts), CPU ``state`` and ``seconds``.
+        """
+        if self._init is None or not self.cfg.fine_tune_guard:
+            return {}
+        if fresh:
+            return {"record": guard.not_run(f"{len(fresh)} tensors were re-initialised for this task, "
+                                            "so the starting model cannot be scored on it")}
+        if not val_pairs:
+            return {"record": guard.not_run("no validation images")}
+        began, kept = time.perf_counter(), {}
+        metrics = validate(net, val_pairs, self.cfg, dtype, self._stop.is_set, kept)
+        if metrics is None:
+            return {"record": guard.not_run("stopped while scoring the starting model")}
+        yield Message(f"starting model: validation score {metrics['score']:.3f} on {len(val_pairs)} image(s)")
+        return {"metrics": metrics, "kept": kept, "state": cpu_state_dict(net), "seconds": time.perf_counter() - began}
+
+    def _guard_record(self, start_model: dict, best_metrics: dict, kept: dict, n_val: int) -> dict | None:
+        """The fine-tune guard's verdict: the best fine-tuned model against ``_score_start``'s result.
+
+        The fine-tuned model stays unless the starting model is better with the keep-best's care
+        (``_final_is_better``); None for a run from scratch or with the guard off.
+        """
+        if "metrics" not in start_model:
+            return start_model.get("record")
+        if not best_metrics:
+            return guard.not_run("stopped before the fine-tuned model was validated")
+        start_score = start_model["metrics"]["score"]
+        keep_tuned = self._final_is_better(best_metrics, start_score, kept, start_model["kept"])
+        return guard.compared(keep_tuned, start_score, best_metrics["score"], n_val, start_model["seconds"])
 
     @staticmethod
     def _final_is_better(metrics: dict, best_score: float, final: dict, best: dict) -> bool:

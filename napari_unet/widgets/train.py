@@ -143,8 +143,9 @@ class TrainWidget(PluginWidget):
         self.show_advanced = CheckBox(text="Advanced settings", value=False)
         self.base_width = SpinBox(label="Base width", value=UNetConfig().base_width, min=4, max=128)
         self.depth = SpinBox(label="Depth", value=UNetConfig().depth, min=1, max=6)
-        self.patch_size = SpinBox(label="Patch size", value=TrainConfig.patch_size, min=32, max=1024, step=32)
-        self.batch_size = SpinBox(label="Batch size", value=TrainConfig.batch_size, min=1, max=128)
+        auto = "0 = sized to the device (training.device.default_sizes)"
+        self.patch_size = SpinBox(label="Patch size (0 = auto)", value=0, min=0, max=1024, step=32, tooltip=auto)
+        self.batch_size = SpinBox(label="Batch size (0 = auto)", value=0, min=0, max=128, tooltip=auto)
         self.learning_rate = FloatSpinBox(label="Learning rate", value=TrainConfig.learning_rate, min=1e-6, max=1.0,
                                           step=1e-4)
         self.elastic = CheckBox(text="Elastic deformation", value=AugmentConfig.elastic)
@@ -300,7 +301,8 @@ class TrainWidget(PluginWidget):
             dims=dims, z_scale=z_scale,
             task=TASKS[self.task.value], instance_head=self.instance_head.value, base_width=self.base_width.value,
             depth=self.depth.value, elastic=self.elastic.value, border_w0=self.w0.value, border_sigma=self.sigma.value,
-            patch_size=self.patch_size.value, batch_size=self.batch_size.value, learning_rate=self.learning_rate.value,
+            patch_size=self.patch_size.value or None, batch_size=self.batch_size.value or None,
+             learning_rate=self.learning_rate.value,
             time_limit=float(self.time_limit.value), preview_every=self.preview_every.value, device=self.device.value,
             preview_mc_samples=self.preview_mc.value, synthetic=bool(self.session.synthetic),
             synthetic_ratio=self.synthetic_ratio.value, threads=gui_threads())
@@ -434,13 +436,17 @@ class TrainWidget(PluginWidget):
     def _on_done(self, bundle: Any) -> None:
         from napari.utils.notifications import show_info
 
+        from napari_unet.training.guard import guard_note
+
         self.session.model = bundle
         training = bundle.meta.get("training", {})
         score = bundle.meta.get("validation", {}).get("score")
         self.session.model_name = f"trained here ({training.get('steps', '?')} steps)"
         self.model_label.value = self.session.model_name + (f", validation {score:.3f}" if score is not None else "")
         self.progress.value = 1000
-        self.status.value = f"done: {training.get('steps', '?')} steps in {format_seconds(training.get('seconds'))}"
+        note = guard_note(bundle.meta)  # fine-tuning: which model was kept
+        self.status.value = (f"done: {training.get('steps', '?')} steps in {format_seconds(training.get('seconds'))}"
+                             + (f"; {note}" if note else ""))
         self.init.reset_choices()
         self.session.changed.emit()
         show_info(f"napari-unet: training finished ({training.get('steps', '?')} steps)")

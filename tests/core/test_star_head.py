@@ -9,7 +9,7 @@ import torch
 from stardist import edt_prob
 from stardist.geometry import star_dist
 
-from helpers import drain
+from helpers import drain, write_pairs
 from napari_unet.config import AugmentConfig, PredictConfig, TrainConfig, UNetConfig
 from napari_unet.data.augment import augment_batch
 from napari_unet.data.star_targets import GRID, pack, star_targets, unpack
@@ -207,12 +207,9 @@ def test_map_head_network_exports_its_maps(tmp_path, head, channels):
 @pytest.mark.parametrize("head", ["star", "flow"])
 def test_cli_trains_and_predicts_with_a_map_head(tmp_path, small_pairs, head):
     from napari_unet.cli import main
-    from napari_unet.io import read_mask, write_image
+    from napari_unet.io import read_mask
 
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    for i, (image, mask) in enumerate(small_pairs):
-        write_image(images / f"n{i}.png", image)
-        write_image(masks / f"n{i}.tif", mask)
+    images, masks = write_pairs(tmp_path, small_pairs)
     model = tmp_path / "model"
     assert main(["train", str(images), str(masks), "--out", str(model), "--steps", "20", "--init", "none",
                  "--depth", "2", "--instance-head", head, "--batch-size", "2", "--patch-size", "64"]) == 0

@@ -1,0 +1,54 @@
+"""Fine-tuning never ends worse than where it started.
+
+Users of every peer tool report fine-tuning that made their model worse. Before a fine-tuning
+run trains, the engine scores the starting model on the run's validation images with the
+keep-best score (``validation.validate``); at the end the best fine-tuned weights are kept
+unless the starting model is better with the keep-best's care (``Trainer._final_is_better``:
+with per-image counts it must win in ``CONFIDENCE`` of the bootstrap resamples of the images).
+Otherwise the starting model's weights are returned, under the run's record.
+
+The guard runs only when every tensor of the new network came from the starting model (same
+input channels, task, head and classes). When some were re-initialised (another head, more
+classes, more channels), the starting model's outputs mean something else on this task and
+cannot be scored the same way; the record then says why the guard did not run. The outcome
+travels in ``meta["training"]["fine_tune_guard"]``; ``guard_note`` words it for the user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEY = "fine_tune_guard"
+START = "start model"
+TUNED = "fine-tuned"
+
+
+def compared(keep_tuned: bool, start_score: float, tuned_score: float, images: int, seconds: float) -> dict[str, Any]:
+    """The record of a guard that compared the two models on ``images`` validation images."""
+    return {"kept": TUNED if keep_tuned else START, "start_score": round(start_score, 4),
+            "fine_tuned_score": round(tuned_score, 4), "validation_images": images,
+            "seconds": round(seconds, 1)}
+
+
+def not_run(reason: str) -> dict[str, Any]:
+    """The record of a guard that could not compare (``reason``); the fine-tuned weights are kept."""
+    return {"kept": TUNED, "not_run": reason}
+
+
+def guard_note(meta: dict[str, Any]) -> str | None:
+    """One line for the user about what the guard did (None: the run was no fine-tuning)."""
+    record = (meta.get("training") or {}).get(KEY)
+    if not record:
+        return None
+    if "not_run" in record:
+        return f"fine-tuning not checked against the starting model ({record['not_run']})"
+    start, tuned, n = record["start_score"], record["fine_tuned_score"], record["validation_images"]
+    if record["kept"] == START:
+        return (f"fine-tuning did not beat the starting model (validation score {tuned:.3f} vs {start:.3f} "
+                f"on {n} image(s)): kept the starting model")
+    return f"fine-tuned model kept (validation score {tuned:.3f} vs {start:.3f} for the starting model on {n} image(s))"
+
+
+def kept_start(meta: dict[str, Any]) -> bool:
+    """True when the guard returned the starting model's weights."""
+    return ((meta.get("training") or {}).get(KEY) or {}).get("kept") == START
