@@ -70,9 +70,9 @@ def peer_python(peer: str) -> Path:
     return PEERS_DIR / f".venv-{peer}" / "bin" / "python"
 
 
-def installed_peers() -> list[str]:
-    """Peers whose venv setup.sh finished."""
-    return [p for p in PEER_NAMES if (PEERS_DIR / f".venv-{p}" / ".complete").exists()]
+def peer_ready(peer: str) -> bool:
+    """Whether setup.sh finished the peer's venv."""
+    return (PEERS_DIR / f".venv-{peer}" / ".complete").exists()
 
 
 def run_peer(peer: str, val, budget: float, seed: int, threads: int, out: Path) -> dict | None:
@@ -114,8 +114,8 @@ def main() -> None:
                         help="peers to run beside the heads (default: those whose venv exists)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "instances.json"))
     args = parser.parse_args()
-    peers = installed_peers() if args.peers is None else args.peers
-    missing = [p for p in peers if not peer_python(p).exists()]
+    peers = [p for p in PEER_NAMES if peer_ready(p)] if args.peers is None else args.peers
+    missing = [p for p in peers if not peer_ready(p)]
     if missing:
         sys.exit(f"no venv for {', '.join(missing)}: run bash bench/peers/setup.sh {' '.join(missing)}")
     if not peers and args.peers is None:

@@ -90,11 +90,13 @@ def main() -> None:
         timed = train_for(probe, images, flows, float("inf"), CALIBRATION_EPOCHS, Path(scratch))
         step_s = float(np.mean(np.diff(timed.starts[1:])))  # the first step warms up
     n_epochs = max(1, int(args.budget / step_s))
+    print(f"flows {flows_s:.0f} s; a step takes {step_s:.2f} s, so {n_epochs} epochs", flush=True)
 
     torch.manual_seed(args.seed)
     model = models.CellposeModel(gpu=False, pretrained_model=False, model_type=None)
     clock = train_for(model, images, flows, args.budget, n_epochs, args.out)
     train_s = clock.end - clock.starts[0]
+    print(f"trained {len(clock.starts)} steps in {train_s:.0f} s; predicting {len(val)} val images", flush=True)
 
     post = [0.0]
     compute_masks = model._compute_masks

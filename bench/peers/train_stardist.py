@@ -75,6 +75,7 @@ def main() -> None:
     start = time.perf_counter()
     model.optimize_thresholds(x_held, y_held, save_to_json=False)
     thresholds_s = time.perf_counter() - start
+    print(f"trained {budget.steps} steps in {budget.seconds:.0f} s; predicting {len(val)} val images", flush=True)
 
     def predict(image: np.ndarray) -> tuple[np.ndarray, float]:
         # StarDist's own generator marks where its NMS (the post-processing) starts.
