@@ -5,6 +5,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 python="${PEER_PYTHON:-python3.11}"
+unset PIP_CONSTRAINT  # the project's pins (constraints.txt) are not the peers'; theirs are in requirements-*.txt
 peers=("$@")
 [ ${#peers[@]} -eq 0 ] && peers=(stardist cellpose)
 
