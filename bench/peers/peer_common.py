@@ -1,0 +1,74 @@
+"""What both peer scripts share: arguments, thread limits, the data split, timing and the output files.
+
+Runs inside a peer's own venv (numpy, imageio; no napari_unet). The images come from
+``bench/common.py``'s ``load_dsb``, so a peer sees the same split, order and names as our heads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import Sample, load_dsb  # noqa: E402
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
+                    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """``--budget SECONDS --seed N --threads T --out DIR``; also sets the thread variables (before any
+    numerical library is imported by the caller)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--budget", type=float, required=True, help="training seconds (fit time only)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True, help="folder for labels.npz and result.json")
+    args = parser.parse_args()
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def split_held_back(train: list[Sample], n: int, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """``(fit, held_back)``: ``n`` train images chosen by ``seed`` are kept out of fitting."""
+    order = np.random.default_rng(seed).permutation(len(train))
+    held = set(order[:n].tolist())
+    return ([s for i, s in enumerate(train) if i not in held],
+            [s for i, s in enumerate(train) if i in held])
+
+
+def predict_split(val: list[Sample], predict: Callable[[np.ndarray], tuple[np.ndarray, float]],
+                  ) -> tuple[dict[str, np.ndarray], float, float]:
+    """Label every val image; ``predict(image)`` returns ``(labels (H, W), post-processing seconds)``.
+
+    Returns ``(labels by name, seconds per image in all, post-processing seconds per image)``.
+    """
+    labels: dict[str, np.ndarray] = {}
+    post = 0.0
+    start = time.perf_counter()
+    for name, image, _ in val:
+        lab, post_s = predict(image)
+        labels[name] = lab.astype(np.int32)
+        post += post_s
+    total = time.perf_counter() - start
+    return labels, total / len(val), post / len(val)
+
+
+def write_outputs(out: Path, labels: dict[str, np.ndarray], result: dict) -> None:
+    """``labels.npz`` (one int32 label image per val name) and ``result.json``."""
+    np.savez_compressed(out / "labels.npz", **labels)
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+
+
+def load_splits() -> tuple[list[Sample], list[Sample]]:
+    """The dsb2018_fluo train and val splits, as our heads load them."""
+    return load_dsb("train"), load_dsb("val")
