@@ -5,7 +5,7 @@ Five rows, all scored on the dsb2018_fluo val split (94 images, objects pooled, 
 1. the pretrained model as-is (no training);
 2. pretrained + ``--finetune`` seconds (30) of fine-tuning on 5 train-split images, with the
    fine-tune guard off (``TrainConfig.fine_tune_guard``: the fine-tuned weights whatever they score);
-3. the same with the guard on (the default: the starting model is kept when it validates better);
+3. the same with the guard on (the default: the starting model stays unless the fine-tuned one validates higher);
 4. scratch for ``--scratch`` seconds (120) on the same 5 images;
 5. scratch for ``--scratch`` seconds on the whole train split (404 images).
 

@@ -238,7 +238,7 @@ class Trainer:
             if improved:
                 best_state, best_metrics, kept = None, metrics, latest
             yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
-        record = self._guard_record(start_model, best_metrics, kept, len(val_pairs))
+        record = self._guard_record(start_model, best_metrics, len(val_pairs))
         if record is not None and record["kept"] == guard.START:
             best_state, best_metrics, kept = start_model["state"], start_model["metrics"], start_model["kept"]
         if record is not None:
@@ -331,8 +331,8 @@ class Trainer:
         """Score the starting model (``net`` before training) for the fine-tune guard (``training.guard``).
 
         Returns ``{}`` for a run from scratch (or with the guard off), ``{"record": ...}`` when the
-        guard cannot run, else the start's ``metrics``, validation ``kept`` (probabilities,
-        counts), CPU ``state`` and ``seconds``.
+        guard cannot run, else the start's ``metrics``, validation ``kept`` (probabilities and
+        counts, reused for the post-processing if it stays), CPU ``state`` and ``seconds``.
         """
         if self._init is None or not self.cfg.fine_tune_guard:
             return {}
@@ -348,18 +348,18 @@ class Trainer:
         yield Message(f"starting model: validation score {metrics['score']:.3f} on {len(val_pairs)} image(s)")
         return {"metrics": metrics, "kept": kept, "state": cpu_state_dict(net), "seconds": time.perf_counter() - began}
 
-    def _guard_record(self, start_model: dict, best_metrics: dict, kept: dict, n_val: int) -> dict | None:
+    def _guard_record(self, start_model: dict, best_metrics: dict, n_val: int) -> dict | None:
         """The fine-tune guard's verdict: the best fine-tuned model against ``_score_start``'s result.
 
-        The fine-tuned model stays unless the starting model is better with the keep-best's care
-        (``_final_is_better``); None for a run from scratch or with the guard off.
+        The fine-tuned model replaces the starting model only if it scores higher
+        (``guard.keep_fine_tuned``); None for a run from scratch or with the guard off.
         """
         if "metrics" not in start_model:
             return start_model.get("record")
         if not best_metrics:
             return guard.not_run("stopped before the fine-tuned model was validated")
         start_score = start_model["metrics"]["score"]
-        keep_tuned = self._final_is_better(best_metrics, start_score, kept, start_model["kept"])
+        keep_tuned = guard.keep_fine_tuned(start_score, best_metrics["score"])
         return guard.compared(keep_tuned, start_score, best_metrics["score"], n_val, start_model["seconds"])
 
     @staticmethod

@@ -85,3 +85,11 @@ def test_training_from_scratch_has_no_guard_record(small_pairs):
                   batch_size=2, preview_every=0, low_precision=False, device="cpu")
     bundle = drive(Trainer(small_pairs, cfg).run(), "t", quiet=True)
     assert KEY not in bundle.meta["training"] and guard_note(bundle.meta) is None
+
+
+def test_a_tie_keeps_the_starting_model():
+    from napari_unet.training.guard import keep_fine_tuned
+
+    assert keep_fine_tuned(0.70, 0.71)
+    assert not keep_fine_tuned(0.771, 0.771)  # the images cannot tell them apart: the known model stays
+    assert not keep_fine_tuned(0.70, 0.69)
