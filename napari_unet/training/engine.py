@@ -259,7 +259,9 @@ class Trainer:
             meta["training"][guard.KEY] = record
         same_head = self._init is not None and (self._init.task, self._init.config.instance_head) == (cfg.task, cfg.instance_head)
         postprocess = self._init.postprocess if same_head else {}
-        if has_instance_maps(cfg) and (kept or not stopped or not val_pairs):
+        if guard.kept_start(meta):
+            pass  # the starting model as it was: its own post-processing, not one re-tuned on these few images
+        elif has_instance_maps(cfg) and (kept or not stopped or not val_pairs):
             # With no held-out images (one or two annotated images) the thresholds are chosen on the
             # training images: two numbers fitted in-sample, and a short run's object probability is
             # often below the default 0.5 everywhere, which would show the user no objects at all.

@@ -50,6 +50,7 @@ def test_cli_keeps_the_start_model_when_fine_tuning_is_sabotaged(tmp_path, small
     assert "kept the starting model" in saved_line
     start = load_bundle(pretrained.resolve_init("pretrained:nuclei"))
     assert _same_weights(load_bundle(out).net, start.net)  # the starting weights, under this run's record
+    assert load_bundle(out).postprocess == start.postprocess  # and its own post-processing, not one re-tuned
 
 
 def test_fine_tuned_model_is_kept_when_it_is_better(small_pairs):
