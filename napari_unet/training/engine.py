@@ -334,7 +334,7 @@ class Trainer:
 
         Returns ``{}`` for a run from scratch (or with the guard off), ``{"record": ...}`` when the
         guard cannot run, else the start's ``metrics``, validation ``kept`` (probabilities and
-        counts, reused for the post-processing if it stays), CPU ``state`` and ``seconds``.
+        counts, which replace the run's if the starting model stays), CPU ``state`` and ``seconds``.
         """
         if self._init is None or not self.cfg.fine_tune_guard:
             return {}
