@@ -93,11 +93,3 @@ def preview_slab(volume: np.ndarray, z: int, half: int = PREVIEW_HALF_PLANES) ->
     z = int(np.clip(z, 0, volume.shape[0] - 1))
     lo, hi = max(z - half, 0), min(z + half + 1, volume.shape[0])
     return np.asarray(volume[lo:hi]), z - lo
-
-
-def check_start_dims(cfg, init) -> None:
-    """Raise ``UserError`` when the starting model ``init`` (a ``ModelBundle``) is not of the
-    dimension ``cfg`` asks for: its weights could not start the other kind of network."""
-    if init is not None and init.config.model.dims != cfg.model.dims:
-        raise UserError(f"the starting model is {init.config.model.dims}D but a {cfg.model.dims}D model was asked "
-                        f"for; start from scratch or from a {cfg.model.dims}D model")

@@ -74,20 +74,19 @@ class TrainRun:
     def events(self, pairs: list, names: list[str], cfg: Any, init_spec: str | None, current: Any,
                synthetic: list | None = None):
         """The worker's generator: load the starting model, train, then preview the best model."""
-        from napari_unet.decide.model_spec import resolve_model
+        from napari_unet.decide.model_spec import start_model
         from napari_unet.events import Message, Preview
         from napari_unet.inference.postprocess import labels_for
         from napari_unet.inference.predict import predict_probabilities
         from napari_unet.training.engine import Trainer
 
-        init = resolve_model("none" if init_spec == SCRATCH else init_spec, current, required=False)
+        # the widget's depth/width give way to a starting model's (fine_tune_config); only 2D/3D must match
+        init = start_model("none" if init_spec == SCRATCH else init_spec, cfg.task, {"dims": cfg.model.dims}, current)
         if init is not None and init_spec != CURRENT:
             yield Message(f"starting from {init_spec}")
         if init is not None:
             from napari_unet.pretrained import fine_tune_config
-            from napari_unet.volumes import check_start_dims
 
-            check_start_dims(cfg, init)
             cfg = fine_tune_config(cfg, init)  # the starting model's architecture, gentler learning rate
         self.trainer = Trainer(pairs, cfg, init=init, names=names, preview_image=self.preview,
                                synthetic=synthetic or None)

@@ -127,6 +127,8 @@ def test_model_specs(tmp_path):
         assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="depth 2 does not match the starting model"):
         start_model("pretrained:nuclei", "instances", {"depth": 2})
+    with pytest.raises(UserError, match="dims 3 does not match the starting model .*2D"):  # the Train widget's 3D check
+        start_model("pretrained:nuclei", "instances", {"dims": 3})
 
 
 def test_auto_prompts_take_shapes_from_given_masks_first():
