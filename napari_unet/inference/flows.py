@@ -32,7 +32,9 @@ from napari_unet.data.targets import relabel_sequential
 from napari_unet.events import Progress
 from napari_unet.inference.blockwise import blocks
 
-DEFAULT_RULE: dict[str, float] = {"prob_threshold": 0.5, "flow_threshold": 0.4}
+# Cellpose's flow threshold is 0.4; on our half-resolution flows after ~1150 steps it dropped real nuclei
+# (four models, val AP@0.5 -0.04 to -0.05 against 0.6; docs/benchmarks.md, "The flow head")
+DEFAULT_RULE: dict[str, float] = {"prob_threshold": 0.5, "flow_threshold": 0.6}
 STEPS = 200  # Euler steps at most, of one pixel per unit of flow
 PATH_FACTOR = 1.5  # steps per pixel of the largest foreground region's longest side
 MAX_CANDIDATE_SHARE = 2  # at most half the pixels follow the flows (an untrained model's probability is ~0.5 everywhere)
@@ -93,8 +95,8 @@ def flow_errors(labels: np.ndarray, flows: np.ndarray, max_side: int | None = CH
     return np.bincount(labels.ravel(), weights=sq.ravel(), minlength=n + 1) / np.maximum(counts, 1)
 
 
-def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: float = 0.5,
-                         flow_threshold: float = 0.4, n_classes: int = 3) -> np.ndarray:
+def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: float = DEFAULT_RULE["prob_threshold"],
+                         flow_threshold: float = DEFAULT_RULE["flow_threshold"], n_classes: int = 3) -> np.ndarray:
     """(K + 1 + 2, H, W) flow maps -> (H, W) instance labels (consecutive ids); see the module
     docstring. ``flow_threshold`` <= 0 skips the consistency check."""
     shape = maps.shape[1:]
@@ -120,7 +122,8 @@ def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: f
 
 
 def flows_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
-                    prob_threshold: float = 0.5, flow_threshold: float = 0.4,
+                    prob_threshold: float = DEFAULT_RULE["prob_threshold"],
+                    flow_threshold: float = DEFAULT_RULE["flow_threshold"],
                     n_classes: int = 3) -> Generator[Progress, None, int]:
     """Flow instances of maps (K + 1 + 2, H, W) too large for memory into ``labels`` (H, W).
 

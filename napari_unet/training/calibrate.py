@@ -137,7 +137,7 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
 # (the star head's NMS overlap, the flow head's flow-consistency error; 0 = no check).
 HEAD_GRIDS: dict[str, tuple[tuple[str, tuple[float, ...]], tuple[str, tuple[float, ...]]]] = {
     "star": (("prob_threshold", (0.3, 0.4, 0.5, 0.6, 0.7)), ("nms_threshold", (0.3, 0.4, 0.5))),
-    "flow": (("prob_threshold", (0.3, 0.5, 0.7)), ("flow_threshold", (0.4, 0.8, 0.0))),
+    "flow": (("prob_threshold", (0.3, 0.5, 0.7)), ("flow_threshold", (0.4, 0.6, 0.8, 0.0))),
 }
 
 
