@@ -41,7 +41,7 @@ class BatchConfig:
 
     format: OutputFormat = "tif"
     probabilities: bool = False  # also write <stem>_probabilities (K, *S) float32
-    uncertainty: bool = False  # MC-dropout: write <stem>_uncertainty (total, aleatoric, epistemic)
+    uncertainty: bool = False  # MC-dropout: write <stem>_uncertainty (total, aleatoric, epistemic[, shape])
     mc_samples: int = 8  # dropout samples when ``uncertainty``
     workers: int = 1  # local threads working on different files
     scheduler: str | None = None  # dask.distributed scheduler address; None = local threads
@@ -137,7 +137,7 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
                        key: str = "") -> Generator[object, None, dict[str, Any]]:
     """``predict_one`` as a generator that raises: streamed (large) images yield ``Progress`` per
     tile. With a ``key`` (``resume.run_key``) the file's completion record is written last."""
-    from napari_unet.inference.uncertainty import entropy
+    from napari_unet.inference.uncertainty import entropy, uncertainty_kinds
     from napari_unet.io import labels_dtype, read_image
 
     start = time.perf_counter()
@@ -170,7 +170,7 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
                                   pred.probabilities, extra_fmt, ["c", *spatial]))
         uncertainty = pred.uncertainty.get("total")
         if bcfg.uncertainty and pred.uncertainty:
-            maps = np.stack([pred.uncertainty[k] for k in ("total", "aleatoric", "epistemic")])
+            maps = np.stack([pred.uncertainty[k] for k in uncertainty_kinds(bundle.config)])
             outputs.append(_write(out.with_name(out.name + "_uncertainty" + SUFFIX[extra_fmt]), maps, extra_fmt,
                                   ["c", *spatial]))
         if uncertainty is None:

@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label file format (default: %(default)s)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities (float32)")
     p.add_argument("--uncertainty", action="store_true",
-                   help="MC-dropout: also write <stem>_uncertainty (total, aleatoric, epistemic)")
+                   help="MC-dropout: also write <stem>_uncertainty (total, aleatoric, epistemic; "
+                        "star / flow models add shape)")
     p.add_argument("--mc-samples", type=int, default=bdef.mc_samples,
                    help="dropout samples for --uncertainty (default: %(default)s)")
     p.add_argument("--workers", type=int, default=bdef.workers,

@@ -19,7 +19,7 @@ from napari_unet.errors import UserError
 from napari_unet.events import Progress, relay
 from napari_unet.data.dataset import n_output_classes
 from napari_unet.inference.postprocess import labels_for
-from napari_unet.inference.uncertainty import mc_uncertainty
+from napari_unet.inference.uncertainty import check_uncertainty_kind, mc_uncertainty
 
 if TYPE_CHECKING:
     from napari_unet.inference.predict import Prediction
@@ -31,6 +31,8 @@ def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(
     from napari_unet.inference.predict import Prediction, predict_probabilities
 
     image = np.asarray(image)
+    if cfg.mc_samples > 0:
+        check_uncertainty_kind(uncertainty, bundle.config)
     if image.ndim not in (2, 3, 4):
         raise UserError(f"cannot predict an array of shape {image.shape}: expected 2D, 2D + channels or a stack")
     mcfg = bundle.config.model

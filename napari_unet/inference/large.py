@@ -41,7 +41,7 @@ class LargeResult:
     objects: int
     shape: tuple[int, ...]
     seconds: float
-    uncertainty: Path | None = None  # (total, aleatoric, epistemic) with cfg.mc_samples > 0
+    uncertainty: Path | None = None  # (total, aleatoric, epistemic[, shape]) with cfg.mc_samples > 0
 
 
 class ChannelsFirst:
@@ -137,10 +137,11 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     """Predict a 2D array-like ``image`` (numpy, zarr, dask) into the OME-Zarr ``out`` (labels),
     streaming; with ``probabilities`` also keep ``<out>_probabilities`` (K, H, W float16); with
     ``cfg.mc_samples`` > 0 labels come from the MC-dropout mean and ``<out>_uncertainty``
-    (total, aleatoric, epistemic; 3, H, W float16) is written too. Every output gets a resolution
-    pyramid down to ``min_level_size`` pixels. Yields ``Progress`` per tile and per block, then
+    (total, aleatoric, epistemic[, shape for a star / flow head]; 3 or 4, H, W float16) is written
+    too. Every output gets a resolution pyramid down to ``min_level_size`` pixels. Yields ``Progress`` per tile and per block, then
     ``Finished``."""
     from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
+    from napari_unet.inference.uncertainty import uncertainty_kinds
     from napari_unet.models import enable_mc_dropout
 
     begin = time.perf_counter()
@@ -154,6 +155,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     dtype = low_precision_dtype(next(net.parameters()).device, None)
     spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=cfg.overlap))
     k, mc = bundle.n_outputs, max(cfg.mc_samples, 0)
+    kinds = uncertainty_kinds(bundle.config) if mc else ()
     yield Message(f"streaming {h}x{w} in {spec.tile}-pixel tiles to {out.name}"
                   + (f" with {mc} MC-dropout passes per tile" if mc else ""))
     prob_path, unc_path = _sibling(out, "probabilities"), _sibling(out, "uncertainty") if mc else None
@@ -161,18 +163,18 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     probs = create_ome_zarr(work, (k, h, w), np.float16, (1, chunk, chunk), ["c", "y", "x"])
     writers = [_band_writer(probs, chunk)]
     if unc_path is not None:
-        maps = create_ome_zarr(unc_path, (3, h, w), np.float16, (1, chunk, chunk), ["c", "y", "x"])
+        maps = create_ome_zarr(unc_path, (len(kinds), h, w), np.float16, (1, chunk, chunk), ["c", "y", "x"])
         writers.append(_band_writer(maps, chunk))
     if mc:
         enable_mc_dropout(net)
-        tile_fn = mc_dropout_tile_fn(net, dtype, mc)
+        tile_fn = mc_dropout_tile_fn(net, dtype, mc, kinds=kinds)
     else:
         tile_fn = network_tile_fn(net, dtype)
     try:
         with torch.inference_mode():
-            for item in iter_tiled(tile_fn, Normalized(view, bounds), k + 3 * bool(mc), spec, allowed,
+            for item in iter_tiled(tile_fn, Normalized(view, bounds), k + len(kinds), spec, allowed,
                                    cfg.batch_size):
-                if isinstance(item, Slab):  # (K [+ 3], rows, W): probabilities [and uncertainty maps]
+                if isinstance(item, Slab):  # (K [+ kinds], rows, W): probabilities [and uncertainty maps]
                     writers[0](Slab(item.start, item.stop, item.data[:k]))
                     if mc:
                         writers[1](Slab(item.start, item.stop, item.data[k:]))

@@ -90,12 +90,11 @@ def network_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, seed: int |
     return seeded
 
 
-UNCERTAINTY_KINDS = ("total", "aleatoric", "epistemic")
-
-
-def mc_dropout_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, samples: int, seed: int = 0) -> TileFn:
-    """MC-dropout as a tile function: (B, C, *S_in) -> (B, K + 3, *S_out), the mean softmax of
-    ``samples`` dropout passes followed by total, aleatoric and epistemic uncertainty.
+def mc_dropout_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, samples: int, seed: int = 0,
+                       kinds: Sequence[str] = ("total", "aleatoric", "epistemic")) -> TileFn:
+    """MC-dropout as a tile function: (B, C, *S_in) -> (B, K + len(kinds), *S_out), the mean maps
+    of ``samples`` dropout passes followed by the ``kinds`` uncertainty maps
+    (``uncertainty.uncertainty_kinds`` of the model).
 
     Pass ``t`` of every tile is seeded ``seed + t``, so it draws the same (channel) dropout mask
     as pass ``t`` over the whole image in ``predict_probabilities``: overlapping tiles agree, the
@@ -110,8 +109,8 @@ def mc_dropout_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, samples:
                 torch.manual_seed(seed + t)
                 draws.append(network_forward(net, item[None], dtype)[0])  # (K, *S_out)
             maps = mc_uncertainty(np.stack(draws), getattr(getattr(net, "activation", None), "n_classes", None))
-            out.append(np.concatenate([maps["probabilities"], np.stack([maps[k] for k in UNCERTAINTY_KINDS])]))
-        return np.stack(out)  # (B, K + 3, *S_out)
+            out.append(np.concatenate([maps["probabilities"], np.stack([maps[k] for k in kinds])]))
+        return np.stack(out)  # (B, K + len(kinds), *S_out)
 
     return fn
 

@@ -14,9 +14,10 @@ from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.batch_file import BatchConfig
 from napari_unet.decide.model_spec import CURRENT
+from napari_unet.inference.uncertainty import SHAPE
 from napari_unet.widgets.train import FOLDER, _fixed_height, gui_threads, pretrained_choices
 
-UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric"]
+UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric", SHAPE]
 CURRENT_IMAGE, TRAINING_SET = "current image", "all training-set images"
 
 if TYPE_CHECKING:
@@ -39,7 +40,10 @@ class PredictWidget(PluginWidget):
                                       tooltip="a bioimage.io model package exported by napari-unet")
         self.mc_samples = SpinBox(label="MC-dropout samples", value=BatchConfig.mc_samples, min=0, max=64,
                                   tooltip="0 = no uncertainty layer; more samples = smoother uncertainty, slower")
-        self.uncertainty = ComboBox(label="Uncertainty", choices=UNCERTAINTY_KINDS, value="epistemic")
+        self.uncertainty = ComboBox(label="Uncertainty", choices=UNCERTAINTY_KINDS, value="epistemic",
+                                    tooltip="epistemic: what the model has not learnt (annotate there); aleatoric: "
+                                            "ambiguous pixels; total: both; shape (star and flow heads): the spread "
+                                            "of the rays or flows, where an outline is unsure")
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
@@ -157,7 +161,8 @@ class PredictWidget(PluginWidget):
             return
         region, n = self.tour.regions[self.tour.index], len(self.tour.regions)
         self.status.value = f"region {self.tour.index + 1}/{n}" + region_summary(region, self.scope.value == TRAINING_SET)
-        self.status.tooltip = (f"mean {self.uncertainty.value} uncertainty in this region {region.mean:.2g} nats, "
+        unit = "" if self.uncertainty.value == SHAPE else " nats"  # the shape spread is in pixels or flow units
+        self.status.tooltip = (f"mean {self.uncertainty.value} uncertainty in this region {region.mean:.2g}{unit}, "
                                f"{region.relative:.1f} times the image's mean")
 
     def _plane(self, layer: Any) -> np.ndarray:

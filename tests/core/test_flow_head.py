@@ -168,3 +168,7 @@ def test_predict_large_streams_flow_instances(tmp_path, nuclei_pairs):
     labels = np.asarray(open_ome_zarr(result.labels))
     assert labels.shape == (200, 250) and labels.max() == result.objects == len(np.unique(labels)) - 1
     assert np.asarray(open_ome_zarr(result.probabilities)).shape == (6, 200, 250)
+    mc = drain(predict_large(bundle, nuclei_pairs[2][0][:200, :250], tmp_path / "mc.ome.zarr",
+                             PredictConfig(mc_samples=2), chunk=64, tile=64, halo=16))
+    maps = np.asarray(open_ome_zarr(mc.uncertainty))  # total, aleatoric, epistemic, shape (the flows' spread)
+    assert maps.shape == (4, 200, 250) and np.isfinite(maps).all() and maps[3].max() > 0

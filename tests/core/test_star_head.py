@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from stardist import edt_prob
 from stardist.geometry import star_dist
@@ -14,6 +15,7 @@ from napari_unet.config import AugmentConfig, PredictConfig, TrainConfig, UNetCo
 from napari_unet.data.augment import augment_batch
 from napari_unet.data.star_targets import GRID, pack, star_targets, unpack
 from napari_unet.data.targets import instance_classes
+from napari_unet.inference.arrays import predict_array
 from napari_unet.inference.predict import network_forward, predict_image
 from napari_unet.inference.star import instances_from_star, star_blockwise
 from napari_unet.inference.uncertainty import mc_uncertainty
@@ -167,9 +169,9 @@ def test_mc_dropout_uncertainty_covers_probability_and_rays():
     rays = rng.uniform(0, 20, (4, 32, 8, 8))
     maps = mc_uncertainty(np.concatenate([classes, prob, rays], axis=1), n_classes=3)
     assert maps["probabilities"].shape == (36, 8, 8)
-    assert {"total", "aleatoric", "epistemic", "rays"} <= set(maps) and (maps["rays"] > 0).all()
+    assert {"total", "aleatoric", "epistemic", "shape"} <= set(maps) and (maps["shape"] > 0).all()
     same = mc_uncertainty(np.repeat(np.concatenate([classes, prob, rays], axis=1)[:1], 4, axis=0), n_classes=3)
-    assert np.allclose(same["epistemic"], 0, atol=1e-5) and np.allclose(same["rays"], 0)
+    assert np.allclose(same["epistemic"], 0, atol=1e-5) and np.allclose(same["shape"], 0)
 
 
 @pytest.mark.parametrize("head, channels", [("star", 36), ("flow", 6)])
@@ -186,7 +188,19 @@ def test_map_head_predictions_with_mc_dropout_and_tiles(small_pairs, head, chann
     np.testing.assert_allclose(tiled.probabilities, whole.probabilities, atol=2e-2)
     mc = predict_image(bundle, image, PredictConfig(mc_samples=2))
     assert mc.uncertainty["epistemic"].shape == (256, 256)
-    assert mc.uncertainty["rays"].max() > 0  # the spread of the rays / flows over the samples
+    assert mc.uncertainty["shape"].max() > 0  # the spread of the rays / flows over the samples
+    shape = drain(predict_array(bundle, image, PredictConfig(mc_samples=2), uncertainty="shape"))
+    assert set(shape.uncertainty) == {"shape"} and shape.uncertainty["shape"].shape == (256, 256)
+
+
+def test_shape_uncertainty_needs_a_map_head(small_pairs):
+    from helpers import tiny_bundle
+    from napari_unet.errors import UserError
+
+    bundle, image = tiny_bundle(), small_pairs[0][0]
+    with pytest.raises(UserError, match="star or flow"):
+        drain(predict_array(bundle, image, PredictConfig(mc_samples=2), uncertainty="shape"))
+    assert drain(predict_array(bundle, image, PredictConfig(mc_samples=0), uncertainty="shape")).uncertainty == {}
 
 
 @pytest.mark.parametrize("head, channels", [("star", 36), ("flow", 6)])
@@ -214,5 +228,8 @@ def test_cli_trains_and_predicts_with_a_map_head(tmp_path, small_pairs, head):
     assert main(["train", str(images), str(masks), "--out", str(model), "--steps", "20", "--init", "none",
                  "--depth", "2", "--instance-head", head, "--batch-size", "2", "--patch-size", "64"]) == 0
     assert load_bundle(model).config.instance_head == head
-    assert main(["predict", str(model), str(images), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert main(["predict", str(model), str(images), "--out", str(tmp_path / "out"), "--quiet",
+                 "--uncertainty", "--mc-samples", "2"]) == 0
     assert read_mask(tmp_path / "out" / "n0.tif").shape == small_pairs[0][1].shape
+    maps = tifffile.imread(tmp_path / "out" / "n0_uncertainty.tif")  # total, aleatoric, epistemic, shape
+    assert maps.shape == (4, *small_pairs[0][1].shape) and np.isfinite(maps).all()

@@ -39,6 +39,27 @@ def test_map_head_trains_previews_and_predicts(nuclei_viewer, qtbot, head, thres
     labels = viewer.layers["nuclei prediction"].data
     assert labels.shape == viewer.layers["nuclei"].data.shape and len(np.unique(labels)) > 1
     assert np.isfinite(viewer.layers["nuclei uncertainty"].data).all()
+    predict.uncertainty.value = "shape"  # the spread of the rays / flows over the samples
+    predict.predict_button.changed.emit(True)
+    qtbot.waitUntil(lambda: predict.worker is None, timeout=60_000)
+    shape = viewer.layers["nuclei uncertainty"]
+    assert shape.metadata["kind"] == "shape" and np.isfinite(shape.data).all() and shape.data.max() > 0
+
+
+def test_shape_uncertainty_of_a_3class_model_is_a_notification(nuclei_viewer, qtbot, notifications):
+    from helpers import tiny_bundle
+
+    predict = PredictWidget(nuclei_viewer)
+    predict.session.model = tiny_bundle()  # the 3-class head: no rays, no flows
+    predict.session.changed.emit()  # as the Train widget does when a model is ready
+    predict.image.value = "nuclei"
+    predict.model.value = CURRENT
+    predict.mc_samples.value = 2
+    predict.uncertainty.value = "shape"
+    predict.predict_button.changed.emit(True)
+    qtbot.waitUntil(lambda: predict.worker is None, timeout=60_000)
+    assert any(kind == "error" and "star or flow" in message for kind, message in notifications), notifications
+    assert "nuclei uncertainty" not in nuclei_viewer.layers and "nuclei prediction" not in nuclei_viewer.layers
 
 
 def test_instance_head_hidden_for_semantic_tasks(nuclei_viewer):
