@@ -86,7 +86,7 @@ def diffuse(masks: torch.Tensor, sources: torch.Tensor, iterations: int) -> torc
     """Heat (M, S, S) after ``iterations`` steps of insulated 3x3 averaging inside the one-object
     crops ``masks`` (M, S, S) bool, one unit injected per step at the flat indices ``sources`` (M,).
 
-    Float32 (three times faster here than float64 for nuclei-sized crops); a crop whose heat
+    Float32, about twice as fast here as float64 on nuclei-sized crops; a crop whose heat
     underflows somewhere inside its object (far ends of long or bent objects: the heat falls off
     about exponentially with the path length) is diffused again in float64. The result is float64."""
     heat = _diffuse_as(masks, sources, iterations, torch.float32).double()
