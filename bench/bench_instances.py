@@ -69,7 +69,8 @@ def run(train, val, head: str, budget: float, seed: int, base: TrainConfig, step
            "post_s": post_s, "post_s_520x696": post_520, "postprocess": bundle.postprocess}
     print(f"  {head:6s} {budget if not steps else 0:5.0f} s seed {seed}: {row['steps']} steps "
           f"({row['ms_per_step']:.0f} ms/step), AP@0.5 {row['ap50']:.3f}, "
-          f"AP@0.75 {row['ap75']:.3f} (its 3-class channels {classes_ap50:.3f}), post-processing {post_s:.3f} s/image ({post_520:.3f} s at 520x696), "
+          f"AP@0.75 {row['ap75']:.3f} (its 3-class channels {classes_ap50:.3f}), "
+          f"post-processing {post_s:.3f} s/image ({post_520:.3f} s at 520x696), "
           f"{bundle.postprocess}", flush=True)
     return row
 

@@ -138,8 +138,8 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     streaming; with ``probabilities`` also keep ``<out>_probabilities`` (K, H, W float16); with
     ``cfg.mc_samples`` > 0 labels come from the MC-dropout mean and ``<out>_uncertainty``
     (total, aleatoric, epistemic[, shape for a star / flow head]; 3 or 4, H, W float16) is written
-    too. Every output gets a resolution pyramid down to ``min_level_size`` pixels. Yields ``Progress`` per tile and per block, then
-    ``Finished``."""
+    too. Every output gets a resolution pyramid down to ``min_level_size`` pixels. Yields
+    ``Progress`` per tile and per block, then ``Finished``."""
     from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
     from napari_unet.inference.uncertainty import uncertainty_kinds
     from napari_unet.models import enable_mc_dropout

@@ -18,7 +18,7 @@ from napari_unet.decide.layout import array_layout
 from napari_unet.events import Finished, Message, Progress
 from napari_unet.inference.postprocess import labels_for
 from napari_unet.inference.tiling import AllowedFn, TileFn, TileSpec, predict_tiled, round_up
-from napari_unet.inference.uncertainty import mc_uncertainty
+from napari_unet.inference.uncertainty import CLASS_KINDS, mc_uncertainty
 from napari_unet.models.bundle import ModelBundle
 from napari_unet.training.device import autocast, low_precision_dtype
 
@@ -91,7 +91,7 @@ def network_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, seed: int |
 
 
 def mc_dropout_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, samples: int, seed: int = 0,
-                       kinds: Sequence[str] = ("total", "aleatoric", "epistemic")) -> TileFn:
+                       kinds: Sequence[str] = CLASS_KINDS) -> TileFn:
     """MC-dropout as a tile function: (B, C, *S_in) -> (B, K + len(kinds), *S_out), the mean maps
     of ``samples`` dropout passes followed by the ``kinds`` uncertainty maps
     (``uncertainty.uncertainty_kinds`` of the model).

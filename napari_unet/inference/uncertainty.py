@@ -18,6 +18,7 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
 
 
 SHAPE = "shape"  # the spread of a star head's rays or a flow head's flows: where the object's outline is unsure
+CLASS_KINDS = ("total", "aleatoric", "epistemic")  # the maps every model gives
 
 
 def uncertainty_kinds(cfg) -> tuple[str, ...]:
@@ -25,16 +26,15 @@ def uncertainty_kinds(cfg) -> tuple[str, ...]:
     outputs stack them: total, aleatoric, epistemic, and ``shape`` for a star or flow head."""
     from napari_unet.models.heads import has_instance_maps
 
-    return ("total", "aleatoric", "epistemic") + ((SHAPE,) if has_instance_maps(cfg) else ())
+    return CLASS_KINDS + ((SHAPE,) if has_instance_maps(cfg) else ())
 
 
 def check_uncertainty_kind(kind: str, cfg) -> None:
     """``UserError`` when the ``kind`` uncertainty cannot come from a model trained with ``cfg``
     (``TrainConfig``): the ``shape`` map needs a star or flow head."""
     from napari_unet.errors import UserError
-    from napari_unet.models.heads import has_instance_maps
 
-    if kind == SHAPE and not has_instance_maps(cfg):
+    if kind == SHAPE and SHAPE not in uncertainty_kinds(cfg):
         model = f"the {cfg.instance_head} head" if cfg.task == "instances" else f"a {cfg.task} model"
         raise UserError(f"the shape uncertainty is the spread of a star or flow head's rays or flows; "
                         f"this is {model}: pick epistemic, total or aleatoric")
