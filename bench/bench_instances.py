@@ -112,11 +112,10 @@ def run_peer(peer: str, val, budget: float, seed: int, threads: int, out: Path) 
     return row
 
 
-def peer_rows(peers: list[str], val, budgets: list[float], seed: int, threads: int, out_dir: Path) -> list[dict]:
-    """One row per budget and peer (a failed peer run gives none)."""
-    rows = [run_peer(peer, val, budget, seed, threads, out_dir / f"{peer}-{budget:.0f}s-seed{seed}")
-            for budget in budgets for peer in peers]
-    return [r for r in rows if r is not None]
+def save_rows(rows: list[dict], out: Path) -> None:
+    """Write the rows so far (after every run: a late failure keeps the finished ones)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
 
 
 def main() -> None:
@@ -143,15 +142,22 @@ def main() -> None:
     train, val = load_dsb("train"), load_dsb("val", args.val_limit)
     print(f"dsb2018_fluo: {len(train)} train, {len(val)} val images", flush=True)
     base = TrainConfig(validate_every=args.validate_every)
-    rows = []
+    rows: list[dict] = []
+    out = Path(args.out)
     runs = [(0.0, n) for n in args.steps] if args.steps else [(b, None) for b in args.budgets]
     for budget, steps in runs:
         for seed in args.seeds:
             for head in args.heads:  # heads interleaved, so machine load drifts hit both alike
                 rows.append(run(train, val, head, budget, seed, base, steps))
-    if not args.steps:  # peers train on time budgets only
-        rows += peer_rows(peers, val, args.budgets, args.seeds[0], torch.get_num_threads(),
-                          Path(args.out).with_suffix("") / "peers")
+                save_rows(rows, out)
+    for budget in [] if args.steps else args.budgets:  # peers train on time budgets only
+        for peer in peers:
+            seed = args.seeds[0]
+            row = run_peer(peer, val, budget, seed, torch.get_num_threads(),
+                           out.with_suffix("") / "peers" / f"{peer}-{budget:.0f}s-seed{seed}")
+            if row is not None:  # a failed peer run gives no row
+                rows.append(row)
+                save_rows(rows, out)
     print(f"\n{'head':8s} {'budget':>7s} {'AP@0.5 mean ± sd':>18s} {'min':>6s} {'AP@0.75':>8s} {'steps':>6s} "
           f"{'post s/img':>10s}")
     for budget, steps in runs:
@@ -164,9 +170,7 @@ def main() -> None:
             print(f"{head:8s} {steps or budget:7.0f} {ap.mean():9.3f} ± {ap.std():.3f} {ap.min():6.3f} "
                   f"{np.mean([r['ap75'] for r in sel]):8.3f} {np.mean([r['steps'] for r in sel]):6.0f} "
                   f"{np.mean([r['post_s'] for r in sel]):10.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
+    save_rows(rows, out)
 
 
 if __name__ == "__main__":
