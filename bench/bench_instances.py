@@ -150,9 +150,9 @@ def main() -> None:
             for head in args.heads:  # heads interleaved, so machine load drifts hit both alike
                 rows.append(run(train, val, head, budget, seed, base, steps))
                 save_rows(rows, out)
+    seed = args.seeds[0]  # one seed for the peers
     for budget in [] if args.steps else args.budgets:  # peers train on time budgets only
         for peer in peers:
-            seed = args.seeds[0]
             row = run_peer(peer, val, budget, seed, torch.get_num_threads(),
                            out.with_suffix("") / "peers" / f"{peer}-{budget:.0f}s-seed{seed}")
             if row is not None:  # a failed peer run gives no row

@@ -11,9 +11,9 @@ computed before training and not counted. ``train_seg`` takes its epoch count up
 schedule depends on it) and has no callback, so the budget is met in two parts: a throwaway
 network trains 5 epochs first to measure the step time (not counted), then the real one gets
 ``planned_epochs`` (a margin over ``budget / fastest probe step``), and a forward pre-hook on it
-ends training at the first step that would start past the budget. The clock runs from its first training step. Predicts at native
-scale (``diameter`` = ``diam_mean``); post-processing is the time in Cellpose's mask computation
-from the flows. Writes ``DIR/labels.npz`` (val labels by image name) and ``DIR/result.json``.
+ends training at the first step that would start past the budget. The clock runs from its first
+training step. Predicts at native scale (``diameter`` = ``diam_mean``); post-processing is the
+time in Cellpose's mask computation from the flows. Writes ``DIR/labels.npz`` (val labels by image name) and ``DIR/result.json``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def planned_epochs(budget: float, step_s: float) -> int:
     clock ends training at the budget, so extra epochs cost nothing), else the count itself (cutting the
     decaying last epochs would cost more than a short run)."""
     fit = budget / step_s
-    return max(1, min(FLAT_LR_EPOCHS, math.ceil(EPOCH_MARGIN * fit)) if fit <= FLAT_LR_EPOCHS else int(fit))
+    if fit > FLAT_LR_EPOCHS:
+        return int(fit)
+    return max(1, min(FLAT_LR_EPOCHS, math.ceil(EPOCH_MARGIN * fit)))
 
 
 class BudgetSpent(Exception):
@@ -103,7 +105,8 @@ def main() -> None:
         timed = train_for(probe, images, flows, float("inf"), CALIBRATION_EPOCHS, Path(scratch))
         step_s = float(np.min(np.diff(timed.starts[1:])))  # the first step warms up
     n_epochs = planned_epochs(args.budget, step_s)
-    print(f"flows {flows_s:.0f} s; a step takes {step_s:.2f} s, so {n_epochs} epochs", flush=True)
+    print(f"flows {flows_s:.0f} s; the fastest probe step took {step_s:.2f} s, so {n_epochs} epochs "
+          f"(a margin over the budget's {args.budget / step_s:.0f})", flush=True)
 
     torch.manual_seed(args.seed)
     model = models.CellposeModel(gpu=False, pretrained_model=False, model_type=None)
