@@ -24,6 +24,7 @@ seeded (CPU) generator whatever the device of the data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -269,12 +270,17 @@ def augment_batch(
         wts = weights[idx] if weights is not None else None
         flips, k = flips[idx], k[idx]
 
-    if cfg.elastic and cfg.elastic_sigma > 0:
-        coarse = _coarse_displacement(n, nd, cfg.elastic_grid, cfg.elastic_sigma, generator, dev)
+    elastic = cfg.elastic and cfg.elastic_sigma > 0
+    if elastic or cfg.zoom > 1:
+        coarse = _coarse_displacement(n, nd, cfg.elastic_grid, cfg.elastic_sigma if elastic else 0.0, generator, dev)
         if spacing is not None:
             per_axis = torch.tensor([1.0 / float(s) for s in spacing], device=dev, dtype=coarse.dtype)  # (nd,)
             coarse = coarse * per_axis.view((1, nd) + (1,) * nd)  # (n, nd, g, ..., g)
-        coords = elastic_grid(coarse, shape, _dihedral_matrices(flips, k))  # (n, *S, nd)
+        transform = _dihedral_matrices(flips, k)  # (n, nd, nd)
+        if cfg.zoom > 1:  # sampling a region 1/m the size magnifies the objects m times
+            log_zoom = math.log(cfg.zoom) * (2 * _rand((n,), generator, dev) - 1)  # (n,)
+            transform = transform * torch.exp(-log_zoom).view(n, 1, 1)
+        coords = elastic_grid(coarse, shape, transform)  # (n, *S, nd)
         img_w, lab_w, wts_w = warp(img, lab, wts, coords)
         assert img_w is not None and lab_w is not None
         img, lab, wts = img_w, lab_w, wts_w

@@ -164,6 +164,9 @@ class Trainer:
         if synthetic is not None:
             sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
             yield Message(f"{len(synthetic.pairs)} synthetic pair(s) supply {cfg.synthetic_ratio:.0%} of the patches")
+        if cfg.task == "instances" and cfg.sparse and not any((p.target == 0).any() for p in train_pairs):
+            yield Message("no background painted (label 1): paint a stroke of background around or between "
+                          "objects, or the model learns that everything is an object", level="warning")
         brighter = objects_brighter(train_pairs)
         net, fresh = self._build(device, channels_last, brighter)
         if self._init is not None:
@@ -281,15 +284,17 @@ class Trainer:
         if guard.kept_start(meta):
             pass  # the starting model as it was: its own post-processing, not one re-tuned on these few images
         elif has_instance_maps(cfg) and (kept or not stopped or not val_pairs):
-            # With no held-out images (one or two annotated images) the thresholds are chosen on the
-            # training images: two numbers fitted in-sample, and a short run's object probability is
-            # often below the default 0.5 everywhere, which would show the user no objects at all.
-            tune_on = val_pairs or train_pairs[:cfg.validation_max_images]
+            # With no held-out images (one or two annotated images, validated on a few held-out
+            # objects at most) the thresholds are chosen on the training images: two numbers fitted
+            # in-sample, and a short run's object probability is often below the default 0.5
+            # everywhere, which would show the user no objects at all.
+            whole_images = bool(val_pairs) and not zones
+            tune_on = val_pairs if whole_images else train_pairs[:cfg.validation_max_images]
             tune_start = time.perf_counter()
-            postprocess = self._tune_head(net, tune_on, dtype, kept.get("probs", []) if val_pairs else [])
+            postprocess = self._tune_head(net, tune_on, dtype, kept.get("probs", []) if whole_images else [])
             meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
             how = "searched" if postprocess["confidence"] >= CONFIDENCE else "default (none clearly better)"
-            which = "validation" if val_pairs else "training (no validation images)"
+            which = "validation" if whole_images else "training (no held-out images)"
             second = (f"NMS overlap {postprocess['nms_threshold']}" if is_star(cfg)
                       else f"flow error < {postprocess['flow_threshold']}")
             yield Message(f"{cfg.instance_head} post-processing on {len(tune_on)} {which} image(s): AP@0.5 "
