@@ -207,15 +207,15 @@ class AnnotateWidget(PluginWidget):
         show_info(f"{added} unpainted pixels marked as background")
 
     def _toggle_clicks(self, kind: str, on: bool) -> None:
-        """Turn a click correction on (the other one off; the labels stop painting) or off."""
-        other = self.remove_click if kind == "accept" else self.accept_click
+        """Turn a click correction on (the other one off; the labels stop painting) or off (the
+        brush is back when neither is on)."""
         if on:
-            other.value = False
-            labels = self._ensure_labels()
-            if labels is not None:
-                labels.mode = "pan_zoom"  # a click corrects instead of painting
-        self.clicks.set(kind if on else ("accept" if self.accept_click.value else
-                                         "remove" if self.remove_click.value else None))
+            (self.remove_click if kind == "accept" else self.accept_click).value = False
+        active = "accept" if self.accept_click.value else "remove" if self.remove_click.value else None
+        self.clicks.set(active)
+        labels = self._ensure_labels() if on else self.labels_layer()
+        if labels is not None:
+            labels.mode = "paint" if active is None else "pan_zoom"  # with a tool on, a click corrects
 
     def correct_at(self, kind: str, world: tuple) -> None:
         """Accept the predicted object (``kind`` "accept") or remove the annotated one ("remove")
