@@ -11,7 +11,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               PushButton, SpinBox)
 
 from napari_unet.config import INSTANCE_HEADS, AugmentConfig, LossConfig, TrainConfig, UNetConfig
-from napari_unet.decide.classes import USER_TASKS, task_and_classes
+from napari_unet.decide.classes import USER_TASKS, config_task
 from napari_unet.decide.layout import array_layout
 from napari_unet.decide.model_spec import CURRENT
 from napari_unet.decide.train_request import SYNTHETIC_SHARE
@@ -33,11 +33,6 @@ STATUS_INTERVAL_S = 1.0
 
 if TYPE_CHECKING:
     import napari
-
-
-def model_task(user_task: str) -> str:
-    """What a user task trains ("instances" | "semantic"), by the core's one rule (no masks needed for that)."""
-    return task_and_classes([], user_task).task
 
 
 def gui_threads() -> int:
@@ -216,13 +211,13 @@ class TrainWidget(PluginWidget):
     def _init_choices(self, _widget=None) -> list[str]:
         task = TASKS.get(getattr(getattr(self, "task", None), "value", "instances"), "instances")
         volume = hasattr(self, "dims") and self._volume_mode()  # the shipped models are 2D
-        pretrained = pretrained_choices() if model_task(task) == "instances" and not volume else []
+        pretrained = pretrained_choices() if config_task(task) == "instances" and not volume else []
         current = [CURRENT] if getattr(self, "session", None) and self.session.model is not None else []
         return [*current, *pretrained, SCRATCH, FOLDER]
 
     def _on_task_changed(self, _value=None) -> None:
         self.init.reset_choices()
-        self.instance_head.visible = model_task(TASKS[self.task.value]) == "instances"
+        self.instance_head.visible = config_task(TASKS[self.task.value]) == "instances"
 
     def _volume_mode(self) -> bool:
         """Whether the settings ask for a 3D model (a volume image and the 3D choice)."""
@@ -418,7 +413,7 @@ class TrainWidget(PluginWidget):
         image = self._preview_target
         if image is None or image not in self.viewer.layers:
             return
-        task = model_task(TASKS[self.task.value])
+        task = config_task(TASKS[self.task.value])
         place = self._placed if self._volumes else (lambda a: a)
         labels = show_labels(self.viewer, prediction_name(image.name), place(event.labels), like=image,
                              metadata={"task": task})
