@@ -1,5 +1,6 @@
-"""The bundled CC0 nuclei images (DSB 2018): napari sample data and the demo's training set;
-synthetic 3D balls for trying (and testing) 3D models."""
+"""The bundled CC0 nuclei images (DSB 2018): napari sample data and the demo's training set
+(fluorescence), one stained colour image (a second sample, a kind of image the shipped model
+never saw); synthetic 3D balls for trying (and testing) 3D models."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import numpy as np
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 SHOWCASE = "193ffaa5272d5c42"
+STAINED = "0c2550a23b8a0f29"  # H&E-like RGB, 256x320, 73 nuclei (DSB 2018 stage1_train)
+COLOUR_SAMPLES = (STAINED,)  # kept out of the fluorescence set the demo trains on
 
 
 def sample_names() -> list[str]:
-    """Names of all bundled images (sorted)."""
-    return sorted(p.stem for p in SAMPLE_DIR.glob("*.png") if not p.stem.endswith("_mask"))
+    """Names of the bundled grey fluorescence images (sorted; the colour ones are apart)."""
+    return sorted(p.stem for p in SAMPLE_DIR.glob("*.png")
+                  if not p.stem.endswith("_mask") and p.stem not in COLOUR_SAMPLES)
 
 
 def load_sample(name: str = SHOWCASE) -> tuple[np.ndarray, np.ndarray]:
-    """(image uint8 (H, W), instance labels uint16 (H, W)) of one bundled image."""
+    """(image uint8 (H, W), or (H, W, 3) for a colour one; instance labels uint16 (H, W)) of one bundled image."""
     import imageio.v3 as iio
 
     return iio.imread(SAMPLE_DIR / f"{name}.png"), iio.imread(SAMPLE_DIR / f"{name}_mask.png")
@@ -34,6 +38,15 @@ def nuclei_sample() -> list[tuple]:
     return [
         (image, {"name": "nuclei"}, "image"),
         (labels, {"name": "nuclei ground truth", "opacity": 0.5}, "labels"),
+    ]
+
+
+def stained_sample() -> list[tuple]:
+    """napari sample-data contribution: the stained colour image (RGB) and its ground-truth labels."""
+    image, labels = load_sample(STAINED)
+    return [
+        (image[..., :3], {"name": "stained nuclei", "rgb": True}, "image"),
+        (labels, {"name": "stained nuclei ground truth", "opacity": 0.5}, "labels"),
     ]
 
 

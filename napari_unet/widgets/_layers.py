@@ -6,6 +6,11 @@ from typing import Any
 
 import numpy as np
 
+SPARSE_COLOURS = [(0.55, 0.55, 0.55, 1.0), (1.0, 0.85, 0.1, 1.0), (0.1, 0.9, 0.3, 1.0), (1.0, 0.3, 0.8, 1.0),
+                  (0.2, 0.6, 1.0, 1.0), (1.0, 0.45, 0.1, 1.0), (0.6, 0.3, 1.0, 1.0)]
+PARTIAL_BACKGROUND = (0.6, 0.6, 0.6, 0.45)  # label 1: a light veil, so painted background reads as "seen, empty"
+PARTIAL_COLOURS = 4095  # object colours before they cycle (then an id now and then shares the background's grey)
+
 
 def annotations_name(image_name: str) -> str:
     return f"{image_name} annotations"
@@ -13,6 +18,11 @@ def annotations_name(image_name: str) -> str:
 
 def prediction_name(image_name: str) -> str:
     return f"{image_name} prediction"
+
+
+def regions_name(image_name: str) -> str:
+    """The Shapes layer where regions to mark as fully annotated are drawn."""
+    return f"{image_name} regions"
 
 
 def probability_name(image_name: str) -> str:
@@ -83,3 +93,24 @@ def _geometry(like: Any, ndim: int) -> dict:
 def spatial_data(layer: Any) -> np.ndarray:
     """An Image layer's data as an in-memory numpy array (channels last for RGB)."""
     return np.asarray(layer.data)
+
+
+def annotation_colormap(mode: str) -> Any:
+    """How an annotation layer of ``mode`` looks (None: napari's default random colours).
+
+    Sparse: one fixed colour per class (background grey). Partial: background (1) a see-through
+    grey, objects napari's random colours, unannotated (0) transparent.
+    """
+    if mode == "partial":
+        from napari.utils.colormaps import CyclicLabelColormap, label_colormap
+
+        colours = np.array(label_colormap(PARTIAL_COLOURS).colors)
+        colours[1] = PARTIAL_BACKGROUND  # the colour of label 1
+        return CyclicLabelColormap(colors=colours)
+    if mode != "sparse":
+        return None
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    colours.update({i + 1: c for i, c in enumerate(SPARSE_COLOURS)})
+    return DirectLabelColormap(color_dict=colours)

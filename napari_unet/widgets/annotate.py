@@ -5,15 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox
 
 from napari_unet import annotation
-from napari_unet.widgets._layers import annotations_name, find_layer, layers_of_type, prediction_name
+from napari_unet.errors import UserError
+from napari_unet.widgets._corrections import ClickTool, apply_regions, correct_object, record_edit
+from napari_unet.widgets._layers import (annotation_colormap, annotations_name, find_layer, layers_of_type,
+                                         prediction_name, regions_name)
 from napari_unet.widgets._base import PluginWidget
 
-MODES = {"instances (one id per object)": "instances", "sparse classes (scribbles)": "sparse"}
-SPARSE_COLOURS = [(0.55, 0.55, 0.55, 1.0), (1.0, 0.85, 0.1, 1.0), (0.1, 0.9, 0.3, 1.0), (1.0, 0.3, 0.8, 1.0),
-                  (0.2, 0.6, 1.0, 1.0), (1.0, 0.45, 0.1, 1.0), (0.6, 0.3, 1.0, 1.0)]
+MODES = {"instances (one id per object)": "instances", "sparse classes (scribbles)": "sparse",
+         "partial instances (objects + background strokes)": "partial"}
+REGION_HELP = ("Draw rectangles or polygons where every object is painted, then click "
+               "'Mark region as fully annotated' again: their unpainted pixels become background")
 
 if TYPE_CHECKING:
     import napari
@@ -30,7 +34,15 @@ class AnnotateWidget(PluginWidget):
         self.class_names = LineEdit(label="Classes", value="object",
                                     tooltip="sparse mode: names of classes 2, 3, ... (1 is background)")
         self.attach_button = PushButton(text="Create / attach annotations")
-        self.next_id_button = PushButton(text="Next free id (N)")
+        self.next_id_button = PushButton(text="Next object id (N)")
+        self.background_button = PushButton(text="Background brush (1)", visible=False)
+        self.region_button = PushButton(text="Mark region as fully annotated", visible=False,
+                                        tooltip="draw regions in '<image> regions'; unpainted pixels there "
+                                                "become background (1)")
+        self.accept_click = CheckBox(text="Accept object (click)", visible=False,
+                                     tooltip="a click on a predicted object copies it in with a new id")
+        self.remove_click = CheckBox(text="Remove object (click)", visible=False,
+                                     tooltip="a click on an annotated object erases it")
         self.threshold_button = PushButton(text="Start from threshold")
         self.accept_button = PushButton(text="Accept prediction as annotation")
         self.fill_button = PushButton(text="Fill holes")
@@ -47,7 +59,10 @@ class AnnotateWidget(PluginWidget):
         self.autosave_label = Label(value="")
         self.extend([
             Label(value="<b>Annotate</b>"), self.image, self.mode, self.class_names, self.attach_button,
-            self.next_id_button, self.threshold_button, self.accept_button, self.fill_button,
+            Container(widgets=[self.next_id_button, self.background_button], layout="horizontal", labels=False),
+            self.region_button, self.threshold_button, self.accept_button,
+            Container(widgets=[self.accept_click, self.remove_click], layout="horizontal", labels=False),
+            self.fill_button,
             Container(widgets=[self.min_size, self.small_button], layout="horizontal", labels=False),
             self.clear_button, self.stats, Label(value="<b>Training set</b>"), self.training_set,
             Container(widgets=[self.add_button, self.remove_button], layout="horizontal", labels=False),
@@ -57,9 +72,16 @@ class AnnotateWidget(PluginWidget):
         ])
         self.attach_button.changed.connect(self.attach)
         self.next_id_button.changed.connect(self.next_id)
+        self.background_button.changed.connect(self.background_brush)
+        self.region_button.changed.connect(self.mark_regions)
+        self.clicks = ClickTool(self.viewer, self.correct_at, lambda: getattr(self.labels_layer(), "scale", (1, 1)))
+        self.accept_click.changed.connect(lambda on: self._toggle_clicks("accept", on))
+        self.remove_click.changed.connect(lambda on: self._toggle_clicks("remove", on))
+        self.mode.changed.connect(self._on_mode_changed)
         self.threshold_button.changed.connect(self.start_from_threshold)
         self.accept_button.changed.connect(self.accept_prediction)
-        self.fill_button.changed.connect(lambda: self._edit(annotation.fill_holes))
+        self.fill_button.changed.connect(
+            lambda: self._edit(lambda a: annotation.fill_holes(a, 2 if self.mode_key == "partial" else 1)))
         self.small_button.changed.connect(lambda: self._edit(lambda a: annotation.remove_small(a, self.min_size.value)))
         self.clear_button.changed.connect(lambda: self._edit(np.zeros_like))
         self.add_button.changed.connect(self.attach)
@@ -70,6 +92,7 @@ class AnnotateWidget(PluginWidget):
         self.session.changed.connect(self._on_session_changed)
         self.session.annotations_edited.connect(lambda _name: self.refresh_stats())
         self.preselect_layers(self.image)
+        self._on_mode_changed()
         self.refresh_stats()
 
     # -- choices -----------------------------------------------------------------------------
@@ -109,7 +132,7 @@ class AnnotateWidget(PluginWidget):
         labels = self.labels_layer()
         if labels is None:
             shape = image.data.shape[:-1] if image.rgb else image.data.shape[-2:]
-            dtype = np.uint32 if self.mode_key == "instances" else np.uint8
+            dtype = np.uint8 if self.mode_key == "sparse" else np.uint32
             labels = self.viewer.add_labels(np.zeros(shape, dtype), name=annotations_name(image.name),
                                             scale=image.scale[-2:], translate=image.translate[-2:])
         self._style(labels)
@@ -121,13 +144,17 @@ class AnnotateWidget(PluginWidget):
         return labels
 
     def _style(self, labels: Any) -> None:
-        if self.mode_key != "sparse":
-            return
-        from napari.utils.colormaps import DirectLabelColormap
+        colormap = annotation_colormap(self.mode_key)
+        if colormap is not None:
+            labels.colormap = colormap
 
-        colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
-        colours.update({i + 1: c for i, c in enumerate(SPARSE_COLOURS)})
-        labels.colormap = DirectLabelColormap(color_dict=colours)
+    def _on_mode_changed(self, _value=None) -> None:
+        """Show the tools the mode has: background and regions where 1 is background, clicks on objects."""
+        key = self.mode_key
+        self.background_button.visible = self.region_button.visible = key != "instances"
+        self.accept_click.visible = self.remove_click.visible = key != "sparse"
+        if key == "sparse":
+            self.accept_click.value = self.remove_click.value = False
 
     def _ensure_labels(self):
         labels = self.labels_layer()
@@ -140,16 +167,69 @@ class AnnotateWidget(PluginWidget):
         labels = self.labels_layer()
         if labels is None:
             return
-        if self.mode_key == "instances":
-            labels.selected_label = annotation.next_free_id(labels.data, "instances")
-        else:
+        if self.mode_key == "sparse":
             labels.selected_label = 2 if labels.selected_label < 2 else labels.selected_label
+        else:
+            labels.selected_label = annotation.next_free_id(labels.data, self.mode_key)
 
-    def _edit(self, fn) -> None:
+    def background_brush(self) -> None:
+        """Paint background (label 1) with the brush: what the stroke covers holds no object."""
         labels = self._ensure_labels()
         if labels is None:
             return
-        labels.data = np.asarray(fn(labels.data)).astype(labels.data.dtype, copy=False)
+        labels.selected_label = annotation.BACKGROUND
+        self.viewer.layers.selection.active = labels
+        labels.mode = "paint"
+
+    def _edit(self, fn) -> None:
+        """Replace the annotation by ``fn(annotation)``, as one step napari's undo takes back."""
+        labels = self._ensure_labels()
+        if labels is None:
+            return
+        record_edit(labels, np.asarray(fn(np.asarray(labels.data))).astype(labels.data.dtype, copy=False))
+
+    def mark_regions(self) -> None:
+        """First click: open ``<image> regions`` for drawing; next click: the unpainted pixels
+        under its shapes become background (one undoable step) and the shapes are cleared."""
+        from napari.utils.notifications import show_info, show_warning
+
+        labels = self._ensure_labels()
+        if labels is None:
+            return
+        if self.mode_key == "instances":
+            show_warning("in instances mode every unpainted pixel is background already")
+            return
+        added = apply_regions(self.viewer, labels, regions_name(self.image.value))
+        if added is None:
+            show_info(REGION_HELP)
+            return
+        self.background_brush()
+        show_info(f"{added} unpainted pixels marked as background")
+
+    def _toggle_clicks(self, kind: str, on: bool) -> None:
+        """Turn a click correction on (the other one off; the labels stop painting) or off (the
+        brush is back when neither is on)."""
+        if on:
+            (self.remove_click if kind == "accept" else self.accept_click).value = False
+        active = "accept" if self.accept_click.value else "remove" if self.remove_click.value else None
+        self.clicks.set(active)
+        labels = self._ensure_labels() if on else self.labels_layer()
+        if labels is not None:
+            labels.mode = "paint" if active is None else "pan_zoom"  # with a tool on, a click corrects
+
+    def correct_at(self, kind: str, world: tuple) -> None:
+        """Accept the predicted object (``kind`` "accept") or remove the annotated one ("remove")
+        under a canvas position, as one undoable step; a warning says why when nothing happens."""
+        from napari.utils.notifications import show_warning
+
+        labels = self.labels_layer()
+        prediction = find_layer(self.viewer, prediction_name(self.image.value or ""))
+        try:
+            if labels is None:
+                raise UserError("no annotations for this image: click 'Create / attach annotations' first")
+            correct_object(labels, prediction, kind, world, self.mode_key)
+        except UserError as exc:
+            show_warning(str(exc))
 
     def start_from_threshold(self) -> None:
         """Replace the annotation by an Otsu threshold of the image (a rough start to correct)."""
@@ -230,8 +310,10 @@ class AnnotateWidget(PluginWidget):
         lines = []
         if labels is not None:
             s = annotation.annotation_stats(labels.data, self.mode_key)
-            what = "objects" if self.mode_key == "instances" else "object regions"
-            lines.append(f"this image: {s.objects} {what}, {s.annotated_pixels} annotated px ({s.fraction:.1%})")
+            what = "object regions" if self.mode_key == "sparse" else "objects"
+            background = f", {s.background_pixels} background px" if self.mode_key == "partial" else ""
+            lines.append(f"this image: {s.objects} {what}{background}, {s.annotated_pixels} annotated px "
+                         f"({s.fraction:.1%})")
         project = self.session.project
         if project.samples:
             total = sum(annotation.annotation_stats(x.labels, project.mode).objects for x in project.samples.values())

@@ -68,9 +68,18 @@ class PredictWidget(PluginWidget):
         self.model.changed.connect(lambda v: setattr(self.model_package, "visible", v == PACKAGE))
         self.predict_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
-        self.session.changed.connect(self.model.reset_choices)
+        self._model_seen = self.session.model  # the session's model the choice last followed
+        self.session.changed.connect(self._on_session_changed)
         on_close(self, lambda w: w.worker.quit() if w.worker is not None else None)
         self.preselect_layers(self.image)
+
+    def _on_session_changed(self) -> None:
+        """Refresh the model choices; when the session has a new model (a Train run finished, or
+        a model was loaded there), choose it, so Predict uses what was just trained."""
+        self.model.reset_choices()
+        if self.session.model is not None and self.session.model is not self._model_seen:
+            self.model.value = CURRENT
+        self._model_seen = self.session.model
 
     def suggest(self) -> None:
         """Rank windows by uncertainty (of the chosen image, or of every training-set image) and

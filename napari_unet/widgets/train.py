@@ -11,6 +11,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               PushButton, SpinBox)
 
 from napari_unet.config import INSTANCE_HEADS, AugmentConfig, LossConfig, TrainConfig, UNetConfig
+from napari_unet.decide.classes import USER_TASKS, config_task
 from napari_unet.decide.layout import array_layout
 from napari_unet.decide.model_spec import CURRENT
 from napari_unet.decide.train_request import SYNTHETIC_SHARE
@@ -21,7 +22,9 @@ from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import (format_seconds, load_folder, on_close, progress_permille, run_in_thread,
                                          save_folder, show_failure, unless_closed)
 
-TASKS = {"instances": "instances", "sparse classes": "sparse", "classes (every pixel labelled)": "classes"}  # -> user task
+TASK_LABELS = {"instances": "instances", "partial": "partial instances (unpainted = unknown)",
+               "sparse": "sparse classes", "classes": "classes (every pixel labelled)"}  # user task -> choice
+TASKS = {label: task for task, label in TASK_LABELS.items() if task in USER_TASKS}  # choice -> user task
 SCRATCH, FOLDER = "none (from scratch)", "model folder…"
 LIVE_UNCERTAINTY_MC = 4  # preview MC-dropout passes the widget starts with (the live uncertainty layer)
 SLICES, VOLUME = "2D (slice by slice)", "3D"
@@ -208,13 +211,13 @@ class TrainWidget(PluginWidget):
     def _init_choices(self, _widget=None) -> list[str]:
         task = TASKS.get(getattr(getattr(self, "task", None), "value", "instances"), "instances")
         volume = hasattr(self, "dims") and self._volume_mode()  # the shipped models are 2D
-        pretrained = pretrained_choices() if task == "instances" and not volume else []
+        pretrained = pretrained_choices() if config_task(task) == "instances" and not volume else []
         current = [CURRENT] if getattr(self, "session", None) and self.session.model is not None else []
         return [*current, *pretrained, SCRATCH, FOLDER]
 
     def _on_task_changed(self, _value=None) -> None:
         self.init.reset_choices()
-        self.instance_head.visible = TASKS[self.task.value] == "instances"
+        self.instance_head.visible = config_task(TASKS[self.task.value]) == "instances"
 
     def _volume_mode(self) -> bool:
         """Whether the settings ask for a 3D model (a volume image and the 3D choice)."""
@@ -410,7 +413,7 @@ class TrainWidget(PluginWidget):
         image = self._preview_target
         if image is None or image not in self.viewer.layers:
             return
-        task = "instances" if TASKS[self.task.value] == "instances" else "semantic"
+        task = config_task(TASKS[self.task.value])
         place = self._placed if self._volumes else (lambda a: a)
         labels = show_labels(self.viewer, prediction_name(image.name), place(event.labels), like=image,
                              metadata={"task": task})

@@ -10,18 +10,31 @@ import pytest
 from napari_unet.cli import build_parser, train_request
 from napari_unet.decide.train_request import train_config_for
 from napari_unet.io import pair_files, read_image, read_mask, write_image
-from napari_unet.widgets.train import SCRATCH, TrainWidget
+from napari_unet.widgets.train import SCRATCH, TASK_LABELS, TASKS, TrainWidget
 
 
-@pytest.mark.parametrize("widget_task, head, flags, binary", [
-    ("classes (every pixel labelled)", "3class", ["--task", "semantic"], True),  # {0, 255}: 2 classes both ways
-    ("instances", "star", ["--instance-head", "star"], False),
+def partial_mask(instances: np.ndarray) -> np.ndarray:
+    """A partial instance annotation of ground truth: the top half painted (background 1, objects
+    2..), the bottom half left unannotated (0)."""
+    mask = np.where(instances > 0, instances.astype(np.int64) + 1, 1).astype(np.uint16)
+    mask[mask.shape[0] // 2:] = 0
+    return mask
+
+
+MASKS = {"binary": lambda inst: np.where(inst > 0, 255, 0).astype(np.uint8),
+         "instances": lambda inst: inst.astype(np.uint16), "partial": partial_mask}
+
+
+@pytest.mark.parametrize("widget_task, head, flags, kind", [
+    ("classes (every pixel labelled)", "3class", ["--task", "semantic"], "binary"),  # {0, 255}: 2 classes both ways
+    ("instances", "star", ["--instance-head", "star"], "instances"),
+    (TASK_LABELS["partial"], "3class", ["--sparse"], "partial"),  # partial instances: instances + --sparse
 ])
-def test_cli_and_widget_build_the_same_train_config(make_napari_viewer, tmp_path, widget_task, head, flags, binary):
+def test_cli_and_widget_build_the_same_train_config(make_napari_viewer, tmp_path, widget_task, head, flags, kind):
     from napari_unet.samples import load_sample
 
     image, instances = load_sample()
-    mask = np.where(instances > 0, 255, 0).astype(np.uint8) if binary else instances.astype(np.uint16)
+    mask = MASKS[kind](instances)
     write_image(tmp_path / "images" / "a.tif", image)
     write_image(tmp_path / "masks" / "a.tif", mask)
 
@@ -48,3 +61,10 @@ def test_cli_and_widget_build_the_same_train_config(make_napari_viewer, tmp_path
     assert from_widget.threads is not None  # the widget leaves a core to the viewer; the CLI uses torch's default
     assert replace(from_widget, threads=None) == from_cli
     assert from_cli.n_classes == 2 and from_cli.instance_head == head
+    assert from_cli.sparse == (kind == "partial") and from_cli.task == ("semantic" if kind == "binary" else "instances")
+
+
+def test_every_user_task_is_a_train_widget_choice():
+    from napari_unet.decide.classes import USER_TASKS
+
+    assert sorted(TASKS.values()) == sorted(USER_TASKS)
