@@ -14,8 +14,9 @@ from napari_unet.widgets._layers import (annotation_colormap, annotations_name, 
                                          prediction_name, regions_name)
 from napari_unet.widgets._base import PluginWidget
 
-MODES = {"instances (one id per object)": "instances", "sparse classes (scribbles)": "sparse",
-         "partial instances (objects + background strokes)": "partial"}
+# the first is the default: painting a few objects must not teach the unpainted ones as background
+MODES = {"partial instances (objects + background strokes)": "partial", "instances (one id per object)": "instances",
+         "sparse classes (scribbles)": "sparse"}
 REGION_HELP = ("Draw rectangles or polygons where every object is painted, then click "
                "'Mark region as fully annotated' again: their unpainted pixels become background")
 

@@ -206,7 +206,7 @@ def test_elastic_deform_standalone() -> None:
 def test_config_fields_used() -> None:
     """Every AugmentConfig field name is the one this module reads."""
     names = {f.name for f in dataclasses.fields(AugmentConfig)}
-    assert {"elastic", "elastic_grid", "elastic_sigma", "flip", "rot90", "intensity_scale",
+    assert {"elastic", "elastic_grid", "elastic_sigma", "flip", "rot90", "zoom", "intensity_scale",
             "intensity_shift", "gamma", "noise", "probability"} == names
 
 
@@ -233,3 +233,17 @@ def test_bfloat16_image_uses_float32_geometry() -> None:
     b = augment_batch(image.bfloat16(), labels, None, AugmentConfig(), _gen(11))
     assert b[0].dtype == torch.bfloat16 and torch.equal(a[1], b[1])
     assert (a[0] - b[0].float()).abs().max() < 0.05
+
+
+def test_zoom_magnifies_and_shrinks_objects_within_its_range() -> None:
+    """A disc of radius 8 comes out between half and twice its size; labels stay copies; the image follows."""
+    yy, xx = np.mgrid[:96, :96]
+    disc = torch.from_numpy((((yy - 48) ** 2 + (xx - 48) ** 2) < 64).astype(np.int64)).expand(64, 96, 96)
+    image = disc[:, None].float()
+    cfg = AugmentConfig(elastic=False, flip=False, rot90=False, zoom=2.0, **NO_INTENSITY)
+    out_img, out_lab, _ = augment_batch(image, disc.clone(), None, cfg, _gen(3))
+    scale = (out_lab.sum(dim=(1, 2)).float() / disc[0].sum()).sqrt()  # (B,) linear magnification
+    assert set(out_lab.unique().tolist()) <= {0, 1}
+    assert 0.45 < scale.min() < 0.7 and 1.4 < scale.max() < 2.1
+    assert ((out_img[:, 0] > 0.5) == (out_lab == 1)).float().mean() > 0.99
+    assert torch.equal(augment_batch(image, disc.clone(), None, dataclasses.replace(cfg, zoom=1.0), _gen(3))[1], disc)

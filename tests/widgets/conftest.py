@@ -28,10 +28,11 @@ def nuclei_viewer(make_napari_viewer):
 @pytest.fixture
 def annotated(nuclei_viewer):
     """An Annotate widget on ``nuclei_viewer`` whose annotations layer holds the ground truth."""
-    from napari_unet.widgets.annotate import AnnotateWidget
+    from napari_unet.widgets.annotate import MODES, AnnotateWidget
 
     annotate = AnnotateWidget(nuclei_viewer)
     annotate.image.value = "nuclei"
+    annotate.mode.value = next(k for k, v in MODES.items() if v == "instances")  # the ground truth is dense
     annotate.attach().data = nuclei_viewer.layers["nuclei ground truth"].data.copy()
     return annotate
 

@@ -6,12 +6,15 @@ import numpy as np
 
 from napari_unet.project import Project
 from napari_unet.widgets.annotate import AnnotateWidget, MODES
+
+INSTANCES = next(k for k, v in MODES.items() if v == "instances")
 from napari_unet.widgets._session import session_for
 
 
 def test_attach_creates_annotation_layer_and_training_sample(nuclei_viewer):
     widget = AnnotateWidget(nuclei_viewer)
     widget.image.value = "nuclei"
+    widget.mode.value = INSTANCES
     labels = widget.attach()
     assert labels.name == "nuclei annotations"
     assert labels.data.shape == nuclei_viewer.layers["nuclei"].data.shape
@@ -26,6 +29,7 @@ def test_attach_creates_annotation_layer_and_training_sample(nuclei_viewer):
 def test_threshold_fill_and_remove_small(nuclei_viewer):
     widget = AnnotateWidget(nuclei_viewer)
     widget.image.value = "nuclei"
+    widget.mode.value = INSTANCES
     widget.start_from_threshold()
     labels = nuclei_viewer.layers["nuclei annotations"]
     n_objects = len(np.unique(labels.data)) - 1
@@ -59,6 +63,7 @@ def test_sparse_mode_threshold_marks_background_and_objects(nuclei_viewer):
 def test_accept_prediction_copies_it(nuclei_viewer):
     widget = AnnotateWidget(nuclei_viewer)
     widget.image.value = "nuclei"
+    widget.mode.value = INSTANCES
     truth = nuclei_viewer.layers["nuclei ground truth"].data
     nuclei_viewer.add_labels(truth, name="nuclei prediction", metadata={"task": "instances"})
     widget.accept_prediction()
@@ -70,6 +75,7 @@ def test_accept_prediction_copies_it(nuclei_viewer):
 def test_autosave_and_project_roundtrip(nuclei_viewer, make_napari_viewer, tmp_path, plugin_home):
     widget = AnnotateWidget(nuclei_viewer)
     widget.image.value = "nuclei"
+    widget.mode.value = INSTANCES
     labels = widget.attach()
     labels.paint((50, 60), 1, refresh=True)  # a real brush stroke fires the paint event
     session = session_for(nuclei_viewer)

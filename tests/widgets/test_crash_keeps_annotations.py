@@ -14,7 +14,7 @@ CHILD = r"""
 import sys, numpy as np, napari
 from qtpy.QtCore import QTimer
 from napari_unet.samples import load_sample
-from napari_unet.widgets.annotate import AnnotateWidget
+from napari_unet.widgets.annotate import MODES, AnnotateWidget
 from napari_unet.widgets.train import TrainWidget, SCRATCH
 from napari_unet.widgets._session import session_for
 
@@ -23,6 +23,7 @@ image, truth = load_sample()
 viewer.add_image(image, name="nuclei")
 annotate = AnnotateWidget(viewer)
 annotate.image.value = "nuclei"
+annotate.mode.value = next(k for k, v in MODES.items() if v == "instances")
 labels = annotate.attach()
 labels.data = truth.astype(np.uint32)
 train = TrainWidget(viewer)

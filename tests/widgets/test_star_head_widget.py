@@ -27,7 +27,7 @@ def test_map_head_trains_previews_and_predicts(nuclei_viewer, qtbot, head, thres
     qtbot.waitUntil(lambda: widget.worker is None, timeout=150_000)
     model = widget.session.model
     assert model is not None and model.config.instance_head == head
-    # one image, no validation images: the thresholds were chosen on the training image
+    # one image, validated on held-out objects: the thresholds were chosen on the training image
     assert set(model.postprocess) == thresholds
 
     predict = PredictWidget(viewer)
