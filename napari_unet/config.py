@@ -68,7 +68,8 @@ class AugmentConfig:
     elastic_sigma: float = 10.0  # std-dev of control-point displacements, pixels
     flip: bool = True
     rot90: bool = True
-    zoom: float = 1.0  # objects magnified by a factor drawn log-uniformly in [1/zoom, zoom] (1 = off)
+    zoom: float = 2.0  # objects magnified by a factor drawn log-uniformly in [1/zoom, zoom] (1 = off): the same
+    # objects at another magnification are found, not shattered (docs/experiments.md, "Zoom augmentation")
     intensity_scale: float = 0.2  # image * U(1-s, 1+s)
     intensity_shift: float = 0.1  # image + U(-s, s)
     gamma: float = 0.2  # image ** exp(U(-g, g)) on the [0, 1]-ranged part

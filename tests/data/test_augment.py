@@ -115,8 +115,8 @@ def test_deterministic_with_generator() -> None:
 def test_identity_when_disabled() -> None:
     image, labels, weights = torch.rand(3, 2, 32, 32), _blob_labels(3, (32, 32)), torch.rand(3, 32, 32)
     for cfg in (
-        AugmentConfig(elastic_sigma=0.0, flip=False, rot90=False, **NO_INTENSITY),
-        AugmentConfig(elastic=False, flip=False, rot90=False, **NO_INTENSITY),
+        AugmentConfig(elastic_sigma=0.0, flip=False, rot90=False, zoom=1.0, **NO_INTENSITY),
+        AugmentConfig(elastic=False, flip=False, rot90=False, zoom=1.0, **NO_INTENSITY),
         AugmentConfig(probability=0.0),
     ):
         img, lab, w = augment_batch(image, labels, weights, cfg, _gen())
@@ -131,7 +131,7 @@ def _unique_labels(b: int, side: int) -> torch.Tensor:
 def test_flips_are_exact_without_elastic() -> None:
     image = torch.rand(8, 1, 24, 24)
     labels = _unique_labels(8, 24)
-    cfg = AugmentConfig(elastic=False, **NO_INTENSITY)
+    cfg = AugmentConfig(elastic=False, zoom=1.0, **NO_INTENSITY)
     img, lab, w = augment_batch(image, labels, labels.float(), cfg, _gen(1))
     assert w is not None
     seen = set()
@@ -148,7 +148,7 @@ def test_flips_folded_into_elastic_grid() -> None:
     """With a negligible displacement the combined grid is a pure dihedral transform."""
     image = torch.rand(8, 1, 24, 24)
     labels = _unique_labels(8, 24)
-    cfg = AugmentConfig(elastic_sigma=1e-4, **NO_INTENSITY)
+    cfg = AugmentConfig(zoom=1.0, elastic_sigma=1e-4, **NO_INTENSITY)
     img, lab, _ = augment_batch(image, labels, None, cfg, _gen(2))
     seen = set()
     for i in range(8):
@@ -162,7 +162,7 @@ def test_flips_folded_into_elastic_grid() -> None:
 def test_non_square_skips_rot90() -> None:
     image = torch.rand(6, 1, 16, 32)
     labels = _blob_labels(6, (16, 32))
-    cfg = AugmentConfig(elastic=False, **NO_INTENSITY)
+    cfg = AugmentConfig(elastic=False, zoom=1.0, **NO_INTENSITY)
     img, lab, _ = augment_batch(image, labels, None, cfg, _gen(4))
     for i in range(6):
         cands = [labels[i], labels[i].flip(-1), labels[i].flip(-2), labels[i].flip(-1, -2)]
@@ -178,11 +178,11 @@ def test_probability_selects_samples() -> None:
 
 def test_intensity_only_touches_image() -> None:
     image, labels, weights = torch.rand(4, 1, 32, 32), _blob_labels(4, (32, 32)), torch.rand(4, 32, 32)
-    cfg = AugmentConfig(elastic=False, flip=False, rot90=False)
+    cfg = AugmentConfig(zoom=1.0, elastic=False, flip=False, rot90=False)
     img, lab, w = augment_batch(image, labels, weights, cfg, _gen())
     assert torch.equal(lab, labels) and torch.equal(w, weights)
     assert not torch.allclose(img, image) and torch.isfinite(img).all()
-    gamma_only = AugmentConfig(elastic=False, flip=False, rot90=False, gamma=0.5, intensity_scale=0.0,
+    gamma_only = AugmentConfig(zoom=1.0, elastic=False, flip=False, rot90=False, gamma=0.5, intensity_scale=0.0,
                                intensity_shift=0.0, noise=0.0)
     img, _, _ = augment_batch(image, labels, None, gamma_only, _gen())
     lo, hi = image.amin((1, 2, 3)), image.amax((1, 2, 3))
