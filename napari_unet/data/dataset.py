@@ -19,6 +19,7 @@ from napari_unet.data.targets import (
     semantic_classes,
 )
 from napari_unet.errors import UserError
+from napari_unet.metrics import UNANNOTATED
 from napari_unet.volumes import voxel_spacing
 
 
@@ -37,7 +38,7 @@ class PreparedPair:
         """The instance ids as scored by ``metrics``: -1 on unannotated pixels (partial annotations)."""
         if self.instances is None or not (self.target == IGNORE).any():
             return self.instances
-        return np.where(self.target == IGNORE, -1, self.instances)
+        return np.where(self.target == IGNORE, UNANNOTATED, self.instances.astype(np.int64))  # signed, any id dtype
 
 
 def n_output_classes(cfg: TrainConfig) -> int:

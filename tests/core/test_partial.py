@@ -104,3 +104,14 @@ def test_unpainted_objects_are_found_not_taught_as_background(showcase):
         labels = predict_image(run_to_end(Trainer([(image, mask)], cfg).run()), image).labels
         found[name] = evaluate_instances([(labels, unpainted)], thresholds=(0.5,))["tp"]
     assert found["partial"] >= 40 and found["plain"] <= 5, found
+
+
+def test_held_out_objects_of_a_dense_uint16_mask_score_only_their_zones(showcase):
+    """A plain instance mask (uint16 ids, every pixel annotated): the zones' truth is signed, -1 elsewhere."""
+    image, gt = showcase
+    assert gt.dtype == np.uint16
+    _, val, zones = hold_out_objects(prepare_pairs([(image, gt)], TrainConfig()), 0.15, seed=0)
+    truth = val[0].truth
+    assert truth.dtype.kind == "i" and (truth[~next(iter(zones.values()))] == UNANNOTATED).all()
+    row = evaluate_instances([(gt, truth)], thresholds=(0.5,))["per_image"][0]  # the true labels, whole image
+    assert row["fp50"] == 0 and row["fn50"] == 0 and row["tp50"] == np.unique(truth[truth > 0]).size

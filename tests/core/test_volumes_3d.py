@@ -30,7 +30,7 @@ def test_elastic_displacements_are_physical_across_deep_planes():
     ramps = torch.from_numpy(np.indices(shape).astype(np.float32))  # (3, D, H, W): z, y, x coordinates
     images = ramps[None].repeat(8, 1, 1, 1, 1)  # (8, 3, D, H, W)
     labels = torch.zeros((8, *shape), dtype=torch.int64)
-    cfg = AugmentConfig(flip=False, rot90=False, intensity_scale=0, intensity_shift=0, gamma=0, noise=0,
+    cfg = AugmentConfig(flip=False, rot90=False, zoom=1.0, intensity_scale=0, intensity_shift=0, gamma=0, noise=0,
                         elastic_sigma=2.0)
     moved = {}
     for z_scale in (1.0, 4.0):

@@ -115,13 +115,14 @@ def test_the_installed_wheel_validates_predicts_and_opens_its_sample(venv, tmp_p
     code = ("import json, numpy as np, tifffile\n"
             "from npe2 import PluginManager\n"
             "pm = PluginManager.instance(); pm.discover()\n"
-            "(sample,) = [s for p, s in pm.iter_sample_data() if p == 'napari-unet'][0]\n"
-            "layers = pm.commands.execute(sample.command)\n"
+            "samples = [s for p, s in pm.iter_sample_data() if p == 'napari-unet'][0]\n"
+            "opened = {s.display_name: [(m['name'], t, list(np.shape(d))) for d, m, t in pm.commands.execute(s.command)]"
+            " for s in samples}\n"
             "labels = tifffile.imread(r'%s')\n"
-            "print(json.dumps({'sample': sample.display_name, 'layers': [(m['name'], t, list(np.shape(d))) "
-            "for d, m, t in layers], 'predicted objects': int(labels.max())}))") % labels
+            "print(json.dumps({'layers': opened, 'predicted objects': int(labels.max())}))") % labels
     opened = json.loads(_run([python, "-c", code], cwd=tmp_path).stdout.strip().splitlines()[-1])
-    assert [name for name, _, _ in opened["layers"]] == ["nuclei", "nuclei ground truth"]
+    names = sorted([name for name, _, _ in layers] for layers in opened["layers"].values())
+    assert names == [["nuclei", "nuclei ground truth"], ["stained nuclei", "stained nuclei ground truth"]]
     assert opened["predicted objects"] > 20
     print(f"\nimported from {where}\n{validate.stdout.strip() or validate.stderr.strip()}\n"
           f"{predict.stdout.strip()}\n{opened}")
