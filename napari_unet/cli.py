@@ -215,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "NMS) or 'flow' (Cellpose-style flows followed to object centres), the latter two beside "
                         "the 3 classes; default: %(default)s")
     t.add_argument("--n-classes", type=int, default=None, help="semantic: number of classes (default: from masks)")
-    t.add_argument("--sparse", action="store_true", help="masks are scribbles: 0 = unannotated, 1 = background, 2.. = classes")
+    t.add_argument("--sparse", action="store_true",
+                   help="masks are partial: 0 = not annotated (ignored), 1 = background, 2.. = objects (instances: "
+                        "one id each) or classes (semantic scribbles)")
     t.add_argument("--time-limit", type=float, default=None,
                    help=f"seconds (default {tdef.time_limit:g} when no --epochs/--steps)")
     t.add_argument("--epochs", type=int, default=None)

@@ -11,6 +11,10 @@ Conventions
   greater than ``t``; AP@t = TP / (TP + FP + FN). An image with no objects in either input
   scores AP = 1 (nothing to find, nothing wrongly found).
 * Pooled ("objects pooled") scores sum TP, FP and FN over all images before dividing.
+* A partial ground truth marks pixels nobody annotated with ``UNANNOTATED`` (-1). A predicted
+  object lying mostly (more than half its pixels) there is neither matched nor counted as a
+  false positive: nobody said what is there. The other predictions keep all their pixels, so a
+  prediction that merges a painted object with its unpainted neighbour still misses it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from scipy.sparse.csgraph import maximum_bipartite_matching
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "UNANNOTATED",
+    "drop_unannotated",
     "contingency",
     "match_instances",
     "instance_scores",
@@ -38,6 +44,7 @@ __all__ = [
 
 #: IoU thresholds 0.50, 0.55, ..., 0.95 (the DSB 2018 / COCO-style range).
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+UNANNOTATED = -1  # ground-truth value of pixels nobody annotated (partial annotations)
 
 
 # ----------------------------------------------------------------------------- contingency
@@ -96,6 +103,21 @@ def contingency(
     else:
         cells, counts = np.unique(key, return_counts=True)
     return ids_a, ids_b, cells // nb, cells % nb, counts.astype(np.int64)
+
+
+def drop_unannotated(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A partial ground truth's scoring inputs: predicted objects lying mostly on ``UNANNOTATED``
+    pixels erased, and those pixels made background of ``gt``. A complete ``gt`` passes as is."""
+    gt = np.asarray(gt)
+    if gt.dtype.kind != "i" or gt.size == 0 or gt.min() >= 0:
+        return pred, gt
+    unannotated = (gt == UNANNOTATED).ravel()
+    ids, codes = _dense_codes(_as_labels(pred))
+    total = np.bincount(codes, minlength=len(ids))
+    outside = np.bincount(codes, weights=unannotated, minlength=len(ids))
+    kept = np.where(2 * outside > total, 0, ids)
+    kept[0] = 0
+    return kept[codes].reshape(np.shape(pred)), np.where(gt == UNANNOTATED, 0, gt)
 
 
 def _pair_ious(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
@@ -172,9 +194,9 @@ def instance_scores(
 
     Keys: ``thresholds``, ``tp``, ``fp``, ``fn``, ``ap`` (arrays aligned with ``thresholds``),
     ``n_pred``, ``n_gt``, ``fg_inter``, ``fg_pred``, ``fg_gt``, ``n_pixels``, ``dice``, ``iou``,
-    ``pixel_error``.
+    ``pixel_error``. ``gt`` may be partial (``UNANNOTATED`` pixels, see the module docstring).
     """
-    p = _pair_ious(pred, gt)
+    p = _pair_ious(*drop_unannotated(pred, gt))
     n_pred, n_gt = len(p["ids_pred"]), len(p["ids_gt"])
     tp = np.array([_count_matches(p["pi"], p["gi"], p["iou"], n_pred, n_gt, float(t))
                    for t in thresholds], dtype=np.int64)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from napari_unet.config import TrainConfig
 from napari_unet.data.normalize import prepare_image
@@ -13,6 +14,7 @@ from napari_unet.data.targets import (
     IGNORE,
     class_balance_weights,
     instance_classes,
+    partial_instance_classes,
     pixel_weights,
     semantic_classes,
 )
@@ -30,6 +32,13 @@ class PreparedPair:
     instances: np.ndarray | None = None  # (H, W) ground-truth ids for validation (instances task)
     name: str = ""
 
+    @property
+    def truth(self) -> np.ndarray | None:
+        """The instance ids as scored by ``metrics``: -1 on unannotated pixels (partial annotations)."""
+        if self.instances is None or not (self.target == IGNORE).any():
+            return self.instances
+        return np.where(self.target == IGNORE, -1, self.instances)
+
 
 def n_output_classes(cfg: TrainConfig) -> int:
     """Network output channels for a task: 3 for instances, ``n_classes`` for semantic."""
@@ -45,10 +54,11 @@ def n_output_channels(cfg: TrainConfig) -> int:
 
 def _targets(mask: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:
     if cfg.task == "instances":
-        instances = np.asarray(mask)
-        if instances.min() < 0:
+        if np.asarray(mask).min() < 0:
             raise UserError("instance labels must be >= 0 (0 = background)")
-        return instance_classes(instances, cfg.boundary_width), instances
+        if cfg.sparse:
+            return partial_instance_classes(mask, cfg.boundary_width)
+        return instance_classes(mask, cfg.boundary_width), np.asarray(mask)
     return semantic_classes(mask, cfg.n_classes, cfg.sparse), None
 
 
@@ -74,7 +84,8 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     if annotated.size == 0:
         raise UserError("the labels are empty: nothing is annotated")
     if cfg.task == "instances" and not any(int(t[3].max()) > 0 for t in staged):
-        raise UserError("the masks hold no objects: every pixel is 0 (background)")
+        raise UserError("the masks hold no objects: paint objects with ids 2 and up (1 is background)" if cfg.sparse
+                        else "the masks hold no objects: every pixel is 0 (background)")
     if np.unique(annotated).size < 2:
         raise UserError("the labels hold a single class: annotate background and objects")
     class_w = class_balance_weights(all_targets, k, cfg.loss.balance_power) if cfg.loss.balance_classes else np.ones(k)
@@ -97,6 +108,73 @@ def split_validation(pairs: list[PreparedPair], fraction: float, seed: int,
     val = [pairs[i] for i in sorted(order[:n_val])]
     train = [pairs[i] for i in sorted(order[n_val:])]
     return train, val
+
+
+def objects_brighter(pairs: Sequence[PreparedPair]) -> bool | None:
+    """Whether the annotated objects are brighter than the annotated background (the median of
+    the normalised channels' mean); None when the pairs hold no objects or no background."""
+    inside, outside = [], []
+    for pair in pairs:
+        if pair.instances is None:
+            return None
+        grey = pair.image.mean(axis=0)
+        inside.append(grey[(pair.instances > 0) & (pair.target >= 0)])
+        outside.append(grey[pair.target == 0])
+    inside_px, outside_px = np.concatenate(inside or [[]]), np.concatenate(outside or [[]])
+    if inside_px.size == 0 or outside_px.size == 0:
+        return None
+    return bool(np.median(inside_px) > np.median(outside_px))
+
+
+def objects_brighter_of(bundle) -> bool:
+    """The polarity a model learned (``meta["training"]["objects_brighter"]``); bright objects on
+    a dark background when not recorded, as for the fluorescence nuclei of ``pretrained:nuclei``."""
+    if bundle is None:
+        return True
+    return bool((bundle.meta.get("training") or {}).get("objects_brighter", True))
+
+
+MIN_OBJECTS_TO_HOLD_OUT = 4  # an image with fewer annotated objects lends none to validation
+
+
+def hold_out_objects(pairs: Sequence[PreparedPair], fraction: float,
+                     seed: int) -> tuple[list[PreparedPair], list[PreparedPair], dict[str, np.ndarray]]:
+    """Validation for runs with too few images to hold out whole ones (instances task).
+
+    From every image with at least ``MIN_OBJECTS_TO_HOLD_OUT`` annotated objects, a ``fraction``
+    of them (at least one) is held out together with its zone: the annotated pixels nearer to
+    it than to any other object (a Voronoi cell), its painted background included. Training
+    ignores the zones; each validation pair is the image with only its zones annotated, so it is
+    scored as a partial annotation (``metrics.UNANNOTATED``). This is what lets the fine-tune
+    guard and keep-best work when a user annotated one image. Returns (training pairs,
+    validation pairs, zones by image name) — the zones are re-applied to updated annotations.
+    """
+    rng = np.random.default_rng(seed)
+    zones: dict[str, np.ndarray] = {}
+    val = []
+    for pair in pairs:
+        ids = np.where(pair.target >= 0, pair.instances, 0) if pair.instances is not None else None
+        objects = np.unique(ids[ids > 0]) if ids is not None else np.zeros(0)
+        if fraction <= 0 or len(objects) < MIN_OBJECTS_TO_HOLD_OUT:
+            continue
+        held = rng.choice(objects, max(1, int(round(fraction * len(objects)))), replace=False)
+        nearest = ids[tuple(ndi.distance_transform_edt(ids == 0, return_distances=False, return_indices=True))]
+        zones[pair.name] = np.isin(nearest, held) & (pair.target >= 0)
+        val.append(replace(pair, target=np.where(zones[pair.name], pair.target, IGNORE),
+                           weights=np.zeros_like(pair.weights)))
+    return without_zones(pairs, zones), val, zones
+
+
+def without_zones(pairs: Sequence[PreparedPair], zones: dict[str, np.ndarray]) -> list[PreparedPair]:
+    """``pairs`` with the held-out ``zones`` (by image name, same shape) unannotated: ``IGNORE``, weight 0."""
+    out = []
+    for pair in pairs:
+        zone = zones.get(pair.name)
+        if zone is None or zone.shape != pair.target.shape:
+            out.append(pair)
+            continue
+        out.append(replace(pair, target=np.where(zone, IGNORE, pair.target), weights=np.where(zone, 0, pair.weights)))
+    return out
 
 
 class PatchSampler:

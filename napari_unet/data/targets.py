@@ -5,6 +5,10 @@ Instance task: three classes, 0 = background, 1 = object interior, 2 = object bo
 nuclei: the interiors of two touching objects are never connected, so connected components
 of the predicted interior give one seed per object.
 
+Partial instance annotations (``sparse`` instances): 0 = not annotated (ignored), 1 =
+background, 2.. = objects. Each painted object keeps its own rim as boundary (its painted mask
+says where it ends); unannotated pixels take part in no loss term.
+
 Semantic task: class indices; ``{0, 255}`` masks read as 0/1. In sparse mode (scribbles) the
 napari convention holds: 0 = unannotated (ignored), 1 = background, 2.. = classes.
 """
@@ -45,6 +49,25 @@ def instance_classes(instances: np.ndarray, width: int = 1) -> np.ndarray:
         wide &= ~np.isin(instances, lost)  # those keep the thin rim only
     classes[wide] = 2
     return classes
+
+
+def partial_instances(mask: np.ndarray) -> np.ndarray:
+    """Partial annotation (0 unannotated, 1 background, 2.. objects) -> instance ids (0 = not an object)."""
+    mask = np.asarray(mask).astype(np.int64)
+    return np.where(mask >= 2, mask - 1, 0)
+
+
+def partial_instance_classes(mask: np.ndarray, width: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Partial annotation -> (classes with ``IGNORE`` where unannotated, instance ids).
+
+    The classes are ``instance_classes`` of the painted objects: an object's rim is found from
+    its own painted mask, whether its neighbour is background, another object or unannotated.
+    """
+    mask = np.asarray(mask)
+    ids = partial_instances(mask)
+    classes = instance_classes(ids, width)
+    classes[mask == 0] = IGNORE
+    return classes, ids
 
 
 def semantic_classes(mask: np.ndarray, n_classes: int, sparse: bool) -> np.ndarray:

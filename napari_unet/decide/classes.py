@@ -4,13 +4,17 @@ User tasks (the words the CLI and the widgets offer):
 
 - ``instances``: masks are object ids (0 = background); the network predicts 3 classes
   (background, interior, boundary) or a star/flow head on top; ``n_classes`` is unused (2).
+- ``partial``: partial instance annotations: 0 = not annotated (ignored), 1 = background,
+  2.. = objects (one id each), so a user paints a few objects and background strokes and the
+  unpainted nuclei are not taught as background. The network is the ``instances`` one.
 - ``classes``: every pixel labelled with a class index (0 = background). A mask holding only
   0 and 255 (the common binary file convention) is 2 classes; otherwise the largest value + 1.
 - ``sparse``: scribbles; 0 = not annotated, 1 = background, 2.. = classes, so the largest
   value is the class count (at least 2).
 
-``TrainConfig`` spells them as ``task`` ("instances" | "semantic") plus ``sparse``
-(``user_task`` maps back); a project folder's ``mode`` is the user task itself.
+``TrainConfig`` spells them as ``task`` ("instances" | "semantic") plus ``sparse`` (partial
+instances are ``instances`` + ``sparse``; ``user_task`` maps back); a project folder's ``mode``
+is the user task itself.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import numpy as np
 
 from napari_unet.errors import UserError
 
-UserTask = Literal["instances", "classes", "sparse"]
-USER_TASKS: tuple[str, ...] = ("instances", "classes", "sparse")
+UserTask = Literal["instances", "partial", "classes", "sparse"]
+USER_TASKS: tuple[str, ...] = ("instances", "partial", "classes", "sparse")
+INSTANCE_TASKS: tuple[str, ...] = ("instances", "partial")  # user tasks trained as TrainConfig.task "instances"
 
 
 @dataclass(frozen=True)
@@ -37,19 +42,24 @@ class TaskClasses:
 
 def user_task(task: str, sparse: bool = False) -> str:
     """The user task for ``TrainConfig``-style ``task`` + ``sparse`` (or a project ``mode``)."""
-    if task == "instances":
-        return "instances"
+    if task in INSTANCE_TASKS:
+        return "partial" if sparse or task == "partial" else "instances"
     if task in ("sparse", "semantic", "classes"):
         return "sparse" if sparse or task == "sparse" else "classes"
     raise UserError(f"unknown task {task!r}; expected one of {', '.join(USER_TASKS)}")
+
+
+def config_task(task: str) -> str:
+    """``TrainConfig.task`` ("instances" | "semantic") of a user task."""
+    return "instances" if user_task(task) in INSTANCE_TASKS else "semantic"
 
 
 def task_and_classes(masks: Iterable[np.ndarray], task: str, n_classes: int | None = None) -> TaskClasses:
     """``TrainConfig`` task, sparse flag and class count for ``masks`` under a user task
     (``n_classes`` given: used as is, after a check that the masks fit it)."""
     task = user_task(task)
-    if task == "instances":
-        return TaskClasses("instances", False, 2)
+    if task in INSTANCE_TASKS:
+        return TaskClasses("instances", task == "partial", 2)
     values = np.unique(np.concatenate([np.unique(np.asarray(m)) for m in masks] or [np.zeros(1, np.int64)]))
     if values.size and values.min() < 0:
         raise UserError(f"class masks cannot hold negative values (found {values.min()})")

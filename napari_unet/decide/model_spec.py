@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from napari_unet.decide.classes import config_task
 from napari_unet.errors import UserError
 
 CURRENT = "current model"  # the model trained or loaded in this viewer
@@ -59,7 +60,7 @@ def start_model(spec: str | None, task: str, architecture: dict[str, int] | None
 
     architecture = architecture or {}
     if spec is None:
-        spec = "none" if architecture else default_init(task)
+        spec = "none" if architecture else default_init(config_task(task))
     start = resolve_model(spec, current, required=False)
     if start is None:
         return None

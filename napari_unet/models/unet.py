@@ -125,6 +125,15 @@ class UNet(nn.Module):
             for gate in self.gates:
                 nn.init.kaiming_normal_(gate.psi.weight, nonlinearity="linear")  # then sigmoid
 
+    # ------------------------------------------------------------------ input layer
+    @property
+    def input_layer(self) -> tuple[nn.Module, nn.Module | None]:
+        """The first convolution (whose weights see the image's channels) and the norm after it
+        (None without one); fine-tuning adapts them to another channel count or polarity."""
+        body = self.encoders[0].body if len(self.encoders) else self.bottleneck.body  # encoders have no 1x1 reduce
+        norm = body[1] if isinstance(body[1], (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)) else None
+        return body[0], norm
+
     # ------------------------------------------------------------------ sizes
     @property
     def size_multiple(self) -> int:

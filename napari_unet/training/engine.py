@@ -21,8 +21,9 @@ import torch
 
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
-from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, n_output_channels, n_output_classes,
-                                      prepare_pairs, split_validation)
+from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, hold_out_objects, n_output_channels,
+                                      n_output_classes, objects_brighter, objects_brighter_of, prepare_pairs,
+                                      split_validation, without_zones)
 from napari_unet.data.normalize import has_nonfinite, prepare_image
 from napari_unet.data.flow_targets import flow_targets
 from napari_unet.data.star_targets import GRID, pack, star_targets, unpack
@@ -30,7 +31,7 @@ from napari_unet.models.heads import has_instance_maps, is_star
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
 from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
-from napari_unet.training.checkpoint import load_compatible_weights
+from napari_unet.training.checkpoint import load_compatible_weights, transfer_input_layer
 from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstrap_win_rate
 from napari_unet.training import guard
 from napari_unet.training.device import (autocast, describe, describe_precision, release_cached_memory, start_run,
@@ -107,7 +108,11 @@ class Trainer:
         return PatchSampler(pairs, patch_shape(self.cfg), rng, focus_annotated=focus_annotated,
                             with_instances=has_instance_maps(self.cfg))
 
-    def _build(self, device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, list[str]]:
+    def _build(self, device: torch.device, channels_last: bool,
+               brighter: bool | None = None) -> tuple[torch.nn.Module, list[str]]:
+        """The network, with the starting model's weights where they fit (``fresh``: the names left
+        initialised). The start's first layer is carried over to another channel count, and
+        inverted when the annotated objects' polarity (``brighter``) is not the start's."""
         net = build_network(self.cfg)
         fresh: list[str] = []
         if self._init is not None:
@@ -117,6 +122,11 @@ class Trainer:
             elif self._init.config.instance_head != self.cfg.instance_head:  # another instance head: fresh outputs
                 state = {k: v for k, v in state.items() if not k.startswith(("head.", "side."))}
             fresh = load_compatible_weights(net, state)
+            input_weight = next(name for name, p in net.named_parameters() if p is net.input_layer[0].weight)
+            invert = brighter is not None and brighter != objects_brighter_of(self._init)
+            if invert or input_weight in fresh:
+                transfer_input_layer(net, self._init.net, invert)
+                fresh = [name for name in fresh if name != input_weight]
         net.to(device)
         if channels_last:
             net.to(memory_format=torch.channels_last)
@@ -137,17 +147,25 @@ class Trainer:
                           level="warning")
 
         prepared = prepare_pairs(self._pairs, cfg, self._names)
+        zones: dict[str, np.ndarray] = {}  # objects held out for validation, by image (one or two images)
         if self._validation is not None:
             train_pairs, val_pairs = prepared, prepare_pairs(self._validation, cfg)
         else:
             train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed,
                                                       cfg.validation_max_images)
+            if not val_pairs and cfg.task == "instances":
+                train_pairs, val_pairs, zones = hold_out_objects(prepared, cfg.validation_fraction, cfg.seed)
+                if val_pairs:
+                    held = sum(np.unique(p.truth[p.truth > 0]).size for p in val_pairs)
+                    yield Message(f"validation on {held} held-out annotated object(s) "
+                                  "(too few images to hold out whole ones)")
         sampler = self._patches(train_pairs, rng, cfg.sparse)
         synthetic = self._synthetic_sampler(rng)
         if synthetic is not None:
             sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
             yield Message(f"{len(synthetic.pairs)} synthetic pair(s) supply {cfg.synthetic_ratio:.0%} of the patches")
-        net, fresh = self._build(device, channels_last)
+        brighter = objects_brighter(train_pairs)
+        net, fresh = self._build(device, channels_last, brighter)
         if self._init is not None:
             yield Message(f"fine-tuning; re-initialised {len(fresh)} tensors that did not fit" if fresh else "fine-tuning")
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -181,7 +199,7 @@ class Trainer:
         while not self._stop.is_set() and fraction_done() < 1.0:
             pending = self._take_pending()
             if pending is not None:
-                train_pairs = prepare_pairs(pending[0], cfg, pending[1])
+                train_pairs = without_zones(prepare_pairs(pending[0], cfg, pending[1]), zones)
                 sampler = self._patches(train_pairs, rng, cfg.sparse)
                 if synthetic is not None:
                     sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
@@ -253,7 +271,8 @@ class Trainer:
         meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "setup_seconds": round(setup_seconds, 1),
                              "device": describe(device),
                              "images": len(train_pairs), "validation_images": len(val_pairs),
-                             "stopped_early": stopped, "batch_size": batch},
+                             "stopped_early": stopped, "batch_size": batch,
+                             "objects_brighter": brighter if brighter is not None else objects_brighter_of(self._init)},
                 "validation": best_metrics}
         if record is not None:
             meta["training"][guard.KEY] = record
@@ -276,7 +295,8 @@ class Trainer:
             yield Message(f"{cfg.instance_head} post-processing on {len(tune_on)} {which} image(s): AP@0.5 "
                           f"{postprocess['ap50_default']:.3f} (default) -> {postprocess['ap50']:.3f} with the {how} "
                           f"thresholds (probability > {postprocess['prob_threshold']}, {second})")
-        elif cfg.task == "instances" and val_pairs and (kept or not stopped):
+        elif cfg.task == "instances" and val_pairs and not zones and (kept or not stopped):
+            # (not on held-out objects: a rule chosen on a few objects of one image does not carry)
             tune_start = time.perf_counter()
             tuned = self._tune_postprocess(net, val_pairs, dtype, kept.get("probs", []), kept.get("rule_counts"))
             meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
@@ -396,7 +416,7 @@ class Trainer:
 
         if not probs:
             probs, known = [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs], None
-        tuned = tune_thresholds(probs, [p.instances for p in val_pairs], known=known)
+        tuned = tune_thresholds(probs, [p.truth for p in val_pairs], known=known)
         if tuned["seed_threshold"] is None and tuned["split_height"] is None and tuned["fg_threshold"] == 0.5:
             return None  # the argmax rule
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
@@ -410,7 +430,7 @@ class Trainer:
         if not maps:
             maps = [predict_normalized(net, p.image, n_output_channels(self.cfg), PredictConfig(), dtype)
                     for p in val_pairs]
-        tuned = tune_head_thresholds(self.cfg.instance_head, maps, [p.instances for p in val_pairs])
+        tuned = tune_head_thresholds(self.cfg.instance_head, maps, [p.truth for p in val_pairs])
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
     def _save_checkpoint(self, net: torch.nn.Module, step: int, seconds: float) -> None:

@@ -61,11 +61,11 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     if keep is not None:
         keep["probs"] = probs
     if has_instance_maps(cfg):
-        return _head_scores(cfg.instance_head, probs, [p.instances for p in pairs], keep)
+        return _head_scores(cfg.instance_head, probs, [p.truth for p in pairs], keep)
     if cfg.task == "instances":
-        metrics = evaluate_instances([(instances_from_probabilities(pr), p.instances) for pr, p in zip(probs, pairs)])
+        metrics = evaluate_instances([(instances_from_probabilities(pr), p.truth) for pr, p in zip(probs, pairs)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
-        gts = [p.instances for p in pairs]
+        gts = [p.truth for p in pairs]
         by_rule = {(None, None, 0.5): np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in metrics["per_image"]],
                                                np.float64)}
         by_rule.update({(seed, split, 0.5): rule_counts(probs, gts, seed, 0.5, split) for seed, split in SCORE_RULES})
