@@ -363,7 +363,8 @@ def run_condition(condition: str, annotated: Sample, scored: dict[str, list[Samp
         info.update(zip(("painted", "annotated_px"), painted(mask, task)))
         info.update(steps=int(training["steps"]), seconds=float(training["seconds"]),
                     setup_seconds=training.get("setup_seconds"), task=task,
-                    warnings=[m for m in messages if "guard" in m or "warning" in m.lower()])
+                    guard=(training.get("fine_tune_guard") or {}).get("kept"),  # None: the guard did not run
+                    messages=messages)
         segment = unet_segmenter(bundle)
     return info, segment
 
@@ -416,7 +417,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                     rows.append(row)
                     print(f"  {dataset:11s} {condition:9s} seed {seed} {mag}: AP@0.5 {s['ap50']:.3f} "
                           f"({s['n_pred']} pred / {s['n_gt']} gt), {info['steps']} steps, {info['seconds']:.0f} s, "
-                          f"{info['painted']} objects painted, load {load:.1f}", flush=True)
+                          f"{info['painted']} objects painted, load {load:.1f}"
+                          + (", the guard kept the starting model" if info.get("guard") == "start model" else ""), flush=True)
                 save(rows, out, header)
     print(f"\nwrote {out}")
     return rows
@@ -440,7 +442,8 @@ def mean_ap(rows: list[dict[str, Any]], **match: Any) -> float | None:
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'commit':12s} {'budget':>9s} {'order':11s} {'dataset':11s} {'condition':9s} {'mag':3s} "
-            f"{'AP@0.5 mean ± sd':>17s} {'n':>2s} {'steps mean [min-max]':>21s} {'train s':>7s} {'painted':>7s}")
+            f"{'AP@0.5 mean ± sd':>17s} {'n':>2s} {'steps mean [min-max]':>21s} {'train s':>7s} {'painted':>7s} "
+            f"{'start kept':>10s}")
     lines = [head, "-" * len(head)]
     for key in _key_order(rows):
         sel = [r for r in rows if (r["commit"], r["budget"], r["order"], r["dataset"], r["condition"],
@@ -451,7 +454,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{key[0]:12s} {key[1]:>9s} {key[2]:11s} {key[3]:11s} {key[4]:9s} {key[5]:3s} "
                      f"{ap.mean():9.3f} ± {sd:.3f} {len(ap):2d} "
                      f"{np.mean(steps):8.0f} [{min(steps):4d}-{max(steps):4d}] "
-                     f"{np.mean([r['seconds'] for r in sel]):7.0f} {np.mean([r['painted'] for r in sel]):7.1f}")
+                     f"{np.mean([r['seconds'] for r in sel]):7.0f} {np.mean([r['painted'] for r in sel]):7.1f} "
+                     f"{sum(r.get('guard') == 'start model' for r in sel):10d}")
     return "\n".join(lines)
 
 
