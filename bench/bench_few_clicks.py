@@ -496,7 +496,8 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """AP@0.5 at 1x against painted objects K, a line per data set; full (dashed) and rf (dotted) as
-    horizontal markers in the line's colour. Uses the newest commit's rows of each data set."""
+    horizontal markers in the line's colour. Per data set one (commit, budget, order): that of the
+    last row with a K condition (files merged later win), else of its last row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -504,8 +505,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     one = [r for r in rows if r["magnification"] == "1x"]
+    shown: set[str] = set()
     for i, dataset in enumerate(d for d in DATASETS if any(r["dataset"] == d for r in one)):
         sel = [r for r in one if r["dataset"] == dataset]
+        last = ([r for r in sel if r["condition"].startswith("K=")] or sel)[-1]
+        sel = [r for r in sel if (r["commit"], r["budget"], r["order"]) == (last["commit"], last["budget"], last["order"])]
+        shown.add(f"{last['commit']}, {last['budget']}, {last['order']} order")
         colour = f"C{i}"
         ks = [k for k in K_VALUES if mean_ap(sel, condition=f"K={k}") is not None]
         if ks:
@@ -516,10 +521,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 ax.hlines(value, K_VALUES[0], K_VALUES[-1], colors=colour, linestyles=style,
                           label=f"{dataset} {cond}")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(K_VALUES, [str(k) for k in K_VALUES])
     ax.set_xlabel("objects painted (K, each with a background ring)")
     ax.set_ylabel("AP@0.5 on the other images")
     ax.set_ylim(0, 1)
+    ax.set_title("one annotated image; " + "; ".join(sorted(shown)), fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
