@@ -418,7 +418,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                     print(f"  {dataset:11s} {condition:9s} seed {seed} {mag}: AP@0.5 {s['ap50']:.3f} "
                           f"({s['n_pred']} pred / {s['n_gt']} gt), {info['steps']} steps, {info['seconds']:.0f} s, "
                           f"{info['painted']} objects painted, load {load:.1f}"
-                          + (", the guard kept the starting model" if info.get("guard") == "start model" else ""), flush=True)
+                          + (", the guard kept the starting model" if info.get("guard") == "start model" else ""),
+                          flush=True)
                 save(rows, out, header)
     print(f"\nwrote {out}")
     return rows
@@ -465,7 +466,8 @@ def ratio_lines(rows: list[dict[str, Any]]) -> str:
     groups = sorted({(r["commit"], r["budget"], r["order"], r["dataset"]) for r in rows},
                     key=lambda g: (g[0], g[1], g[2], DATASETS.index(g[3]) if g[3] in DATASETS else 99))
     for commit, budget, order, dataset in groups:
-        sel = [r for r in rows if (r["commit"], r["budget"], r["order"], r["dataset"]) == (commit, budget, order, dataset)]
+        sel = [r for r in rows
+               if (r["commit"], r["budget"], r["order"], r["dataset"]) == (commit, budget, order, dataset)]
         parts = []
 
         def ratio(label: str, a: float | None, b: float | None) -> None:
@@ -485,13 +487,34 @@ def ratio_lines(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def print_tables(rows: list[dict[str, Any]]) -> None:
+def baseline_lines(rows: list[dict[str, Any]], baseline: str) -> str:
+    """Each other commit's conditions against ``full`` of the ``baseline`` commit ("today's figure"),
+    per data set, budget and magnification: mean AP@0.5 ratios."""
+    lines = []
+    others = sorted({(r["commit"], r["budget"], r["order"], r["dataset"]) for r in rows if r["commit"] != baseline})
+    for commit, budget, order, dataset in others:
+        for mag in ("1x", "2x"):
+            today = mean_ap(rows, commit=baseline, budget=budget, dataset=dataset, condition="full", magnification=mag)
+            if not today:
+                continue
+            aps = {c: mean_ap(rows, commit=commit, budget=budget, order=order, dataset=dataset, condition=c,
+                              magnification=mag) for c in CONDITIONS}
+            parts = [f"{c} {ap / today:.2f}" for c, ap in aps.items() if ap is not None]
+            lines.append(f"{commit} {budget} {order} {dataset} {mag} / full@{baseline} ({today:.3f}): "
+                         + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def print_tables(rows: list[dict[str, Any]], baseline: str | None = None) -> None:
     print("\nAP@0.5 (objects pooled) over seeds; steps = optimiser steps per run (load shows here)")
     print(summary_table(rows))
     ratios = ratio_lines(rows)
     if ratios:
         print("\nratios of mean AP@0.5 (1x unless marked)")
         print(ratios)
+    if baseline:
+        print(f"\nagainst today's figure: mean AP@0.5 / mean AP@0.5 of full at {baseline}")
+        print(baseline_lines(rows, baseline) or "(no rows of that commit)")
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -509,7 +532,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for i, dataset in enumerate(d for d in DATASETS if any(r["dataset"] == d for r in one)):
         sel = [r for r in one if r["dataset"] == dataset]
         last = ([r for r in sel if r["condition"].startswith("K=")] or sel)[-1]
-        sel = [r for r in sel if (r["commit"], r["budget"], r["order"]) == (last["commit"], last["budget"], last["order"])]
+        same = ("commit", "budget", "order")
+        sel = [r for r in sel if all(r[k] == last[k] for k in same)]
         shown.add(f"{last['commit']}, {last['budget']}, {last['order']} order")
         colour = f"C{i}"
         ks = [k for k in K_VALUES if mean_ap(sel, condition=f"K={k}") is not None]
@@ -547,6 +571,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--score-limit", type=int, default=16, help="images scored per data set")
     parser.add_argument("--json", type=Path, default=None, help=f"rows go here (default {RESULTS})")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="only print the tables of these files")
+    parser.add_argument("--baseline", default=None, metavar="COMMIT",
+                        help="also print every condition against full of this commit (e.g. a76456b)")
     parser.add_argument("--plot", type=Path, default=None, help="also draw AP@0.5 against K to this PNG")
     args = parser.parse_args(argv)
     if args.merge:
@@ -554,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{len(rows)} rows from {len(args.merge)} file(s)")
     else:
         rows = run_all(args)
-    print_tables(rows)
+    print_tables(rows, args.baseline)
     if args.plot:
         plot(rows, args.plot)
 
