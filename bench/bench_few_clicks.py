@@ -489,18 +489,23 @@ def ratio_lines(rows: list[dict[str, Any]]) -> str:
 
 def baseline_lines(rows: list[dict[str, Any]], baseline: str) -> str:
     """Each other commit's conditions against ``full`` of the ``baseline`` commit ("today's figure"),
-    per data set, budget and magnification: mean AP@0.5 ratios."""
+    per data set, budget and magnification: mean AP@0.5 ratios, today's mean over the same seeds."""
     lines = []
     others = sorted({(r["commit"], r["budget"], r["order"], r["dataset"]) for r in rows if r["commit"] != baseline})
     for commit, budget, order, dataset in others:
+        seeds = sorted({r["seed"] for r in rows if (r["commit"], r["budget"], r["order"], r["dataset"])
+                        == (commit, budget, order, dataset)})
         for mag in ("1x", "2x"):
-            today = mean_ap(rows, commit=baseline, budget=budget, dataset=dataset, condition="full", magnification=mag)
+            sel = [r["ap50"] for r in rows if r["commit"] == baseline and r["budget"] == budget
+                   and r["dataset"] == dataset and r["condition"] == "full" and r["magnification"] == mag
+                   and r["seed"] in seeds]
+            today = float(np.mean(sel)) if sel else None
             if not today:
                 continue
             aps = {c: mean_ap(rows, commit=commit, budget=budget, order=order, dataset=dataset, condition=c,
                               magnification=mag) for c in CONDITIONS}
             parts = [f"{c} {ap / today:.2f}" for c, ap in aps.items() if ap is not None]
-            lines.append(f"{commit} {budget} {order} {dataset} {mag} / full@{baseline} ({today:.3f}): "
+            lines.append(f"{commit} {budget} {order} {dataset} {mag} / full@{baseline} seeds {seeds} ({today:.3f}): "
                          + ", ".join(parts))
     return "\n".join(lines)
 
