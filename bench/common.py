@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("NAPARI_UNET_DATA", REPO.parent / "shared" / "data")).resolve()
 DSB = DATA / "dsb2018_fluo"
 ISBI = DATA / "isbi2012_em"
+DSB_OTHER = DATA / "dsb2018_other"
 
 Sample = tuple[str, np.ndarray, np.ndarray]
 
@@ -49,6 +50,31 @@ def load_dsb(split: str, limit: int | None = None) -> list[Sample]:
         name = row["name"]
         img = _read_gray(DSB / "images" / f"{name}.png").astype(np.uint8)
         mask = _read_gray(DSB / "masks" / f"{name}.png").astype(np.uint16)
+        out.append((name, img, mask))
+    return out
+
+
+def dsb_other_index(kind: str | None = None, split: str | None = None) -> list[dict[str, str]]:
+    """Rows of ``dsb2018_other/index.csv``, optionally one ``kind`` ('stained-colour' or
+    'brightfield-grey') and one split ('train' or 'val')."""
+    with (DSB_OTHER / "index.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [r for r in rows if (kind is None or r["kind"] == kind) and (split is None or r["split"] == split)]
+
+
+def load_dsb_other(kind: str, split: str, limit: int | None = None) -> list[Sample]:
+    """Load ``(name, image uint8 (H, W) or RGB (H, W, 3), mask uint16 (H, W))`` of one kind and split
+    of dsb2018_other (alpha, if any, dropped)."""
+    rows = dsb_other_index(kind, split)
+    if not rows:
+        raise ValueError(f"no {kind!r} images for split {split!r} in {DSB_OTHER}")
+    out: list[Sample] = []
+    for row in rows[:limit]:
+        name = row["name"]
+        img = np.asarray(iio.imread(DSB_OTHER / "images" / f"{name}.png")).astype(np.uint8)
+        if img.ndim == 3:
+            img = img[..., :3]
+        mask = _read_gray(DSB_OTHER / "masks" / f"{name}.png").astype(np.uint16)
         out.append((name, img, mask))
     return out
 
