@@ -181,7 +181,10 @@ class Trainer:
         if total_steps is None and cfg.time_limit is None:
             raise ValueError("give at least one of steps, epochs or time_limit")
 
-        start_model = yield from self._score_start(net, fresh, val_pairs, dtype)
+        # The starting model never saw the annotations: with held-out objects (one or two images) it is
+        # scored on all of them, the fine-tuned model on the held-out ones only (a fair estimate each;
+        # the start's from five times the objects: two held-out objects alone made ties the rule).
+        start_model = yield from self._score_start(net, fresh, val_pairs, dtype, prepared if zones else None)
         start = time.perf_counter()  # the time limit covers training, not data preparation
         setup_seconds = start - setup_start
         yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
@@ -354,10 +357,13 @@ class Trainer:
         return float(loss.detach())
 
     def _score_start(self, net: torch.nn.Module, fresh: list[str], val_pairs: Sequence[PreparedPair],
-                     dtype: torch.dtype | None) -> Generator[object, None, dict]:
+                     dtype: torch.dtype | None,
+                     annotated: Sequence[PreparedPair] | None = None) -> Generator[object, None, dict]:
         """Score the starting model (``net`` before training) for the fine-tune guard (``training.guard``).
 
-        Returns ``{}`` for a run from scratch (or with the guard off), ``{"record": ...}`` when the
+        ``annotated``: every annotated pair, when validation holds out objects (the starting model never
+        saw any annotation, so all of them score it). Returns ``{}`` for a run from scratch (or with the
+        guard off), ``{"record": ...}`` when the
         guard cannot run, else the start's ``metrics``, validation ``kept`` (probabilities and
         counts, which replace the run's if the starting model stays), CPU ``state`` and ``seconds``.
         """
@@ -369,10 +375,11 @@ class Trainer:
         if not val_pairs:
             return {"record": guard.not_run("no validation images")}
         began, kept = time.perf_counter(), {}
-        metrics = validate(net, val_pairs, self.cfg, dtype, self._stop.is_set, kept)
+        metrics = validate(net, annotated or val_pairs, self.cfg, dtype, self._stop.is_set, kept)
         if metrics is None:
             return {"record": guard.not_run("stopped while scoring the starting model")}
-        yield Message(f"starting model: validation score {metrics['score']:.3f} on {len(val_pairs)} image(s)")
+        on = "all annotated objects" if annotated else f"{len(val_pairs)} image(s)"
+        yield Message(f"starting model: validation score {metrics['score']:.3f} on {on}")
         return {"metrics": metrics, "kept": kept, "state": cpu_state_dict(net), "seconds": time.perf_counter() - began}
 
     def _guard_record(self, start_model: dict, best_metrics: dict, n_val: int) -> dict | None:
