@@ -258,7 +258,8 @@ class Trainer:
         if val_pairs and not stopped:  # a stopped run ends now: no final validation
             latest = {}
             metrics = validate(net, val_pairs, cfg, dtype, keep=latest)
-            improved = self._final_is_better(metrics, best_score, latest, kept)
+            # held-out objects of one image are too few to prefer an earlier model to the final one
+            improved = bool(zones) or self._final_is_better(metrics, best_score, latest, kept)
             if improved:
                 best_state, best_metrics, kept = None, metrics, latest
             yield ValidationReport(step, metrics, improved, time.perf_counter() - start)

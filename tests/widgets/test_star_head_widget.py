@@ -22,6 +22,7 @@ def test_map_head_trains_previews_and_predicts(nuclei_viewer, qtbot, head, thres
     widget = TrainWidget(viewer)
     small_settings(widget)
     widget.patch_size.value = 128  # the rays (and flows) need whole nuclei in view
+    widget.preview_every.value = 3.0  # fewer whole-image previews: the fixed steps, not the previews, take the time
     request = widget.request
     widget.request = lambda: replace(request(), steps=STEPS, time_limit=None)  # steps: a busy machine trains the same
     assert widget.instance_head.value == "3class"  # the default, read from TrainConfig
