@@ -115,8 +115,7 @@ def drop_unannotated(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.n
     ids, codes = _dense_codes(_as_labels(pred))
     total = np.bincount(codes, minlength=len(ids))
     outside = np.bincount(codes, weights=unannotated, minlength=len(ids))
-    kept = np.where(2 * outside > total, 0, ids)
-    kept[0] = 0
+    kept = np.where(2 * outside > total, 0, ids)  # ids[0] is background (0) already
     return kept[codes].reshape(np.shape(pred)), np.where(gt == UNANNOTATED, 0, gt)
 
 

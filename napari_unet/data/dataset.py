@@ -154,9 +154,11 @@ def hold_out_objects(pairs: Sequence[PreparedPair], fraction: float,
     zones: dict[str, np.ndarray] = {}
     val = []
     for pair in pairs:
-        ids = np.where(pair.target >= 0, pair.instances, 0) if pair.instances is not None else None
-        objects = np.unique(ids[ids > 0]) if ids is not None else np.zeros(0)
-        if fraction <= 0 or len(objects) < MIN_OBJECTS_TO_HOLD_OUT:
+        if pair.instances is None or fraction <= 0:
+            continue
+        ids = np.where(pair.target >= 0, pair.instances, 0)
+        objects = np.unique(ids[ids > 0])
+        if len(objects) < MIN_OBJECTS_TO_HOLD_OUT:
             continue
         held = rng.choice(objects, max(1, int(round(fraction * len(objects)))), replace=False)
         nearest = ids[tuple(ndi.distance_transform_edt(ids == 0, return_distances=False, return_indices=True))]
