@@ -232,6 +232,8 @@ def load_state(folder: str | os.PathLike) -> TrainingState:
 
     folder = Path(folder)
     recover_model_folder(folder)  # a save a kill interrupted between its two renames
+    if not folder.is_dir():
+        raise UserError(f"no such model folder: {folder}")
     if not has_state(folder):
         raise UserError(f"{folder} holds no training state to resume ({STATE_TENSORS} and {STATE_JSON}); "
                         "only folders written by napari-unet training runs do")
@@ -248,12 +250,16 @@ def load_state(folder: str | os.PathLike) -> TrainingState:
 
 
 def load_resumable(folder: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
-    """``load_bundle(folder)`` with its training state attached (``bundle.resume``) when it has one."""
+    """``load_bundle(folder)`` with its training state attached (``bundle.resume``) when it has a
+    readable one; the model alone otherwise (the state only matters to resuming)."""
     from napari_unet.models.bundle import load_bundle
 
     bundle = load_bundle(folder, device)
     if has_state(folder):
-        bundle.resume = load_state(folder)
+        try:
+            bundle.resume = load_state(folder)
+        except UserError:
+            pass
     return bundle
 
 
