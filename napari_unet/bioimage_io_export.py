@@ -312,9 +312,11 @@ def _identifier(name: str, i: int) -> str:
 
 def _save_own_model(bundle: Any, folder: Path) -> Path:
     """napari-unet's model folder for the attachments; float16 weights stay float16 (shipped models)."""
+    import dataclasses
+
     from napari_unet.models.bundle import save_bundle
 
-    save_bundle(bundle, folder)
+    save_bundle(dataclasses.replace(bundle, resume=None), folder)  # a package carries no training state
     if bundle.meta.get("weights_dtype") == "float16":
         from safetensors.torch import save_file
 

@@ -4,7 +4,8 @@ It lives beside the networks so training and inference both import it downward (
 
 On disk a model folder holds ``model.safetensors`` and ``model.json``; the JSON carries the
 full ``TrainConfig`` (architecture, task, normalisation), so the network is rebuilt from the
-folder alone and no pickle is involved.
+folder alone and no pickle is involved. A folder a training run wrote also holds the run's
+training state (``training.state``: two more files), which ``--resume`` continues from.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ModelBundle:
     net: torch.nn.Module
     config: TrainConfig
     meta: dict[str, Any] = field(default_factory=dict)
+    resume: Any = None  # the run's ``training.state.TrainingState`` (saved beside the weights), or None
 
     @property
     def task(self) -> str:
@@ -90,10 +92,10 @@ def cpu_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_bundle(bundle: ModelBundle, folder: str | os.PathLike) -> Path:
-    """Write the model folder atomically."""
+    """Write the model folder atomically (with the run's training state, when the bundle has one)."""
     meta = stamp_model_meta(bundle.meta, MODEL_KIND, FORMAT_VERSION, bundle.config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in cpu_state_dict(bundle.net).items()}
-    return save_model_folder(folder, state, meta)
+    return save_model_folder(folder, state, meta, bundle.resume.files() if bundle.resume is not None else None)
 
 
 def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

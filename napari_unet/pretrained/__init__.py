@@ -116,6 +116,8 @@ def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = No
     import torch
     from safetensors.torch import save_file
 
+    import dataclasses
+
     from napari_unet.models.bundle import save_bundle
 
     folder = REGISTRY[name].folder
@@ -123,7 +125,7 @@ def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = No
     card_text = card.read_text() if card.is_file() else None
     if figures is not None:
         bundle.meta["val_split"] = figures
-    save_bundle(bundle, folder)  # replaces the whole folder atomically
+    save_bundle(dataclasses.replace(bundle, resume=None), folder)  # the whole folder, atomically; no training state
     if card_text is not None:
         card.write_text(card_text)
     state = {k: (v.to(torch.float16) if v.is_floating_point() else v).detach().cpu().contiguous()

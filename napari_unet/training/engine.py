@@ -4,7 +4,8 @@
 ``Preview`` and finally ``Finished``; it returns the best ``ModelBundle``. The CLI drives it
 with a progress bar, the napari widget in a thread worker. Stopping takes effect at the next
 step (``Trainer.stop()``), and new annotations can be swapped in while it runs
-(``Trainer.update_pairs()``).
+(``Trainer.update_pairs()``). Checkpoints and the returned model carry the run's training state
+(``training.state``), from which ``Trainer.resuming`` continues a stopped or killed run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from napari_unet.training import guard
 from napari_unet.training.device import (autocast, describe, describe_precision, release_cached_memory, start_run,
                                           with_device_sizes)
 from napari_unet.training.losses import flow_loss, segmentation_loss, star_loss
+from napari_unet.training.state import (Position, Sitting, TrainingState, capture, check_same_data, data_fingerprint,
+                                        fraction_of, restore, resumed_config, step_budget)
 from napari_unet.training.validation import validate
 from napari_unet.volumes import check_volume_config, patch_shape, voxel_spacing
 
@@ -63,13 +66,18 @@ class Trainer:
     def __init__(self, pairs: Pairs, cfg: TrainConfig, *, init: ModelBundle | None = None,
                  names: Sequence[str] | None = None, validation: Pairs | None = None,
                  preview_image: np.ndarray | None = None,
-                 checkpoint_to: str | os.PathLike | None = None, synthetic: Pairs | None = None) -> None:
+                 checkpoint_to: str | os.PathLike | None = None, synthetic: Pairs | None = None,
+                 resume: TrainingState | None = None) -> None:
         """``checkpoint_to``: model folder saved atomically every ``cfg.checkpoint_every`` seconds.
 
         ``synthetic``: extra (image, mask) pairs (e.g. from the diffusion model) that supply a
         ``cfg.synthetic_ratio`` share of the training patches; validation uses real pairs only.
+        ``resume``: continue that run (its starting model replaces ``init``); see ``resuming``.
         """
         self.cfg = cfg
+        self._resume = resume
+        if resume is not None:
+            init = resume.start_bundle()
         self._synthetic = synthetic
         self._checkpoint_to = None if checkpoint_to is None else Path(checkpoint_to)
         self._pairs, self._names, self._validation = pairs, names, validation
@@ -78,6 +86,15 @@ class Trainer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pending: tuple[Pairs, Sequence[str] | None] | None = None
+        self._per_epoch = 1  # steps per epoch of the training pairs (set by ``run``)
+
+    @classmethod
+    def resuming(cls, state: TrainingState, pairs: Pairs, cfg: TrainConfig | None = None, **kwargs) -> "Trainer":
+        """A Trainer that continues ``state``'s run on ``pairs`` with ``cfg`` (``training.state.resumed_config``;
+        default: the stored config and budget). ``UserError`` unless ``pairs``, ``names`` and
+        ``synthetic`` (in ``kwargs``, as for ``Trainer``) are the data the run trained on."""
+        check_same_data(state, pairs, kwargs.get("names"), kwargs.get("synthetic"))
+        return cls(pairs, cfg if cfg is not None else resumed_config(state), resume=state, **kwargs)
 
     def stop(self) -> None:
         """Ask the run to end at its next step; the best model so far is kept."""
@@ -95,6 +112,8 @@ class Trainer:
     def _take_pending(self) -> tuple[Pairs, Sequence[str] | None] | None:
         with self._lock:
             pending, self._pending = self._pending, None
+        if pending is not None:  # the data a checkpoint's fingerprint describes
+            self._pairs, self._names = pending
         return pending
 
     def _synthetic_sampler(self, rng: np.random.Generator) -> PatchSampler | None:
@@ -174,10 +193,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
-        total_steps = cfg.steps
-        if cfg.epochs is not None:
-            epoch_steps = cfg.epochs * steps_per_epoch(train_pairs, cfg)
-            total_steps = min(total_steps or epoch_steps, epoch_steps)
+        self._per_epoch = steps_per_epoch(train_pairs, cfg)
+        total_steps = step_budget(cfg, self._per_epoch)
         if total_steps is None and cfg.time_limit is None:
             raise ValueError("give at least one of steps, epochs or time_limit")
 
@@ -189,18 +206,16 @@ class Trainer:
         setup_seconds = start - setup_start
         yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
                       f"in {setup_seconds:.1f} s; {cfg.batch_size} patches of side {cfg.patch_size} per step")
-        best_state, best_score, best_metrics = None, -1.0, {}
-        kept: dict = {}  # validation probabilities and per-image counts of the model kept so far
-        step, losses, batch = 0, [], cfg.batch_size
+        sitting = Sitting(net, optimizer, scaler, rng, generator, device)
+        pos = yield from self._position(sitting)  # step, best model so far...; restored when resuming
+        losses: list[float] = []
         last_report = last_val = last_preview = last_checkpoint = start
+        start -= pos.seconds  # a resumed run's clock goes on from its earlier sittings (time limit, progress)
         k = n_output_channels(cfg)
         net.train()
 
         def fraction_done() -> float:
-            elapsed = time.perf_counter() - start
-            parts = [step / total_steps] if total_steps else []
-            parts += [elapsed / cfg.time_limit] if cfg.time_limit else []
-            return max(parts)
+            return fraction_of(pos.step, time.perf_counter() - start, total_steps, cfg.time_limit)
 
         while not self._stop.is_set() and fraction_done() < 1.0:
             pending = self._take_pending()
@@ -213,19 +228,21 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.learning_rate, fraction_done())
             try:
-                loss = self._step(net, optimizer, scaler, sampler.sample(batch), device, dtype, channels_last, generator)
+                loss = self._step(net, optimizer, scaler, sampler.sample(pos.batch), device, dtype, channels_last,
+                                  generator)
             except torch.cuda.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
                 release_cached_memory(device)
-                if batch == 1:
+                if pos.batch == 1:
                     raise UserError("the GPU ran out of memory even with batch size 1; "
                                     "use a smaller patch size or train on the CPU") from None
-                batch //= 2
-                yield Message(f"GPU out of memory: batch size halved to {batch}; retrying", level="warning")
+                pos.batch //= 2
+                yield Message(f"GPU out of memory: batch size halved to {pos.batch}; retrying", level="warning")
                 continue
             except MemoryError:
                 raise UserError("out of memory (RAM) while training; use a smaller batch or patch size") from None
-            step += 1
+            pos.step += 1
+            step = pos.step
             losses.append(loss)
             now = time.perf_counter()
             elapsed = now - start
@@ -235,34 +252,36 @@ class Trainer:
                 yield LossReport(step, float(np.mean(losses)), elapsed)
                 losses, last_report = [], now
             if self._checkpoint_to is not None and cfg.checkpoint_every and now - last_checkpoint >= cfg.checkpoint_every:
-                self._save_checkpoint(net, step, now - start)
+                self._save_checkpoint(sitting, pos, now - start)
                 last_checkpoint = time.perf_counter()
             if val_pairs and now - last_val >= cfg.validate_every:
                 latest: dict = {}
                 metrics = validate(net, val_pairs, cfg, dtype, self._stop.is_set, latest)
                 if metrics is None:  # cancelled half-way through
                     break
-                improved = metrics["score"] > best_score
+                improved = metrics["score"] > pos.best_score
                 if improved:
-                    best_state, best_score, best_metrics = cpu_state_dict(net), metrics["score"], metrics
-                    kept = latest
+                    pos.best_state, pos.best_score, pos.best_metrics = cpu_state_dict(net), metrics["score"], metrics
+                    pos.kept = latest
                 yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
                 last_val = time.perf_counter()
             if self._preview is not None and cfg.preview_every > 0 and now - last_preview >= cfg.preview_every:
                 yield self._preview_event(net, step, dtype, k)
                 last_preview = time.perf_counter()
 
-        stopped = self._stop.is_set()
+        stopped, finished, step = self._stop.is_set(), fraction_done() >= 1.0, pos.step
         if losses:  # steps since the last report (a fast GPU can finish between two reports)
             yield LossReport(step, float(np.mean(losses)), time.perf_counter() - start)
         if val_pairs and not stopped:  # a stopped run ends now: no final validation
             latest = {}
             metrics = validate(net, val_pairs, cfg, dtype, keep=latest)
             # held-out objects of one image are too few to prefer an earlier model to the final one
-            improved = bool(zones) or self._final_is_better(metrics, best_score, latest, kept)
+            improved = bool(zones) or self._final_is_better(metrics, pos.best_score, latest, pos.kept)
             if improved:
-                best_state, best_metrics, kept = None, metrics, latest
+                pos.best_state, pos.best_metrics, pos.kept = None, metrics, latest
             yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
+        resume = self._snapshot(sitting, pos, finished, time.perf_counter() - start)  # before the best weights load
+        best_state, best_metrics, kept, batch = pos.best_state, pos.best_metrics, pos.kept, pos.batch
         record = self._guard_record(start_model, best_metrics, len(val_pairs))
         if record is not None and record["kept"] == guard.START:
             best_state, best_metrics, kept = start_model["state"], start_model["metrics"], start_model["kept"]
@@ -272,7 +291,7 @@ class Trainer:
         if best_state is not None:
             net.load_state_dict(best_state)
         net.eval()
-        del optimizer, scaler
+        del optimizer, scaler, sitting
         release_cached_memory(device)  # the optimiser state and activations; the model stays
         elapsed = time.perf_counter() - start
         meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "setup_seconds": round(setup_seconds, 1),
@@ -318,7 +337,7 @@ class Trainer:
                               f"(seeds > {tuned['seed_threshold']}{split}, foreground > {tuned['fg_threshold']})")
         if postprocess:
             meta["postprocess"] = postprocess
-        bundle = ModelBundle(net, cfg, meta)
+        bundle = ModelBundle(net, cfg, meta, resume)
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
 
@@ -446,10 +465,29 @@ class Trainer:
         tuned = tune_head_thresholds(self.cfg.instance_head, maps, [p.truth for p in val_pairs])
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
-    def _save_checkpoint(self, net: torch.nn.Module, step: int, seconds: float) -> None:
-        """Save the current weights atomically so a killed run still leaves a usable model."""
-        meta = {"training": {"steps": step, "seconds": round(seconds, 1), "checkpoint": True}}
-        save_bundle(ModelBundle(net, self.cfg, meta), self._checkpoint_to)
+    def _position(self, sitting: Sitting) -> Generator[object, None, Position]:
+        """Where the loop starts: step 0, or where the resumed run stopped (its weights, optimiser,
+        best model and random states are restored into ``sitting``)."""
+        if self._resume is None:
+            return Position(batch=self.cfg.batch_size)
+        pos, warning = restore(self._resume, sitting)
+        yield Message(f"resuming at step {pos.step} ({pos.seconds:.0f} s trained)")
+        if warning is not None:
+            yield Message(warning, level="warning")
+        return pos
+
+    def _snapshot(self, sitting: Sitting, pos: Position, finished: bool, seconds: float) -> TrainingState:
+        """The run's training state now (``training.state``)."""
+        data = {"data": data_fingerprint(self._pairs, self._names), "synthetic": data_fingerprint(self._synthetic),
+                "steps_per_epoch": self._per_epoch}
+        return capture(sitting, pos, self.cfg, finished=finished, seconds=seconds, init=self._init, data=data)
+
+    def _save_checkpoint(self, sitting: Sitting, pos: Position, seconds: float) -> None:
+        """Save the current weights and the training state atomically: a killed run still leaves a
+        usable model, and ``--resume`` continues it."""
+        meta = {"training": {"steps": pos.step, "seconds": round(seconds, 1), "checkpoint": True}}
+        state = self._snapshot(sitting, pos, False, seconds)
+        save_bundle(ModelBundle(sitting.net, self.cfg, meta, state), self._checkpoint_to)
 
     def _preview_event(self, net: torch.nn.Module, step: int, dtype: torch.dtype | None, k: int) -> Preview:
         from napari_unet.inference.postprocess import labels_from_probabilities
