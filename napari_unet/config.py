@@ -15,6 +15,7 @@ T = TypeVar("T")
 
 Task = Literal["instances", "semantic"]
 InstanceHead = Literal["3class", "star", "flow"]
+Polarity = Literal["keep", "auto"]  # "auto": bright-background images are inverted before the network
 INSTANCE_HEADS: tuple[str, ...] = ("3class", "star", "flow")  # what an instance model outputs (``models.heads``)
 
 
@@ -128,6 +129,7 @@ class TrainConfig:
     low_precision: bool | None = None  # bf16 on CPU / AMP on CUDA; None = auto
     sparse: bool = False  # labels use 0 = unannotated, 1 = background, 2.. = classes
     percentiles: tuple[float, float] = (1.0, 99.8)
+    polarity: Polarity = "keep"  # "auto": images with a bright background are inverted (data.normalize.POLARITIES)
     boundary_width: int = 1  # instances task: pixels of each object's rim that form the boundary class
     checkpoint_every: float | None = None  # seconds between atomic saves to the Trainer's checkpoint folder
     synthetic_ratio: float = 0.0  # fraction of patches drawn from the Trainer's synthetic pairs (0..1)

@@ -72,7 +72,7 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     staged = []
     for i, (image, mask) in enumerate(pairs):
         name = names[i] if names else f"image {i}"
-        chw = prepare_image(image, cfg.model.in_channels, cfg.percentiles, cfg.model.dims)
+        chw = prepare_image(image, cfg.model.in_channels, cfg.percentiles, cfg.model.dims, cfg.polarity)
         mask = np.asarray(mask)
         if mask.ndim == cfg.model.dims + 1 and mask.shape[-1] in (3, 4):
             mask = mask[..., 0]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from napari_unet.config import PredictConfig
+from napari_unet.data.normalize import bright_background
 from napari_unet.errors import UserError
 from napari_unet.models.heads import is_flow, is_star
 from napari_unet.events import Finished, Message, Progress
@@ -80,15 +81,25 @@ class ChannelsFirst:
 
 
 def sampled_percentiles(view: ChannelsFirst, percentiles: tuple[float, float],
-                        max_pixels: int = 4_000_000) -> np.ndarray:
-    """(C, 2) low/high percentiles from a regular sub-grid of at most ``max_pixels`` pixels."""
+                        max_pixels: int = 4_000_000, polarity: str = "keep") -> np.ndarray:
+    """(C, 2) low/high percentiles from a regular sub-grid of at most ``max_pixels`` pixels.
+
+    ``polarity="auto"`` and a bright background (``normalize.bright_background`` of the sample's
+    channel mean): high/low instead, so ``Normalized`` inverts the image as ``normalize`` does.
+    """
     _, h, w = view.shape
     stride = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
     step = stride * max(1, 256 // stride)  # read bands of rows, keep every stride-th pixel
     rows = [view[(slice(None), slice(y, min(y + step, h)), slice(None))][:, ::stride, ::stride]
             for y in range(0, h, step)]
     sample = np.concatenate(rows, axis=1).reshape(view.shape[0], -1)
-    return np.stack([np.percentile(c[np.isfinite(c)], percentiles) for c in sample])
+    bounds = np.stack([np.percentile(c[np.isfinite(c)], percentiles) for c in sample])
+    if polarity == "auto":
+        grey = sample.mean(axis=0)
+        grey = grey[np.isfinite(grey)]
+        if grey.size and bright_background(float(np.median(grey)), *np.percentile(grey, percentiles)):
+            return bounds[:, ::-1].copy()
+    return bounds
 
 
 class Normalized:
@@ -97,8 +108,9 @@ class Normalized:
     def __init__(self, view: ChannelsFirst, bounds: np.ndarray) -> None:
         self.view, self.shape = view, view.shape
         lo, hi = bounds[:, 0], bounds[:, 1]
+        span = hi - lo  # negative for an inverted image (``sampled_percentiles``)
         self.lo = lo[:, None, None].astype(np.float32)
-        self.scale = (1.0 / np.maximum(hi - lo, 1e-6))[:, None, None].astype(np.float32)
+        self.scale = (1.0 / np.where(np.abs(span) < 1e-6, 1e-6, span))[:, None, None].astype(np.float32)
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         return (self.view[key] - self.lo) * self.scale
@@ -150,7 +162,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     out = Path(out)
     view = ChannelsFirst(image, bundle.config.model.in_channels)
     _, h, w = view.shape
-    bounds = sampled_percentiles(view, tuple(bundle.config.percentiles))
+    bounds = sampled_percentiles(view, tuple(bundle.config.percentiles), polarity=bundle.config.polarity)
     net = bundle.net.eval()
     dtype = low_precision_dtype(next(net.parameters()).device, None)
     spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=cfg.overlap))

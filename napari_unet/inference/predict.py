@@ -159,7 +159,7 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictCo
     if array_layout(image.shape, False, mcfg.in_channels, mcfg.dims).is_stack:  # a 2D model, slice by slice
         slices = [predict_probabilities(bundle, plane, cfg, mc_dropout, seed + z) for z, plane in enumerate(image)]
         return np.stack(slices, axis=1)  # (K, Z, H, W)
-    chw = prepare_image(image, mcfg.in_channels, bundle.config.percentiles, mcfg.dims)
+    chw = prepare_image(image, mcfg.in_channels, bundle.config.percentiles, mcfg.dims, bundle.config.polarity)
     device = next(bundle.net.parameters()).device
     dtype = low_precision_dtype(device, None)
     net = bundle.net

@@ -94,9 +94,12 @@ def resolve_model(spec: str | os.PathLike) -> Path:
 def fine_tune_config(cfg: Any, init: Any) -> Any:
     """``cfg`` (a ``TrainConfig``) adapted to start from ``init`` (a ``ModelBundle``).
 
-    Takes the starting model's architecture and normalisation, keeping this task's input
-    channels (the Trainer re-initialises what then does not fit: first layer, head), and scales
-    the learning rate by ``FINE_TUNE_LR``: a trained network needs smaller steps.
+    Takes the starting model's architecture and normalisation percentiles, keeping this task's
+    input channels (the Trainer re-initialises what then does not fit: first layer, head), and
+    scales the learning rate by ``FINE_TUNE_LR``: a trained network needs smaller steps. Not its
+    ``polarity``: the fine-tuned model keeps the images as they are, and the Trainer inverts the
+    first layer when the annotated objects are darker than their background
+    (``checkpoint.transfer_input_layer``), which the user's annotations tell for sure.
     """
     from dataclasses import replace
 

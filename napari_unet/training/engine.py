@@ -493,7 +493,8 @@ class Trainer:
         from napari_unet.inference.postprocess import labels_from_probabilities
         from napari_unet.inference.predict import predict_normalized
 
-        chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles, self.cfg.model.dims)
+        chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles, self.cfg.model.dims,
+                            self.cfg.polarity)
         net.eval()
         uncertainty = None
         try:
