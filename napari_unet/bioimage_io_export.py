@@ -142,7 +142,11 @@ def readme_text(bundle: Any, info: PackageInfo) -> str:
         f"- Input `{INPUT_ID}`: float32 (batch, channel, {', '.join('zyx'[-mcfg.dims:])}) raw intensities; "
         f"the `scale_range` preprocessing maps each channel's per-image percentiles {low} / {high} to 0 / 1, "
         "as napari-unet does.\n"
-        f"- Output `{OUTPUT_ID}`: float32 softmax probabilities (not logits) of "
+        + ("- Polarity: napari-unet inverts an image whose median lies nearer its high percentile than its "
+           "low one (a bright background) before this network; bioimage.io has no such step, so invert "
+           "such images (max - x) before giving them to this package.\n"
+           if bundle.config.polarity == "auto" else "")
+        + f"- Output `{OUTPUT_ID}`: float32 softmax probabilities (not logits) of "
         f"{', '.join(bundle.class_names)}.\n"
         "- Instance post-processing (seeded watershed) is not part of the bioimage.io model. napari-unet's "
         "own model folder travels as attachments (`model.json`, `model.safetensors`): "
