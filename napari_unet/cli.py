@@ -245,8 +245,9 @@ def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from napari_unet import heads
     from napari_unet.batch import BatchConfig
-    from napari_unet.config import CPU_SIZES, CUDA_SIZES, INSTANCE_HEADS, PredictConfig, TrainConfig, UNetConfig
+    from napari_unet.config import CPU_SIZES, CUDA_SIZES, PredictConfig, TrainConfig, UNetConfig
     from napari_unet.decide.train_request import SYNTHETIC_SHARE
 
     # defaults shown in --help come from the config dataclasses, never retyped here
@@ -259,10 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("masks", help="folder of masks matched to images by file name")
     t.add_argument("--out", default=None, help="model folder to write (with --resume: default the resumed folder)")
     t.add_argument("--task", choices=("instances", "semantic"), default=tdef.task, help="default: %(default)s")
-    t.add_argument("--instance-head", choices=INSTANCE_HEADS, default=tdef.instance_head,
-                   help="instances: '3class' (interior/boundary + watershed), 'star' (StarDist rays + polygon "
-                        "NMS) or 'flow' (Cellpose-style flows followed to object centres), the latter two beside "
-                        "the 3 classes; default: %(default)s")
+    t.add_argument("--instance-head", choices=heads.names(), default=tdef.instance_head,
+                   help=f"instances: {heads.described()}; default: %(default)s")
     t.add_argument("--n-classes", type=int, default=None, help="semantic: number of classes (default: from masks)")
     t.add_argument("--sparse", action="store_true",
                    help="masks are partial: 0 = not annotated (ignored), 1 = background, 2.. = objects (instances: "
@@ -319,8 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label file format (default: %(default)s)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities (float32)")
     p.add_argument("--uncertainty", action="store_true",
-                   help="MC-dropout: also write <stem>_uncertainty (total, aleatoric, epistemic; "
-                        "star / flow models add shape)")
+                   help="MC-dropout: also write <stem>_uncertainty (total, aleatoric, epistemic"
+                        + "".join(f"; {' / '.join(names)} models add {kind}"
+                                  for kind, names in heads.uncertainty_givers().items()) + ")")
     p.add_argument("--mc-samples", type=int, default=bdef.mc_samples,
                    help="dropout samples for --uncertainty (default: %(default)s)")
     p.add_argument("--workers", type=int, default=bdef.workers,

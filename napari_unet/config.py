@@ -14,9 +14,8 @@ from typing import Any, Literal, TypeVar
 T = TypeVar("T")
 
 Task = Literal["instances", "semantic"]
-InstanceHead = Literal["3class", "star", "flow"]
+InstanceHead = str  # a name in the instance-head registry (``napari_unet.heads.names()``)
 Polarity = Literal["keep", "auto"]  # "auto": bright-background images are inverted before the network
-INSTANCE_HEADS: tuple[str, ...] = ("3class", "star", "flow")  # what an instance model outputs (``models.heads``)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -103,7 +102,9 @@ class TrainConfig:
     """Everything a training run needs besides the data."""
 
     task: Task = "instances"
-    instance_head: InstanceHead = "3class"  # instances: 3 classes + watershed, + StarDist rays, or + Cellpose-style flows
+    # instances: what the model outputs, a registered ``heads`` name; the default is also what model folders
+    # written before heads existed hold (no key): 3 classes + watershed
+    instance_head: InstanceHead = "3class"
     n_rays: int = 32  # star head: rays per pixel
     model: UNetConfig = field(default_factory=UNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -31,8 +31,9 @@ SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 
 
 class Probabilities(nn.Module):
-    """The U-Net followed by its output maps in float32: a softmax over classes (for a star
-    head then the object probability and the ray lengths in pixels, ``models.heads``)."""
+    """The U-Net followed by its output maps in float32: a softmax over classes, or the maps of
+    the model's instance head (``heads.Head.maps``, e.g. then a star head's object probability
+    and ray lengths in pixels)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()

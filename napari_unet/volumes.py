@@ -62,9 +62,11 @@ def check_volume_config(cfg) -> None:
 
 
 def check_head_dims(task: str, instance_head: str, dims: int) -> None:
-    """Raise ``UserError`` when an instance head cannot run in ``dims`` D (only 3class does 3D)."""
-    if dims == 3 and task == "instances" and instance_head != "3class":
-        raise UserError(f"the {instance_head!r} instance head is 2D only; 3D models use the 3class head")
+    """Raise ``UserError`` when an instance head cannot run in ``dims`` D (``heads.Head.dims``)."""
+    if task == "instances":
+        from napari_unet import heads
+
+        heads.get(instance_head).check_dims(dims)
 
 
 def z_scale_of(scale: Sequence[float]) -> float:

@@ -2,7 +2,7 @@
 
 ``predict_large`` reads the image tile by tile (``tiling.iter_tiled``), writes blended
 probabilities to an on-disk Zarr array in bands of whole chunks, then labels instances block by
-block with seams resolved (``blockwise.instances_blockwise``). With MC-dropout samples each tile
+block with seams resolved (the instance head's ``instances_blockwise``). With MC-dropout samples each tile
 also gets its uncertainty maps (``predict.mc_dropout_tile_fn``: the same dropout masks in every
 tile, so the maps are seam-free and equal the whole-image ones), streamed the same way. Each
 output then gets its resolution pyramid (``omezarr.build_pyramid``, block by block). Memory holds
@@ -21,12 +21,11 @@ from typing import Any, Generator
 import numpy as np
 import torch
 
+from napari_unet import heads
 from napari_unet.config import PredictConfig
 from napari_unet.data.normalize import bright_background
 from napari_unet.errors import UserError
-from napari_unet.models.heads import is_flow, is_star
 from napari_unet.events import Finished, Message, Progress
-from napari_unet.inference.blockwise import instances_blockwise
 from napari_unet.inference.tiling import Slab, iter_tiled
 from napari_unet.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
 from napari_unet.models.bundle import ModelBundle
@@ -149,7 +148,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     """Predict a 2D array-like ``image`` (numpy, zarr, dask) into the OME-Zarr ``out`` (labels),
     streaming; with ``probabilities`` also keep ``<out>_probabilities`` (K, H, W float16); with
     ``cfg.mc_samples`` > 0 labels come from the MC-dropout mean and ``<out>_uncertainty``
-    (total, aleatoric, epistemic[, shape for a star / flow head]; 3 or 4, H, W float16) is written
+    (total, aleatoric, epistemic[, the instance head's own, e.g. shape]; 3 or 4, H, W float16) is written
     too. Every output gets a resolution pyramid down to ``min_level_size`` pixels. Yields
     ``Progress`` per tile and per block, then ``Finished``."""
     from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
@@ -198,22 +197,12 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
         push(None)
     labels_dtype = np.uint32
     labels = create_ome_zarr(out, (h, w), labels_dtype, (chunk, chunk), ["y", "x"], labels=True)
-    if is_star(bundle.config):
-        from napari_unet.inference.star import star_blockwise
-
-        objects = yield from star_blockwise(probs, labels, chunk, halo, cfg.min_size, **bundle.postprocess)
-    elif is_flow(bundle.config):
-        from napari_unet.inference.flows import flows_blockwise
-
-        objects = yield from flows_blockwise(probs, labels, chunk, halo, cfg.min_size, **bundle.postprocess)
-    elif bundle.task == "instances":
-        import zarr
-
-        scratch = zarr.open_array(str(out.with_name(f".{out.name}.seeds")), mode="w", shape=(h, w),
-                                  chunks=(chunk, chunk), dtype=np.uint32, zarr_format=2)
-        objects = yield from instances_blockwise(probs, labels, scratch, chunk, halo, cfg.min_size,
-                                                 **bundle.postprocess)  # the model's tuned thresholds
-        shutil.rmtree(out.with_name(f".{out.name}.seeds"), ignore_errors=True)
+    head = heads.of(bundle.config)
+    if head is not None:  # the instance head's block-wise instances, with the model's tuned thresholds
+        scratch = out.with_name(f".{out.name}.seeds")
+        objects = yield from head.instances_blockwise(probs, labels, chunk, halo, cfg.min_size, scratch,
+                                                      **bundle.postprocess)
+        shutil.rmtree(scratch, ignore_errors=True)
     else:
         for y in range(0, h, chunk):
             labels[y:y + chunk] = np.asarray(probs[:, y:y + chunk]).argmax(axis=0).astype(labels_dtype)

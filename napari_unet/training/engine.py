@@ -20,24 +20,23 @@ from typing import Generator, Sequence
 import numpy as np
 import torch
 
+from napari_unet import heads
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
 from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, hold_out_objects, n_output_channels,
-                                      n_output_classes, objects_brighter, objects_brighter_of, prepare_pairs,
+                                      objects_brighter, objects_brighter_of, prepare_pairs,
                                       split_validation, without_zones)
 from napari_unet.data.normalize import has_nonfinite, prepare_image
-from napari_unet.data.flow_targets import flow_targets
-from napari_unet.data.star_targets import GRID, pack, star_targets, unpack
-from napari_unet.models.heads import has_instance_maps, is_star
+from napari_unet.data.targets import pack, unpack
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
 from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
 from napari_unet.training.checkpoint import load_compatible_weights, transfer_input_layer
-from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstrap_win_rate
+from napari_unet.training.calibrate import CONFIDENCE, bootstrap_win_rate
 from napari_unet.training import guard
 from napari_unet.training.device import (autocast, describe, describe_precision, release_cached_memory, start_run,
                                           with_device_sizes)
-from napari_unet.training.losses import flow_loss, segmentation_loss, star_loss
+from napari_unet.training.losses import segmentation_loss
 from napari_unet.training.state import (Position, Sitting, TrainingState, capture, check_same_data, data_fingerprint,
                                         fraction_of, restore, resumed_config, step_budget)
 from napari_unet.training.validation import validate
@@ -123,9 +122,10 @@ class Trainer:
         return self._patches(prepare_pairs(self._synthetic, self.cfg), rng)
 
     def _patches(self, pairs: Sequence[PreparedPair], rng: np.random.Generator, focus_annotated: bool = False) -> PatchSampler:
-        """The patch sampler for ``pairs``; a star or flow head's batches also carry the instance ids."""
+        """The patch sampler for ``pairs``; batches also carry the instance ids when the head needs them."""
+        head = heads.of(self.cfg)
         return PatchSampler(pairs, patch_shape(self.cfg), rng, focus_annotated=focus_annotated,
-                            with_instances=has_instance_maps(self.cfg))
+                            with_instances=head is not None and head.needs_ids)
 
     def _build(self, device: torch.device, channels_last: bool,
                brighter: bool | None = None) -> tuple[torch.nn.Module, list[str]]:
@@ -304,37 +304,26 @@ class Trainer:
             meta["training"][guard.KEY] = record
         same_head = self._init is not None and (self._init.task, self._init.config.instance_head) == (cfg.task, cfg.instance_head)
         postprocess = self._init.postprocess if same_head else {}
+        head, whole_images = heads.of(cfg), bool(val_pairs) and not zones
         if guard.kept_start(meta):
             pass  # the starting model as it was: its own post-processing, not one re-tuned on these few images
-        elif has_instance_maps(cfg) and (kept or not stopped or not val_pairs):
-            # With no held-out images (one or two annotated images, validated on a few held-out
-            # objects at most) the thresholds are chosen on the training images: two numbers fitted
-            # in-sample, and a short run's object probability is often below the default 0.5
-            # everywhere, which would show the user no objects at all.
-            whole_images = bool(val_pairs) and not zones
+        elif head is not None and (whole_images or head.tunes_in_sample) and \
+                (kept or not stopped or (head.tunes_in_sample and not val_pairs)):
+            # Thresholds are chosen on whole held-out images. A head that ``tunes_in_sample`` (star,
+            # flow) with none (one or two annotated images, validated on a few held-out objects at
+            # most) chooses them on the training images: two numbers fitted in-sample, and a short
+            # run's object probability is often below the default 0.5 everywhere, which would show
+            # the user no objects at all. The 3-class rule is not fitted on a few objects of one
+            # image: it does not carry.
             tune_on = val_pairs if whole_images else train_pairs[:cfg.validation_max_images]
             tune_start = time.perf_counter()
-            postprocess = self._tune_head(net, tune_on, dtype, kept.get("probs", []) if whole_images else [])
-            meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
-            how = "searched" if postprocess["confidence"] >= CONFIDENCE else "default (none clearly better)"
-            which = "validation" if whole_images else "training (no held-out images)"
-            second = (f"NMS overlap {postprocess['nms_threshold']}" if is_star(cfg)
-                      else f"flow error < {postprocess['flow_threshold']}")
-            yield Message(f"{cfg.instance_head} post-processing on {len(tune_on)} {which} image(s): AP@0.5 "
-                          f"{postprocess['ap50_default']:.3f} (default) -> {postprocess['ap50']:.3f} with the {how} "
-                          f"thresholds (probability > {postprocess['prob_threshold']}, {second})")
-        elif cfg.task == "instances" and val_pairs and not zones and (kept or not stopped):
-            # (not on held-out objects: a rule chosen on a few objects of one image does not carry)
-            tune_start = time.perf_counter()
-            tuned = self._tune_postprocess(net, val_pairs, dtype, kept.get("probs", []), kept.get("rule_counts"))
+            tuned = self._tune(net, tune_on, dtype, kept.get("probs", []) if whole_images else [],
+                               kept.get("rule_counts") if whole_images else None)
             meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
             if tuned is not None:
                 postprocess = tuned
-                split = f", split at saddles {tuned['split_height']} px" if tuned["split_height"] else ""
-                how = "searched" if tuned["confidence"] >= RULE_CONFIDENCE else "default (no rule clearly better)"
-                yield Message(f"post-processing on {len(val_pairs)} validation image(s): AP@0.5 "
-                              f"{tuned['ap50_argmax']:.3f} (argmax rule) -> {tuned['ap50']:.3f} with the {how} rule "
-                              f"(seeds > {tuned['seed_threshold']}{split}, foreground > {tuned['fg_threshold']})")
+                which = "validation" if whole_images else "training (no held-out images)"
+                yield Message(head.tune_message(tuned, len(tune_on), which))
         if postprocess:
             meta["postprocess"] = postprocess
         bundle = ModelBundle(net, cfg, meta, resume)
@@ -347,7 +336,7 @@ class Trainer:
         """One optimiser step on a batch of (images, targets, weights[, instance ids]); returns the loss."""
         images, targets, weights, *ids = (torch.from_numpy(a).to(device) for a in arrays)
         spacing = voxel_spacing(self.cfg)
-        if ids:  # star / flow head: the ids go through the same nearest-neighbour warp as the classes
+        if ids:  # the head learns from the ids: they go through the same nearest-neighbour warp as the classes
             images, codes, weights = augment_batch(images, pack(targets, ids[0]), weights, self.cfg.augment, generator,
                                                    spacing)
             targets, warped = unpack(codes)
@@ -357,13 +346,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             logits = net(images)  # (B, K, P, P)
-        if ids and is_star(self.cfg):
-            prob, dist = (torch.from_numpy(a).to(device) for a in star_targets(warped.cpu().numpy(), self.cfg.n_rays))
-            loss = star_loss(logits, targets, weights, prob, dist, n_output_classes(self.cfg),
-                             self.cfg.loss.dice_weight, GRID)
-        elif ids:  # flow head
-            prob, flows = (torch.from_numpy(a).to(device) for a in flow_targets(warped.cpu().numpy()))
-            loss = flow_loss(logits, targets, weights, prob, flows, n_output_classes(self.cfg), self.cfg.loss.dice_weight)
+        head = heads.of(self.cfg)
+        extra = [torch.from_numpy(a).to(device) for a in head.targets(warped.cpu().numpy(), self.cfg)] if ids else []
+        if head is not None:
+            loss = head.loss(logits, targets, weights, extra, self.cfg)
         else:
             loss = segmentation_loss(logits, targets, weights, self.cfg.loss.dice_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -432,38 +418,22 @@ class Trainer:
             return False
         return bootstrap_win_rate(best["counts"], final["counts"]) < CONFIDENCE
 
-    def _tune_postprocess(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair],
-                          dtype: torch.dtype | None, probs: list[np.ndarray],
-                          known: dict | None = None) -> dict | None:
-        """Post-processing chosen on the validation images (``tune_thresholds``; None: the argmax rule).
+    def _tune(self, net: torch.nn.Module, pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
+              maps: list[np.ndarray], known: dict | None = None) -> dict | None:
+        """The instance head's post-processing chosen on ``pairs`` (``Head.tune``; None: its default).
 
-        ``probs``: the kept model's validation probabilities (from the validation that chose
-        it), else empty and predicted here; ``known``: the per-rule counts that validation scored
-        on them. A stopped run is tuned too, on those probabilities
-        (post-processing only, a few seconds), so a model a user stops early still splits
-        touching objects like one that ran to its end.
+        ``maps``: the kept model's validation maps (from the validation that chose it), else
+        empty and predicted here; ``known``: what validation scored on them (``Head.score``'s
+        ``rule_counts``). A stopped run is tuned too, on those maps (post-processing only, a few
+        seconds), so a model a user stops early splits touching objects like one that ran to its end.
         """
         from napari_unet.inference.predict import predict_normalized
-        from napari_unet.training.calibrate import tune_thresholds
-
-        if not probs:
-            probs, known = [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs], None
-        tuned = tune_thresholds(probs, [p.truth for p in val_pairs], known=known)
-        if tuned["seed_threshold"] is None and tuned["split_height"] is None and tuned["fg_threshold"] == 0.5:
-            return None  # the argmax rule
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
-
-    def _tune_head(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
-                   maps: list[np.ndarray]) -> dict:
-        """The star / flow head's thresholds chosen on the validation images (``tune_head_thresholds``)."""
-        from napari_unet.inference.predict import predict_normalized
-        from napari_unet.training.calibrate import tune_head_thresholds
 
         if not maps:
-            maps = [predict_normalized(net, p.image, n_output_channels(self.cfg), PredictConfig(), dtype)
-                    for p in val_pairs]
-        tuned = tune_head_thresholds(self.cfg.instance_head, maps, [p.truth for p in val_pairs])
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
+            maps, known = [predict_normalized(net, p.image, n_output_channels(self.cfg), PredictConfig(), dtype)
+                           for p in pairs], None
+        tuned = heads.of(self.cfg).tune(maps, [p.truth for p in pairs], known)
+        return None if tuned is None else {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
     def _position(self, sitting: Sitting) -> Generator[object, None, Position]:
         """Where the loop starts: step 0, or where the resumed run stopped (its weights, optimiser,
@@ -504,7 +474,7 @@ class Trainer:
 
                 enable_mc_dropout(net)
                 maps = mc_uncertainty(np.stack([predict_normalized(net, chw, k, PredictConfig(), dtype)
-                                                for _ in range(self.cfg.preview_mc_samples)]), n_output_classes(self.cfg))
+                                                for _ in range(self.cfg.preview_mc_samples)]), heads.of(self.cfg))
                 probs, uncertainty = maps["probabilities"], maps["epistemic"]
             else:
                 probs = predict_normalized(net, chw, k, PredictConfig(), dtype)

@@ -10,7 +10,8 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox)
 
-from napari_unet.config import INSTANCE_HEADS, AugmentConfig, LossConfig, TrainConfig, UNetConfig
+from napari_unet import heads
+from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
 from napari_unet.decide.classes import USER_TASKS, config_task
 from napari_unet.decide.layout import array_layout
 from napari_unet.decide.model_spec import CURRENT
@@ -136,10 +137,10 @@ class TrainWidget(PluginWidget):
                                choices=lambda _w: [l.name for l in layers_of_type(viewer, "labels")
                                                    if not l.name.endswith(" prediction")])
         self.task = ComboBox(label="Task", choices=list(TASKS), value="instances")
-        self.instance_head = ComboBox(label="Instance head", choices=list(INSTANCE_HEADS),
+        self.instance_head = ComboBox(label="Instance head", choices=list(heads.names()),
                                       value=TrainConfig.instance_head,
-                                      tooltip="3class: interior/boundary classes + watershed; star: StarDist rays + "
-                                              "polygon NMS (crowded round nuclei)")
+                                      tooltip="; ".join(f"{name}: {heads.get(name).description}"
+                                                        for name in heads.names()))
         self.dims = ComboBox(label="Model", choices=[SLICES, VOLUME], value=SLICES, visible=False, enabled=False,
                              tooltip="3D image: a 2D model trained on its annotated slices, or a 3D U-Net on the "
                                      "annotated z-range (annotate every plane of it; z-scale from the layer's scale)")
