@@ -530,8 +530,9 @@ def print_tables(rows: list[dict[str, Any]], baseline: str | None = None) -> Non
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """AP@0.5 at 1x against painted objects K, a line per data set; the forest on the same strokes
-    (dotted, open markers) and full (dashed, horizontal) in the line's colour. Per data set one (commit, budget, order): that of the
-    last row with a K condition (files merged later win), else of its last row."""
+    (dotted, open markers), full (dashed) and as-is (dash-dot) in the line's colour. Per data set one (commit, budget, order): that of the
+    last row with a K condition (files merged later win), else of its last row; per condition the
+    rows of the last commit that ran it (so the forest or K=5 measured at another commit can join)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -543,9 +544,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for i, dataset in enumerate(d for d in DATASETS if any(r["dataset"] == d for r in one)):
         sel = [r for r in one if r["dataset"] == dataset]
         last = ([r for r in sel if r["condition"].startswith("K=")] or sel)[-1]
-        same = ("commit", "budget", "order")
+        same = ("budget", "order")
         sel = [r for r in sel if all(r[k] == last[k] for k in same)]
-        shown.add(f"{last['commit']}, {last['budget']}, {last['order']} order")
+        newest = {r["condition"]: r["commit"] for r in sel}  # the last commit that ran each condition
+        sel = [r for r in sel if r["commit"] == newest[r["condition"]]]
+        shown.add(f"{last['budget']}, {last['order']} order")
         colour = f"C{i}"
         ks = [k for k in K_VALUES if mean_ap(sel, condition=f"K={k}") is not None]
         if ks:
@@ -554,9 +557,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         if rf_ks:
             ax.plot(rf_ks, [mean_ap(sel, condition=RF_OF_K[k]) for k in rf_ks], "o:", color=colour,
                     markerfacecolor="none", label=f"{dataset} random forest")
-        value = mean_ap(sel, condition="full")
-        if value is not None:
-            ax.hlines(value, K_VALUES[0], K_VALUES[-1], colors=colour, linestyles="--", label=f"{dataset} full")
+        for cond, style, what in (("full", "--", "fully annotated"), ("as-is", "-.", "untrained start")):
+            value = mean_ap(sel, condition=cond)
+            if value is not None:
+                ax.hlines(value, K_VALUES[0], K_VALUES[-1], colors=colour, linestyles=style, label=f"{dataset} {what}")
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(K_VALUES, [str(k) for k in K_VALUES])
