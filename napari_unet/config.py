@@ -16,6 +16,7 @@ T = TypeVar("T")
 Task = Literal["instances", "semantic"]
 InstanceHead = str  # a name in the instance-head registry (``napari_unet.heads.names()``)
 Polarity = Literal["keep", "auto"]  # "auto": bright-background images are inverted before the network
+SHAPE = "shape"  # the uncertainty map of a head whose maps draw an object's outline (rays, flows): ``heads``
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

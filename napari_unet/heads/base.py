@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_unet.config import SHAPE  # the uncertainty map of a head drawing outlines (rays, flows)
 from napari_unet.events import Progress
-
-SHAPE = "shape"  # the uncertainty map of a head whose maps draw an object's outline (rays, flows)
 
 
 class Head:

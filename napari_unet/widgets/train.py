@@ -10,7 +10,6 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox)
 
-from napari_unet import heads
 from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
 from napari_unet.decide.classes import USER_TASKS, config_task
 from napari_unet.decide.layout import array_layout
@@ -137,6 +136,8 @@ class TrainWidget(PluginWidget):
                                choices=lambda _w: [l.name for l in layers_of_type(viewer, "labels")
                                                    if not l.name.endswith(" prediction")])
         self.task = ComboBox(label="Task", choices=list(TASKS), value="instances")
+        from napari_unet import heads  # here, not at the top: the heads import torch, opening a widget must not
+
         self.instance_head = ComboBox(label="Instance head", choices=list(heads.names()),
                                       value=TrainConfig.instance_head,
                                       tooltip="; ".join(f"{name}: {heads.get(name).description}"
