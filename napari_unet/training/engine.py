@@ -34,9 +34,10 @@ from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict
 from napari_unet.training.checkpoint import load_compatible_weights, transfer_input_layer
 from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstrap_win_rate
 from napari_unet.training import guard
-from napari_unet.training.device import (autocast, describe, describe_precision, release_cached_memory, start_run,
-                                          with_device_sizes)
+from napari_unet.training.device import (autocast, channels_last_format, describe, describe_precision,
+                                          release_cached_memory, start_run, with_device_sizes)
 from napari_unet.training.losses import flow_loss, segmentation_loss, star_loss
+from napari_unet.training.sizes import describe_sizes
 from napari_unet.training.validation import validate
 from napari_unet.volumes import check_volume_config, patch_shape, voxel_spacing
 
@@ -129,7 +130,7 @@ class Trainer:
                 fresh = [name for name in fresh if name != input_weight]
         net.to(device)
         if channels_last:
-            net.to(memory_format=torch.channels_last)
+            net.to(memory_format=channels_last_format(self.cfg.model.dims))
         return net, fresh
 
     def run(self) -> Generator[object, None, ModelBundle]:
@@ -137,16 +138,18 @@ class Trainer:
         check_volume_config(cfg)
         setup_start = time.perf_counter()
         rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
-        cfg = self.cfg = with_device_sizes(cfg, device)  # unset batch/patch size: sized to the device
-        channels_last = dtype is not None and cfg.model.dims == 2
+        channels_last = dtype is not None and (cfg.model.dims == 2 or device.type == "cpu")  # 3D: measured on CPUs
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        yield Message(f"training on {describe_precision(device, dtype)}")
         n_bad = sum(has_nonfinite(image) for image, _ in self._pairs)
         if n_bad:
             yield Message(f"{n_bad} image(s) hold NaN/Inf pixels; they are replaced by the image median",
                           level="warning")
 
         prepared = prepare_pairs(self._pairs, cfg, self._names)
+        # unset batch/patch size: sized to the device (and in 3D to the volumes)
+        cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
+        yield Message(f"training on {describe_precision(device, dtype)}, "
+                      f"{describe_sizes(cfg.batch_size, patch_shape(cfg))} per step")
         zones: dict[str, np.ndarray] = {}  # objects held out for validation, by image (one or two images)
         if self._validation is not None:
             train_pairs, val_pairs = prepared, prepare_pairs(self._validation, cfg)
@@ -188,7 +191,7 @@ class Trainer:
         start = time.perf_counter()  # the time limit covers training, not data preparation
         setup_seconds = start - setup_start
         yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
-                      f"in {setup_seconds:.1f} s; {cfg.batch_size} patches of side {cfg.patch_size} per step")
+                      f"in {setup_seconds:.1f} s")
         best_state, best_score, best_metrics = None, -1.0, {}
         kept: dict = {}  # validation probabilities and per-image counts of the model kept so far
         step, losses, batch = 0, [], cfg.batch_size
@@ -335,9 +338,9 @@ class Trainer:
         else:
             images, targets, weights = augment_batch(images, targets, weights, self.cfg.augment, generator, spacing)
         if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=channels_last_format(self.cfg.model.dims))
         with autocast(device, dtype):
-            logits = net(images)  # (B, K, P, P)
+            logits = net(images)  # (B, K, *P)
         if ids and is_star(self.cfg):
             prob, dist = (torch.from_numpy(a).to(device) for a in star_targets(warped.cpu().numpy(), self.cfg.n_rays))
             loss = star_loss(logits, targets, weights, prob, dist, n_output_classes(self.cfg),
