@@ -78,3 +78,28 @@ def test_volume_helpers():
         annotated_z_range(np.zeros((4, 4, 4), np.uint8))
     slab, z = preview_slab(np.arange(20)[:, None], 2, half=3)
     assert slab[:, 0].tolist() == [0, 1, 2, 3, 4, 5] and z == 2
+
+
+def test_bf16_3d_convolutions_of_two_planes_get_true_weight_gradients():
+    """The CPU's bf16 kernel gets the weight gradient of a 3x3x3 convolution of a 2-plane input
+    wrong (garbage, inf or NaN); ``models.blocks.Conv3d`` computes that case in float32."""
+    from napari_unet.models.blocks import conv
+
+    torch.manual_seed(0)
+    layer = conv(3, 32, 64, 3, padding=1, bias=False)
+    x = torch.randn(1, 32, 2, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    low = layer.weight.grad.clone()
+    layer.zero_grad()
+    layer(x).sum().backward()
+    assert torch.allclose(low, layer.weight.grad, rtol=0.05, atol=0.05 * float(layer.weight.grad.abs().max()))
+
+
+def test_per_axis_patch_sizes():
+    assert patch_shape(TrainConfig(model=VOLUME, patch_size=(8, 32, 48))) == (8, 32, 48)
+    assert patch_shape(TrainConfig(patch_size=(32, 48))) == (32, 48)
+    with pytest.raises(UserError, match="3 patch extents"):
+        patch_shape(TrainConfig(model=VOLUME, patch_size=(32, 32)))
