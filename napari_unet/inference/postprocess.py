@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -11,22 +12,31 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from napari_unet.data.targets import relabel_sequential
+from napari_unet.volumes import voxel_spacing
 
 
 SPLIT_SMOOTHING = 1.0  # Gaussian sigma (pixels) on the interior distance map before its maxima are taken
 
 
-def interior_distance(interior: np.ndarray) -> np.ndarray:
-    """Smoothed distance of each interior pixel to the nearest non-interior pixel."""
-    return ndi.gaussian_filter(ndi.distance_transform_edt(interior), SPLIT_SMOOTHING)
+Spacing = Sequence[float] | None  # pixel size per axis in pixel widths (``volumes.voxel_spacing``); None: all 1
 
 
-def split_markers(interior: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray]:
+def interior_distance(interior: np.ndarray, spacing: Spacing = None) -> np.ndarray:
+    """Smoothed distance of each interior pixel to the nearest non-interior pixel, in pixel widths:
+    with ``spacing`` (an anisotropic volume's (z_scale, 1, 1)) a plane step counts z_scale widths,
+    and the smoothing is ``SPLIT_SMOOTHING`` widths along every axis."""
+    if spacing is None or all(float(s) == 1.0 for s in spacing):
+        return ndi.gaussian_filter(ndi.distance_transform_edt(interior), SPLIT_SMOOTHING)
+    sigma = [SPLIT_SMOOTHING / float(s) for s in spacing]
+    return ndi.gaussian_filter(ndi.distance_transform_edt(interior, sampling=spacing), sigma)
+
+
+def split_markers(interior: np.ndarray, height: float, spacing: Spacing = None) -> tuple[np.ndarray, np.ndarray]:
     """(markers, distance): one marker per local maximum of the interior distance map that
-    stands at least ``height`` pixels above the saddle to its neighbours (h-maxima)."""
+    stands at least ``height`` pixel widths above the saddle to its neighbours (h-maxima)."""
     from skimage.morphology import h_maxima
 
-    distance = interior_distance(interior)
+    distance = interior_distance(interior, spacing)
     with warnings.catch_warnings():  # h_maxima warns about float precision; heights here are >= 0.5 px
         warnings.simplefilter("ignore")
         markers = h_maxima(distance, height).astype(bool) & interior
@@ -39,13 +49,13 @@ def interior_mask(probs: np.ndarray, seed_threshold: float | None = None) -> np.
 
 
 def instance_seeds(probs: np.ndarray, seed_threshold: float | None = None, split_height: float | None = None,
-                   min_size: int = 10) -> np.ndarray:
+                   min_size: int = 10, spacing: Spacing = None) -> np.ndarray:
     """The seed labels of ``instances_from_probabilities`` (one region per object to grow)."""
     interior = interior_mask(probs, seed_threshold)
     with warnings.catch_warnings():  # skimage warns when an image holds a single object
         warnings.simplefilter("ignore", UserWarning)
         if split_height:
-            markers, distance = split_markers(interior, split_height)
+            markers, distance = split_markers(interior, split_height, spacing)
             seeds = watershed(-distance, ndi.label(markers)[0], mask=interior)
         else:
             seeds = ndi.label(interior)[0]
@@ -69,7 +79,8 @@ def grow_seeds(probs: np.ndarray, seeds: np.ndarray, fg_threshold: float = 0.5, 
 
 
 def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_threshold: float = 0.5,
-                                 seed_threshold: float | None = None, split_height: float | None = None) -> np.ndarray:
+                                 seed_threshold: float | None = None, split_height: float | None = None,
+                                 spacing: Spacing = None) -> np.ndarray:
     """(3, H, W) background/interior/boundary probabilities -> (H, W) instance labels.
 
     Seeds are connected components of confident *interior* pixels (probability above
@@ -79,9 +90,12 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_thres
     the smoothed distance to the region's edge. Each seed then grows over the predicted
     foreground (interior + boundary above ``fg_threshold``) by a watershed on the boundary
     probability, so touching objects stay apart along their shared rim. A model folder carries
-    the thresholds chosen for it on held-out images (``ModelBundle.postprocess``).
+    the thresholds chosen for it on held-out images (``ModelBundle.postprocess``). ``spacing``:
+    the voxel size per axis of an anisotropic volume (``volumes.voxel_spacing``), so the distance
+    map and ``split_height`` are physical (in pixel widths) along every axis.
     """
-    return grow_seeds(probs, instance_seeds(probs, seed_threshold, split_height, min_size), fg_threshold, min_size)
+    seeds = instance_seeds(probs, seed_threshold, split_height, min_size, spacing)
+    return grow_seeds(probs, seeds, fg_threshold, min_size)
 
 
 def classes_from_probabilities(probs: np.ndarray) -> np.ndarray:
@@ -104,16 +118,18 @@ def head_postprocess(head: str) -> tuple[Callable[..., np.ndarray], dict[str, fl
 
 
 def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10, head: str = "3class",
-                              **thresholds: float | None) -> np.ndarray:
+                              spacing: Spacing = None, **thresholds: float | None) -> np.ndarray:
     """Instance labels (``thresholds``: see ``instances_from_probabilities``, or for the star and
-    flow heads ``head_postprocess``) or class indices."""
+    flow heads ``head_postprocess``; ``spacing``: an anisotropic volume's voxel size) or class indices."""
     if task == "instances" and head in ("star", "flow"):
         return head_postprocess(head)[0](probs, min_size, **thresholds)
     if task == "instances":
-        return instances_from_probabilities(probs[:3], min_size, **thresholds)
+        return instances_from_probabilities(probs[:3], min_size, spacing=spacing, **thresholds)
     return classes_from_probabilities(probs)
 
 
 def labels_for(bundle, maps: np.ndarray, min_size: int = 10) -> np.ndarray:
-    """Labels of a model's output maps with the post-processing stored for it (``ModelBundle``)."""
-    return labels_from_probabilities(maps, bundle.task, min_size, bundle.config.instance_head, **bundle.postprocess)
+    """Labels of a model's output maps with the post-processing stored for it (``ModelBundle``), in
+    the physical units of its voxels (``TrainConfig.z_scale``) for a 3D model."""
+    return labels_from_probabilities(maps, bundle.task, min_size, bundle.config.instance_head,
+                                     voxel_spacing(bundle.config), **bundle.postprocess)

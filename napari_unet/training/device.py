@@ -12,7 +12,6 @@ import torch
 
 from napari_unet.config import TrainConfig
 from napari_unet.errors import UserError
-from napari_unet.training import sizes
 from napari_unet.volumes import patch_shape
 
 
@@ -89,7 +88,7 @@ def memory_gb(device: torch.device) -> float | None:
 
 
 def default_sizes(device: torch.device, dims: int = 2, extents: Sequence[Sequence[int]] = (),
-                  z_scale: float = 1.0, depth: int = 4) -> sizes.Sizes:
+                  z_scale: float = 1.0, depth: int = 4) -> tuple[int, int | tuple[int, ...]]:
     """(batch size, patch) a training run uses on ``device`` when the user leaves them unset.
 
     2D: a patch side, ``CPU_SIZES`` / ``MPS_SIZES`` / ``CUDA_SIZES`` by the card's memory. 3D:
@@ -97,6 +96,8 @@ def default_sizes(device: torch.device, dims: int = 2, extents: Sequence[Sequenc
     that fills the device's voxel budget (``training.sizes``). Running out of GPU memory still
     halves the batch.
     """
+    from napari_unet.training import sizes  # (inference imports this module, never the training ones)
+
     return sizes.default_sizes(device.type, memory_gb(device), dims, extents, z_scale, depth)
 
 
@@ -106,6 +107,8 @@ def with_device_sizes(cfg: TrainConfig, device: torch.device,
     and, in 3D, for volumes of spatial ``extents`` (Z, Y, X). A 3D patch the user set gets the
     batch that fills the device's voxel budget."""
     from dataclasses import replace
+
+    from napari_unet.training import sizes
 
     dims = cfg.model.dims
     batch, patch = default_sizes(device, dims, extents, cfg.z_scale, cfg.model.depth)

@@ -432,7 +432,7 @@ class Trainer:
 
         if not probs:
             probs, known = [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs], None
-        tuned = tune_thresholds(probs, [p.truth for p in val_pairs], known=known)
+        tuned = tune_thresholds(probs, [p.truth for p in val_pairs], known=known, spacing=voxel_spacing(self.cfg))
         if tuned["seed_threshold"] is None and tuned["split_height"] is None and tuned["fg_threshold"] == 0.5:
             return None  # the argmax rule
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
@@ -474,7 +474,8 @@ class Trainer:
                 probs = predict_normalized(net, chw, k, PredictConfig(), dtype)
         finally:
             net.train()
-        return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task, head=self.cfg.instance_head),
+        return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task, head=self.cfg.instance_head,
+                                                                 spacing=voxel_spacing(self.cfg)),
                        uncertainty)
 
 

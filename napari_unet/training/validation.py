@@ -12,6 +12,7 @@ from napari_unet.data.dataset import PreparedPair, n_output_channels, n_output_c
 from napari_unet.models.heads import has_instance_maps
 from napari_unet.inference.postprocess import instances_from_probabilities
 from napari_unet.training.calibrate import counts_ap, rule_counts
+from napari_unet.volumes import voxel_spacing
 
 # Besides the argmax rule, the keep-best score tries these (seed threshold, split height) rules:
 # the post-processing chosen after training usually splits interiors, and a model whose boundary
@@ -63,12 +64,15 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     if has_instance_maps(cfg):
         return _head_scores(cfg.instance_head, probs, [p.truth for p in pairs], keep)
     if cfg.task == "instances":
-        metrics = evaluate_instances([(instances_from_probabilities(pr), p.truth) for pr, p in zip(probs, pairs)])
+        spacing = voxel_spacing(cfg)  # an anisotropic volume splits at saddles of physical distances
+        metrics = evaluate_instances([(instances_from_probabilities(pr, spacing=spacing), p.truth)
+                                      for pr, p in zip(probs, pairs)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
         gts = [p.truth for p in pairs]
         by_rule = {(None, None, 0.5): np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in metrics["per_image"]],
                                                np.float64)}
-        by_rule.update({(seed, split, 0.5): rule_counts(probs, gts, seed, 0.5, split) for seed, split in SCORE_RULES})
+        by_rule.update({(seed, split, 0.5): rule_counts(probs, gts, seed, 0.5, split, spacing=spacing)
+                        for seed, split in SCORE_RULES})
         counts = max(list(by_rule.values())[1:], key=counts_ap)
         scores["score"] = max(scores["ap50"], counts_ap(counts))
         if keep is not None:

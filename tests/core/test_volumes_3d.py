@@ -103,3 +103,25 @@ def test_per_axis_patch_sizes():
     assert patch_shape(TrainConfig(patch_size=(32, 48))) == (32, 48)
     with pytest.raises(UserError, match="3 patch extents"):
         patch_shape(TrainConfig(model=VOLUME, patch_size=(32, 32)))
+
+
+def test_nuclei_stacked_in_an_anisotropic_volume_split_at_physical_saddles():
+    """Two round nuclei (radius 9 pixel widths) on top of each other in planes 3 widths deep, their
+    interiors joined by a neck: counted in planes, the distance map peaks at the neck (one seed);
+    in pixel widths, at the two centres. A 3D model's labels use its z-scale."""
+    from dataclasses import replace
+
+    from napari_unet.inference.postprocess import instances_from_probabilities, labels_for
+    from napari_unet.models.bundle import ModelBundle
+
+    z_scale = 3.0
+    zz, yy, xx = np.indices((16, 32, 32)).astype(float)
+    ball = lambda cz: (((zz - cz) * z_scale) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2) < 81  # noqa: E731
+    interior = ball(5) | ball(10)  # centres 15 widths apart
+    probs = np.stack([1.0 - interior, 0.9 * interior, 0.1 * interior]).astype(np.float32)
+    rule = {"seed_threshold": 0.5, "split_height": 1.0}
+    assert instances_from_probabilities(probs, **rule).max() == 1
+    assert instances_from_probabilities(probs, spacing=(z_scale, 1.0, 1.0), **rule).max() == 2
+    bundle = tiny_bundle(dims=3)
+    bundle = ModelBundle(bundle.net, replace(bundle.config, z_scale=z_scale), {"postprocess": rule})
+    assert labels_for(bundle, probs).max() == 2
