@@ -1,7 +1,8 @@
 """Benchmark: 3D training with the default sizes, from the command line, on synthetic nuclei volumes.
 
 Run: ``.venv/bin/python bench/bench_3d.py [--out /tmp/bench3d] [--train 6] [--test 4] [--time-limit 120]
-[--z-scale 1] [--seed 0] [--extra "--steps 300"]``
+[--z-scale 1] [--seed 0] [--extra "--seed 1"]``; ``--split 20 [--old-sizes]`` times 20 steps split into
+data and network (and one validation) instead of training.
 
 Data: ``--train`` + ``--test`` volumes of 32 x 96 x 96 voxels (``--z-scale 2``: 16 planes of twice
 the depth, the same tissue) holding crowded ellipsoid nuclei (radii 5-8 in z, 6-10 in y/x,
@@ -106,6 +107,59 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - began
 
 
+def step_split(folder: Path, steps: int, sizes: tuple[int, tuple[int, int, int]] | None = None) -> None:
+    """Seconds per step in data (patch sampling + augmentation) and network (forward, loss, backward,
+    optimiser) with the default sizes on this machine's CPU (or ``sizes``: (batch, patch)), and of one
+    validation of a held-out volume (prediction + scoring), as the engine runs them."""
+    import torch
+
+    from napari_unet.config import TrainConfig, UNetConfig
+    from napari_unet.data.augment import augment_batch
+    from napari_unet.data.dataset import PatchSampler, prepare_pairs
+    from napari_unet.io import read_image, read_mask
+    from napari_unet.models.bundle import build_network
+    from napari_unet.training.device import (autocast, channels_last_format, low_precision_dtype,
+                                              with_device_sizes)
+    from napari_unet.training.losses import segmentation_loss
+    from napari_unet.training.validation import validate
+    from napari_unet.volumes import patch_shape, voxel_spacing
+
+    files = sorted((folder / "images").glob("*.tif"))
+    pairs = [(read_image(f), read_mask(folder / "masks" / f.name)) for f in files]
+    cpu = torch.device("cpu")
+    cfg = TrainConfig(model=UNetConfig(dims=3))
+    prepared = prepare_pairs(pairs, cfg)
+    cfg = with_device_sizes(cfg, cpu, [p.target.shape for p in prepared])
+    if sizes is not None:
+        cfg = TrainConfig(model=cfg.model, batch_size=sizes[0], patch_size=sizes[1])
+    dtype = low_precision_dtype(cpu, None)
+    net = build_network(cfg).to(memory_format=channels_last_format(3)) if dtype else build_network(cfg)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate)
+    sampler = PatchSampler(prepared[1:], patch_shape(cfg), np.random.default_rng(0))
+    generator = torch.Generator().manual_seed(0)
+    data = network = 0.0
+    for step in range(steps + 1):  # the first step warms up
+        began = time.perf_counter()
+        images, targets, weights = (torch.from_numpy(a) for a in sampler.sample(cfg.batch_size))
+        images, targets, weights = augment_batch(images, targets, weights, cfg.augment, generator, voxel_spacing(cfg))
+        if dtype:
+            images = images.contiguous(memory_format=channels_last_format(3))
+        middle = time.perf_counter()
+        with autocast(cpu, dtype):
+            logits = net(images)
+        loss = segmentation_loss(logits, targets, weights, cfg.loss.dice_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step:
+            data, network = data + middle - began, network + time.perf_counter() - middle
+    began = time.perf_counter()
+    validate(net, prepared[:1], cfg, dtype)
+    print(f"{cfg.batch_size} x {patch_shape(cfg)} per step, {steps} steps: data {data / steps:.3f} s, network "
+          f"{network / steps:.3f} s per step; one validation of a {prepared[0].target.shape} volume "
+          f"{time.perf_counter() - began:.2f} s; load {os.getloadavg()[0]:.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/bench3d", help="data, model and predictions (default: %(default)s)")
@@ -115,6 +169,9 @@ def main() -> None:
     parser.add_argument("--z-scale", type=float, default=1.0, help="voxel depth of the data and the flag")
     parser.add_argument("--seed", type=int, default=0, help="data seed (the test volumes use seed + 1000)")
     parser.add_argument("--extra", default="", help="more train flags, e.g. '--steps 300'")
+    parser.add_argument("--split", type=int, default=0, metavar="STEPS",
+                        help="instead: time STEPS steps split into data and network, and one validation")
+    parser.add_argument("--old-sizes", action="store_true", help="with --split: the former 3D default, 8 x 128³")
     args = parser.parse_args()
     from napari_unet.io import read_mask
     from napari_unet.metrics import evaluate_instances
@@ -122,6 +179,13 @@ def main() -> None:
     out = Path(args.out)
     write_set(out / "train", args.train, args.seed, args.z_scale)
     write_set(out / "test", args.test, args.seed + 1000, args.z_scale)
+    if args.split:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI's entry point (torch not loaded yet)
+        import torch
+
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        step_split(out / "train", args.split, (8, (128, 128, 128)) if args.old_sizes else None)
+        return
     cli = [sys.executable, "-m", "napari_unet"]
     model = out / "model"
     train = [*cli, "train", str(out / "train/images"), str(out / "train/masks"), "--dims", "3",
