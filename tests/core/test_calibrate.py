@@ -184,3 +184,5 @@ def test_final_weights_stay_unless_an_earlier_model_was_better_beyond_doubt():
     assert Trainer._final_is_better({"score": 0.66}, 0.68, final, noisy)  # lower, but only by chance
     assert not Trainer._final_is_better({"score": 0.66}, 0.75, final, steady)
     assert not Trainer._final_is_better({"score": 0.66}, 0.68, {}, {})  # semantic runs: the higher score
+    one = {"counts": steady["counts"][:1]}  # one validation image (a few volumes): no doubt can be shown
+    assert Trainer._final_is_better({"score": 0.66}, 0.75, {"counts": final["counts"][:1]}, one)
