@@ -246,7 +246,8 @@ def augment_batch(
     and is skipped when they differ in size; flips act on every spatial axis. ``spacing``
     (pixel size per axis, in units of the last axis's) makes the elastic displacements
     physical: ``elastic_sigma`` pixels along the last axis, ``sigma / spacing`` pixels along
-    each axis, so an anisotropic volume is not warped more across its thick planes.
+    each axis, so an anisotropic volume is not warped more across its thick planes. The zoom
+    factor range is ``cfg.zoom`` for 2D batches and ``cfg.zoom_3d`` for 3D ones.
     """
     nd = image.ndim - 2
     if nd not in (2, 3) or tuple(labels.shape) != (image.shape[0],) + tuple(image.shape[2:]):

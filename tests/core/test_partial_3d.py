@@ -57,8 +57,8 @@ def test_only_painted_voxels_train_and_patches_centre_on_them():
 
 def test_a_3d_model_learns_from_every_fourth_plane():
     """Trained on planes 2, 6 and 10 of each volume only, it finds the nuclei in the planes between
-    them (foreground Dice 0.935, as trained on every plane): unpainted voxels were not taught as
-    background."""
+    them (foreground Dice 0.876; 0.809 trained on every plane, the same 40 steps): unpainted voxels
+    were not taught as background."""
     rng = np.random.default_rng(0)
     volumes = [ball_volume(rng, (12, 40, 40), 5) for _ in range(2)]
     pairs = [(image, painted_planes(truth, [2, 6, 10])) for image, truth in volumes]
