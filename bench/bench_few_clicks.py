@@ -21,9 +21,9 @@ background, 2.. = objects, trained with ``TrainRequest(task="partial")``):
 * ``full``: the whole image as a plain instance mask (0 = background): today's behaviour.
 * ``naive-10``: the 10 objects of ``K=10`` as a plain instance mask, every unpainted pixel then
   background: what a user painting a few objects gets today.
-* ``rf`` / ``rf-full``: the ilastik-style random forest of ``reference_rf.py`` (3 classes,
-  interior seeds grown over the foreground) fitted on the pixels of ``K=10`` (objects vs rings) /
-  on the whole image; no U-Net.
+* ``rf`` / ``rf-5`` / ``rf-20`` / ``rf-50`` / ``rf-full``: the ilastik-style random forest of
+  ``reference_rf.py`` (3 classes, interior seeds grown over the foreground) fitted on the pixels of
+  ``K=10`` / ``K=5`` / ``K=20`` / ``K=50`` (objects vs rings) or on the whole image; no U-Net.
 * ``as-is``: the starting model ``pretrained:nuclei``, no training.
 
 Data sets: ``stained`` (dsb2018_other stained-colour: annotate a train image, score the val
@@ -67,7 +67,9 @@ from common import REPO, Sample, load_dsb, load_dsb_other, load_isbi, machine_de
 
 RESULTS = REPO / "bench" / "results" / "few_clicks.json"
 K_VALUES = (5, 10, 20, 50)
-CONDITIONS = (*(f"K={k}" for k in K_VALUES), "region", "full", "naive-10", "rf", "rf-full", "as-is")
+RF_AT = {"rf-5": 5, "rf": 10, "rf-20": 20, "rf-50": 50}  # the forest on the strokes of K objects
+RF_OF_K = {k: c for c, k in RF_AT.items()}
+CONDITIONS = (*(f"K={k}" for k in K_VALUES), "region", "full", "naive-10", *RF_AT, "rf-full", "as-is")
 PARTIAL = {f"K={k}" for k in K_VALUES} | {"region"}  # trained with TrainRequest(task="partial")
 DATASETS = ("stained", "brightfield", "em", "fluo", "fluo-360")
 RING = (2, 5)  # background stroke: pixels this far (px, inclusive) from the object, in no object
@@ -354,10 +356,11 @@ def run_condition(condition: str, annotated: Sample, scored: dict[str, list[Samp
     if condition == "as-is":
         segment = unet_segmenter(starting_model("instances"))
         info.update(painted=0, annotated_px=0)
-    elif condition in ("rf", "rf-full"):
-        mask = paint_objects(gt, order[:10]) if condition == "rf" else gt
-        segment = fit_rf(image, mask, condition == "rf", seed)
-        info.update(zip(("painted", "annotated_px"), painted(mask, "partial" if condition == "rf" else "instances")))
+    elif condition in RF_AT or condition == "rf-full":
+        partial = condition in RF_AT
+        mask = paint_objects(gt, order[:RF_AT[condition]]) if partial else gt
+        segment = fit_rf(image, mask, partial, seed)
+        info.update(zip(("painted", "annotated_px"), painted(mask, "partial" if partial else "instances")))
         info["seconds"] = round(time.perf_counter() - began, 1)
     else:
         mask, task = mask_for(condition, gt, order)
@@ -481,8 +484,8 @@ def ratio_lines(rows: list[dict[str, Any]]) -> str:
             ratio(f"K=10/full@{mag}", mean_ap(sel, condition="K=10", magnification=mag),
                   mean_ap(sel, condition="full", magnification=mag))
         for k in K_VALUES:
-            ratio(f"K={k}/rf", mean_ap(sel, condition=f"K={k}", magnification="1x"),
-                  mean_ap(sel, condition="rf", magnification="1x"))
+            ratio(f"K={k}/{RF_OF_K[k]}", mean_ap(sel, condition=f"K={k}", magnification="1x"),
+                  mean_ap(sel, condition=RF_OF_K[k], magnification="1x"))
         ratio("full@2x/full@1x", mean_ap(sel, condition="full", magnification="2x"),
               mean_ap(sel, condition="full", magnification="1x"))
         if parts:
@@ -526,9 +529,10 @@ def print_tables(rows: list[dict[str, Any]], baseline: str | None = None) -> Non
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """AP@0.5 at 1x against painted objects K, a line per data set; full (dashed) and rf (dotted) as
-    horizontal markers in the line's colour. Per data set one (commit, budget, order): that of the
-    last row with a K condition (files merged later win), else of its last row."""
+    """AP@0.5 at 1x against painted objects K, a line per data set; the forest on the same strokes
+    (dotted, open markers), full (dashed) and as-is (dash-dot) in the line's colour. Per data set one (commit, budget, order): that of the
+    last row with a K condition (files merged later win), else of its last row; per condition the
+    rows of the last commit that ran it (so the forest or K=5 measured at another commit can join)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -540,18 +544,23 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for i, dataset in enumerate(d for d in DATASETS if any(r["dataset"] == d for r in one)):
         sel = [r for r in one if r["dataset"] == dataset]
         last = ([r for r in sel if r["condition"].startswith("K=")] or sel)[-1]
-        same = ("commit", "budget", "order")
+        same = ("budget", "order")
         sel = [r for r in sel if all(r[k] == last[k] for k in same)]
-        shown.add(f"{last['commit']}, {last['budget']}, {last['order']} order")
+        newest = {r["condition"]: r["commit"] for r in sel}  # the last commit that ran each condition
+        sel = [r for r in sel if r["commit"] == newest[r["condition"]]]
+        shown.add(f"{last['budget']}, {last['order']} order")
         colour = f"C{i}"
         ks = [k for k in K_VALUES if mean_ap(sel, condition=f"K={k}") is not None]
         if ks:
             ax.plot(ks, [mean_ap(sel, condition=f"K={k}") for k in ks], "o-", color=colour, label=dataset)
-        for cond, style in (("full", "--"), ("rf", ":")):
+        rf_ks = [k for k in K_VALUES if mean_ap(sel, condition=RF_OF_K[k]) is not None]
+        if rf_ks:
+            ax.plot(rf_ks, [mean_ap(sel, condition=RF_OF_K[k]) for k in rf_ks], "o:", color=colour,
+                    markerfacecolor="none", label=f"{dataset} random forest")
+        for cond, style, what in (("full", "--", "fully annotated"), ("as-is", "-.", "untrained start")):
             value = mean_ap(sel, condition=cond)
             if value is not None:
-                ax.hlines(value, K_VALUES[0], K_VALUES[-1], colors=colour, linestyles=style,
-                          label=f"{dataset} {cond}")
+                ax.hlines(value, K_VALUES[0], K_VALUES[-1], colors=colour, linestyles=style, label=f"{dataset} {what}")
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(K_VALUES, [str(k) for k in K_VALUES])

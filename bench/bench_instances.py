@@ -34,7 +34,8 @@ from common import REPO, load_dsb, machine_description  # noqa: E402
 from peers.peer_common import THREAD_VARIABLES  # noqa: E402
 
 from napari_unet.cli import drive  # noqa: E402
-from napari_unet.config import INSTANCE_HEADS, TrainConfig  # noqa: E402
+from napari_unet import heads  # noqa: E402
+from napari_unet.config import TrainConfig  # noqa: E402
 from napari_unet.inference.postprocess import instances_from_probabilities, labels_for  # noqa: E402
 from napari_unet.inference.predict import predict_probabilities  # noqa: E402
 from napari_unet.metrics import evaluate_instances  # noqa: E402
@@ -120,7 +121,7 @@ def save_rows(rows: list[dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--heads", nargs="+", default=list(INSTANCE_HEADS), choices=INSTANCE_HEADS)
+    parser.add_argument("--heads", nargs="+", default=list(heads.names()), choices=heads.names())
     parser.add_argument("--budgets", type=float, nargs="+", default=[120.0])
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="fixed optimiser step counts instead of --budgets")

@@ -174,7 +174,7 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
             outputs.append(_write(out.with_name(out.name + "_uncertainty" + SUFFIX[extra_fmt]), maps, extra_fmt,
                                   ["c", *spatial]))
         if uncertainty is None:
-            # predictive entropy of a single pass, over the class channels (not a star / flow head's maps)
+            # predictive entropy of a single pass, over the class channels (not an instance head's own maps)
             uncertainty = entropy(pred.probabilities[:len(bundle.class_names)])
         row = summary_row(path, outputs[0], labels, bundle.task, uncertainty, time.perf_counter() - start)
     if key:

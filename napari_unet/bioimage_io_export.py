@@ -142,7 +142,11 @@ def readme_text(bundle: Any, info: PackageInfo) -> str:
         f"- Input `{INPUT_ID}`: float32 (batch, channel, {', '.join('zyx'[-mcfg.dims:])}) raw intensities; "
         f"the `scale_range` preprocessing maps each channel's per-image percentiles {low} / {high} to 0 / 1, "
         "as napari-unet does.\n"
-        f"- Output `{OUTPUT_ID}`: float32 softmax probabilities (not logits) of "
+        + ("- Polarity: napari-unet inverts an image whose median lies nearer its high percentile than its "
+           "low one (a bright background) before this network; bioimage.io has no such step, so invert "
+           "such images (max - x) before giving them to this package.\n"
+           if bundle.config.polarity == "auto" else "")
+        + f"- Output `{OUTPUT_ID}`: float32 softmax probabilities (not logits) of "
         f"{', '.join(bundle.class_names)}.\n"
         "- Instance post-processing (seeded watershed) is not part of the bioimage.io model. napari-unet's "
         "own model folder travels as attachments (`model.json`, `model.safetensors`): "
@@ -175,8 +179,9 @@ def describe(spec: Any, bundle: Any, info: PackageInfo, files: dict[str, Path], 
     else:  # valid networks are exported for one input size
         in_sizes, out_sizes = list(raw.shape[2:]), list(expected.shape[2:])
     channels = [spec.Identifier(_identifier(n, i)) for i, n in enumerate(bundle.output_names)]
-    star = len(channels) > len(bundle.class_names)  # ray lengths are pixels, not probabilities
-    flow = star and bundle.config.instance_head == "flow"  # flows are unit-vector components in [-1, 1]
+    head = bundle.head  # an instance head describes its own maps (a semantic model: softmax classes)
+    output = head.output_description if head is not None else "softmax probabilities per class (channels sum to 1)"
+    value_range = head.output_range if head is not None else (0.0, 1.0)
     file = lambda role: spec.FileDescr(source=files[role])  # noqa: E731
     return spec.ModelDescr(
         name=info.name or f"napari-unet {task} U-Net",
@@ -199,15 +204,11 @@ def describe(spec: Any, bundle: Any, info: PackageInfo, files: dict[str, Path], 
                 axes=[spec.AxisId(a) for a in space], min_percentile=low, max_percentile=high))],
         )],
         outputs=[spec.OutputTensorDescr(
-            id=spec.TensorId(OUTPUT_ID), description=("softmax probabilities per class (channels sum to 1)" if not star else
-                                                      "softmax probabilities of the classes, then the object "
-                                                      + ("probability and the flows (dy, dx) towards each object's "
-                                                         "centre" if flow else
-                                                         "probability and the star-convex ray lengths in pixels")),
+            id=spec.TensorId(OUTPUT_ID), description=output,
             axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=channels),
                   *[spec.SpaceOutputAxis(id=spec.AxisId(a), size=s) for a, s in zip(space, out_sizes)]],
             test_tensor=file("test_output"), sample_tensor=file("sample_output"),
-            data=spec.IntervalOrRatioDataDescr(type="float32", range=(-1.0, 1.0) if flow else (0.0, None if star else 1.0)),
+            data=spec.IntervalOrRatioDataDescr(type="float32", range=value_range),
         )],
         weights=spec.WeightsDescr(**weights),
         attachments=[file("model_json"), file("model_weights")],
@@ -312,9 +313,11 @@ def _identifier(name: str, i: int) -> str:
 
 def _save_own_model(bundle: Any, folder: Path) -> Path:
     """napari-unet's model folder for the attachments; float16 weights stay float16 (shipped models)."""
+    import dataclasses
+
     from napari_unet.models.bundle import save_bundle
 
-    save_bundle(bundle, folder)
+    save_bundle(dataclasses.replace(bundle, resume=None), folder)  # a package carries no training state
     if bundle.meta.get("weights_dtype") == "float16":
         from safetensors.torch import save_file
 

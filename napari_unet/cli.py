@@ -79,37 +79,86 @@ def _architecture(args: argparse.Namespace) -> dict[str, int]:
             if v is not None}
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from napari_unet.decide.classes import user_task
-    from napari_unet.decide.model_spec import start_model
-    from napari_unet.decide.train_request import train_config_for
-    from napari_unet.io import pair_files, read_image, read_mask
-    from napari_unet.pretrained import fine_tune_config
-    from napari_unet.models.bundle import save_bundle
-    from napari_unet.training.engine import Trainer
-    from napari_unet.training.guard import guard_note
+# what `train --resume` may change besides the data arguments: the budget and where/how the run goes on
+RESUME_FLAGS = ("steps", "epochs", "time_limit", "device", "checkpoint_every", "synthetic", "out", "quiet")
 
-    if args.checkpoint_every < 0:
-        raise UserError("--checkpoint-every must be >= 0")
-    init = start_model(args.init, user_task(args.task, args.sparse), _architecture(args),  # before reading data
-                       shown=lambda field: f"--{field.replace('_', '-')}",
-                       hint="use --init none to train another architecture from scratch")
-    out = Path(args.out)
+
+def _out_folder(path: str) -> Path:
+    out = Path(path)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    return out
+
+
+def _training_data(args: argparse.Namespace) -> tuple[list, list[str], list | None]:
+    """(image, mask) pairs, their names and the synthetic pairs (or None) the train flags name."""
+    from napari_unet.io import pair_files, read_image, read_mask
+
     files = pair_files(args.images, args.masks)
-    images = [read_image(i) for i, _ in files]
-    masks = [read_mask(m) for _, m in files]
+    pairs = [(read_image(i), read_mask(m)) for i, m in files]
     synthetic = None
     if args.synthetic:  # a `synth generate` output folder: images/ and masks/
         root = Path(args.synthetic)
         synthetic = [(read_image(i), read_mask(m)) for i, m in pair_files(root / "images", root / "masks")]
-    cfg = train_config_for(train_request(args), images, masks)
+    return pairs, [i.name for i, _ in files], synthetic
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from napari_unet.decide.classes import user_task
+    from napari_unet.decide.model_spec import start_model
+    from napari_unet.decide.train_request import train_config_for
+    from napari_unet.pretrained import fine_tune_config
+    from napari_unet.training.engine import Trainer
+
+    if args.checkpoint_every < 0:
+        raise UserError("--checkpoint-every must be >= 0")
+    if args.resume is not None:
+        return _train_resumed(args)
+    if args.out is None:
+        raise UserError("--out MODEL_DIR is required (unless --resume MODEL_DIR continues a run there)")
+    init = start_model(args.init, user_task(args.task, args.sparse), _architecture(args),  # before reading data
+                       shown=lambda field: f"--{field.replace('_', '-')}",
+                       hint="use --init none to train another architecture from scratch")
+    out = _out_folder(args.out)
+    pairs, names, synthetic = _training_data(args)
+    cfg = train_config_for(train_request(args), [i for i, _ in pairs], [m for _, m in pairs])
     if init is not None:  # its architecture and normalisation; the Trainer re-initialises what does not fit
         cfg = fine_tune_config(cfg, init)
-    trainer = Trainer(list(zip(images, masks)), cfg, init=init, names=[i.name for i, _ in files], checkpoint_to=out,
-                      synthetic=synthetic)
-    bundle = drive(trainer.run(), "training", args.quiet)
+    trainer = Trainer(pairs, cfg, init=init, names=names, checkpoint_to=out, synthetic=synthetic)
+    return _save_trained(drive(trainer.run(), "training", args.quiet), out)
+
+
+def _train_resumed(args: argparse.Namespace) -> int:
+    """``train IMAGES MASKS --resume MODEL_DIR``: continue the run saved there on the same data, to
+    its own budget or to a new one; the model goes to MODEL_DIR (or --out)."""
+    from dataclasses import replace
+
+    from napari_unet.training.engine import Trainer
+    from napari_unet.training.state import load_state, resumed_config
+
+    fixed = [f"--{name.replace('_', '-')}" for name, value in vars(args).items()
+             if name not in (*RESUME_FLAGS, "images", "masks", "resume", "command", "func", "default_of")
+             and value != args.default_of(name)]
+    if fixed:
+        raise UserError(f"--resume continues the run with its stored settings; drop {', '.join(fixed)} "
+                        "(only --steps, --epochs, --time-limit, --device, --checkpoint-every, --synthetic and --out "
+                        "go with it)")
+    state = load_state(args.resume)
+    device = args.device if args.device != args.default_of("device") else None
+    cfg = resumed_config(state, steps=args.steps, epochs=args.epochs, time_limit=args.time_limit, device=device,
+                         where=args.resume, hint="give a larger --steps, --epochs or --time-limit")
+    cfg = replace(cfg, checkpoint_every=args.checkpoint_every or None)
+    out = _out_folder(args.out or args.resume)
+    pairs, names, synthetic = _training_data(args)
+    trainer = Trainer.resuming(state, pairs, cfg, names=names, checkpoint_to=out, synthetic=synthetic)
+    return _save_trained(drive(trainer.run(), "training", args.quiet), out)
+
+
+def _save_trained(bundle, out: Path) -> int:
+    """Save a trained model (with its training state) and print the one-line summary."""
+    from napari_unet.models.bundle import save_bundle
+    from napari_unet.training.guard import guard_note
+
     save_bundle(bundle, out)
     val = bundle.meta.get("validation") or {}
     summary = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "score")
@@ -207,9 +256,9 @@ def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from napari_unet import heads
     from napari_unet.batch import BatchConfig
-    from napari_unet.config import (CPU_SIZES, CPU_VOLUME_SIZES, CUDA_SIZES, INSTANCE_HEADS, PredictConfig, TrainConfig,
-                                    UNetConfig)
+    from napari_unet.config import CPU_SIZES, CPU_VOLUME_SIZES, CUDA_SIZES, PredictConfig, TrainConfig, UNetConfig
     from napari_unet.decide.train_request import SYNTHETIC_SHARE
 
     # defaults shown in --help come from the config dataclasses, never retyped here
@@ -220,12 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on image/mask folders")
     t.add_argument("images", help="folder of images")
     t.add_argument("masks", help="folder of masks matched to images by file name")
-    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--out", default=None, help="model folder to write (with --resume: default the resumed folder)")
     t.add_argument("--task", choices=("instances", "semantic"), default=tdef.task, help="default: %(default)s")
-    t.add_argument("--instance-head", choices=INSTANCE_HEADS, default=tdef.instance_head,
-                   help="instances: '3class' (interior/boundary + watershed), 'star' (StarDist rays + polygon "
-                        "NMS) or 'flow' (Cellpose-style flows followed to object centres), the latter two beside "
-                        "the 3 classes; default: %(default)s")
+    t.add_argument("--instance-head", choices=heads.names(), default=tdef.instance_head,
+                   help=f"instances: {heads.described()}; default: %(default)s")
     t.add_argument("--n-classes", type=int, default=None, help="semantic: number of classes (default: from masks)")
     t.add_argument("--sparse", action="store_true",
                    help="masks are partial: 0 = not annotated (ignored), 1 = background, 2.. = objects (instances: "
@@ -266,7 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=float, default=30.0,
                    help="seconds between atomic saves of the model while training (0 = only at the end; "
                         "default: %(default)s)")
-    t.set_defaults(func=cmd_train)
+    t.add_argument("--resume", default=None, metavar="MODEL_DIR",
+                   help="continue the stopped or killed run saved in MODEL_DIR (its last checkpoint) on the same "
+                        "IMAGES and MASKS, with its stored settings, to its own budget: --steps N goes on to step N, "
+                        "a time limit for the seconds left; --steps/--epochs/--time-limit set a new budget (also to "
+                        "train a finished run further)")
+    t.set_defaults(func=cmd_train, default_of=t.get_default)
 
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("model", help="model folder, or pretrained:nuclei")
@@ -280,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label file format (default: %(default)s)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities (float32)")
     p.add_argument("--uncertainty", action="store_true",
-                   help="MC-dropout: also write <stem>_uncertainty (total, aleatoric, epistemic; "
-                        "star / flow models add shape)")
+                   help="MC-dropout: also write <stem>_uncertainty (total, aleatoric, epistemic"
+                        + "".join(f"; {' / '.join(names)} models add {kind}"
+                                  for kind, names in heads.uncertainty_givers().items()) + ")")
     p.add_argument("--mc-samples", type=int, default=bdef.mc_samples,
                    help="dropout samples for --uncertainty (default: %(default)s)")
     p.add_argument("--workers", type=int, default=bdef.workers,

@@ -14,8 +14,9 @@ from typing import Any, Literal, TypeVar
 T = TypeVar("T")
 
 Task = Literal["instances", "semantic"]
-InstanceHead = Literal["3class", "star", "flow"]
-INSTANCE_HEADS: tuple[str, ...] = ("3class", "star", "flow")  # what an instance model outputs (``models.heads``)
+InstanceHead = str  # a name in the instance-head registry (``napari_unet.heads.names()``)
+Polarity = Literal["keep", "auto"]  # "auto": bright-background images are inverted before the network
+SHAPE = "shape"  # the uncertainty map of a head whose maps draw an object's outline (rays, flows): ``heads``
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -114,7 +115,9 @@ class TrainConfig:
     """Everything a training run needs besides the data."""
 
     task: Task = "instances"
-    instance_head: InstanceHead = "3class"  # instances: 3 classes + watershed, + StarDist rays, or + Cellpose-style flows
+    # instances: what the model outputs, a registered ``heads`` name; the default is also what model folders
+    # written before heads existed hold (no key): 3 classes + watershed
+    instance_head: InstanceHead = "3class"
     n_rays: int = 32  # star head: rays per pixel
     model: UNetConfig = field(default_factory=UNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -141,6 +144,7 @@ class TrainConfig:
     low_precision: bool | None = None  # bf16 on CPU / AMP on CUDA; None = auto
     sparse: bool = False  # labels use 0 = unannotated, 1 = background, 2.. = classes
     percentiles: tuple[float, float] = (1.0, 99.8)
+    polarity: Polarity = "keep"  # "auto": images with a bright background are inverted (data.normalize.POLARITIES)
     boundary_width: int = 1  # instances task: pixels of each object's rim that form the boundary class
     checkpoint_every: float | None = None  # seconds between atomic saves to the Trainer's checkpoint folder
     synthetic_ratio: float = 0.0  # fraction of patches drawn from the Trainer's synthetic pairs (0..1)

@@ -31,8 +31,9 @@ SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 
 
 class Probabilities(nn.Module):
-    """The U-Net followed by its output maps in float32: a softmax over classes (for a star
-    head then the object probability and the ray lengths in pixels, ``models.heads``)."""
+    """The U-Net followed by its output maps in float32: a softmax over classes, or the maps of
+    the model's instance head (``heads.Head.maps``, e.g. then a star head's object probability
+    and ray lengths in pixels)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -64,7 +65,10 @@ def export_metadata(bundle: ModelBundle, fmt: str, example: torch.Tensor) -> dic
     return {
         "format": fmt, "task": bundle.task, "classes": bundle.class_names, "outputs": bundle.output_names, "dims": mcfg.dims,
         "in_channels": mcfg.in_channels, "percentiles": list(bundle.config.percentiles),
-        "normalisation": "per channel: (x - p_low) / (p_high - p_low), percentiles of the whole image",
+        "normalisation": "per channel: (x - p_low) / (p_high - p_low), percentiles of the whole image"
+                         + ("; then 1 - x for the whole image when the median of the channel mean lies nearer its"
+                            " p_high than its p_low (a bright background)" if bundle.config.polarity == "auto" else ""),
+        "polarity": bundle.config.polarity,
         "input": "float32 (B, C, *S)", "output": "float32 softmax probabilities (B, K, *S_out)",
         "size_multiple": 2**mcfg.depth,
         "input_size": size if valid else None,

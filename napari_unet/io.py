@@ -200,8 +200,19 @@ def replace_folder(source: str | os.PathLike, target: str | os.PathLike) -> None
         os.replace(source, target)
 
 
-def save_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any]) -> Path:
+def recover_model_folder(folder: str | os.PathLike) -> None:
+    """Finish a model-folder swap a crash interrupted, for readers of other files in the folder."""
+    try:
+        _recover_model_folder(Path(folder))
+    except OSError:
+        pass
+
+
+def save_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any],
+                      extra: dict[str, bytes] | None = None) -> Path:
     """Write weights (safetensors) and metadata (JSON) into ``folder`` atomically.
+
+    ``extra``: more files (name -> bytes) written in the same swap, such as a run's training state.
 
     The folder is assembled (and fsynced) in a hidden staging folder beside the target, then
     swapped in with renames: readers see the previous model or the new one, never a mix. A
@@ -222,6 +233,11 @@ def save_model_folder(folder: str | os.PathLike, tensors: dict[str, Any], meta: 
             fh.write(json.dumps(meta, indent=2, sort_keys=True))
             fh.flush()
             os.fsync(fh.fileno())
+        for name, data in (extra or {}).items():
+            with open(staging / name, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
         with open(staging / WEIGHTS_FILE, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(staging, 0o755)  # mkdtemp makes it private

@@ -47,6 +47,12 @@ def voxel_spacing(cfg) -> tuple[float, ...]:
     return (float(cfg.z_scale), 1.0, 1.0) if cfg.model.dims == 3 else (1.0, 1.0)
 
 
+def anisotropic_spacing(cfg) -> tuple[float, ...] | None:
+    """``voxel_spacing`` of a 3D model whose voxels are not cubes (``z_scale != 1``), else None: what
+    a 3D-capable instance head is told (``spacing=``) so its post-processing measures physical distances."""
+    return voxel_spacing(cfg) if cfg.model.dims == 3 and float(cfg.z_scale) != 1.0 else None
+
+
 def patch_shape(cfg) -> tuple[int, ...]:
     """Training patch size per spatial axis: (P, P), or (P / z_scale, P, P) for a 3D model told one
     side P; a (z, y, x) ``patch_size`` (the 3D default, ``training.sizes``) as it is."""
@@ -75,9 +81,11 @@ def check_volume_config(cfg) -> None:
 
 
 def check_head_dims(task: str, instance_head: str, dims: int) -> None:
-    """Raise ``UserError`` when an instance head cannot run in ``dims`` D (only 3class does 3D)."""
-    if dims == 3 and task == "instances" and instance_head != "3class":
-        raise UserError(f"the {instance_head!r} instance head is 2D only; 3D models use the 3class head")
+    """Raise ``UserError`` when an instance head cannot run in ``dims`` D (``heads.Head.dims``)."""
+    if task == "instances":
+        from napari_unet import heads
+
+        heads.get(instance_head).check_dims(dims)
 
 
 def z_scale_of(scale: Sequence[float]) -> float:

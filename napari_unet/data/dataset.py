@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_unet import heads
 from napari_unet.config import TrainConfig
 from napari_unet.data.normalize import prepare_image
 from napari_unet.data.targets import (
@@ -42,15 +43,14 @@ class PreparedPair:
 
 
 def n_output_classes(cfg: TrainConfig) -> int:
-    """Network output channels for a task: 3 for instances, ``n_classes`` for semantic."""
+    """Target classes for a task: 3 for instances (``targets.INSTANCE_CLASSES``), ``n_classes`` for semantic."""
     return 3 if cfg.task == "instances" else cfg.n_classes
 
 
 def n_output_channels(cfg: TrainConfig) -> int:
-    """All network output channels: the classes plus the instance head's extra maps."""
-    from napari_unet.models.heads import extra_channels
-
-    return n_output_classes(cfg) + extra_channels(cfg)
+    """All network output channels: the classes, or the instance head's maps (``heads``)."""
+    head = heads.of(cfg)
+    return head.n_channels(cfg) if head is not None else n_output_classes(cfg)
 
 
 def _targets(mask: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:
@@ -72,7 +72,7 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     staged = []
     for i, (image, mask) in enumerate(pairs):
         name = names[i] if names else f"image {i}"
-        chw = prepare_image(image, cfg.model.in_channels, cfg.percentiles, cfg.model.dims)
+        chw = prepare_image(image, cfg.model.in_channels, cfg.percentiles, cfg.model.dims, cfg.polarity)
         mask = np.asarray(mask)
         if mask.ndim == cfg.model.dims + 1 and mask.shape[-1] in (3, 4):
             mask = mask[..., 0]

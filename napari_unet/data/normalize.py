@@ -46,8 +46,30 @@ def has_nonfinite(image: np.ndarray) -> bool:
     return bool(np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all())
 
 
-def normalize(chw: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
-    """Scale each channel so its low/high percentiles map to 0/1 (float32, not clipped)."""
+def bright_background(median: float, low: float, high: float) -> bool:
+    """True when an image's median lies nearer its high percentile than its low one: the background
+    (most pixels) is bright, as in stained and brightfield images, where nuclei are darker than it.
+
+    On the dsb2018 images it tells the objects' polarity right for 498 of 498 fluorescence, 105 of
+    107 stained and 16 of 16 brightfield images. It is no rule for images without a dominant
+    background (EM sections sit at 0.49-0.54 of their range): a model uses it only with
+    ``polarity="auto"`` (the shipped nuclei models), never a model fine-tuned on a user's images.
+    """
+    return median - low > high - median
+
+
+def normalize(chw: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8), polarity: str = "keep") -> np.ndarray:
+    """Scale each channel so its low/high percentiles map to 0/1 (float32, not clipped).
+
+    ``polarity="auto"``: an image with a bright background (``bright_background`` of the channels'
+    mean) is inverted, its percentiles mapping to 1/0, so the network always sees bright objects on
+    a dark background.
+    """
+    if polarity == "auto":
+        grey = chw.astype(np.float32, copy=False).mean(axis=0)
+        finite = grey[np.isfinite(grey)]
+        if finite.size and bright_background(float(np.median(finite)), *np.percentile(finite, percentiles)):
+            return 1.0 - normalize(chw, percentiles)
     out = np.empty(chw.shape, dtype=np.float32)
     for c, channel in enumerate(chw):
         channel = channel.astype(np.float32, copy=False)
@@ -63,6 +85,7 @@ def normalize(chw: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -
     return out
 
 
-def prepare_image(image: np.ndarray, in_channels: int, percentiles: tuple[float, float], dims: int = 2) -> np.ndarray:
+def prepare_image(image: np.ndarray, in_channels: int, percentiles: tuple[float, float], dims: int = 2,
+                  polarity: str = "keep") -> np.ndarray:
     """Channels first and normalised: what the network sees."""
-    return normalize(to_channels_first(image, in_channels, dims), percentiles)
+    return normalize(to_channels_first(image, in_channels, dims), percentiles, polarity)

@@ -11,9 +11,16 @@ says where it ends); unannotated pixels take part in no loss term.
 
 Semantic task: class indices; ``{0, 255}`` masks read as 0/1. In sparse mode (scribbles) the
 napari convention holds: 0 = unannotated (ignored), 1 = background, 2.. = classes.
+
+A head that learns from the instance ids (``heads.Head.needs_ids``) makes its targets after
+augmentation, from the warped ids: the class targets and the ids travel through the one
+nearest-neighbour warp together, packed into one integer per pixel (``pack``/``unpack``), so
+both are copies of the same source pixel.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -22,8 +29,12 @@ from skimage.segmentation import find_boundaries
 from napari_unet.config import LossConfig
 from napari_unet.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
 IGNORE = -1
 INSTANCE_CLASSES = ("background", "interior", "boundary")
+_CLASS_CODES = 4  # class target + 1 in 0..3 (0 = IGNORE)
 
 
 def instance_classes(instances: np.ndarray, width: int = 1) -> np.ndarray:
@@ -159,3 +170,13 @@ def has_touching_objects(instances: np.ndarray) -> bool:
     """True if two different instances share an edge (a cheap data sanity check)."""
     grown = ndi.grey_dilation(instances, size=3)
     return bool(((grown != instances) & (instances > 0)).any())
+
+
+def pack(targets: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+    """Class targets (B, *S) in -1..2 and instance ids (B, *S) -> one int64 code per pixel."""
+    return instances.long() * _CLASS_CODES + (targets.long() + 1)
+
+
+def unpack(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of ``pack``: (class targets, instance ids)."""
+    return codes % _CLASS_CODES - 1, codes // _CLASS_CODES

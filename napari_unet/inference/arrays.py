@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Generator
 
 import numpy as np
 
+from napari_unet import heads
 from napari_unet.config import PredictConfig
 from napari_unet.decide.layout import array_layout
 from napari_unet.errors import UserError
 from napari_unet.events import Progress, relay
-from napari_unet.data.dataset import n_output_classes
 from napari_unet.inference.postprocess import labels_for
 from napari_unet.inference.uncertainty import check_uncertainty_kind, mc_uncertainty
 
@@ -47,7 +47,7 @@ def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(
             done += 1
             yield Progress(done, total, time.perf_counter() - start, f"slice {index + 1}/{len(slices)}")
         if cfg.mc_samples > 0:
-            maps = mc_uncertainty(np.stack(samples), n_output_classes(bundle.config))
+            maps = mc_uncertainty(np.stack(samples), heads.of(bundle.config))
             probs = maps["probabilities"]
             maps_out.append(maps[uncertainty])
         else:

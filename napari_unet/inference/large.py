@@ -2,7 +2,7 @@
 
 ``predict_large`` reads the image tile by tile (``tiling.iter_tiled``), writes blended
 probabilities to an on-disk Zarr array in bands of whole chunks, then labels instances block by
-block with seams resolved (``blockwise.instances_blockwise``). With MC-dropout samples each tile
+block with seams resolved (the instance head's ``instances_blockwise``). With MC-dropout samples each tile
 also gets its uncertainty maps (``predict.mc_dropout_tile_fn``: the same dropout masks in every
 tile, so the maps are seam-free and equal the whole-image ones), streamed the same way. Each
 output then gets its resolution pyramid (``omezarr.build_pyramid``, block by block). Memory holds
@@ -21,11 +21,11 @@ from typing import Any, Generator
 import numpy as np
 import torch
 
+from napari_unet import heads
 from napari_unet.config import PredictConfig
+from napari_unet.data.normalize import bright_background
 from napari_unet.errors import UserError
-from napari_unet.models.heads import is_flow, is_star
 from napari_unet.events import Finished, Message, Progress
-from napari_unet.inference.blockwise import instances_blockwise
 from napari_unet.inference.tiling import Slab, iter_tiled
 from napari_unet.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
 from napari_unet.models.bundle import ModelBundle
@@ -80,15 +80,25 @@ class ChannelsFirst:
 
 
 def sampled_percentiles(view: ChannelsFirst, percentiles: tuple[float, float],
-                        max_pixels: int = 4_000_000) -> np.ndarray:
-    """(C, 2) low/high percentiles from a regular sub-grid of at most ``max_pixels`` pixels."""
+                        max_pixels: int = 4_000_000, polarity: str = "keep") -> np.ndarray:
+    """(C, 2) low/high percentiles from a regular sub-grid of at most ``max_pixels`` pixels.
+
+    ``polarity="auto"`` and a bright background (``normalize.bright_background`` of the sample's
+    channel mean): high/low instead, so ``Normalized`` inverts the image as ``normalize`` does.
+    """
     _, h, w = view.shape
     stride = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
     step = stride * max(1, 256 // stride)  # read bands of rows, keep every stride-th pixel
     rows = [view[(slice(None), slice(y, min(y + step, h)), slice(None))][:, ::stride, ::stride]
             for y in range(0, h, step)]
     sample = np.concatenate(rows, axis=1).reshape(view.shape[0], -1)
-    return np.stack([np.percentile(c[np.isfinite(c)], percentiles) for c in sample])
+    bounds = np.stack([np.percentile(c[np.isfinite(c)], percentiles) for c in sample])
+    if polarity == "auto":
+        grey = sample.mean(axis=0)
+        grey = grey[np.isfinite(grey)]
+        if grey.size and bright_background(float(np.median(grey)), *np.percentile(grey, percentiles)):
+            return bounds[:, ::-1].copy()
+    return bounds
 
 
 class Normalized:
@@ -97,8 +107,9 @@ class Normalized:
     def __init__(self, view: ChannelsFirst, bounds: np.ndarray) -> None:
         self.view, self.shape = view, view.shape
         lo, hi = bounds[:, 0], bounds[:, 1]
+        span = hi - lo  # negative for an inverted image (``sampled_percentiles``)
         self.lo = lo[:, None, None].astype(np.float32)
-        self.scale = (1.0 / np.maximum(hi - lo, 1e-6))[:, None, None].astype(np.float32)
+        self.scale = (1.0 / np.where(np.abs(span) < 1e-6, 1e-6, span))[:, None, None].astype(np.float32)
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         return (self.view[key] - self.lo) * self.scale
@@ -137,7 +148,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     """Predict a 2D array-like ``image`` (numpy, zarr, dask) into the OME-Zarr ``out`` (labels),
     streaming; with ``probabilities`` also keep ``<out>_probabilities`` (K, H, W float16); with
     ``cfg.mc_samples`` > 0 labels come from the MC-dropout mean and ``<out>_uncertainty``
-    (total, aleatoric, epistemic[, shape for a star / flow head]; 3 or 4, H, W float16) is written
+    (total, aleatoric, epistemic[, the instance head's own, e.g. shape]; 3 or 4, H, W float16) is written
     too. Every output gets a resolution pyramid down to ``min_level_size`` pixels. Yields
     ``Progress`` per tile and per block, then ``Finished``."""
     from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
@@ -150,7 +161,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     out = Path(out)
     view = ChannelsFirst(image, bundle.config.model.in_channels)
     _, h, w = view.shape
-    bounds = sampled_percentiles(view, tuple(bundle.config.percentiles))
+    bounds = sampled_percentiles(view, tuple(bundle.config.percentiles), polarity=bundle.config.polarity)
     net = bundle.net.eval()
     dtype = low_precision_dtype(next(net.parameters()).device, None)
     spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=cfg.overlap))
@@ -186,22 +197,12 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
         push(None)
     labels_dtype = np.uint32
     labels = create_ome_zarr(out, (h, w), labels_dtype, (chunk, chunk), ["y", "x"], labels=True)
-    if is_star(bundle.config):
-        from napari_unet.inference.star import star_blockwise
-
-        objects = yield from star_blockwise(probs, labels, chunk, halo, cfg.min_size, **bundle.postprocess)
-    elif is_flow(bundle.config):
-        from napari_unet.inference.flows import flows_blockwise
-
-        objects = yield from flows_blockwise(probs, labels, chunk, halo, cfg.min_size, **bundle.postprocess)
-    elif bundle.task == "instances":
-        import zarr
-
-        scratch = zarr.open_array(str(out.with_name(f".{out.name}.seeds")), mode="w", shape=(h, w),
-                                  chunks=(chunk, chunk), dtype=np.uint32, zarr_format=2)
-        objects = yield from instances_blockwise(probs, labels, scratch, chunk, halo, cfg.min_size,
-                                                 **bundle.postprocess)  # the model's tuned thresholds
-        shutil.rmtree(out.with_name(f".{out.name}.seeds"), ignore_errors=True)
+    head = heads.of(bundle.config)
+    if head is not None:  # the instance head's block-wise instances, with the model's tuned thresholds
+        scratch = out.with_name(f".{out.name}.seeds")
+        objects = yield from head.instances_blockwise(probs, labels, chunk, halo, cfg.min_size, scratch,
+                                                      **bundle.postprocess)
+        shutil.rmtree(scratch, ignore_errors=True)
     else:
         for y in range(0, h, chunk):
             labels[y:y + chunk] = np.asarray(probs[:, y:y + chunk]).argmax(axis=0).astype(labels_dtype)

@@ -1,18 +1,20 @@
-"""From per-pixel class probabilities to label images."""
+"""From per-pixel class probabilities to label images: the 3-class head's seeded watershed
+(``heads.three_class``), and ``labels_for`` any model's maps through its instance head."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
+from napari_unet import heads
+from napari_unet.config import TrainConfig
 from napari_unet.data.targets import relabel_sequential
-from napari_unet.volumes import voxel_spacing
+from napari_unet.volumes import anisotropic_spacing
 
 
 SPLIT_SMOOTHING = 1.0  # Gaussian sigma (pixels) on the interior distance map before its maxima are taken
@@ -103,28 +105,15 @@ def classes_from_probabilities(probs: np.ndarray) -> np.ndarray:
     return probs.argmax(axis=0).astype(np.uint8)
 
 
-def head_postprocess(head: str) -> tuple[Callable[..., np.ndarray], dict[str, float]]:
-    """The instance function (maps, min_size, **thresholds) -> labels and the default thresholds
-    of a head whose instances come from its own maps: "star" (polygon NMS) or "flow" (dynamics)."""
-    if head == "star":
-        from napari_unet.inference.star import DEFAULT_RULE, instances_from_star
-
-        return instances_from_star, DEFAULT_RULE
-    if head == "flow":
-        from napari_unet.inference.flows import DEFAULT_RULE as FLOW_RULE, instances_from_flows
-
-        return instances_from_flows, FLOW_RULE
-    raise ValueError(f"the {head!r} head has no map post-processing")
-
-
-def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10, head: str = "3class",
-                              spacing: Spacing = None, **thresholds: float | None) -> np.ndarray:
-    """Instance labels (``thresholds``: see ``instances_from_probabilities``, or for the star and
-    flow heads ``head_postprocess``; ``spacing``: an anisotropic volume's voxel size) or class indices."""
-    if task == "instances" and head in ("star", "flow"):
-        return head_postprocess(head)[0](probs, min_size, **thresholds)
+def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10,
+                              head: str = TrainConfig.instance_head, spacing: Spacing = None,
+                              **thresholds: float | None) -> np.ndarray:
+    """Instance labels from the maps of the instance ``head`` (a name in ``heads``; ``thresholds``:
+    its ``rule_keys``, e.g. ``instances_from_probabilities``'s for the default head; ``spacing``: an
+    anisotropic volume's voxel size) or class indices."""
     if task == "instances":
-        return instances_from_probabilities(probs[:3], min_size, spacing=spacing, **thresholds)
+        told = {} if spacing is None else {"spacing": spacing}  # (heads that run in 3D take it)
+        return heads.get(head).instances(probs, min_size, **told, **thresholds)
     return classes_from_probabilities(probs)
 
 
@@ -132,4 +121,4 @@ def labels_for(bundle, maps: np.ndarray, min_size: int = 10) -> np.ndarray:
     """Labels of a model's output maps with the post-processing stored for it (``ModelBundle``), in
     the physical units of its voxels (``TrainConfig.z_scale``) for a 3D model."""
     return labels_from_probabilities(maps, bundle.task, min_size, bundle.config.instance_head,
-                                     voxel_spacing(bundle.config), **bundle.postprocess)
+                                     anisotropic_spacing(bundle.config), **bundle.postprocess)

@@ -10,8 +10,8 @@ from typing import Generator, Sequence
 import numpy as np
 import torch
 
+from napari_unet import heads
 from napari_unet.config import PredictConfig
-from napari_unet.data.dataset import n_output_classes
 from napari_unet.data.normalize import has_nonfinite, prepare_image
 from napari_unet.errors import UserError
 from napari_unet.decide.layout import array_layout
@@ -36,7 +36,7 @@ class Prediction:
 
 def network_forward(net: torch.nn.Module, batch: np.ndarray, dtype: torch.dtype | None = None) -> np.ndarray:
     """Output maps for a batch (B, C, H, W) -> (B, K, H, W), on the network's device: softmax
-    probabilities (and for a star head the object probability and ray lengths, ``models.heads``)."""
+    probabilities, or the maps of the model's instance head (``heads.Head.maps``)."""
     device = next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
     if dtype is not None and (x.ndim == 4 or (x.ndim == 5 and device.type == "cpu")):
@@ -108,7 +108,7 @@ def mc_dropout_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, samples:
             for t in range(samples):
                 torch.manual_seed(seed + t)
                 draws.append(network_forward(net, item[None], dtype)[0])  # (K, *S_out)
-            maps = mc_uncertainty(np.stack(draws), getattr(getattr(net, "activation", None), "n_classes", None))
+            maps = mc_uncertainty(np.stack(draws), getattr(getattr(net, "activation", None), "head", None))
             out.append(np.concatenate([maps["probabilities"], np.stack([maps[k] for k in kinds])]))
         return np.stack(out)  # (B, K + len(kinds), *S_out)
 
@@ -159,7 +159,7 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictCo
     if array_layout(image.shape, False, mcfg.in_channels, mcfg.dims).is_stack:  # a 2D model, slice by slice
         slices = [predict_probabilities(bundle, plane, cfg, mc_dropout, seed + z) for z, plane in enumerate(image)]
         return np.stack(slices, axis=1)  # (K, Z, H, W)
-    chw = prepare_image(image, mcfg.in_channels, bundle.config.percentiles, mcfg.dims)
+    chw = prepare_image(image, mcfg.in_channels, bundle.config.percentiles, mcfg.dims, bundle.config.polarity)
     device = next(bundle.net.parameters()).device
     dtype = low_precision_dtype(device, None)
     net = bundle.net
@@ -177,7 +177,7 @@ def predict_image(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = P
     if cfg.mc_samples > 0:
         samples = np.stack([predict_probabilities(bundle, image, cfg, mc_dropout=True, seed=t)
                             for t in range(cfg.mc_samples)])
-        maps = mc_uncertainty(samples, n_output_classes(bundle.config))
+        maps = mc_uncertainty(samples, heads.of(bundle.config))
         probs = maps.pop("probabilities")
     else:
         probs, maps = predict_probabilities(bundle, image, cfg), {}

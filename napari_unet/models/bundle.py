@@ -4,7 +4,8 @@ It lives beside the networks so training and inference both import it downward (
 
 On disk a model folder holds ``model.safetensors`` and ``model.json``; the JSON carries the
 full ``TrainConfig`` (architecture, task, normalisation), so the network is rebuilt from the
-folder alone and no pickle is involved.
+folder alone and no pickle is involved. A folder a training run wrote also holds the run's
+training state (``training.state``: two more files), which ``--resume`` continues from.
 """
 
 from __future__ import annotations
@@ -31,42 +32,45 @@ class ModelBundle:
     net: torch.nn.Module
     config: TrainConfig
     meta: dict[str, Any] = field(default_factory=dict)
+    resume: Any = None  # the run's ``training.state.TrainingState`` (saved beside the weights), or None
 
     @property
     def task(self) -> str:
         return self.config.task
 
     @property
+    def head(self):
+        """The instance head (``heads.Head``) of this model; None for a semantic one."""
+        from napari_unet import heads
+
+        return heads.of(self.config)
+
+    @property
     def postprocess(self) -> dict[str, float]:
-        """Instance post-processing tuned for this model (3-class head: ``seed_threshold``,
-        ``fg_threshold``, ``split_height``; star head: ``prob_threshold``, ``nms_threshold``; flow
-        head: ``prob_threshold``, ``flow_threshold``)."""
-        known = ("seed_threshold", "fg_threshold", "split_height", "prob_threshold", "nms_threshold", "flow_threshold")
+        """Instance post-processing tuned for this model: the thresholds of its head's ``rule_keys``
+        in ``meta["postprocess"]``."""
+        known = self.head.rule_keys if self.head is not None else ()
         return {k: v for k, v in (self.meta.get("postprocess") or {}).items() if k in known}
 
     @property
     def n_outputs(self) -> int:
-        """Channels of the network's output maps (classes, plus a star head's probability and rays)."""
+        """Channels of the network's output maps (classes, or the instance head's maps)."""
         from napari_unet.data.dataset import n_output_channels
 
         return n_output_channels(self.config)
 
     @property
     def output_names(self) -> list[str]:
-        """A name for every channel of the output maps: the classes, then a star or flow head's maps."""
-        from napari_unet.models.heads import is_flow
-
-        extra = self.n_outputs - len(self.class_names)
-        if is_flow(self.config):
-            return self.class_names + ["object probability", "flow y", "flow x"]
-        return self.class_names + (["object probability"] + [f"ray {i}" for i in range(extra - 1)] if extra else [])
+        """A name for every channel of the output maps: the classes, or the instance head's maps."""
+        if self.head is not None:
+            return self.head.channel_names(self.config)
+        return self.class_names
 
     @property
     def class_names(self) -> list[str]:
-        from napari_unet.data.targets import INSTANCE_CLASSES
-
-        if self.task == "instances":
-            return list(INSTANCE_CLASSES)
+        """The softmax classes of the output maps (an instance head's first ``n_classes`` channels)."""
+        if self.head is not None:
+            return self.head.channel_names(self.config)[:self.head.n_classes]
         return self.meta.get("class_names") or [f"class {i}" for i in range(self.config.n_classes)]
 
 
@@ -74,13 +78,15 @@ def build_network(cfg: TrainConfig) -> torch.nn.Module:
     """A fresh U-Net whose output channels fit the task."""
     from dataclasses import replace
 
+    from napari_unet import heads
     from napari_unet.data.dataset import n_output_channels, n_output_classes
+    from napari_unet.heads.base import OutputMaps
     from napari_unet.models import UNet
-    from napari_unet.models.heads import OutputMaps, is_flow, is_star, side_channels
 
-    side = side_channels(cfg)  # star rays / flows come from the half-resolution side branch
+    head = heads.of(cfg)
+    side = head.side_channels(cfg) if head is not None else 0  # e.g. star rays / flows: the half-resolution side branch
     net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg) - side, side_channels=side))
-    net.activation = OutputMaps(n_output_classes(cfg), is_star(cfg), is_flow(cfg))  # no parameters: the weights file is unchanged
+    net.activation = OutputMaps(n_output_classes(cfg), head)  # no parameters: the weights file is unchanged
     return net
 
 
@@ -90,10 +96,10 @@ def cpu_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_bundle(bundle: ModelBundle, folder: str | os.PathLike) -> Path:
-    """Write the model folder atomically."""
+    """Write the model folder atomically (with the run's training state, when the bundle has one)."""
     meta = stamp_model_meta(bundle.meta, MODEL_KIND, FORMAT_VERSION, bundle.config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in cpu_state_dict(bundle.net).items()}
-    return save_model_folder(folder, state, meta)
+    return save_model_folder(folder, state, meta, bundle.resume.files() if bundle.resume is not None else None)
 
 
 def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -94,9 +94,12 @@ def resolve_model(spec: str | os.PathLike) -> Path:
 def fine_tune_config(cfg: Any, init: Any) -> Any:
     """``cfg`` (a ``TrainConfig``) adapted to start from ``init`` (a ``ModelBundle``).
 
-    Takes the starting model's architecture and normalisation, keeping this task's input
-    channels (the Trainer re-initialises what then does not fit: first layer, head), and scales
-    the learning rate by ``FINE_TUNE_LR``: a trained network needs smaller steps.
+    Takes the starting model's architecture and normalisation percentiles, keeping this task's
+    input channels (the Trainer re-initialises what then does not fit: first layer, head), and
+    scales the learning rate by ``FINE_TUNE_LR``: a trained network needs smaller steps. Not its
+    ``polarity``: the fine-tuned model keeps the images as they are, and the Trainer inverts the
+    first layer when the annotated objects are darker than their background
+    (``checkpoint.transfer_input_layer``), which the user's annotations tell for sure.
     """
     from dataclasses import replace
 
@@ -116,6 +119,8 @@ def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = No
     import torch
     from safetensors.torch import save_file
 
+    import dataclasses
+
     from napari_unet.models.bundle import save_bundle
 
     folder = REGISTRY[name].folder
@@ -123,7 +128,7 @@ def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = No
     card_text = card.read_text() if card.is_file() else None
     if figures is not None:
         bundle.meta["val_split"] = figures
-    save_bundle(bundle, folder)  # replaces the whole folder atomically
+    save_bundle(dataclasses.replace(bundle, resume=None), folder)  # the whole folder, atomically; no training state
     if card_text is not None:
         card.write_text(card_text)
     state = {k: (v.to(torch.float16) if v.is_floating_point() else v).detach().cpu().contiguous()

@@ -10,6 +10,7 @@ every prediction path applies them.
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
@@ -135,59 +136,51 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     return {**best, "ap50_argmax": argmax, "confidence": round(confidence, 3)}
 
 
-# The star and flow heads' thresholds, searched as StarDist's ``optimize_thresholds`` does: object
-# probability over a grid, then refined next to the best, for each value of the second threshold
-# (the star head's NMS overlap, the flow head's flow-consistency error; 0 = no check).
-HEAD_GRIDS: dict[str, tuple[tuple[str, tuple[float, ...]], tuple[str, tuple[float, ...]]]] = {
-    "star": (("prob_threshold", (0.3, 0.4, 0.5, 0.6, 0.7)), ("nms_threshold", (0.3, 0.4, 0.5))),
-    "flow": (("prob_threshold", (0.3, 0.5, 0.7)), ("flow_threshold", (0.4, 0.6, 0.8, 0.0))),
-}
+# A head's own thresholds (``Head.threshold_grid``), searched as StarDist's ``optimize_thresholds``
+# does: the first threshold (the object probability) over a grid, then refined next to the best,
+# for each value of the others (the star head's NMS overlap, the flow head's flow-consistency error).
 
 
-def head_counts(head: str, maps: Sequence[np.ndarray], instances: Sequence[np.ndarray],
-                **rule: float) -> np.ndarray:
-    """(images, 3) TP, FP, FN at IoU 0.5 per image of a star / flow head's post-processing with ``rule``."""
-    from napari_unet.inference.postprocess import head_postprocess
-
-    fn = head_postprocess(head)[0]
-    return image_counts(_each(lambda m: fn(m, 10, **rule), maps), instances)
+def head_counts(head, maps: Sequence[np.ndarray], instances: Sequence[np.ndarray], **rule: float) -> np.ndarray:
+    """(images, 3) TP, FP, FN at IoU 0.5 per image of ``head``'s instances (``heads.Head``) with ``rule``."""
+    return image_counts(_each(lambda m: head.instances(m, 10, **rule), maps), instances)
 
 
-def tune_head_thresholds(head: str, maps: Sequence[np.ndarray], instances: Sequence[np.ndarray],
+def tune_head_thresholds(head, maps: Sequence[np.ndarray], instances: Sequence[np.ndarray],
                          should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
-    """Best thresholds of the star or flow head (``HEAD_GRIDS``) on the validation maps.
+    """Best thresholds of ``head`` (its ``threshold_grid``) on the validation maps.
 
-    The winner replaces the head's default rule (``head_postprocess``) when it beats it in
-    ``CONFIDENCE`` of the bootstrap resamples of the images. Returns the thresholds with their
-    ``ap50``, the default rule's ``ap50_default`` and the winner's ``confidence``.
+    The winner replaces the head's ``default_rule`` when it beats it in ``CONFIDENCE`` of the
+    bootstrap resamples of the images. Returns the thresholds with their ``ap50``, the default
+    rule's ``ap50_default`` and the winner's ``confidence``.
     """
-    from napari_unet.inference.postprocess import head_postprocess
+    grid = head.threshold_grid
+    keys = [name for name, _ in grid]
+    default_rule = dict(head.default_rule)
+    known: dict[tuple[float, ...], np.ndarray] = {}
 
-    (name_a, grid_a), (name_b, grid_b) = HEAD_GRIDS[head]
-    default_rule = head_postprocess(head)[1]
-    known: dict[tuple[float, float], np.ndarray] = {}
-
-    def counts_of(a: float, b: float) -> np.ndarray:
-        key = (round(a, 3), round(b, 3))
+    def counts_of(*values: float) -> np.ndarray:
+        key = tuple(round(v, 3) for v in values)
         if key not in known:
-            known[key] = head_counts(head, maps, instances, **{name_a: key[0], name_b: key[1]})
+            known[key] = head_counts(head, maps, instances, **dict(zip(keys, key)))
         return known[key]
 
-    default = counts_of(default_rule[name_a], default_rule[name_b])
+    default = counts_of(*(default_rule[k] for k in keys))
     best, counts = dict(default_rule), default
-    for b in grid_b:
-        for a in grid_a:
+    for others in itertools.product(*(values for _, values in reversed(grid[1:]))):  # the last one outermost
+        for a in grid[0][1]:
             if should_stop is not None and should_stop():
                 break
-            c = counts_of(a, b)
+            rule = dict(zip(keys, (a, *reversed(others))))
+            c = counts_of(*rule.values())
             if counts_ap(c) > counts_ap(counts):
-                best, counts = {name_a: a, name_b: b}, c
-    for step in (-0.05, 0.05):  # refine the probability next to the best
-        a = best[name_a] + step
+                best, counts = rule, c
+    for step in (-0.05, 0.05):  # refine the first threshold (the probability) next to the best
+        a = best[keys[0]] + step
         if 0.0 < a < 1.0:
-            c = counts_of(a, best[name_b])
+            c = counts_of(a, *(best[k] for k in keys[1:]))
             if counts_ap(c) > counts_ap(counts):
-                best, counts = {name_a: round(a, 3), name_b: best[name_b]}, c
+                best, counts = {**best, keys[0]: round(a, 3)}, c
     confidence = bootstrap_win_rate(counts, default) if counts_ap(counts) > counts_ap(default) else 0.0
     if confidence < CONFIDENCE:
         best, counts = dict(default_rule), default

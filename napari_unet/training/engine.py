@@ -4,7 +4,8 @@
 ``Preview`` and finally ``Finished``; it returns the best ``ModelBundle``. The CLI drives it
 with a progress bar, the napari widget in a thread worker. Stopping takes effect at the next
 step (``Trainer.stop()``), and new annotations can be swapped in while it runs
-(``Trainer.update_pairs()``).
+(``Trainer.update_pairs()``). Checkpoints and the returned model carry the run's training state
+(``training.state``), from which ``Trainer.resuming`` continues a stopped or killed run.
 """
 
 from __future__ import annotations
@@ -19,27 +20,28 @@ from typing import Generator, Sequence
 import numpy as np
 import torch
 
+from napari_unet import heads
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
 from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, hold_out_objects, n_output_channels,
-                                      n_output_classes, objects_brighter, objects_brighter_of, prepare_pairs,
+                                      objects_brighter, objects_brighter_of, prepare_pairs,
                                       split_validation, without_zones)
 from napari_unet.data.normalize import has_nonfinite, prepare_image
-from napari_unet.data.flow_targets import flow_targets
-from napari_unet.data.star_targets import GRID, pack, star_targets, unpack
-from napari_unet.models.heads import has_instance_maps, is_star
+from napari_unet.data.targets import pack, unpack
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
 from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
 from napari_unet.training.checkpoint import load_compatible_weights, transfer_input_layer
-from napari_unet.training.calibrate import CONFIDENCE, RULE_CONFIDENCE, bootstrap_win_rate
+from napari_unet.training.calibrate import CONFIDENCE, bootstrap_win_rate
 from napari_unet.training import guard
 from napari_unet.training.device import (autocast, channels_last_format, describe, describe_precision,
                                           release_cached_memory, start_run, with_device_sizes)
-from napari_unet.training.losses import flow_loss, segmentation_loss, star_loss
+from napari_unet.training.losses import segmentation_loss
 from napari_unet.training.sizes import describe_sizes
+from napari_unet.training.state import (Position, Sitting, TrainingState, capture, check_same_data, data_fingerprint,
+                                        fraction_of, restore, resumed_config, step_budget)
 from napari_unet.training.validation import validate
-from napari_unet.volumes import check_volume_config, patch_shape, voxel_spacing
+from napari_unet.volumes import anisotropic_spacing, check_volume_config, patch_shape, voxel_spacing
 
 Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
 KEEP_BEST_MIN_IMAGES = 3  # fewer validation images than this cannot show an earlier model better (instances)
@@ -65,13 +67,18 @@ class Trainer:
     def __init__(self, pairs: Pairs, cfg: TrainConfig, *, init: ModelBundle | None = None,
                  names: Sequence[str] | None = None, validation: Pairs | None = None,
                  preview_image: np.ndarray | None = None,
-                 checkpoint_to: str | os.PathLike | None = None, synthetic: Pairs | None = None) -> None:
+                 checkpoint_to: str | os.PathLike | None = None, synthetic: Pairs | None = None,
+                 resume: TrainingState | None = None) -> None:
         """``checkpoint_to``: model folder saved atomically every ``cfg.checkpoint_every`` seconds.
 
         ``synthetic``: extra (image, mask) pairs (e.g. from the diffusion model) that supply a
         ``cfg.synthetic_ratio`` share of the training patches; validation uses real pairs only.
+        ``resume``: continue that run (its starting model replaces ``init``); see ``resuming``.
         """
         self.cfg = cfg
+        self._resume = resume
+        if resume is not None:
+            init = resume.start_bundle()
         self._synthetic = synthetic
         self._checkpoint_to = None if checkpoint_to is None else Path(checkpoint_to)
         self._pairs, self._names, self._validation = pairs, names, validation
@@ -80,6 +87,15 @@ class Trainer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pending: tuple[Pairs, Sequence[str] | None] | None = None
+        self._per_epoch = 1  # steps per epoch of the training pairs (set by ``run``)
+
+    @classmethod
+    def resuming(cls, state: TrainingState, pairs: Pairs, cfg: TrainConfig | None = None, **kwargs) -> "Trainer":
+        """A Trainer that continues ``state``'s run on ``pairs`` with ``cfg`` (``training.state.resumed_config``;
+        default: the stored config and budget). ``UserError`` unless ``pairs``, ``names`` and
+        ``synthetic`` (in ``kwargs``, as for ``Trainer``) are the data the run trained on."""
+        check_same_data(state, pairs, kwargs.get("names"), kwargs.get("synthetic"))
+        return cls(pairs, cfg if cfg is not None else resumed_config(state), resume=state, **kwargs)
 
     def stop(self) -> None:
         """Ask the run to end at its next step; the best model so far is kept."""
@@ -97,6 +113,8 @@ class Trainer:
     def _take_pending(self) -> tuple[Pairs, Sequence[str] | None] | None:
         with self._lock:
             pending, self._pending = self._pending, None
+        if pending is not None:  # the data a checkpoint's fingerprint describes
+            self._pairs, self._names = pending
         return pending
 
     def _synthetic_sampler(self, rng: np.random.Generator) -> PatchSampler | None:
@@ -106,9 +124,10 @@ class Trainer:
         return self._patches(prepare_pairs(self._synthetic, self.cfg), rng)
 
     def _patches(self, pairs: Sequence[PreparedPair], rng: np.random.Generator, focus_annotated: bool = False) -> PatchSampler:
-        """The patch sampler for ``pairs``; a star or flow head's batches also carry the instance ids."""
+        """The patch sampler for ``pairs``; batches also carry the instance ids when the head needs them."""
+        head = heads.of(self.cfg)
         return PatchSampler(pairs, patch_shape(self.cfg), rng, focus_annotated=focus_annotated,
-                            with_instances=has_instance_maps(self.cfg))
+                            with_instances=head is not None and head.needs_ids)
 
     def _build(self, device: torch.device, channels_last: bool,
                brighter: bool | None = None) -> tuple[torch.nn.Module, list[str]]:
@@ -178,10 +197,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
-        total_steps = cfg.steps
-        if cfg.epochs is not None:
-            epoch_steps = cfg.epochs * steps_per_epoch(train_pairs, cfg)
-            total_steps = min(total_steps or epoch_steps, epoch_steps)
+        self._per_epoch = steps_per_epoch(train_pairs, cfg)
+        total_steps = step_budget(cfg, self._per_epoch)
         if total_steps is None and cfg.time_limit is None:
             raise ValueError("give at least one of steps, epochs or time_limit")
 
@@ -193,18 +210,16 @@ class Trainer:
         setup_seconds = start - setup_start
         yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
                       f"in {setup_seconds:.1f} s")
-        best_state, best_score, best_metrics = None, -1.0, {}
-        kept: dict = {}  # validation probabilities and per-image counts of the model kept so far
-        step, losses, batch = 0, [], cfg.batch_size
+        sitting = Sitting(net, optimizer, scaler, rng, generator, device)
+        pos = yield from self._position(sitting)  # step, best model so far...; restored when resuming
+        losses: list[float] = []
         last_report = last_val = last_preview = last_checkpoint = start
+        start -= pos.seconds  # a resumed run's clock goes on from its earlier sittings (time limit, progress)
         k = n_output_channels(cfg)
         net.train()
 
         def fraction_done() -> float:
-            elapsed = time.perf_counter() - start
-            parts = [step / total_steps] if total_steps else []
-            parts += [elapsed / cfg.time_limit] if cfg.time_limit else []
-            return max(parts)
+            return fraction_of(pos.step, time.perf_counter() - start, total_steps, cfg.time_limit)
 
         while not self._stop.is_set() and fraction_done() < 1.0:
             pending = self._take_pending()
@@ -217,19 +232,21 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.learning_rate, fraction_done())
             try:
-                loss = self._step(net, optimizer, scaler, sampler.sample(batch), device, dtype, channels_last, generator)
+                loss = self._step(net, optimizer, scaler, sampler.sample(pos.batch), device, dtype, channels_last,
+                                  generator)
             except torch.cuda.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
                 release_cached_memory(device)
-                if batch == 1:
+                if pos.batch == 1:
                     raise UserError("the GPU ran out of memory even with batch size 1; "
                                     "use a smaller patch size or train on the CPU") from None
-                batch //= 2
-                yield Message(f"GPU out of memory: batch size halved to {batch}; retrying", level="warning")
+                pos.batch //= 2
+                yield Message(f"GPU out of memory: batch size halved to {pos.batch}; retrying", level="warning")
                 continue
             except MemoryError:
                 raise UserError("out of memory (RAM) while training; use a smaller batch or patch size") from None
-            step += 1
+            pos.step += 1
+            step = pos.step
             losses.append(loss)
             now = time.perf_counter()
             elapsed = now - start
@@ -239,34 +256,36 @@ class Trainer:
                 yield LossReport(step, float(np.mean(losses)), elapsed)
                 losses, last_report = [], now
             if self._checkpoint_to is not None and cfg.checkpoint_every and now - last_checkpoint >= cfg.checkpoint_every:
-                self._save_checkpoint(net, step, now - start)
+                self._save_checkpoint(sitting, pos, now - start)
                 last_checkpoint = time.perf_counter()
             if val_pairs and now - last_val >= cfg.validate_every:
                 latest: dict = {}
                 metrics = validate(net, val_pairs, cfg, dtype, self._stop.is_set, latest)
                 if metrics is None:  # cancelled half-way through
                     break
-                improved = metrics["score"] > best_score
+                improved = metrics["score"] > pos.best_score
                 if improved:
-                    best_state, best_score, best_metrics = cpu_state_dict(net), metrics["score"], metrics
-                    kept = latest
+                    pos.best_state, pos.best_score, pos.best_metrics = cpu_state_dict(net), metrics["score"], metrics
+                    pos.kept = latest
                 yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
                 last_val = time.perf_counter()
             if self._preview is not None and cfg.preview_every > 0 and now - last_preview >= cfg.preview_every:
                 yield self._preview_event(net, step, dtype, k)
                 last_preview = time.perf_counter()
 
-        stopped = self._stop.is_set()
+        stopped, finished, step = self._stop.is_set(), fraction_done() >= 1.0, pos.step
         if losses:  # steps since the last report (a fast GPU can finish between two reports)
             yield LossReport(step, float(np.mean(losses)), time.perf_counter() - start)
         if val_pairs and not stopped:  # a stopped run ends now: no final validation
             latest = {}
             metrics = validate(net, val_pairs, cfg, dtype, keep=latest)
             # held-out objects of one image are too few to prefer an earlier model to the final one
-            improved = bool(zones) or self._final_is_better(metrics, best_score, latest, kept)
+            improved = bool(zones) or self._final_is_better(metrics, pos.best_score, latest, pos.kept)
             if improved:
-                best_state, best_metrics, kept = None, metrics, latest
+                pos.best_state, pos.best_metrics, pos.kept = None, metrics, latest
             yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
+        resume = self._snapshot(sitting, pos, finished, time.perf_counter() - start)  # before the best weights load
+        best_state, best_metrics, kept, batch = pos.best_state, pos.best_metrics, pos.kept, pos.batch
         record = self._guard_record(start_model, best_metrics, len(val_pairs))
         if record is not None and record["kept"] == guard.START:
             best_state, best_metrics, kept = start_model["state"], start_model["metrics"], start_model["kept"]
@@ -276,7 +295,7 @@ class Trainer:
         if best_state is not None:
             net.load_state_dict(best_state)
         net.eval()
-        del optimizer, scaler
+        del optimizer, scaler, sitting
         release_cached_memory(device)  # the optimiser state and activations; the model stays
         elapsed = time.perf_counter() - start
         meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "setup_seconds": round(setup_seconds, 1),
@@ -289,40 +308,29 @@ class Trainer:
             meta["training"][guard.KEY] = record
         same_head = self._init is not None and (self._init.task, self._init.config.instance_head) == (cfg.task, cfg.instance_head)
         postprocess = self._init.postprocess if same_head else {}
+        head, whole_images = heads.of(cfg), bool(val_pairs) and not zones
         if guard.kept_start(meta):
             pass  # the starting model as it was: its own post-processing, not one re-tuned on these few images
-        elif has_instance_maps(cfg) and (kept or not stopped or not val_pairs):
-            # With no held-out images (one or two annotated images, validated on a few held-out
-            # objects at most) the thresholds are chosen on the training images: two numbers fitted
-            # in-sample, and a short run's object probability is often below the default 0.5
-            # everywhere, which would show the user no objects at all.
-            whole_images = bool(val_pairs) and not zones
+        elif head is not None and (whole_images or head.tunes_in_sample) and \
+                (kept or not stopped or (head.tunes_in_sample and not val_pairs)):
+            # Thresholds are chosen on whole held-out images. A head that ``tunes_in_sample`` (star,
+            # flow) with none (one or two annotated images, validated on a few held-out objects at
+            # most) chooses them on the training images: two numbers fitted in-sample, and a short
+            # run's object probability is often below the default 0.5 everywhere, which would show
+            # the user no objects at all. The 3-class rule is not fitted on a few objects of one
+            # image: it does not carry.
             tune_on = val_pairs if whole_images else train_pairs[:cfg.validation_max_images]
             tune_start = time.perf_counter()
-            postprocess = self._tune_head(net, tune_on, dtype, kept.get("probs", []) if whole_images else [])
-            meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
-            how = "searched" if postprocess["confidence"] >= CONFIDENCE else "default (none clearly better)"
-            which = "validation" if whole_images else "training (no held-out images)"
-            second = (f"NMS overlap {postprocess['nms_threshold']}" if is_star(cfg)
-                      else f"flow error < {postprocess['flow_threshold']}")
-            yield Message(f"{cfg.instance_head} post-processing on {len(tune_on)} {which} image(s): AP@0.5 "
-                          f"{postprocess['ap50_default']:.3f} (default) -> {postprocess['ap50']:.3f} with the {how} "
-                          f"thresholds (probability > {postprocess['prob_threshold']}, {second})")
-        elif cfg.task == "instances" and val_pairs and not zones and (kept or not stopped):
-            # (not on held-out objects: a rule chosen on a few objects of one image does not carry)
-            tune_start = time.perf_counter()
-            tuned = self._tune_postprocess(net, val_pairs, dtype, kept.get("probs", []), kept.get("rule_counts"))
+            tuned = self._tune(net, tune_on, dtype, kept.get("probs", []) if whole_images else [],
+                               kept.get("rule_counts") if whole_images else None)
             meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
             if tuned is not None:
                 postprocess = tuned
-                split = f", split at saddles {tuned['split_height']} px" if tuned["split_height"] else ""
-                how = "searched" if tuned["confidence"] >= RULE_CONFIDENCE else "default (no rule clearly better)"
-                yield Message(f"post-processing on {len(val_pairs)} validation image(s): AP@0.5 "
-                              f"{tuned['ap50_argmax']:.3f} (argmax rule) -> {tuned['ap50']:.3f} with the {how} rule "
-                              f"(seeds > {tuned['seed_threshold']}{split}, foreground > {tuned['fg_threshold']})")
+                which = "validation" if whole_images else "training (no held-out images)"
+                yield Message(head.tune_message(tuned, len(tune_on), which))
         if postprocess:
             meta["postprocess"] = postprocess
-        bundle = ModelBundle(net, cfg, meta)
+        bundle = ModelBundle(net, cfg, meta, resume)
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
 
@@ -332,7 +340,7 @@ class Trainer:
         """One optimiser step on a batch of (images, targets, weights[, instance ids]); returns the loss."""
         images, targets, weights, *ids = (torch.from_numpy(a).to(device) for a in arrays)
         spacing = voxel_spacing(self.cfg)
-        if ids:  # star / flow head: the ids go through the same nearest-neighbour warp as the classes
+        if ids:  # the head learns from the ids: they go through the same nearest-neighbour warp as the classes
             images, codes, weights = augment_batch(images, pack(targets, ids[0]), weights, self.cfg.augment, generator,
                                                    spacing)
             targets, warped = unpack(codes)
@@ -342,13 +350,10 @@ class Trainer:
             images = images.contiguous(memory_format=channels_last_format(self.cfg.model.dims))
         with autocast(device, dtype):
             logits = net(images)  # (B, K, *P)
-        if ids and is_star(self.cfg):
-            prob, dist = (torch.from_numpy(a).to(device) for a in star_targets(warped.cpu().numpy(), self.cfg.n_rays))
-            loss = star_loss(logits, targets, weights, prob, dist, n_output_classes(self.cfg),
-                             self.cfg.loss.dice_weight, GRID)
-        elif ids:  # flow head
-            prob, flows = (torch.from_numpy(a).to(device) for a in flow_targets(warped.cpu().numpy()))
-            loss = flow_loss(logits, targets, weights, prob, flows, n_output_classes(self.cfg), self.cfg.loss.dice_weight)
+        head = heads.of(self.cfg)
+        extra = [torch.from_numpy(a).to(device) for a in head.targets(warped.cpu().numpy(), self.cfg)] if ids else []
+        if head is not None:
+            loss = head.loss(logits, targets, weights, extra, self.cfg)
         else:
             loss = segmentation_loss(logits, targets, weights, self.cfg.loss.dice_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -422,49 +427,55 @@ class Trainer:
             return True
         return bootstrap_win_rate(best["counts"], final["counts"]) < CONFIDENCE
 
-    def _tune_postprocess(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair],
-                          dtype: torch.dtype | None, probs: list[np.ndarray],
-                          known: dict | None = None) -> dict | None:
-        """Post-processing chosen on the validation images (``tune_thresholds``; None: the argmax rule).
+    def _tune(self, net: torch.nn.Module, pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
+              maps: list[np.ndarray], known: dict | None = None) -> dict | None:
+        """The instance head's post-processing chosen on ``pairs`` (``Head.tune``; None: its default).
 
-        ``probs``: the kept model's validation probabilities (from the validation that chose
-        it), else empty and predicted here; ``known``: the per-rule counts that validation scored
-        on them. A stopped run is tuned too, on those probabilities
-        (post-processing only, a few seconds), so a model a user stops early still splits
-        touching objects like one that ran to its end.
+        ``maps``: the kept model's validation maps (from the validation that chose it), else
+        empty and predicted here; ``known``: what validation scored on them (``Head.score``'s
+        ``rule_counts``). A stopped run is tuned too, on those maps (post-processing only, a few
+        seconds), so a model a user stops early splits touching objects like one that ran to its end.
         """
         from napari_unet.inference.predict import predict_normalized
-        from napari_unet.training.calibrate import tune_thresholds
-
-        if not probs:
-            probs, known = [predict_normalized(net, p.image, 3, PredictConfig(), dtype) for p in val_pairs], None
-        tuned = tune_thresholds(probs, [p.truth for p in val_pairs], known=known, spacing=voxel_spacing(self.cfg))
-        if tuned["seed_threshold"] is None and tuned["split_height"] is None and tuned["fg_threshold"] == 0.5:
-            return None  # the argmax rule
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
-
-    def _tune_head(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
-                   maps: list[np.ndarray]) -> dict:
-        """The star / flow head's thresholds chosen on the validation images (``tune_head_thresholds``)."""
-        from napari_unet.inference.predict import predict_normalized
-        from napari_unet.training.calibrate import tune_head_thresholds
 
         if not maps:
-            maps = [predict_normalized(net, p.image, n_output_channels(self.cfg), PredictConfig(), dtype)
-                    for p in val_pairs]
-        tuned = tune_head_thresholds(self.cfg.instance_head, maps, [p.truth for p in val_pairs])
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
+            maps, known = [predict_normalized(net, p.image, n_output_channels(self.cfg), PredictConfig(), dtype)
+                           for p in pairs], None
+        spacing = anisotropic_spacing(self.cfg)
+        told = {} if spacing is None else {"spacing": spacing}
+        tuned = heads.of(self.cfg).tune(maps, [p.truth for p in pairs], known, **told)
+        return None if tuned is None else {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
-    def _save_checkpoint(self, net: torch.nn.Module, step: int, seconds: float) -> None:
-        """Save the current weights atomically so a killed run still leaves a usable model."""
-        meta = {"training": {"steps": step, "seconds": round(seconds, 1), "checkpoint": True}}
-        save_bundle(ModelBundle(net, self.cfg, meta), self._checkpoint_to)
+    def _position(self, sitting: Sitting) -> Generator[object, None, Position]:
+        """Where the loop starts: step 0, or where the resumed run stopped (its weights, optimiser,
+        best model and random states are restored into ``sitting``)."""
+        if self._resume is None:
+            return Position(batch=self.cfg.batch_size)
+        pos, warning = restore(self._resume, sitting)
+        yield Message(f"resuming at step {pos.step} ({pos.seconds:.0f} s trained)")
+        if warning is not None:
+            yield Message(warning, level="warning")
+        return pos
+
+    def _snapshot(self, sitting: Sitting, pos: Position, finished: bool, seconds: float) -> TrainingState:
+        """The run's training state now (``training.state``)."""
+        data = {"data": data_fingerprint(self._pairs, self._names), "synthetic": data_fingerprint(self._synthetic),
+                "steps_per_epoch": self._per_epoch}
+        return capture(sitting, pos, self.cfg, finished=finished, seconds=seconds, init=self._init, data=data)
+
+    def _save_checkpoint(self, sitting: Sitting, pos: Position, seconds: float) -> None:
+        """Save the current weights and the training state atomically: a killed run still leaves a
+        usable model, and ``--resume`` continues it."""
+        meta = {"training": {"steps": pos.step, "seconds": round(seconds, 1), "checkpoint": True}}
+        state = self._snapshot(sitting, pos, False, seconds)
+        save_bundle(ModelBundle(sitting.net, self.cfg, meta, state), self._checkpoint_to)
 
     def _preview_event(self, net: torch.nn.Module, step: int, dtype: torch.dtype | None, k: int) -> Preview:
         from napari_unet.inference.postprocess import labels_from_probabilities
         from napari_unet.inference.predict import predict_normalized
 
-        chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles, self.cfg.model.dims)
+        chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles, self.cfg.model.dims,
+                            self.cfg.polarity)
         net.eval()
         uncertainty = None
         try:
@@ -474,14 +485,14 @@ class Trainer:
 
                 enable_mc_dropout(net)
                 maps = mc_uncertainty(np.stack([predict_normalized(net, chw, k, PredictConfig(), dtype)
-                                                for _ in range(self.cfg.preview_mc_samples)]), n_output_classes(self.cfg))
+                                                for _ in range(self.cfg.preview_mc_samples)]), heads.of(self.cfg))
                 probs, uncertainty = maps["probabilities"], maps["epistemic"]
             else:
                 probs = predict_normalized(net, chw, k, PredictConfig(), dtype)
         finally:
             net.train()
         return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task, head=self.cfg.instance_head,
-                                                                 spacing=voxel_spacing(self.cfg)),
+                                                                 spacing=anisotropic_spacing(self.cfg)),
                        uncertainty)
 
 

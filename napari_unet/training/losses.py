@@ -1,4 +1,6 @@
-"""Pixel-wise weighted cross-entropy (the U-Net loss) and an optional soft Dice term."""
+"""Pixel-wise weighted cross-entropy (the U-Net loss) and an optional soft Dice term.
+
+Each instance head builds its own loss on these (``heads``: ``Head.loss``)."""
 
 from __future__ import annotations
 
@@ -37,47 +39,3 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch
     if dice_weight > 0:
         loss = loss + dice_weight * soft_dice_loss(logits, target)
     return loss
-
-
-def _classes_and_probability(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, prob: torch.Tensor,
-                             n_classes: int, dice_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The class loss plus the BCE of the object probability (channel ``n_classes``) on annotated
-    pixels, and the annotated-pixel mask (B, H, W) float."""
-    loss = segmentation_loss(logits[:, :n_classes], target, weights, dice_weight)
-    valid = (target != IGNORE).float()  # (B, H, W)
-    bce = F.binary_cross_entropy_with_logits(logits[:, n_classes], prob, reduction="none")  # (B, H, W)
-    return loss + (bce * valid).sum() / valid.sum().clamp(min=1), valid
-
-
-def flow_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, prob: torch.Tensor,
-              flows: torch.Tensor, n_classes: int, dice_weight: float = 0.0) -> torch.Tensor:
-    """Border-weighted CE on the class channels + BCE on the object probability + half the mean
-    squared error of the flows in ``FLOW_SCALE`` units (Cellpose's loss).
-
-    logits (B, K + 3, H, W); target, weights, prob (B, H, W); flows (B, 2, H, W) unit vectors
-    (0 on background). Unannotated pixels (``IGNORE``) count in none of the terms.
-    """
-    from napari_unet.models.heads import FLOW_SCALE
-
-    logits = logits.float()
-    loss, valid = _classes_and_probability(logits, target, weights, prob, n_classes, dice_weight)
-    sq = (logits[:, n_classes + 1:n_classes + 3] - FLOW_SCALE * flows) ** 2  # (B, 2, H, W)
-    return loss + 0.5 * (sq.mean(dim=1) * valid).sum() / valid.sum().clamp(min=1)
-
-
-def star_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, prob: torch.Tensor,
-              dist: torch.Tensor, n_classes: int, dice_weight: float = 0.0, grid: int = 2) -> torch.Tensor:
-    """Border-weighted CE on the class channels + BCE on the object probability + the
-    probability-weighted L1 of the ray lengths (StarDist's loss, in ``DIST_SCALE`` units).
-
-    logits (B, K + 1 + R, H, W); target, weights, prob (B, H, W); dist (B, R, H/grid, W/grid)
-    in pixels. Unannotated pixels (``IGNORE``) count in none of the terms.
-    """
-    from napari_unet.models.heads import DIST_SCALE
-
-    logits = logits.float()
-    loss, valid = _classes_and_probability(logits, target, weights, prob, n_classes, dice_weight)
-    rays = logits[:, n_classes + 1:, ::grid, ::grid]  # (B, R, h, w) in DIST_SCALE units
-    mask = (prob * valid)[:, None, ::grid, ::grid]  # (B, 1, h, w): StarDist weights rays by the probability
-    l1 = (rays - dist / DIST_SCALE).abs().mean(dim=1, keepdim=True)  # (B, 1, h, w)
-    return loss + (l1 * mask).sum() / mask.sum().clamp(min=1e-6)

@@ -14,7 +14,7 @@ from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.batch_file import BatchConfig
 from napari_unet.decide.model_spec import CURRENT
-from napari_unet.inference.uncertainty import SHAPE
+from napari_unet.config import SHAPE
 from napari_unet.widgets.train import FOLDER, _fixed_height, gui_threads, pretrained_choices
 
 UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric", SHAPE]

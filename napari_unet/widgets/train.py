@@ -10,7 +10,7 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox)
 
-from napari_unet.config import INSTANCE_HEADS, AugmentConfig, LossConfig, TrainConfig, UNetConfig
+from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
 from napari_unet.decide.classes import USER_TASKS, config_task
 from napari_unet.decide.layout import array_layout
 from napari_unet.decide.model_spec import CURRENT
@@ -76,24 +76,32 @@ class TrainRun:
             self.trainer.set_preview_image(image)
 
     def events(self, pairs: list, names: list[str], cfg: Any, init_spec: str | None, current: Any,
-               synthetic: list | None = None):
-        """The worker's generator: load the starting model, train, then preview the best model."""
-        from napari_unet.decide.model_spec import start_model
+               synthetic: list | None = None, resume: Any = None):
+        """The worker's generator: load the starting model, train, then preview the best model.
+
+        ``resume``: a stopped run's ``TrainingState``, continued instead (``cfg`` and ``init_spec`` unused)."""
         from napari_unet.events import Message, Preview
         from napari_unet.inference.postprocess import labels_for
         from napari_unet.inference.predict import predict_probabilities
         from napari_unet.training.engine import Trainer
 
-        # the widget's depth/width give way to a starting model's (fine_tune_config); only 2D/3D must match
-        init = start_model("none" if init_spec == SCRATCH else init_spec, cfg.task, {"dims": cfg.model.dims}, current)
-        if init is not None and init_spec != CURRENT:
-            yield Message(f"starting from {init_spec}")
-        if init is not None:
-            from napari_unet.pretrained import fine_tune_config
+        if resume is not None:  # the same data (checked), the run's own settings and budget
+            self.trainer = Trainer.resuming(resume, pairs, names=names, preview_image=self.preview,
+                                            synthetic=synthetic or None)
+        else:
+            from napari_unet.decide.model_spec import start_model
 
-            cfg = fine_tune_config(cfg, init)  # the starting model's architecture, gentler learning rate
-        self.trainer = Trainer(pairs, cfg, init=init, names=names, preview_image=self.preview,
-                               synthetic=synthetic or None)
+            # the widget's depth/width give way to a starting model's (fine_tune_config); only 2D/3D must match
+            init = start_model("none" if init_spec == SCRATCH else init_spec, cfg.task, {"dims": cfg.model.dims},
+                               current)
+            if init is not None and init_spec != CURRENT:
+                yield Message(f"starting from {init_spec}")
+            if init is not None:
+                from napari_unet.pretrained import fine_tune_config
+
+                cfg = fine_tune_config(cfg, init)  # the starting model's architecture, gentler learning rate
+            self.trainer = Trainer(pairs, cfg, init=init, names=names, preview_image=self.preview,
+                                   synthetic=synthetic or None)
         if self.pending is not None:
             self.trainer.update_pairs(*self.pending)
         if self.stopped:
@@ -116,6 +124,7 @@ class TrainWidget(PluginWidget):
         super().__init__(viewer)
         viewer = self.viewer
         self.run: TrainRun | None = None
+        self._trained = None  # the model this widget's last run returned (Resume keeps its plot)
         self._volumes = False  # the running (or last) run trains a 3D model
         self._plane: tuple[int, int] | None = None  # 3D current-slice preview: (z, its index in the slab)
         self._preview_target = None
@@ -128,10 +137,12 @@ class TrainWidget(PluginWidget):
                                choices=lambda _w: [l.name for l in layers_of_type(viewer, "labels")
                                                    if not l.name.endswith(" prediction")])
         self.task = ComboBox(label="Task", choices=list(TASKS), value="instances")
-        self.instance_head = ComboBox(label="Instance head", choices=list(INSTANCE_HEADS),
+        from napari_unet import heads  # here, not at the top: the heads import torch, opening a widget must not
+
+        self.instance_head = ComboBox(label="Instance head", choices=list(heads.names()),
                                       value=TrainConfig.instance_head,
-                                      tooltip="3class: interior/boundary classes + watershed; star: StarDist rays + "
-                                              "polygon NMS (crowded round nuclei)")
+                                      tooltip="; ".join(f"{name}: {heads.get(name).description}"
+                                                        for name in heads.names()))
         self.dims = ComboBox(label="Model", choices=[SLICES, VOLUME], value=SLICES, visible=False, enabled=False,
                              tooltip="3D image: a 2D model trained on its annotated slices, or a 3D U-Net on the "
                                      "annotated z-range (annotate every plane of it; z-scale from the layer's scale)")
@@ -166,6 +177,10 @@ class TrainWidget(PluginWidget):
                                   visible=False)
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
+        self.resume_button = PushButton(text="Resume", enabled=False,
+                                        tooltip="continue the current model's stopped run where it stopped: the same "
+                                                "training set, its own settings and time limit (a stopped run here, "
+                                                "or a model folder loaded with its training state)")
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="")
         _fixed_height(self.status)
@@ -176,7 +191,8 @@ class TrainWidget(PluginWidget):
         self.extend([self.image, self.labels, self.task, self.instance_head, self.dims, self.preview_volume, self.init,
                      self.init_folder, self.time_limit, self.device,
                      self.device_label, self.show_advanced, self.advanced,
-                     Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False),
+                     Container(widgets=[self.train_button, self.stop_button, self.resume_button], layout="horizontal",
+                               labels=False),
                      self.progress, self.status])
         self.plot = TrainingPlot()
         self.extend([self.model_folder,
@@ -195,6 +211,7 @@ class TrainWidget(PluginWidget):
         self.viewer.dims.events.current_step.connect(self._on_step)
         self.train_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
+        self.resume_button.changed.connect(self.resume)
         self.save_button.changed.connect(self.save_model)
         self.load_button.changed.connect(self.load_model)
         self.session.annotations_edited.connect(self._on_edited)
@@ -253,6 +270,12 @@ class TrainWidget(PluginWidget):
         if project.samples:
             self.task.value = next((k for k, v in TASKS.items() if v == project.mode), self.task.value)
         self.init.reset_choices()
+        self.resume_button.enabled = self.worker is None and self._resumable() is not None
+
+    def _resumable(self) -> Any:
+        """The current model's training state when its run stopped before its end (else None)."""
+        state = getattr(self.session.model, "resume", None)
+        return state if state is not None and not state.finished else None
 
     def _on_edited(self, _name: str) -> None:
         self._edited = True
@@ -282,13 +305,14 @@ class TrainWidget(PluginWidget):
             return data
         return data[min(self.viewer.dims.current_step[0], data.shape[0] - 1)]
 
-    def _gather(self) -> tuple[list, list[str]]:
-        """The training set plus the selected image/annotation pair (added to the set)."""
+    def _gather(self, volumes: bool | None = None) -> tuple[list, list[str]]:
+        """The training set plus the selected image/annotation pair (added to the set); ``volumes``:
+        3D samples whole (default: as the settings ask)."""
         image, labels = find_layer(self.viewer, self.image.value), find_layer(self.viewer, self.labels.value)
         if image is not None and labels is not None and image.name not in self.session.project.samples:
             self.session.project.mode = TASKS[self.task.value]  # a project's mode is the user task
             self.session.attach(image, labels)
-        return self.session.training_pairs(volumes=self._volume_mode())
+        return self.session.training_pairs(volumes=self._volume_mode() if volumes is None else volumes)
 
     def request(self) -> Any:
         """The ``TrainRequest`` the current settings describe."""
@@ -318,17 +342,32 @@ class TrainWidget(PluginWidget):
 
     def start(self) -> None:
         """Start training in the background (the Train button)."""
+        self._launch(None)
+
+    def resume(self) -> None:
+        """Continue the current model's stopped run in the background (the Resume button)."""
+        from napari.utils.notifications import show_warning
+
+        state = self._resumable()
+        if state is None:
+            show_warning("nothing to resume: stop a run first, or load a model folder a stopped run saved")
+            return
+        self._launch(state)
+
+    def _launch(self, resume: Any) -> None:
+        """Train from the settings, or continue ``resume`` (a ``TrainingState``) with its own."""
         from napari.utils.notifications import show_warning
 
         from napari_unet.errors import UserError
 
         if self.worker is not None:
             return
+        volumes = self._volume_mode() if resume is None else resume.config.model.dims == 3
         try:
-            pairs, names = self._gather()
+            pairs, names = self._gather(volumes)
             if not pairs:
                 raise UserError("nothing to train on: pick an image and its annotations (or use Annotate)")
-            cfg = self.config(pairs)
+            cfg = self.config(pairs) if resume is None else None
         except UserError as exc:
             show_warning(str(exc))
             return
@@ -337,19 +376,21 @@ class TrainWidget(PluginWidget):
             init_spec = str(self.init_folder.value)
         image = find_layer(self.viewer, self.image.value)
         self.run = TrainRun()
-        self._volumes = self._volume_mode()
+        self._volumes = volumes
         self.run.preview = None if image is None else self._preview_data(image)
         self._preview_target = image
         if image is not None and self.run.preview is not None:
             self._prepare_preview_layers(image, self.run.preview)
-        self.plot.clear()
+        if resume is None or self.session.model is not self._trained:  # a resumed run's curve goes on
+            self.plot.clear()
         self.progress.value = 0
-        self.status.value = "starting…"
+        self.status.value = "starting…" if resume is None else "resuming…"
         self._set_running(True)
         self._edited = False
         run = self.run
         synthetic = list(self.session.synthetic)
-        self.worker = run_in_thread(lambda: run.events(pairs, names, cfg, init_spec, self.session.model, synthetic),
+        self.worker = run_in_thread(lambda: run.events(pairs, names, cfg, init_spec, self.session.model, synthetic,
+                                                       resume),
                                     self._on_event, self._on_done, self._on_error, self._on_finished)
         self._sync.start()
 
@@ -370,6 +411,7 @@ class TrainWidget(PluginWidget):
     def _set_running(self, running: bool) -> None:
         self.train_button.enabled = not running
         self.stop_button.enabled = running
+        self.resume_button.enabled = not running and self._resumable() is not None
         self.load_button.enabled = not running
 
     @unless_closed
@@ -441,7 +483,7 @@ class TrainWidget(PluginWidget):
 
         from napari_unet.training.guard import guard_note
 
-        self.session.model = bundle
+        self.session.model = self._trained = bundle
         training = bundle.meta.get("training", {})
         score = bundle.meta.get("validation", {}).get("score")
         self.session.model_name = f"trained here ({training.get('steps', '?')} steps)"
@@ -469,9 +511,9 @@ class TrainWidget(PluginWidget):
         save_folder(save_bundle, self.session.model, self.model_folder.value, "model")
 
     def load_model(self) -> None:
-        from napari_unet.models.bundle import load_bundle
+        from napari_unet.training.state import load_resumable
 
-        bundle = load_folder(load_bundle, self.model_folder.value)
+        bundle = load_folder(load_resumable, self.model_folder.value)  # with a stopped run's state: Resume
         if bundle is None:
             return
         self.session.model = bundle

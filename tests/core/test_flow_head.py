@@ -8,12 +8,12 @@ import numpy as np
 
 from helpers import drain
 from napari_unet.config import TrainConfig, UNetConfig
-from napari_unet.data.flow_targets import flow_field, flow_targets
+from napari_unet.heads.flow import flow_errors, instances_from_flows
+from napari_unet.heads.flow_targets import flow_field, flow_targets
 from napari_unet.data.targets import instance_classes, relabel_sequential
-from napari_unet.inference.flows import flow_errors, instances_from_flows
 from napari_unet.inference.postprocess import labels_for
 from napari_unet.inference.predict import predict_image
-from napari_unet.inference.star import instances_from_star
+from napari_unet.heads.star import instances_from_star
 from napari_unet.metrics import evaluate_instances
 from napari_unet.models.bundle import load_bundle, save_bundle
 from napari_unet.training.engine import Trainer
@@ -65,7 +65,7 @@ def test_batched_targets_equal_per_image_targets(nuclei_pairs):
 def test_float32_diffusion_matches_float64(nuclei_pairs, monkeypatch):
     """The float32 heat (with its float64 redo for underflowing crops) gives the float64 flows:
     real nuclei, a long thin arc whose far end underflows float32, and a cut-off piece."""
-    import napari_unet.data.flow_targets as targets
+    import napari_unet.heads.flow_targets as targets
 
     yy, xx = np.mgrid[:300, :300]
     r, angle = np.hypot(yy - 150, xx - 150), np.arctan2(yy - 150, xx - 150)
@@ -137,7 +137,7 @@ def test_flow_model_trains_on_real_nuclei_and_roundtrips(small_pairs, tmp_path):
 
 
 def test_streamed_flow_instances_are_seam_free(nuclei_pairs):
-    from napari_unet.inference.flows import flows_blockwise
+    from napari_unet.heads.flow import flows_blockwise
 
     ids = relabel_sequential(nuclei_pairs[0][1][:200, :240]).astype(np.int32)
     maps = ideal_flow_maps(ids)

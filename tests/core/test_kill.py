@@ -13,6 +13,7 @@ import pytest
 
 from napari_unet.io import write_image
 from napari_unet.models.bundle import load_bundle
+from napari_unet.training.state import STATE_FILES, load_state
 
 
 @pytest.fixture()
@@ -67,7 +68,9 @@ def test_sigkill_during_training_never_leaves_a_half_written_model(folders, tmp_
     _kill_once_exists(_train(images, masks, out), out / "model.json", "no checkpoint", 0.01, delay=0.37)
     bundle = load_bundle(out)  # restores an interrupted swap if the kill hit one
     assert bundle.meta["training"]["checkpoint"] is True and bundle.meta["training"]["steps"] >= 1
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["model.json", "model.safetensors", *STATE_FILES])
+    state = load_state(out)  # written in the same swap: the state of the weights beside it (`train --resume`)
+    assert state.step == bundle.meta["training"]["steps"] and not state.finished
 
 
 N_FILES = 16

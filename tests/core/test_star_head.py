@@ -13,11 +13,11 @@ from stardist.geometry import star_dist
 from helpers import drain, write_pairs
 from napari_unet.config import AugmentConfig, PredictConfig, TrainConfig, UNetConfig
 from napari_unet.data.augment import augment_batch
-from napari_unet.data.star_targets import GRID, pack, star_targets, unpack
-from napari_unet.data.targets import instance_classes
+from napari_unet import heads
+from napari_unet.data.targets import instance_classes, pack, unpack
 from napari_unet.inference.arrays import predict_array
 from napari_unet.inference.predict import network_forward, predict_image
-from napari_unet.inference.star import instances_from_star, star_blockwise
+from napari_unet.heads.star import GRID, instances_from_star, star_blockwise, star_targets
 from napari_unet.inference.uncertainty import mc_uncertainty
 from napari_unet.metrics import evaluate_instances
 from napari_unet.models.bundle import build_network, load_bundle, save_bundle
@@ -167,10 +167,10 @@ def test_mc_dropout_uncertainty_covers_probability_and_rays():
     classes = rng.dirichlet(np.ones(3), (4, 8, 8)).transpose(0, 3, 1, 2)  # (T, 3, H, W)
     prob = rng.uniform(0, 1, (4, 1, 8, 8))
     rays = rng.uniform(0, 20, (4, 32, 8, 8))
-    maps = mc_uncertainty(np.concatenate([classes, prob, rays], axis=1), n_classes=3)
+    maps = mc_uncertainty(np.concatenate([classes, prob, rays], axis=1), heads.get("star"))
     assert maps["probabilities"].shape == (36, 8, 8)
     assert {"total", "aleatoric", "epistemic", "shape"} <= set(maps) and (maps["shape"] > 0).all()
-    same = mc_uncertainty(np.repeat(np.concatenate([classes, prob, rays], axis=1)[:1], 4, axis=0), n_classes=3)
+    same = mc_uncertainty(np.repeat(np.concatenate([classes, prob, rays], axis=1)[:1], 4, axis=0), heads.get("star"))
     assert np.allclose(same["epistemic"], 0, atol=1e-5) and np.allclose(same["shape"], 0)
 
 

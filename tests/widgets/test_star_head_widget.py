@@ -75,3 +75,20 @@ def test_instance_head_hidden_for_semantic_tasks(nuclei_viewer):
     assert widget.instance_head.native.isHidden()  # the viewer window is not shown: ask Qt, not magicgui
     widget.task.value = "instances"
     assert not widget.instance_head.native.isHidden()
+
+
+def test_instance_head_choices_come_from_the_registry(nuclei_viewer):
+    """A head registered by a plugin or a test (``heads.register``) is offered with the built-in ones."""
+    from napari_unet import heads
+    from napari_unet.heads.base import Head
+
+    class Toy(Head):
+        name, description = "toy", "a test head"
+
+    heads.register(Toy())
+    try:
+        widget = TrainWidget(nuclei_viewer)
+        assert tuple(widget.instance_head.choices) == heads.names() == ("3class", "star", "flow", "toy")
+        assert "toy: a test head" in widget.instance_head.tooltip
+    finally:
+        heads.unregister("toy")

@@ -12,8 +12,8 @@ one object, insulated averaging is one 3x3 box filter of the (zero outside) heat
 box count of the object's pixels, so a batch of crops takes one pooling call per step.
 
 Like the star head's targets these are computed after augmentation, from the warped ids
-(``star_targets.pack``/``unpack``); the same function checks predicted masks against their
-predicted flows at inference (``inference.flows``).
+(``data.targets.pack``/``unpack``); the same function checks predicted masks against their
+predicted flows at inference (``heads.flow``).
 """
 
 from __future__ import annotations

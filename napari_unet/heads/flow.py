@@ -1,4 +1,13 @@
-"""Instances from the flow head: pixels follow the predicted flow and gather at object centres.
+"""The flow head (Cellpose; Stringer et al. 2021): the 3 classes, an object probability and flows.
+
+Maps: ``[0:3]`` class softmax, ``[3]`` object probability (inside an object or not), ``[4:6]``
+the flows (dy, dx) in [-1, 1]: the unit vectors along which each pixel travels to its object's
+centre (targets: ``heads.flow_targets``), predicted in units of ``1 / FLOW_SCALE`` by the
+half-resolution side branch (as the star head's rays). Loss: the classes' and probability's
+terms (``ObjectMapHead``) plus half the mean squared error of the flows in ``FLOW_SCALE`` units
+(Cellpose's loss). 2D only.
+
+Instances: pixels follow the predicted flow and gather at object centres.
 
 1. Every pixel whose object probability exceeds ``prob_threshold`` starts at its own position and
    takes Euler steps of one pixel along the predicted flow, bilinearly interpolated at its
@@ -8,29 +17,29 @@
    form one cluster (connected components of the dilated end-point map) and each cluster with
    enough members is one object: its pixels are those that ended in it.
 3. Flow-consistency check: the flows of each predicted mask are recomputed with the training
-   target function (``data.flow_targets.flow_field``); a mask whose mean squared difference to
+   target function (``heads.flow_targets.flow_field``); a mask whose mean squared difference to
    the predicted flows exceeds ``flow_threshold`` is dropped (a fragment or a merge whose
    flows do not point to one centre). Masks under ``min_size`` pixels go too. Masks longer than
    ``CHECK_SIDE`` are recomputed on a grid coarsened to that side (the diffusion's cost grows with
    the cube of the side; an unsure model's large blobs took seconds).
-
-Maps layout of a flow model: ``[0:3]`` class probabilities, ``[3]`` object probability,
-``[4:6]`` flows (dy, dx) in [-1, 1].
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Generator
+from pathlib import Path
+from typing import Any, Generator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from napari_unet.data.targets import relabel_sequential
 from napari_unet.events import Progress
-from napari_unet.inference.blockwise import blocks
+from napari_unet.heads.base import ObjectMapHead
+from napari_unet.heads.flow_targets import flow_field, flow_targets, object_centres
+
+FLOW_SCALE = 5.0  # flows are trained as 5 x the unit vectors, as Cellpose does (larger targets for the MSE)
 
 # Cellpose's flow threshold is 0.4; on our half-resolution flows after ~1150 steps it dropped real nuclei
 # (four models, val AP@0.5 -0.04 to -0.05 against 0.6; docs/benchmarks.md, "The flow head")
@@ -40,6 +49,47 @@ PATH_FACTOR = 1.5  # steps per pixel of the largest foreground region's longest 
 MAX_CANDIDATE_SHARE = 2  # at most half the pixels follow the flows (an untrained model's probability is ~0.5 everywhere)
 CHECK_SIDE = 32  # the consistency check diffuses masks longer than this on a coarser grid (cost: side cubed)
 MERGE_RADIUS = 2  # end-point pixels this close (Chebyshev, pixels) join one cluster
+
+
+class FlowHead(ObjectMapHead):
+    """Object probability + flows to the object centres, followed (see the module docstring)."""
+
+    name = "flow"
+    description = "Cellpose-style flows followed to object centres, beside the 3 classes"
+    rule_keys = ("prob_threshold", "flow_threshold")
+    default_rule = DEFAULT_RULE
+    # the object probability over a grid, then refined next to the best, for each flow-consistency
+    # error (0 = no check)
+    threshold_grid = (("prob_threshold", (0.3, 0.5, 0.7)), ("flow_threshold", (0.4, 0.6, 0.8, 0.0)))
+    output_range = (-1.0, 1.0)  # flows are unit-vector components
+    maps_description = "the flows (dy, dx) towards each object's centre"
+
+    def side_names(self, cfg: Any) -> list[str]:
+        return ["flow y", "flow x"]
+
+    def side_maps(self, side: torch.Tensor) -> torch.Tensor:
+        return (side[:, :2] / FLOW_SCALE).clamp(-1.0, 1.0)  # (B, 2, *S) dy, dx
+
+    def targets(self, ids: np.ndarray, cfg: Any) -> tuple[np.ndarray, ...]:
+        return flow_targets(ids)
+
+    def side_loss(self, logits: torch.Tensor, prob: torch.Tensor, valid: torch.Tensor,
+                  targets: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Half the mean squared error of the flows (B, 2, H, W) in ``FLOW_SCALE`` units against the
+        unit flows ``targets[1]`` (0 on background)."""
+        flows, k = targets[1], self.n_classes
+        sq = (logits[:, k + 1:k + 3] - FLOW_SCALE * flows) ** 2  # (B, 2, H, W)
+        return 0.5 * (sq.mean(dim=1) * valid).sum() / valid.sum().clamp(min=1)
+
+    def instances(self, maps: np.ndarray, min_size: int = 10, **rule: Any) -> np.ndarray:
+        return instances_from_flows(maps, min_size, **rule)
+
+    def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
+                            scratch: Path | None = None, **rule: Any) -> Generator[Progress, None, int]:
+        return (yield from flows_blockwise(maps, labels, block, halo, min_size, **rule))
+
+    def rule_text(self, tuned: dict) -> str:
+        return f"flow error < {tuned['flow_threshold']}"
 
 
 def follow_flows(flows: np.ndarray, starts: np.ndarray, steps: int = STEPS) -> np.ndarray:
@@ -86,8 +136,6 @@ def flow_errors(labels: np.ndarray, flows: np.ndarray, max_side: int | None = CH
     """Per label id 0..max: mean squared difference between ``flows`` (2, H, W) and the flows
     recomputed from ``labels`` (H, W) (masks longer than ``max_side`` on a coarser grid,
     ``flow_field``); index 0 is unused."""
-    from napari_unet.data.flow_targets import flow_field
-
     expected = flow_field(labels, max_side).numpy()  # (2, H, W)
     sq = ((np.asarray(flows, np.float32) - expected) ** 2).sum(axis=0)
     n = int(labels.max())
@@ -99,6 +147,8 @@ def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: f
                          flow_threshold: float = DEFAULT_RULE["flow_threshold"], n_classes: int = 3) -> np.ndarray:
     """(K + 1 + 2, H, W) flow maps -> (H, W) instance labels (consecutive ids); see the module
     docstring. ``flow_threshold`` <= 0 skips the consistency check."""
+    from napari_unet.data.targets import relabel_sequential
+
     shape = maps.shape[1:]
     prob, flows = maps[n_classes], maps[n_classes + 1:n_classes + 3]
     cap = prob.size // MAX_CANDIDATE_SHARE
@@ -132,7 +182,7 @@ def flows_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, m
     targets' source) lies in the block's core. An object crossing a seam lies whole in the
     windows of the blocks on both sides, gets the same mask in each, and is written once, with
     one id. ``halo`` must exceed the largest object. Returns the number of objects."""
-    from napari_unet.data.flow_targets import object_centres
+    from napari_unet.inference.blockwise import blocks
 
     shape = labels.shape
     n_blocks = -(-shape[0] // block) * -(-shape[1] // block)
