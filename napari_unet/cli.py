@@ -62,6 +62,17 @@ def train_request(args: argparse.Namespace) -> "TrainRequest":
                         dims=TrainRequest.dims if args.dims is None else args.dims)
 
 
+def patch_size_arg(text: str) -> int | tuple[int, ...]:
+    """``--patch-size``: one side ("64") or per-axis extents ("16,64,64")."""
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a side like 64 or Z,Y,X extents like 16,64,64, got {text!r}")
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"patch extents must be positive, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 def _architecture(args: argparse.Namespace) -> dict[str, int]:
     """The architecture the flags ask for (only the ones given)."""
     return {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width), ("dims", args.dims))
@@ -247,7 +258,7 @@ def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path
 def build_parser() -> argparse.ArgumentParser:
     from napari_unet import heads
     from napari_unet.batch import BatchConfig
-    from napari_unet.config import CPU_SIZES, CUDA_SIZES, PredictConfig, TrainConfig, UNetConfig
+    from napari_unet.config import CPU_SIZES, CPU_VOLUME_SIZES, CUDA_SIZES, PredictConfig, TrainConfig, UNetConfig
     from napari_unet.decide.train_request import SYNTHETIC_SHARE
 
     # defaults shown in --help come from the config dataclasses, never retyped here
@@ -287,10 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="3D: voxel depth / pixel width, e.g. 2 for 0.5 um pixels and 1 um planes "
                         "(default: %(default)s)")
     sized = (f"sized to the device: {CPU_SIZES[0]} x {CPU_SIZES[1]}² on the CPU, "
-             f"up to {CUDA_SIZES[0][1]} x {CUDA_SIZES[0][2]}² on a GPU")
+             f"up to {CUDA_SIZES[0][1]} x {CUDA_SIZES[0][2]}² on a GPU; 3D: to the device and the volumes, "
+             f"{CPU_VOLUME_SIZES[1]:,} voxels per step on the CPU in patches up to {CPU_VOLUME_SIZES[0]} wide "
+             "with side / --z-scale planes, never larger than the volumes")
     t.add_argument("--batch-size", type=int, default=tdef.batch_size, help=f"patches per step (default: {sized})")
-    t.add_argument("--patch-size", type=int, default=tdef.patch_size,
-                   help=f"patch side in pixels, along y/x in 3D (z-planes: it / --z-scale) (default: {sized})")
+    t.add_argument("--patch-size", type=patch_size_arg, default=tdef.patch_size,
+                   help="patch side in pixels, along y/x in 3D (z-planes: it / --z-scale), or Z,Y,X extents "
+                        "for a 3D model (default: sized as --batch-size says)")
     t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",
                    help="also train on synthetic pairs (a `synth generate` output: images/ and masks/); "
                         "validation stays on real images")

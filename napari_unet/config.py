@@ -71,6 +71,9 @@ class AugmentConfig:
     rot90: bool = True
     zoom: float = 2.0  # objects magnified by a factor drawn log-uniformly in [1/zoom, zoom] (1 = off): the same
     # objects at another magnification are found, not shattered (docs/experiments.md, "Zoom augmentation")
+    zoom_3d: float = 1.0  # the same for 3D models: off, since zooming out a patch as deep as the volume mirrors
+    # most of it along z (six 32-plane nuclei volumes, 300 steps: AP@0.5 0.82 off, 0.77 at 1.25, 0.66-0.70 at 2;
+    # docs/benchmarks.md, "3D defaults")
     intensity_scale: float = 0.2  # image * U(1-s, 1+s)
     intensity_shift: float = 0.1  # image + U(-s, s)
     gamma: float = 0.2  # image ** exp(U(-g, g)) on the [0, 1]-ranged part
@@ -93,9 +96,18 @@ class LossConfig:
 # ``training.device.default_sizes``. CUDA rows: (GPU memory in GB at least, batch, patch), largest
 # first; the top one is the H100 measurement (32 x 256² patches trained x2.6 faster per pixel than
 # 8 x 128²); smaller cards keep the 256² patch and halve the batch with the memory.
-CPU_SIZES: tuple[int, int] = (8, 128)  # also GPUs under 10 GB and 3D volumes
+CPU_SIZES: tuple[int, int] = (8, 128)  # also GPUs under 10 GB
 MPS_SIZES: tuple[int, int] = (16, 128)  # Apple GPUs share the RAM: twice the CPU's pixels (not measured)
 CUDA_SIZES: tuple[tuple[float, int, int], ...] = ((40.0, 32, 256), (20.0, 16, 256), (10.0, 8, 256))
+# 3D models (``training.sizes.volume_sizes``): (patch side along y/x, voxels per step). The patch holds
+# side / z_scale planes (about a cube of tissue), never more than the volumes along any axis; the batch
+# fills the voxel budget. CPU: measured (docs/benchmarks.md, "3D defaults"); MPS and CUDA: not measured,
+# sized so a step's activations stay a few GB (CUDA rows: GPU memory in GB at least, side, voxels).
+CPU_VOLUME_SIZES: tuple[int, int] = (64, 2 * 16 * 64 * 64)  # also GPUs under 10 GB
+MPS_VOLUME_SIZES: tuple[int, int] = (64, 4 * 16 * 64 * 64)
+CUDA_VOLUME_SIZES: tuple[tuple[float, int, int], ...] = ((40.0, 128, 4 * 128**3), (20.0, 128, 2 * 128**3),
+                                                         (10.0, 96, 96**3))
+MAX_VOLUME_BATCH = 16  # volumes much smaller than the patch budget: at most this many patches per step
 
 
 @dataclass(frozen=True)
@@ -111,8 +123,9 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     n_classes: int = 2  # semantic task: number of classes including background
-    patch_size: int | None = None  # patch side; None = sized to the device (``CPU_SIZES``, ``CUDA_SIZES``...);
-    # 3D: along y/x, z gets patch_size / z_scale planes
+    patch_size: int | tuple[int, ...] | None = None  # patch side; None = sized to the device (``CPU_SIZES``,
+    # ``CUDA_SIZES``...) and in 3D to the volumes (``training.sizes``); 3D: an int is the side along y/x (z gets
+    # patch_size / z_scale planes), a tuple the (z, y, x) extents (what the 3D default stores)
     z_scale: float = 1.0  # 3D: voxel depth / pixel width (anisotropy); elastic warps and border weights use it
     batch_size: int | None = None  # patches per step; None = sized to the device
     learning_rate: float = 5e-3

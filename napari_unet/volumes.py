@@ -5,7 +5,8 @@ A 3D model (``UNetConfig.dims == 3``) trains on (Z, Y, X) volumes, optionally wi
 is the voxel depth in units of the pixel width (``napari`` layer scale z / y). The core uses it
 where a z-step is not an x/y-step:
 
-* patches hold ``patch_size / z_scale`` planes, so a patch covers about a cube of tissue;
+* patches hold ``side / z_scale`` planes, so a patch covers about a cube of tissue (the default sizes,
+  ``training.sizes``, also keep it inside the volumes);
 * elastic displacements are drawn in physical units (z displacements shrink by ``z_scale``);
   90-degree rotations only turn the (Y, X) plane; flips are exact on every axis anyway;
 * the border weights of the U-Net loss measure physical distances (``distance_transform_edt``
@@ -46,12 +47,30 @@ def voxel_spacing(cfg) -> tuple[float, ...]:
     return (float(cfg.z_scale), 1.0, 1.0) if cfg.model.dims == 3 else (1.0, 1.0)
 
 
+def anisotropic_spacing(cfg) -> tuple[float, ...] | None:
+    """``voxel_spacing`` of a 3D model whose voxels are not cubes (``z_scale != 1``), else None: what
+    a 3D-capable instance head is told (``spacing=``) so its post-processing measures physical distances."""
+    return voxel_spacing(cfg) if cfg.model.dims == 3 and float(cfg.z_scale) != 1.0 else None
+
+
 def patch_shape(cfg) -> tuple[int, ...]:
-    """Training patch size per spatial axis: (P, P), or (P / z_scale, P, P) for a 3D model."""
-    p = int(cfg.patch_size)
+    """Training patch size per spatial axis: (P, P), or (P / z_scale, P, P) for a 3D model told one
+    side P; a (z, y, x) ``patch_size`` (the 3D default, ``training.sizes``) as it is."""
+    size = cfg.patch_size
+    if not np.isscalar(size):
+        shape = tuple(int(s) for s in size)
+        if len(shape) != cfg.model.dims or min(shape) < 1:
+            raise UserError(f"a {cfg.model.dims}D model needs {cfg.model.dims} patch extents, got {size}")
+        return shape
+    p = int(size)
     if cfg.model.dims != 3:
         return (p, p)
-    return (max(MIN_PATCH_PLANES, int(round(p / float(cfg.z_scale)))), p, p)
+    return (planes_for(p, cfg.z_scale), p, p)
+
+
+def planes_for(side: int, z_scale: float) -> int:
+    """The z-planes of a patch ``side`` pixel widths wide that covers about a cube of tissue."""
+    return max(MIN_PATCH_PLANES, int(round(side / float(z_scale))))
 
 
 def check_volume_config(cfg) -> None:

@@ -246,7 +246,8 @@ def augment_batch(
     and is skipped when they differ in size; flips act on every spatial axis. ``spacing``
     (pixel size per axis, in units of the last axis's) makes the elastic displacements
     physical: ``elastic_sigma`` pixels along the last axis, ``sigma / spacing`` pixels along
-    each axis, so an anisotropic volume is not warped more across its thick planes.
+    each axis, so an anisotropic volume is not warped more across its thick planes. The zoom
+    factor range is ``cfg.zoom`` for 2D batches and ``cfg.zoom_3d`` for 3D ones.
     """
     nd = image.ndim - 2
     if nd not in (2, 3) or tuple(labels.shape) != (image.shape[0],) + tuple(image.shape[2:]):
@@ -271,14 +272,15 @@ def augment_batch(
         flips, k = flips[idx], k[idx]
 
     elastic = cfg.elastic and cfg.elastic_sigma > 0
-    if elastic or cfg.zoom > 1:
+    zoom = cfg.zoom if nd == 2 else cfg.zoom_3d
+    if elastic or zoom > 1:
         coarse = _coarse_displacement(n, nd, cfg.elastic_grid, cfg.elastic_sigma if elastic else 0.0, generator, dev)
         if spacing is not None:
             per_axis = torch.tensor([1.0 / float(s) for s in spacing], device=dev, dtype=coarse.dtype)  # (nd,)
             coarse = coarse * per_axis.view((1, nd) + (1,) * nd)  # (n, nd, g, ..., g)
         transform = _dihedral_matrices(flips, k)  # (n, nd, nd)
-        if cfg.zoom > 1:  # sampling a region 1/m the size magnifies the objects m times
-            log_zoom = math.log(cfg.zoom) * (2 * _rand((n,), generator, dev) - 1)  # (n,)
+        if zoom > 1:  # sampling a region 1/m the size magnifies the objects m times
+            log_zoom = math.log(zoom) * (2 * _rand((n,), generator, dev) - 1)  # (n,)
             transform = transform * torch.exp(-log_zoom).view(n, 1, 1)
         coords = elastic_grid(coarse, shape, transform)  # (n, *S, nd)
         img_w, lab_w, wts_w = warp(img, lab, wts, coords)

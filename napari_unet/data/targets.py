@@ -73,12 +73,36 @@ def partial_instance_classes(mask: np.ndarray, width: int = 1) -> tuple[np.ndarr
 
     The classes are ``instance_classes`` of the painted objects: an object's rim is found from
     its own painted mask, whether its neighbour is background, another object or unannotated.
+    A (Z, Y, X) volume is annotated plane by plane, so there that holds within each plane; across
+    planes a rim needs an annotated neighbour (background or another object): a nucleus painted
+    in a few planes goes on into the unpainted ones, its face there is not its end
+    (``volume_partial_rims``).
     """
     mask = np.asarray(mask)
     ids = partial_instances(mask)
-    classes = instance_classes(ids, width)
+    if mask.ndim == 3 and (mask == 0).any():
+        classes = volume_partial_rims(ids, mask > 0, width)
+    else:
+        classes = instance_classes(ids, width)
     classes[mask == 0] = IGNORE
     return classes, ids
+
+
+def volume_partial_rims(ids: np.ndarray, annotated: np.ndarray, width: int = 1) -> np.ndarray:
+    """Classes (0 background, 1 interior, 2 boundary) of partially annotated (Z, Y, X) instance ``ids``.
+
+    The rim of ``width`` pixels is found in each plane from the painted mask (``instance_classes``
+    of the plane); a voxel is also rim where its neighbour in the plane above or below is
+    ``annotated`` and holds another id (one voxel deep). With every voxel annotated this is the
+    3D inner rim of ``instance_classes`` at ``width`` 1.
+    """
+    classes = np.stack([instance_classes(plane, width) for plane in ids])  # (Z, Y, X) in-plane rims
+    across = np.zeros(ids.shape, bool)
+    differs = (ids[1:] != ids[:-1]) & annotated[1:] & annotated[:-1]  # (Z-1, Y, X) faces between planes
+    across[:-1] |= differs
+    across[1:] |= differs
+    classes[across & (ids > 0)] = 2
+    return classes
 
 
 def semantic_classes(mask: np.ndarray, n_classes: int, sparse: bool) -> np.ndarray:

@@ -41,7 +41,7 @@ class TrainRequest:
     time_limit: float | None = None
     epochs: int | None = None
     steps: int | None = None
-    patch_size: int | None = TrainConfig.patch_size  # None: sized to the device
+    patch_size: int | tuple[int, ...] | None = TrainConfig.patch_size  # None: sized to the device (3D: and volumes)
     batch_size: int | None = TrainConfig.batch_size
     learning_rate: float = TrainConfig.learning_rate
     elastic: bool = AugmentConfig.elastic
@@ -75,6 +75,8 @@ def train_config_for(request: TrainRequest, images: Sequence[np.ndarray], masks:
     heads.get(r.instance_head)  # UserError for an unknown head
     if r.synthetic and not 0 <= r.synthetic_ratio < 1:
         raise UserError("the synthetic share must be at least 0 and below 1")
+    if r.patch_size is not None and not np.isscalar(r.patch_size) and len(r.patch_size) != r.dims:
+        raise UserError(f"a {r.dims}D model needs {r.dims} patch extents, got {len(r.patch_size)}")
     classes = task_and_classes(masks, r.task, r.n_classes)
     check_head_dims(classes.task, r.instance_head, r.dims)
     in_channels = r.in_channels if r.in_channels is not None else input_channels(images, r.dims)

@@ -86,7 +86,10 @@ class Head:
 
     # -- instances ---------------------------------------------------------------------------------
     def instances(self, maps: np.ndarray, min_size: int = 10, **rule: Any) -> np.ndarray:
-        """Maps (K, *S) -> instance labels (*S), consecutive ids; ``rule``: thresholds (``rule_keys``)."""
+        """Maps (K, *S) -> instance labels (*S), consecutive ids; ``rule``: thresholds (``rule_keys``).
+        A head with 3 in ``dims`` is also given ``spacing=`` for volumes whose voxels are not cubes
+        (``volumes.anisotropic_spacing``: pixel size per axis in pixel widths), and so are its
+        ``score`` and ``tune``: distances it measures should be physical."""
         raise NotImplementedError
 
     def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
@@ -102,12 +105,14 @@ class Head:
 
     # -- validation and calibration ------------------------------------------------------------------
     def score(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-              keep: dict | None = None) -> dict[str, float]:
+              keep: dict | None = None, spacing: Sequence[float] | None = None) -> dict[str, float]:
         """Validation metrics (``score``: the one keep-best compares) of the maps against the true
         ids (-1 unannotated); ``keep`` receives the per-image TP/FP/FN ``counts`` at IoU 0.5."""
         from napari_unet.metrics import evaluate_instances
 
-        metrics = evaluate_instances([(self.instances(m, 10, **self.default_rule), g) for m, g in zip(maps, truths)])
+        told = {} if spacing is None else {"spacing": spacing}
+        metrics = evaluate_instances([(self.instances(m, 10, **told, **self.default_rule), g)
+                                      for m, g in zip(maps, truths)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
         scores["score"] = scores["ap50"]
         if keep is not None:
@@ -115,9 +120,10 @@ class Head:
         return scores
 
     def tune(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], known: dict | None = None,
-             should_stop: Callable[[], bool] | None = None) -> dict | None:
+             should_stop: Callable[[], bool] | None = None, spacing: Sequence[float] | None = None) -> dict | None:
         """Post-processing thresholds chosen on held-out maps (with their ``ap50`` and the search's
-        figures), or None to keep the default rule. ``known``: the per-rule counts ``score`` kept."""
+        figures), or None to keep the default rule. ``known``: the per-rule counts ``score`` kept;
+        ``spacing``: as for ``instances`` (this threshold grid search does not use it)."""
         if not self.threshold_grid:
             return None
         from napari_unet.training.calibrate import tune_head_thresholds

@@ -51,10 +51,11 @@ class ThreeClassHead(Head):
 
         return segmentation_loss(logits, classes, weights, cfg.loss.dice_weight)
 
-    def instances(self, maps: np.ndarray, min_size: int = 10, **rule: Any) -> np.ndarray:
+    def instances(self, maps: np.ndarray, min_size: int = 10, spacing: Sequence[float] | None = None,
+                  **rule: Any) -> np.ndarray:
         from napari_unet.inference.postprocess import instances_from_probabilities
 
-        return instances_from_probabilities(maps[:3], min_size, **rule)
+        return instances_from_probabilities(maps[:3], min_size, spacing=spacing, **rule)
 
     def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
                             scratch: Path | None = None, **rule: Any) -> Generator[Progress, None, int]:
@@ -69,19 +70,22 @@ class ThreeClassHead(Head):
         return (yield from instances_blockwise(maps, labels, seeds, block, halo, min_size, **rule))
 
     def score(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-              keep: dict | None = None) -> dict[str, float]:
+              keep: dict | None = None, spacing: Sequence[float] | None = None) -> dict[str, float]:
         """AP@0.5 (objects pooled); ``score`` is the best of the argmax rule and ``SCORE_RULES``.
         ``keep`` also receives ``rule_counts``: the per-image counts of every rule scored, keyed
-        (seed threshold, split height, foreground threshold), which ``tune`` reuses."""
+        (seed threshold, split height, foreground threshold), which ``tune`` reuses. ``spacing``:
+        an anisotropic volume's voxel size (the split at saddles measures physical distances)."""
         from napari_unet.inference.postprocess import instances_from_probabilities
         from napari_unet.metrics import evaluate_instances
         from napari_unet.training.calibrate import counts_ap, rule_counts
 
-        metrics = evaluate_instances([(instances_from_probabilities(m), g) for m, g in zip(maps, truths)])
+        metrics = evaluate_instances([(instances_from_probabilities(m, spacing=spacing), g)
+                                      for m, g in zip(maps, truths)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
         by_rule = {(None, None, 0.5): np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in metrics["per_image"]],
                                                np.float64)}
-        by_rule.update({(seed, split, 0.5): rule_counts(maps, truths, seed, 0.5, split) for seed, split in SCORE_RULES})
+        by_rule.update({(seed, split, 0.5): rule_counts(maps, truths, seed, 0.5, split, spacing=spacing)
+                        for seed, split in SCORE_RULES})
         counts = max(list(by_rule.values())[1:], key=counts_ap)
         scores["score"] = max(scores["ap50"], counts_ap(counts))
         if keep is not None:
@@ -90,11 +94,11 @@ class ThreeClassHead(Head):
         return scores
 
     def tune(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], known: dict | None = None,
-             should_stop: Callable[[], bool] | None = None) -> dict | None:
+             should_stop: Callable[[], bool] | None = None, spacing: Sequence[float] | None = None) -> dict | None:
         """``training.calibrate.tune_thresholds``; None when it keeps the argmax rule."""
         from napari_unet.training.calibrate import tune_thresholds
 
-        tuned = tune_thresholds(maps, truths, should_stop, known=known)
+        tuned = tune_thresholds(maps, truths, should_stop, known=known, spacing=spacing)
         if tuned["seed_threshold"] is None and tuned["split_height"] is None and tuned["fg_threshold"] == 0.5:
             return None  # the argmax rule
         return tuned

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -13,22 +14,31 @@ from skimage.segmentation import watershed
 from napari_unet import heads
 from napari_unet.config import TrainConfig
 from napari_unet.data.targets import relabel_sequential
+from napari_unet.volumes import anisotropic_spacing
 
 
 SPLIT_SMOOTHING = 1.0  # Gaussian sigma (pixels) on the interior distance map before its maxima are taken
 
 
-def interior_distance(interior: np.ndarray) -> np.ndarray:
-    """Smoothed distance of each interior pixel to the nearest non-interior pixel."""
-    return ndi.gaussian_filter(ndi.distance_transform_edt(interior), SPLIT_SMOOTHING)
+Spacing = Sequence[float] | None  # pixel size per axis in pixel widths (``volumes.voxel_spacing``); None: all 1
 
 
-def split_markers(interior: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray]:
+def interior_distance(interior: np.ndarray, spacing: Spacing = None) -> np.ndarray:
+    """Smoothed distance of each interior pixel to the nearest non-interior pixel, in pixel widths:
+    with ``spacing`` (an anisotropic volume's (z_scale, 1, 1)) a plane step counts z_scale widths,
+    and the smoothing is ``SPLIT_SMOOTHING`` widths along every axis."""
+    if spacing is None or all(float(s) == 1.0 for s in spacing):
+        return ndi.gaussian_filter(ndi.distance_transform_edt(interior), SPLIT_SMOOTHING)
+    sigma = [SPLIT_SMOOTHING / float(s) for s in spacing]
+    return ndi.gaussian_filter(ndi.distance_transform_edt(interior, sampling=spacing), sigma)
+
+
+def split_markers(interior: np.ndarray, height: float, spacing: Spacing = None) -> tuple[np.ndarray, np.ndarray]:
     """(markers, distance): one marker per local maximum of the interior distance map that
-    stands at least ``height`` pixels above the saddle to its neighbours (h-maxima)."""
+    stands at least ``height`` pixel widths above the saddle to its neighbours (h-maxima)."""
     from skimage.morphology import h_maxima
 
-    distance = interior_distance(interior)
+    distance = interior_distance(interior, spacing)
     with warnings.catch_warnings():  # h_maxima warns about float precision; heights here are >= 0.5 px
         warnings.simplefilter("ignore")
         markers = h_maxima(distance, height).astype(bool) & interior
@@ -41,13 +51,13 @@ def interior_mask(probs: np.ndarray, seed_threshold: float | None = None) -> np.
 
 
 def instance_seeds(probs: np.ndarray, seed_threshold: float | None = None, split_height: float | None = None,
-                   min_size: int = 10) -> np.ndarray:
+                   min_size: int = 10, spacing: Spacing = None) -> np.ndarray:
     """The seed labels of ``instances_from_probabilities`` (one region per object to grow)."""
     interior = interior_mask(probs, seed_threshold)
     with warnings.catch_warnings():  # skimage warns when an image holds a single object
         warnings.simplefilter("ignore", UserWarning)
         if split_height:
-            markers, distance = split_markers(interior, split_height)
+            markers, distance = split_markers(interior, split_height, spacing)
             seeds = watershed(-distance, ndi.label(markers)[0], mask=interior)
         else:
             seeds = ndi.label(interior)[0]
@@ -71,7 +81,8 @@ def grow_seeds(probs: np.ndarray, seeds: np.ndarray, fg_threshold: float = 0.5, 
 
 
 def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_threshold: float = 0.5,
-                                 seed_threshold: float | None = None, split_height: float | None = None) -> np.ndarray:
+                                 seed_threshold: float | None = None, split_height: float | None = None,
+                                 spacing: Spacing = None) -> np.ndarray:
     """(3, H, W) background/interior/boundary probabilities -> (H, W) instance labels.
 
     Seeds are connected components of confident *interior* pixels (probability above
@@ -81,9 +92,12 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_thres
     the smoothed distance to the region's edge. Each seed then grows over the predicted
     foreground (interior + boundary above ``fg_threshold``) by a watershed on the boundary
     probability, so touching objects stay apart along their shared rim. A model folder carries
-    the thresholds chosen for it on held-out images (``ModelBundle.postprocess``).
+    the thresholds chosen for it on held-out images (``ModelBundle.postprocess``). ``spacing``:
+    the voxel size per axis of an anisotropic volume (``volumes.voxel_spacing``), so the distance
+    map and ``split_height`` are physical (in pixel widths) along every axis.
     """
-    return grow_seeds(probs, instance_seeds(probs, seed_threshold, split_height, min_size), fg_threshold, min_size)
+    seeds = instance_seeds(probs, seed_threshold, split_height, min_size, spacing)
+    return grow_seeds(probs, seeds, fg_threshold, min_size)
 
 
 def classes_from_probabilities(probs: np.ndarray) -> np.ndarray:
@@ -92,14 +106,19 @@ def classes_from_probabilities(probs: np.ndarray) -> np.ndarray:
 
 
 def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10,
-                              head: str = TrainConfig.instance_head, **thresholds: float | None) -> np.ndarray:
+                              head: str = TrainConfig.instance_head, spacing: Spacing = None,
+                              **thresholds: float | None) -> np.ndarray:
     """Instance labels from the maps of the instance ``head`` (a name in ``heads``; ``thresholds``:
-    its ``rule_keys``, e.g. ``instances_from_probabilities``'s for the default head) or class indices."""
+    its ``rule_keys``, e.g. ``instances_from_probabilities``'s for the default head; ``spacing``: an
+    anisotropic volume's voxel size) or class indices."""
     if task == "instances":
-        return heads.get(head).instances(probs, min_size, **thresholds)
+        told = {} if spacing is None else {"spacing": spacing}  # (heads that run in 3D take it)
+        return heads.get(head).instances(probs, min_size, **told, **thresholds)
     return classes_from_probabilities(probs)
 
 
 def labels_for(bundle, maps: np.ndarray, min_size: int = 10) -> np.ndarray:
-    """Labels of a model's output maps with the post-processing stored for it (``ModelBundle``)."""
-    return labels_from_probabilities(maps, bundle.task, min_size, bundle.config.instance_head, **bundle.postprocess)
+    """Labels of a model's output maps with the post-processing stored for it (``ModelBundle``), in
+    the physical units of its voxels (``TrainConfig.z_scale``) for a 3D model."""
+    return labels_from_probabilities(maps, bundle.task, min_size, bundle.config.instance_head,
+                                     anisotropic_spacing(bundle.config), **bundle.postprocess)

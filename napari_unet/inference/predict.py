@@ -20,7 +20,7 @@ from napari_unet.inference.postprocess import labels_for
 from napari_unet.inference.tiling import AllowedFn, TileFn, TileSpec, predict_tiled, round_up
 from napari_unet.inference.uncertainty import CLASS_KINDS, mc_uncertainty
 from napari_unet.models.bundle import ModelBundle
-from napari_unet.training.device import autocast, low_precision_dtype
+from napari_unet.training.device import autocast, channels_last_format, low_precision_dtype
 
 _log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ def network_forward(net: torch.nn.Module, batch: np.ndarray, dtype: torch.dtype 
     probabilities, or the maps of the model's instance head (``heads.Head.maps``)."""
     device = next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-    if dtype is not None and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+    if dtype is not None and (x.ndim == 4 or (x.ndim == 5 and device.type == "cpu")):
+        x = x.contiguous(memory_format=channels_last_format(x.ndim - 2))
     with torch.inference_mode(), autocast(device, dtype):
         logits = net(x)
         activation = getattr(net, "activation", None)  # set by build_network: the head's output maps

@@ -17,7 +17,26 @@ from torch.utils.checkpoint import checkpoint
 
 from .batchnorm import WideBatchNorm2d
 
-_CONV: dict[int, type[nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs in float32 where the CPU's bfloat16 kernel is wrong.
+
+    Under CPU bf16 autocast (torch 2.13, oneDNN, AVX512-BF16), a 3x3x3 convolution of an input
+    two planes deep gets a garbage weight gradient (1e30, inf or NaN at random; forward and input
+    gradient are right; every other depth from 1 to 32 checked is right). A 3D U-Net meets such an
+    input at the level where its patch has 2 planes left (16 planes: level 3 of 4; 32 planes: the
+    bottleneck), and the first such step turned the weights to NaN. Those levels hold few voxels,
+    so float32 there costs little. Parameters and state dict are ``nn.Conv3d``'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.shape[2] == 2 and self.kernel_size[0] > 1 and x.device.type == "cpu"
+                and torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float()).to(torch.get_autocast_dtype("cpu"))  # (B, C_out, 2, H, W)
+        return super().forward(x)
+
+
+_CONV: dict[int, type[nn.Module]] = {2: nn.Conv2d, 3: Conv3d}
 _CONV_T: dict[int, type[nn.Module]] = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _POOL: dict[int, type[nn.Module]] = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _BATCH_NORM: dict[int, type[nn.Module]] = {2: WideBatchNorm2d, 3: nn.BatchNorm3d}

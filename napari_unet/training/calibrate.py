@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from napari_unet.inference.postprocess import grow_seeds, instance_seeds, instances_from_probabilities
+from napari_unet.inference.postprocess import Spacing, grow_seeds, instance_seeds, instances_from_probabilities
 from napari_unet.metrics import evaluate_instances
 
 # (seed threshold, split height) pairs tried first; None: the argmax rule / no splitting
@@ -50,17 +50,19 @@ def _each(fn: Callable, *arrays: Sequence) -> list:
 
 
 def pooled_ap50(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], seed_threshold: float | None,
-                fg_threshold: float, split_height: float | None = None) -> float:
+                fg_threshold: float, split_height: float | None = None, spacing: Spacing = None) -> float:
     """Pooled AP@0.5 of the instances post-processed with these settings."""
-    return counts_ap(rule_counts(probs, instances, seed_threshold, fg_threshold, split_height))
+    return counts_ap(rule_counts(probs, instances, seed_threshold, fg_threshold, split_height, spacing=spacing))
 
 
 def rule_counts(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], seed_threshold: float | None,
                 fg_threshold: float, split_height: float | None = None,
-                seeds: Sequence[np.ndarray] | None = None) -> np.ndarray:
-    """(images, 3) TP, FP, FN at IoU 0.5 per image (``seeds``: reuse these instead of the seed rule)."""
+                seeds: Sequence[np.ndarray] | None = None, spacing: Spacing = None) -> np.ndarray:
+    """(images, 3) TP, FP, FN at IoU 0.5 per image (``seeds``: reuse these instead of the seed rule;
+    ``spacing``: an anisotropic volume's voxel size, for the split at saddles)."""
     if seeds is None:
-        preds = _each(lambda p: instances_from_probabilities(p, 10, fg_threshold, seed_threshold, split_height), probs)
+        preds = _each(lambda p: instances_from_probabilities(p, 10, fg_threshold, seed_threshold, split_height,
+                                                             spacing), probs)
     else:
         preds = _each(lambda p, s: grow_seeds(p, s, fg_threshold), probs, seeds)
     return image_counts(preds, instances)
@@ -90,7 +92,7 @@ def bootstrap_win_rate(better: np.ndarray, worse: np.ndarray, resamples: int = R
 
 def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray],
                     should_stop: Callable[[], bool] | None = None,
-                    known: dict[tuple, np.ndarray] | None = None) -> dict[str, float | None]:
+                    known: dict[tuple, np.ndarray] | None = None, spacing: Spacing = None) -> dict[str, float | None]:
     """Best ``seed_threshold``/``split_height``/``fg_threshold`` on (3, H, W) probabilities vs ids.
 
     The seed rule first (foreground fixed at 0.5), then the foreground threshold for that rule:
@@ -100,13 +102,14 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     winner's bootstrap win rate over the prior); ``should_stop()`` ends the search early.
     ``known``: per-image counts already computed for these probabilities, keyed (seed threshold,
     split height, foreground threshold) as in ``validate``'s ``rule_counts``; those are not redone.
+    ``spacing``: an anisotropic volume's voxel size (split heights in pixel widths).
     """
     known = dict(known or {})
 
     def counts_of(seed: float | None, split: float | None, fg: float, seeds: list | None = None) -> np.ndarray:
         """Counts of a rule, computed once (``seeds``: that rule's seeds, already made)."""
         if (seed, split, fg) not in known:
-            known[(seed, split, fg)] = rule_counts(probs, instances, seed, fg, split, seeds=seeds)
+            known[(seed, split, fg)] = rule_counts(probs, instances, seed, fg, split, seeds=seeds, spacing=spacing)
         return known[(seed, split, fg)]
 
     counts = counts_of(None, None, 0.5)
@@ -119,7 +122,7 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
         if counts_ap(c) > best["ap50"]:
             best, counts = {"seed_threshold": seed, "split_height": split, "fg_threshold": 0.5, "ap50": counts_ap(c)}, c
     rule = (best["seed_threshold"], best["split_height"])
-    seeds = _each(lambda p: instance_seeds(p, *rule), probs)  # fixed from here on
+    seeds = _each(lambda p: instance_seeds(p, *rule, spacing=spacing), probs)  # fixed from here on
     for fg in FG_THRESHOLDS:
         if should_stop is not None and should_stop():
             break

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import ContextManager
 
 import numpy as np
 
 import torch
 
-from napari_unet.config import CPU_SIZES, CUDA_SIZES, MPS_SIZES, TrainConfig
+from napari_unet.config import TrainConfig
 from napari_unet.errors import UserError
+from napari_unet.volumes import patch_shape
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,6 +64,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
+def channels_last_format(dims: int) -> torch.memory_format:
+    """The channels-last memory format of ``dims``-D batches: with low-precision autocast, oneDNN's
+    convolutions run faster on it (3D on a 2-core CPU in bf16: docs/benchmarks.md, "3D defaults")."""
+    return torch.channels_last_3d if dims == 3 else torch.channels_last
+
+
 def describe(device: torch.device) -> str:
     """A short human-readable device name ("CPU (2 threads)", "CUDA: NVIDIA H100, 80 GB")."""
     if device.type == "cuda":
@@ -72,26 +80,42 @@ def describe(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def default_sizes(device: torch.device, dims: int = 2) -> tuple[int, int]:
-    """(batch size, patch side) a training run uses on ``device`` when the user leaves them unset.
+def memory_gb(device: torch.device) -> float | None:
+    """A CUDA card's memory in GB (None for other devices)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / 1e9
 
-    CPU and 3D volumes: ``CPU_SIZES`` (a 256³ patch would not fit); CUDA: by the card's memory
-    (``CUDA_SIZES``); MPS: ``MPS_SIZES``. Running out of GPU memory still halves the batch.
+
+def default_sizes(device: torch.device, dims: int = 2, extents: Sequence[Sequence[int]] = (),
+                  z_scale: float = 1.0, depth: int = 4) -> tuple[int, int | tuple[int, ...]]:
+    """(batch size, patch) a training run uses on ``device`` when the user leaves them unset.
+
+    2D: a patch side, ``CPU_SIZES`` / ``MPS_SIZES`` / ``CUDA_SIZES`` by the card's memory. 3D:
+    (z, y, x) extents that fit the volumes' ``extents`` and follow the ``z_scale``, and a batch
+    that fills the device's voxel budget (``training.sizes``). Running out of GPU memory still
+    halves the batch.
     """
-    if dims != 2:
-        return CPU_SIZES
-    if device.type == "cuda":
-        memory_gb = torch.cuda.get_device_properties(device).total_memory / 1e9
-        return next(((b, p) for gb, b, p in CUDA_SIZES if memory_gb >= gb), CPU_SIZES)
-    return MPS_SIZES if device.type == "mps" else CPU_SIZES
+    from napari_unet.training import sizes  # (inference imports this module, never the training ones)
+
+    return sizes.default_sizes(device.type, memory_gb(device), dims, extents, z_scale, depth)
 
 
-def with_device_sizes(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """``cfg`` (a ``TrainConfig``) with its unset (None) batch and patch size filled for ``device``."""
+def with_device_sizes(cfg: TrainConfig, device: torch.device,
+                      extents: Sequence[Sequence[int]] = ()) -> TrainConfig:
+    """``cfg`` (a ``TrainConfig``) with its unset (None) batch and patch size filled for ``device``
+    and, in 3D, for volumes of spatial ``extents`` (Z, Y, X). A 3D patch the user set gets the
+    batch that fills the device's voxel budget."""
     from dataclasses import replace
 
-    batch, patch = default_sizes(device, cfg.model.dims)
-    return replace(cfg, batch_size=cfg.batch_size or batch, patch_size=cfg.patch_size or patch)
+    from napari_unet.training import sizes
+
+    dims = cfg.model.dims
+    batch, patch = default_sizes(device, dims, extents, cfg.z_scale, cfg.model.depth)
+    if dims == 3 and cfg.patch_size:
+        batch = sizes.volume_batch(sizes.volume_budget(device.type, memory_gb(device))[1], patch_shape(cfg))
+    return replace(cfg, batch_size=cfg.batch_size or batch,
+                   patch_size=cfg.patch_size or patch)
 
 
 def release_cached_memory(device: torch.device) -> None:

@@ -34,15 +34,17 @@ from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict
 from napari_unet.training.checkpoint import load_compatible_weights, transfer_input_layer
 from napari_unet.training.calibrate import CONFIDENCE, bootstrap_win_rate
 from napari_unet.training import guard
-from napari_unet.training.device import (autocast, describe, describe_precision, release_cached_memory, start_run,
-                                          with_device_sizes)
+from napari_unet.training.device import (autocast, channels_last_format, describe, describe_precision,
+                                          release_cached_memory, start_run, with_device_sizes)
 from napari_unet.training.losses import segmentation_loss
+from napari_unet.training.sizes import describe_sizes
 from napari_unet.training.state import (Position, Sitting, TrainingState, capture, check_same_data, data_fingerprint,
                                         fraction_of, restore, resumed_config, step_budget)
 from napari_unet.training.validation import validate
-from napari_unet.volumes import check_volume_config, patch_shape, voxel_spacing
+from napari_unet.volumes import anisotropic_spacing, check_volume_config, patch_shape, voxel_spacing
 
 Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
+KEEP_BEST_MIN_IMAGES = 3  # fewer validation images than this cannot show an earlier model better (instances)
 
 
 def learning_rate(base: float, fraction: float) -> float:
@@ -148,7 +150,7 @@ class Trainer:
                 fresh = [name for name in fresh if name != input_weight]
         net.to(device)
         if channels_last:
-            net.to(memory_format=torch.channels_last)
+            net.to(memory_format=channels_last_format(self.cfg.model.dims))
         return net, fresh
 
     def run(self) -> Generator[object, None, ModelBundle]:
@@ -156,16 +158,18 @@ class Trainer:
         check_volume_config(cfg)
         setup_start = time.perf_counter()
         rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
-        cfg = self.cfg = with_device_sizes(cfg, device)  # unset batch/patch size: sized to the device
-        channels_last = dtype is not None and cfg.model.dims == 2
+        channels_last = dtype is not None and (cfg.model.dims == 2 or device.type == "cpu")  # 3D: measured on CPUs
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        yield Message(f"training on {describe_precision(device, dtype)}")
         n_bad = sum(has_nonfinite(image) for image, _ in self._pairs)
         if n_bad:
             yield Message(f"{n_bad} image(s) hold NaN/Inf pixels; they are replaced by the image median",
                           level="warning")
 
         prepared = prepare_pairs(self._pairs, cfg, self._names)
+        # unset batch/patch size: sized to the device (and in 3D to the volumes)
+        cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
+        yield Message(f"training on {describe_precision(device, dtype)}, "
+                      f"{describe_sizes(cfg.batch_size, patch_shape(cfg))} per step")
         zones: dict[str, np.ndarray] = {}  # objects held out for validation, by image (one or two images)
         if self._validation is not None:
             train_pairs, val_pairs = prepared, prepare_pairs(self._validation, cfg)
@@ -205,7 +209,7 @@ class Trainer:
         start = time.perf_counter()  # the time limit covers training, not data preparation
         setup_seconds = start - setup_start
         yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
-                      f"in {setup_seconds:.1f} s; {cfg.batch_size} patches of side {cfg.patch_size} per step")
+                      f"in {setup_seconds:.1f} s")
         sitting = Sitting(net, optimizer, scaler, rng, generator, device)
         pos = yield from self._position(sitting)  # step, best model so far...; restored when resuming
         losses: list[float] = []
@@ -343,9 +347,9 @@ class Trainer:
         else:
             images, targets, weights = augment_batch(images, targets, weights, self.cfg.augment, generator, spacing)
         if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=channels_last_format(self.cfg.model.dims))
         with autocast(device, dtype):
-            logits = net(images)  # (B, K, P, P)
+            logits = net(images)  # (B, K, *P)
         head = heads.of(self.cfg)
         extra = [torch.from_numpy(a).to(device) for a in head.targets(warped.cpu().numpy(), self.cfg)] if ids else []
         if head is not None:
@@ -410,12 +414,17 @@ class Trainer:
         an earlier model scoring higher on a dozen validation images was mostly noise (such
         picks kept step-225 models of 886-step runs that scored 0.1 lower on other images).
         With per-image counts (instances) an earlier model stays only if it wins in
-        ``CONFIDENCE`` of the bootstrap resamples of the validation images.
+        ``CONFIDENCE`` of the bootstrap resamples of the validation images, and never with fewer
+        than ``KEEP_BEST_MIN_IMAGES`` of them: resampling one image always picks the model that
+        won on it (six 3D volumes hold out one; a 120 s run kept its step-218 model of 425 on a
+        0.008 lead, and scored 0.766 on held-out volumes).
         """
         if metrics["score"] >= best_score:
             return True
         if "counts" not in final or "counts" not in best:
             return False
+        if len(final["counts"]) < KEEP_BEST_MIN_IMAGES:
+            return True
         return bootstrap_win_rate(best["counts"], final["counts"]) < CONFIDENCE
 
     def _tune(self, net: torch.nn.Module, pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
@@ -432,7 +441,9 @@ class Trainer:
         if not maps:
             maps, known = [predict_normalized(net, p.image, n_output_channels(self.cfg), PredictConfig(), dtype)
                            for p in pairs], None
-        tuned = heads.of(self.cfg).tune(maps, [p.truth for p in pairs], known)
+        spacing = anisotropic_spacing(self.cfg)
+        told = {} if spacing is None else {"spacing": spacing}
+        tuned = heads.of(self.cfg).tune(maps, [p.truth for p in pairs], known, **told)
         return None if tuned is None else {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
     def _position(self, sitting: Sitting) -> Generator[object, None, Position]:
@@ -480,7 +491,8 @@ class Trainer:
                 probs = predict_normalized(net, chw, k, PredictConfig(), dtype)
         finally:
             net.train()
-        return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task, head=self.cfg.instance_head),
+        return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task, head=self.cfg.instance_head,
+                                                                 spacing=anisotropic_spacing(self.cfg)),
                        uncertainty)
 
 

@@ -10,6 +10,7 @@ import torch
 from napari_unet import heads
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.dataset import PreparedPair, n_output_channels, n_output_classes
+from napari_unet.volumes import anisotropic_spacing
 
 
 def semantic_scores(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dict[str, float]:
@@ -54,7 +55,9 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
         keep["probs"] = probs
     head = heads.of(cfg)
     if head is not None:
-        return head.score(probs, [p.truth for p in pairs], keep)
+        spacing = anisotropic_spacing(cfg)  # an anisotropic volume splits at saddles of physical distances
+        told = {} if spacing is None else {"spacing": spacing}
+        return head.score(probs, [p.truth for p in pairs], keep, **told)
     preds = np.concatenate([pr.argmax(0).ravel() for pr in probs])
     targets = np.concatenate([p.target.ravel() for p in pairs])
     scores = semantic_scores(preds, targets, n_output_classes(cfg))

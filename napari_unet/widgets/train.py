@@ -30,6 +30,7 @@ LIVE_UNCERTAINTY_MC = 4  # preview MC-dropout passes the widget starts with (the
 SLICES, VOLUME = "2D (slice by slice)", "3D"
 SYNC_INTERVAL_MS = 1000
 STATUS_INTERVAL_S = 1.0
+DETECTING = "device: detecting…"  # the device line until the warm-up or a run's first message (device, sizes)
 
 if TYPE_CHECKING:
     import napari
@@ -152,7 +153,7 @@ class TrainWidget(PluginWidget):
         self.time_limit = SpinBox(label="Time limit (s)", value=int(TrainConfig.time_limit), min=5, max=7 * 24 * 3600,
                                   step=30)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value=TrainConfig.device)
-        self.device_label = Label(value="device: detecting…")
+        self.device_label = Label(value=DETECTING)
         self.show_advanced = CheckBox(text="Advanced settings", value=False)
         self.base_width = SpinBox(label="Base width", value=UNetConfig().base_width, min=4, max=128)
         self.depth = SpinBox(label="Depth", value=UNetConfig().depth, min=1, max=6)
@@ -561,7 +562,8 @@ def start_warm_up(label: Label):
     def poll() -> None:
         if "device" in result:
             timer.stop()
-            label.value = f"device: {result['device']}"
+            if label.value == DETECTING:  # a run that started first already showed its device and sizes
+                label.value = f"device: {result['device']}"
 
     timer.timeout.connect(poll)
     thread.start()

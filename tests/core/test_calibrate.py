@@ -62,7 +62,7 @@ def test_tuning_reuses_counts_it_is_given(monkeypatch):
              (0.5, 1.0, 0.5): calibrate.rule_counts([probs], [gt], 0.5, 0.5, 1.0)}
     done, original = [], calibrate.rule_counts
     monkeypatch.setattr(calibrate, "rule_counts",
-                        lambda probs, instances, seed, fg, split=None, seeds=None:
+                        lambda probs, instances, seed, fg, split=None, seeds=None, spacing=None:
                         done.append((seed, split, fg, seeds is None)) or original(probs, instances, seed, fg, split, seeds))
     assert tune_thresholds([probs], [gt], known=known) == fresh
     assert (None, None, 0.5, True) not in done and (0.5, 1.0, 0.5, True) not in done
@@ -83,7 +83,7 @@ def fake_tuning(monkeypatch) -> dict:
 
     seen = {}
 
-    def fake_tune(probs, instances, should_stop=None, known=None):
+    def fake_tune(probs, instances, should_stop=None, known=None, spacing=None):
         seen.update(n=len(probs), shapes=[p.shape for p in probs], known=known)
         return {"seed_threshold": 0.8, "split_height": 1.0, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5,
                 "confidence": 0.995}
@@ -184,3 +184,5 @@ def test_final_weights_stay_unless_an_earlier_model_was_better_beyond_doubt():
     assert Trainer._final_is_better({"score": 0.66}, 0.68, final, noisy)  # lower, but only by chance
     assert not Trainer._final_is_better({"score": 0.66}, 0.75, final, steady)
     assert not Trainer._final_is_better({"score": 0.66}, 0.68, {}, {})  # semantic runs: the higher score
+    one = {"counts": steady["counts"][:1]}  # one validation image (a few volumes): no doubt can be shown
+    assert Trainer._final_is_better({"score": 0.66}, 0.75, {"counts": final["counts"][:1]}, one)

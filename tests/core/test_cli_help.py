@@ -6,7 +6,7 @@ import re
 
 from napari_unet.batch import BatchConfig
 from napari_unet.cli import build_parser
-from napari_unet.config import CPU_SIZES, PredictConfig, TrainConfig, UNetConfig
+from napari_unet.config import CPU_SIZES, CPU_VOLUME_SIZES, PredictConfig, TrainConfig, UNetConfig
 
 
 def _help(command: str) -> str:
@@ -20,10 +20,12 @@ def test_train_help_states_the_config_defaults():
     assert f"--base-width BASE_WIDTH default {u.base_width} (from scratch only)" in text
     assert f"--depth DEPTH default {u.depth} " in text
     sized = f"(default: sized to the device: {CPU_SIZES[0]} x {CPU_SIZES[1]}² on the CPU, up to"
-    assert t.batch_size is None and t.patch_size is None and text.count(sized) == 2  # None: sized to the device
+    assert t.batch_size is None and t.patch_size is None and text.count(sized) == 1  # None: sized to the device
+    assert f"{CPU_VOLUME_SIZES[1]:,} voxels per step on the CPU" in text and "sized as --batch-size says" in text
     assert f"default {t.time_limit:g} when no --epochs/--steps" in text
     args = build_parser().parse_args(["train", "i", "m", "--out", "o"])
     assert (args.batch_size, args.patch_size, args.seed, args.device) == (t.batch_size, t.patch_size, t.seed, t.device)
+    assert build_parser().parse_args(["train", "i", "m", "--out", "o", "--patch-size", "16,64,64"]).patch_size == (16, 64, 64)
 
 
 def test_predict_help_states_the_config_defaults():

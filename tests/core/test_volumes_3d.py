@@ -78,3 +78,50 @@ def test_volume_helpers():
         annotated_z_range(np.zeros((4, 4, 4), np.uint8))
     slab, z = preview_slab(np.arange(20)[:, None], 2, half=3)
     assert slab[:, 0].tolist() == [0, 1, 2, 3, 4, 5] and z == 2
+
+
+def test_bf16_3d_convolutions_of_two_planes_get_true_weight_gradients():
+    """The CPU's bf16 kernel gets the weight gradient of a 3x3x3 convolution of a 2-plane input
+    wrong (garbage, inf or NaN); ``models.blocks.Conv3d`` computes that case in float32."""
+    from napari_unet.models.blocks import conv
+
+    torch.manual_seed(0)
+    layer = conv(3, 32, 64, 3, padding=1, bias=False)
+    x = torch.randn(1, 32, 2, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    low = layer.weight.grad.clone()
+    layer.zero_grad()
+    layer(x).sum().backward()
+    assert torch.allclose(low, layer.weight.grad, rtol=0.05, atol=0.05 * float(layer.weight.grad.abs().max()))
+
+
+def test_per_axis_patch_sizes():
+    assert patch_shape(TrainConfig(model=VOLUME, patch_size=(8, 32, 48))) == (8, 32, 48)
+    assert patch_shape(TrainConfig(patch_size=(32, 48))) == (32, 48)
+    with pytest.raises(UserError, match="3 patch extents"):
+        patch_shape(TrainConfig(model=VOLUME, patch_size=(32, 32)))
+
+
+def test_nuclei_stacked_in_an_anisotropic_volume_split_at_physical_saddles():
+    """Two round nuclei (radius 9 pixel widths) on top of each other in planes 3 widths deep, their
+    interiors joined by a neck: counted in planes, the distance map peaks at the neck (one seed);
+    in pixel widths, at the two centres. A 3D model's labels use its z-scale."""
+    from dataclasses import replace
+
+    from napari_unet.inference.postprocess import instances_from_probabilities, labels_for
+    from napari_unet.models.bundle import ModelBundle
+
+    z_scale = 3.0
+    zz, yy, xx = np.indices((16, 32, 32)).astype(float)
+    ball = lambda cz: (((zz - cz) * z_scale) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2) < 81  # noqa: E731
+    interior = ball(5) | ball(10)  # centres 15 widths apart
+    probs = np.stack([1.0 - interior, 0.9 * interior, 0.1 * interior]).astype(np.float32)
+    rule = {"seed_threshold": 0.5, "split_height": 1.0}
+    assert instances_from_probabilities(probs, **rule).max() == 1
+    assert instances_from_probabilities(probs, spacing=(z_scale, 1.0, 1.0), **rule).max() == 2
+    bundle = tiny_bundle(dims=3)
+    bundle = ModelBundle(bundle.net, replace(bundle.config, z_scale=z_scale), {"postprocess": rule})
+    assert labels_for(bundle, probs).max() == 2

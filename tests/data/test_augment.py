@@ -206,7 +206,7 @@ def test_elastic_deform_standalone() -> None:
 def test_config_fields_used() -> None:
     """Every AugmentConfig field name is the one this module reads."""
     names = {f.name for f in dataclasses.fields(AugmentConfig)}
-    assert {"elastic", "elastic_grid", "elastic_sigma", "flip", "rot90", "zoom", "intensity_scale",
+    assert {"elastic", "elastic_grid", "elastic_sigma", "flip", "rot90", "zoom", "zoom_3d", "intensity_scale",
             "intensity_shift", "gamma", "noise", "probability"} == names
 
 
@@ -247,3 +247,15 @@ def test_zoom_magnifies_and_shrinks_objects_within_its_range() -> None:
     assert 0.45 < scale.min() < 0.7 and 1.4 < scale.max() < 2.1
     assert ((out_img[:, 0] > 0.5) == (out_lab == 1)).float().mean() > 0.99
     assert torch.equal(augment_batch(image, disc.clone(), None, dataclasses.replace(cfg, zoom=1.0), _gen(3))[1], disc)
+
+
+def test_3d_patches_zoom_by_their_own_factor() -> None:
+    """``zoom`` is for 2D batches; 3D batches follow ``zoom_3d`` (off by default)."""
+    zz, yy, xx = np.mgrid[:16, :32, :32]
+    ball = torch.from_numpy((((zz - 8) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2) < 25).astype(np.int64)).expand(8, 16, 32, 32)
+    cfg = AugmentConfig(elastic=False, flip=False, rot90=False, zoom=2.0, **NO_INTENSITY)
+    assert cfg.zoom_3d == 1.0
+    assert torch.equal(augment_batch(ball[:, None].float(), ball.clone(), None, cfg, _gen(3))[1], ball)
+    zoomed = augment_batch(ball[:, None].float(), ball.clone(), None, dataclasses.replace(cfg, zoom_3d=2.0), _gen(3))[1]
+    sizes = zoomed.sum(dim=(1, 2, 3)).float() / ball[0].sum()
+    assert sizes.min() < 0.6 and sizes.max() > 1.7

@@ -1,11 +1,13 @@
 """The Train widget on a 3D image: the 2D/3D choice, a 3D model from a 3D Labels layer with the
-layer's z-scale, the current-slice live preview, then the Predict widget on the volume."""
+layer's z-scale and patch sizes fitted to the volume (shown on the device line), the current-slice
+live preview, then the Predict widget on the volume."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from napari_unet.samples import ball_volume
+from napari_unet.training.sizes import describe_sizes
 from napari_unet.widgets.predict import PredictWidget
 from napari_unet.widgets.train import CURRENT, SCRATCH, SLICES, VOLUME, TrainWidget
 from napari_unet.widgets._session import session_for
@@ -24,7 +26,7 @@ def test_3d_choice_trains_a_3d_model_with_the_layer_z_scale(make_napari_viewer, 
     assert widget.dims.enabled and widget.dims.value == SLICES and not widget.preview_volume.enabled
     widget.dims.value = VOLUME
     assert widget.preview_volume.enabled and not any(c.startswith("pretrained:") for c in widget.init.choices)
-    tiny = {"labels": "vol annotations", "init": SCRATCH, "time_limit": 5, "patch_size": 32, "batch_size": 2,
+    tiny = {"labels": "vol annotations", "init": SCRATCH, "time_limit": 5, "patch_size": 0, "batch_size": 0,  # auto
             "base_width": 4, "depth": 2, "preview_every": 0.5, "preview_mc": 0}
     for name, value in tiny.items():
         getattr(widget, name).value = value
@@ -42,6 +44,9 @@ def test_3d_choice_trains_a_3d_model_with_the_layer_z_scale(make_napari_viewer, 
 
     model = session_for(viewer).model
     assert model is not None and model.config.model.dims == 3 and model.config.z_scale == 2.0
+    patch = model.config.patch_size  # sized to the annotated slab by the core rule, shown on the device line
+    assert len(patch) == 3 and patch[0] <= 12 and patch[1:] == (40, 40)
+    assert describe_sizes(model.config.batch_size, patch) + " per step" in widget.device_label.value
     predict = PredictWidget(viewer)
     predict.model.value = CURRENT
     predict.mc_samples.value = 0
