@@ -160,7 +160,10 @@ def _save_trained(bundle, out: Path) -> int:
     from napari_unet.training.guard import guard_note
 
     save_bundle(bundle, out)
-    val = bundle.meta.get("validation") or {}
+    val = dict(bundle.meta.get("validation") or {})
+    tuned = (bundle.meta.get("postprocess") or {}).get("ap50")
+    if tuned is not None and "ap50" in val:  # what predict gives: the post-processing chosen after training
+        val = {"ap50": tuned, "ap50 (argmax rule)": val.pop("ap50"), **val}
     summary = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "score")
     note = guard_note(bundle.meta)  # fine-tuning: the fine-tuned or the starting model, and why
     print(f"saved model to {out} ({bundle.meta['training']['steps']} steps{'; ' + summary if summary else ''})"
