@@ -90,6 +90,11 @@ class LossConfig:
     balance_classes: bool = True  # the w_c term
     balance_power: float = 0.5  # w_c = (frequency of the commonest class / frequency) ** power; 1 = full balance
     dice_weight: float = 0.0
+    # Partial instance annotations: each unannotated pixel pulls weakly towards background with this
+    # weight (the annotated pixels' weights are ~1-10). Where nothing is painted, most of an image is
+    # usually background; an unpainted object that looks like the painted ones is outvoted by them,
+    # while background nobody painted is still learned. 0 = unannotated pixels take no part.
+    unannotated_background: float = 0.02
 
 
 # (batch size, patch side) of a training run that leaves them unset (None), by device; chosen in

@@ -18,6 +18,8 @@ from napari_unet.data.targets import (
     partial_instance_classes,
     pixel_weights,
     semantic_classes,
+    unannotated_prior,
+    unannotated_pull,
 )
 from napari_unet.errors import UserError
 from napari_unet.metrics import UNANNOTATED
@@ -30,7 +32,7 @@ class PreparedPair:
 
     image: np.ndarray  # (C, H, W) float32
     target: np.ndarray  # (H, W) int64, IGNORE where unannotated
-    weights: np.ndarray  # (H, W) float32, 0 where unannotated
+    weights: np.ndarray  # (H, W) float32; where unannotated: the pull towards background (partial instances) or 0
     instances: np.ndarray | None = None  # (H, W) ground-truth ids for validation (instances task)
     name: str = ""
 
@@ -91,8 +93,10 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
         raise UserError("the labels hold a single class: annotate background and objects")
     class_w = class_balance_weights(all_targets, k, cfg.loss.balance_power) if cfg.loss.balance_classes else np.ones(k)
     spacing = voxel_spacing(cfg)
+    pull = unannotated_pull(cfg)
     return [
-        PreparedPair(chw, target, pixel_weights(target, instances, k, cfg.loss, class_w, spacing), instances, name)
+        PreparedPair(chw, target, unannotated_prior(pixel_weights(target, instances, k, cfg.loss, class_w, spacing),
+                                                    target, pull), instances, name)
         for name, chw, target, instances in staged
     ]
 

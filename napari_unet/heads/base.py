@@ -234,13 +234,17 @@ class ObjectMapHead(Head):
              targets: Sequence[torch.Tensor], cfg: Any) -> torch.Tensor:
         import torch.nn.functional as F
 
+        from napari_unet.data.targets import unannotated_pull
         from napari_unet.training.losses import segmentation_loss
 
-        logits, k, prob = logits.float(), self.n_classes, targets[0]
-        loss = segmentation_loss(logits[:, :k], classes, weights, cfg.loss.dice_weight)
+        logits, k, prob, pull = logits.float(), self.n_classes, targets[0], unannotated_pull(cfg)
+        loss = segmentation_loss(logits[:, :k], classes, weights, cfg.loss.dice_weight, pull)
         valid = annotated(classes)  # (B, H, W)
         bce = F.binary_cross_entropy_with_logits(logits[:, k], prob, reduction="none")  # (B, H, W)
-        loss = loss + (bce * valid).sum() / valid.sum().clamp(min=1)
+        # the unannotated pixels' pull towards "no object", as for the classes (``weighted_cross_entropy``)
+        prior = (1 - valid) * (weights > 0) * pull
+        no_object = F.binary_cross_entropy_with_logits(logits[:, k], torch.zeros_like(prob), reduction="none")
+        loss = loss + ((bce * valid).sum() + (no_object * prior).sum()) / (valid.sum() + prior.sum()).clamp(min=1)
         return loss + self.side_loss(logits, prob, valid, targets)
 
     def uncertainty(self, samples: np.ndarray, mean: np.ndarray) -> dict[str, np.ndarray]:

@@ -47,9 +47,10 @@ class ThreeClassHead(Head):
 
     def loss(self, logits: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor,
              targets: Sequence[torch.Tensor], cfg: Any) -> torch.Tensor:
+        from napari_unet.data.targets import unannotated_pull
         from napari_unet.training.losses import segmentation_loss
 
-        return segmentation_loss(logits, classes, weights, cfg.loss.dice_weight)
+        return segmentation_loss(logits, classes, weights, cfg.loss.dice_weight, unannotated_pull(cfg))
 
     def instances(self, maps: np.ndarray, min_size: int = 10, spacing: Sequence[float] | None = None,
                   **rule: Any) -> np.ndarray:

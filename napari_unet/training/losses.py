@@ -10,15 +10,25 @@ import torch.nn.functional as F
 from napari_unet.data.targets import IGNORE
 
 
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean over annotated pixels of w(x) * CE(x).
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                           pull: float = 0.0) -> torch.Tensor:
+    """Mean over annotated pixels of w(x) * CE(x), plus the unannotated pixels' pull towards background.
 
     logits (B, K, *S), target (B, *S) int64 with ``IGNORE`` for unannotated pixels,
-    weights (B, *S) float.
+    weights (B, *S) float. ``pull`` > 0 (partial instance annotations, ``data.targets.unannotated_pull``):
+    each ``IGNORE`` pixel with a positive weight (``unannotated_prior``; not padding, not held-out
+    zones) adds ``pull`` * CE(background) and counts ``pull`` in the mean's denominator. With
+    ``pull`` 0 this is the plain mean over annotated pixels.
     """
-    ce = F.cross_entropy(logits.float(), target, reduction="none", ignore_index=IGNORE)  # (B, *S)
-    valid = (target != IGNORE).sum().clamp(min=1)
-    return (ce * weights).sum() / valid
+    logits = logits.float()
+    ce = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE)  # (B, *S)
+    unannotated = target == IGNORE
+    valid = (~unannotated).sum()
+    if pull <= 0:
+        return (ce * weights).sum() / valid.clamp(min=1)
+    prior = (unannotated & (weights > 0)).float() * pull  # (B, *S)
+    to_background = F.cross_entropy(logits, torch.zeros_like(target), reduction="none")  # (B, *S)
+    return ((ce * weights).sum() + (to_background * prior).sum()) / (valid + prior.sum()).clamp(min=1e-6)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -33,9 +43,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1.0 - ((2 * inter + eps) / (denom + eps)).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, dice_weight: float) -> torch.Tensor:
-    """Weighted CE plus ``dice_weight`` times the soft Dice loss."""
-    loss = weighted_cross_entropy(logits, target, weights)
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, dice_weight: float,
+                      pull: float = 0.0) -> torch.Tensor:
+    """Weighted CE (with the unannotated pixels' ``pull`` towards background) plus ``dice_weight``
+    times the soft Dice loss (annotated pixels only)."""
+    loss = weighted_cross_entropy(logits, target, weights, pull)
     if dice_weight > 0:
         loss = loss + dice_weight * soft_dice_loss(logits, target)
     return loss
