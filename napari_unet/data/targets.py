@@ -28,6 +28,8 @@ from skimage.segmentation import find_boundaries
 
 from napari_unet.config import LossConfig
 from napari_unet.errors import UserError
+from napari_unet.data.weights import border_weight_map
+from napari_unet.files.io import labels_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -147,7 +149,6 @@ def pixel_weights(target: np.ndarray, instances: np.ndarray | None, n_classes: i
         class_weights = class_balance_weights(target, n_classes, cfg.balance_power) if cfg.balance_classes else np.ones(n_classes)
     w = np.where(target >= 0, class_weights[np.clip(target, 0, None)], 0.0).astype(np.float32)
     if instances is not None and cfg.border_w0 > 0:
-        from napari_unet.data.weights import border_weight_map
 
         interiors = np.where(target == 1, instances, 0)
         border = border_weight_map(interiors, w0=cfg.border_w0, sigma=cfg.border_sigma, balance=False,
@@ -160,7 +161,6 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Consecutive ids 1..N keeping 0 as background (uint16/uint32)."""
     from skimage.segmentation import relabel_sequential as _rs
 
-    from napari_unet.io import labels_dtype
 
     out = _rs(labels)[0]
     return out.astype(labels_dtype(int(out.max()) if out.size else 0))

@@ -9,8 +9,9 @@ import torch
 
 from napari_unet import heads
 from napari_unet.config import PredictConfig, TrainConfig
-from napari_unet.data.dataset import PreparedPair, n_output_channels, n_output_classes
-from napari_unet.volumes import anisotropic_spacing
+from napari_unet.data.dataset import PreparedPair
+from napari_unet.arrays.volumes import anisotropic_spacing
+from napari_unet.inference.predict import predict_normalized
 
 
 def semantic_scores(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dict[str, float]:
@@ -37,12 +38,11 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     scoring rule (and for the 3-class head the ``rule_counts`` of every rule scored), for
     callers that reuse them.
     """
-    from napari_unet.inference.predict import predict_normalized
 
     was_training = net.training
     net.eval()
     pcfg = PredictConfig()
-    k = n_output_channels(cfg)
+    k = heads.n_output_channels(cfg)
     try:
         probs = []
         for p in pairs:
@@ -60,7 +60,7 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
         return head.score(probs, [p.truth for p in pairs], keep, **told)
     preds = np.concatenate([pr.argmax(0).ravel() for pr in probs])
     targets = np.concatenate([p.target.ravel() for p in pairs])
-    scores = semantic_scores(preds, targets, n_output_classes(cfg))
+    scores = semantic_scores(preds, targets, heads.n_output_classes(cfg))
     scores["score"] = scores["iou"]
     return scores
 

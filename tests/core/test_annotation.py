@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet import annotation
+from napari_unet.workflows import annotation
 from napari_unet.errors import UserError
 
 

@@ -8,7 +8,7 @@ from skimage.draw import disk
 from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.events import Message, ValidationReport
 from napari_unet.pretrained import resolve_init
-from napari_unet.training.calibrate import pooled_ap50, tune_thresholds
+from napari_unet.heads.calibrate import pooled_ap50, tune_thresholds
 from napari_unet.models.bundle import load_bundle, save_bundle
 from napari_unet.training.engine import Trainer
 
@@ -40,7 +40,7 @@ def test_tuning_splits_objects_the_argmax_rule_merges():
 
 
 def test_tuning_keeps_the_prior_rule_unless_another_is_clearly_better(monkeypatch):
-    from napari_unet.training import calibrate
+    from napari_unet.heads import calibrate
 
     probs, gt = touching_pair()
     probs[:, probs[1] == np.float32(0.60)] = np.array([0.05, 0.1, 0.85])[:, None]  # a clear rim: every rule splits
@@ -54,7 +54,7 @@ def test_tuning_keeps_the_prior_rule_unless_another_is_clearly_better(monkeypatc
 
 
 def test_tuning_reuses_counts_it_is_given(monkeypatch):
-    from napari_unet.training import calibrate
+    from napari_unet.heads import calibrate
 
     probs, gt = touching_pair()
     fresh = tune_thresholds([probs], [gt])
@@ -79,7 +79,7 @@ def test_splitting_separates_interiors_joined_by_a_neck():
 
 def fake_tuning(monkeypatch) -> dict:
     """Replace the threshold search (tested above) by a fixed answer; returns what it was given."""
-    from napari_unet.training import calibrate
+    from napari_unet.heads import calibrate
 
     seen = {}
 
@@ -162,7 +162,7 @@ def test_a_stopped_run_is_tuned_on_the_validation_that_chose_its_model(small_pai
 
 
 def test_bootstrap_trusts_consistent_gains_not_one_lucky_image():
-    from napari_unet.training.calibrate import bootstrap_win_rate
+    from napari_unet.heads.calibrate import bootstrap_win_rate
 
     worse = np.tile([[8.0, 2.0, 2.0]], (12, 1))  # (TP, FP, FN) per image, 10 objects each
     steady = worse + [[1.0, -1.0, -1.0]]  # one more object right on every image

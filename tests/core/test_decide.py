@@ -1,4 +1,4 @@
-"""The one core layer (``napari_unet.decide``): array layouts, the class-count rule, the
+"""The one core layer (``napari_unet.workflows``): array layouts, the class-count rule, the
 ``TrainConfig`` for a request, model specs and automatic prompts."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 
 from napari_unet.cli import build_parser, train_request
 from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
-from napari_unet.decide.auto_prompts import auto_prompts
-from napari_unet.decide.classes import task_and_classes, user_task
-from napari_unet.decide.layout import annotated_planes, array_layout
-from napari_unet.decide.model_spec import CURRENT, batch_source, resolve_model, start_model
-from napari_unet.decide.train_request import TrainRequest, train_config_for
+from napari_unet.diffusion.auto_prompts import auto_prompts
+from napari_unet.workflows.classes import task_and_classes, user_task
+from napari_unet.arrays.layout import annotated_planes, array_layout
+from napari_unet.workflows.model_spec import CURRENT, batch_source, resolve_model, start_model
+from napari_unet.workflows.train_request import TrainRequest, train_config_for
 from napari_unet.errors import UserError
 
 

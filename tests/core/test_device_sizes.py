@@ -11,10 +11,10 @@ import torch
 
 from napari_unet.config import (CPU_SIZES, CPU_VOLUME_SIZES, CUDA_VOLUME_SIZES, MAX_VOLUME_BATCH, MPS_SIZES,
                                 TrainConfig, UNetConfig)
-from napari_unet.training import device as device_module
-from napari_unet.training.device import default_sizes, describe, with_device_sizes
-from napari_unet.training.sizes import describe_sizes, fit_extent, volume_patch
-from napari_unet.volumes import patch_shape
+from napari_unet.runtime import device as device_module
+from napari_unet.runtime.device import default_sizes, describe, with_device_sizes
+from napari_unet.runtime.sizes import describe_sizes, fit_extent, volume_patch
+from napari_unet.arrays.volumes import patch_shape
 from napari_unet.training.engine import Trainer
 from napari_unet.cli import drive
 
@@ -106,7 +106,7 @@ def test_unset_3d_sizes_train_fit_the_volumes_and_are_stored(tmp_path):
     import json
 
     from napari_unet.models.bundle import load_bundle, save_bundle
-    from napari_unet.samples import ball_volume
+    from napari_unet.data.samples import ball_volume
 
     rng = np.random.default_rng(0)
     pairs = [ball_volume(rng, (16, 40, 40), 4) for _ in range(2)]

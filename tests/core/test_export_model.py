@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_unet.cli import main
-from napari_unet.export import export_model, run_exported
+from napari_unet.workflows.export import export_model, run_exported
 from napari_unet.models.bundle import ModelBundle, save_bundle
 
 from helpers import drain, tiny_bundle

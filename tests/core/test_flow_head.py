@@ -11,7 +11,7 @@ from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.heads.flow import flow_errors, instances_from_flows
 from napari_unet.heads.flow_targets import flow_field, flow_targets
 from napari_unet.data.targets import instance_classes, relabel_sequential
-from napari_unet.inference.postprocess import labels_for
+from napari_unet.inference.labels import labels_for
 from napari_unet.inference.predict import predict_image
 from napari_unet.heads.star import instances_from_star
 from napari_unet.metrics import evaluate_instances
@@ -157,7 +157,7 @@ def test_predict_large_streams_flow_instances(tmp_path, nuclei_pairs):
 
     from napari_unet.config import PredictConfig
     from napari_unet.inference.large import predict_large
-    from napari_unet.omezarr import open_ome_zarr
+    from napari_unet.files.omezarr import open_ome_zarr
     from napari_unet.models.bundle import ModelBundle, build_network
 
     torch.manual_seed(0)

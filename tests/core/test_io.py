@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_unet.errors import UserError
-from napari_unet.io import list_images, pair_files, read_image, read_mask, write_image
+from napari_unet.files.io import list_images, pair_files, read_image, read_mask, write_image
 
 
 def test_write_read_roundtrip_tif_and_png(tmp_path):

@@ -4,8 +4,8 @@ images, built block by block."""
 import numpy as np
 import zarr
 
-from napari_unet import omezarr
-from napari_unet.omezarr import level_shapes, open_ome_zarr, open_pyramid, write_ome_zarr
+from napari_unet.files import omezarr
+from napari_unet.files.omezarr import level_shapes, open_ome_zarr, open_pyramid, write_ome_zarr
 
 
 def _datasets(path):

@@ -205,7 +205,7 @@ def test_shape_uncertainty_needs_a_map_head(small_pairs):
 
 @pytest.mark.parametrize("head, channels", [("star", 36), ("flow", 6)])
 def test_map_head_network_exports_its_maps(tmp_path, head, channels):
-    from napari_unet.export import export_model, run_exported
+    from napari_unet.workflows.export import export_model, run_exported
     from napari_unet.models.bundle import ModelBundle
 
     cfg = TrainConfig(instance_head=head, model=TINY)
@@ -221,7 +221,7 @@ def test_map_head_network_exports_its_maps(tmp_path, head, channels):
 @pytest.mark.parametrize("head", ["star", "flow"])
 def test_cli_trains_and_predicts_with_a_map_head(tmp_path, small_pairs, head):
     from napari_unet.cli import main
-    from napari_unet.io import read_mask
+    from napari_unet.files.io import read_mask
 
     images, masks = write_pairs(tmp_path, small_pairs)
     model = tmp_path / "model"

@@ -45,7 +45,7 @@ def test_the_cli_entry_point_makes_openmp_wait_passively():
 
 
 def test_an_explicit_setting_wins_and_a_late_call_leaves_it_alone(monkeypatch):
-    from napari_unet.threads import prefer_passive_wait
+    from napari_unet.runtime.threads import prefer_passive_wait
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert prefer_passive_wait() == "ACTIVE" and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.samples import ball_volume
-from napari_unet.training.sizes import describe_sizes
+from napari_unet.data.samples import ball_volume
+from napari_unet.runtime.sizes import describe_sizes
 from napari_unet.widgets.predict import PredictWidget
 from napari_unet.widgets.train import CURRENT, SCRATCH, SLICES, VOLUME, TrainWidget
 from napari_unet.widgets._session import session_for

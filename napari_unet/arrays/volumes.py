@@ -1,4 +1,5 @@
-"""The 3D rules in one place: what counts as a volume, voxel spacing, 3D patches and previews.
+"""The 3D rules in one place: voxel spacing, 3D patches and previews (what counts as a volume is
+``layout.is_volume``).
 
 A 3D model (``UNetConfig.dims == 3``) trains on (Z, Y, X) volumes, optionally with channels
 ((C, Z, Y, X), (Z, C, Y, X) or (Z, Y, X, C)). Voxels may be anisotropic: ``TrainConfig.z_scale``
@@ -6,7 +7,7 @@ is the voxel depth in units of the pixel width (``napari`` layer scale z / y). T
 where a z-step is not an x/y-step:
 
 * patches hold ``side / z_scale`` planes, so a patch covers about a cube of tissue (the default sizes,
-  ``training.sizes``, also keep it inside the volumes);
+  ``runtime.sizes``, also keep it inside the volumes);
 * elastic displacements are drawn in physical units (z displacements shrink by ``z_scale``);
   90-degree rotations only turn the (Y, X) plane; flips are exact on every axis anyway;
 * the border weights of the U-Net loss measure physical distances (``distance_transform_edt``
@@ -31,17 +32,6 @@ MIN_PATCH_PLANES = 4  # a 3D patch holds at least this many z-planes
 PREVIEW_HALF_PLANES = 8  # the cheap live preview of one plane predicts this many planes each side
 
 
-def is_volume(shape: Sequence[int], rgb: bool = False) -> bool:
-    """True when an array of ``shape`` is a stack/volume rather than one 2D image (``decide.layout``:
-    a 2D model would read it as a stack), e.g. (Z, Y, X) with Z and X > 4, or (Z, Y, X, C)."""
-    from napari_unet.decide.layout import array_layout
-
-    try:
-        return array_layout(shape, rgb, dims=2).is_stack
-    except UserError:  # no 2D reading of it at all, e.g. 4D without a channel axis
-        return len(shape) == 4
-
-
 def voxel_spacing(cfg) -> tuple[float, ...]:
     """Pixel size per spatial axis in units of the pixel width: (z_scale, 1, 1) or (1, 1)."""
     return (float(cfg.z_scale), 1.0, 1.0) if cfg.model.dims == 3 else (1.0, 1.0)
@@ -55,7 +45,7 @@ def anisotropic_spacing(cfg) -> tuple[float, ...] | None:
 
 def patch_shape(cfg) -> tuple[int, ...]:
     """Training patch size per spatial axis: (P, P), or (P / z_scale, P, P) for a 3D model told one
-    side P; a (z, y, x) ``patch_size`` (the 3D default, ``training.sizes``) as it is."""
+    side P; a (z, y, x) ``patch_size`` (the 3D default, ``runtime.sizes``) as it is."""
     size = cfg.patch_size
     if not np.isscalar(size):
         shape = tuple(int(s) for s in size)
@@ -74,18 +64,10 @@ def planes_for(side: int, z_scale: float) -> int:
 
 
 def check_volume_config(cfg) -> None:
-    """Raise ``UserError`` for settings a 3D model cannot use (``cfg``: a ``TrainConfig``)."""
+    """Raise ``UserError`` for a z-scale a 3D model cannot use (``cfg``: a ``TrainConfig``; whether its
+    instance head runs in 3D is ``heads.check_head_dims``)."""
     if not (cfg.z_scale > 0 and math.isfinite(cfg.z_scale)):
         raise UserError(f"the z-scale must be a positive number, got {cfg.z_scale}")
-    check_head_dims(cfg.task, cfg.instance_head, cfg.model.dims)
-
-
-def check_head_dims(task: str, instance_head: str, dims: int) -> None:
-    """Raise ``UserError`` when an instance head cannot run in ``dims`` D (``heads.Head.dims``)."""
-    if task == "instances":
-        from napari_unet import heads
-
-        heads.get(instance_head).check_dims(dims)
 
 
 def z_scale_of(scale: Sequence[float]) -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.errors import UserError
-from napari_unet.io import write_image, write_json
+from napari_unet.files.io import read_image, read_mask, write_image, write_json
 
 PROJECT_KIND = "napari-unet/project"
 PROJECT_VERSION = 1
@@ -157,7 +157,6 @@ class Project:
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Project":
         """Read a project folder written by ``save``."""
-        from napari_unet.io import read_image, read_mask
 
         folder = Path(folder)
         description = folder / "project.json"

@@ -32,12 +32,12 @@ def read_tags(path: str | Path) -> dict[str, list[str]]:
 def cmd_synth_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from napari_unet.cli import drive
+    from napari_unet.cli.drive import drive
     from napari_unet.diffusion.bundle import save_diffusion
     from napari_unet.diffusion.config import DiffusionConfig
     from napari_unet.diffusion.prompts import auto_tags
     from napari_unet.diffusion.train import DiffusionTrainer
-    from napari_unet.io import list_images, pair_files, read_image, read_mask
+    from napari_unet.files.io import list_images, pair_files, read_image, read_mask
 
     if args.time_limit is not None and args.time_limit <= 0:
         raise UserError("--time-limit must be positive")
@@ -76,8 +76,8 @@ def cmd_synth_train(args: argparse.Namespace) -> int:
 
 def _prompts(args: argparse.Namespace, bundle) -> tuple[list[str], list]:
     """(stems, masks) from --masks or automatic layouts for --count."""
-    from napari_unet.decide.auto_prompts import auto_prompts
-    from napari_unet.io import list_images, read_mask
+    from napari_unet.diffusion.auto_prompts import auto_prompts
+    from napari_unet.files.io import list_images, read_mask
 
     if args.masks:
         paths = list_images([args.masks])
@@ -94,12 +94,12 @@ def _prompts(args: argparse.Namespace, bundle) -> tuple[list[str], list]:
 
 
 def cmd_synth_generate(args: argparse.Namespace) -> int:
-    from napari_unet.cli import drive
+    from napari_unet.cli.drive import drive
     from napari_unet.diffusion.bundle import load_diffusion
     from napari_unet.diffusion.config import SampleConfig
     from napari_unet.diffusion.sample import synthesize
-    from napari_unet.io import labels_dtype, write_image
-    from napari_unet.training.device import resolve_device
+    from napari_unet.files.io import labels_dtype, write_image
+    from napari_unet.runtime.device import resolve_device
 
     if args.steps <= 0:
         raise UserError("--steps must be positive")
@@ -120,7 +120,7 @@ def cmd_synth_generate(args: argparse.Namespace) -> int:
 
 def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``synth train`` and ``synth generate`` under the main parser's subcommands."""
-    from napari_unet.decide.auto_prompts import PROMPT_SIZE
+    from napari_unet.diffusion.auto_prompts import PROMPT_SIZE
     from napari_unet.diffusion.config import DiffusionConfig, SampleConfig
 
     ddef, sdef = DiffusionConfig(), SampleConfig()  # defaults come from the config dataclasses

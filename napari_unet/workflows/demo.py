@@ -8,17 +8,18 @@ from typing import Generator
 
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.events import Message
+from napari_unet.data.samples import SHOWCASE, load_sample, training_samples
+from napari_unet.files.io import write_image
+from napari_unet.workflows.overview import overview
 
 
 def run_demo(out: Path, time_limit: float = 60.0, seed: int = 0) -> Generator[object, None, str]:
     """Train, save the model, predict the showcase image with MC-dropout, write masks and a PNG."""
     import numpy as np
 
+    # deferred: imports torch
     from napari_unet.inference.predict import predict_image
-    from napari_unet.io import write_image
     from napari_unet.metrics import evaluate_instances
-    from napari_unet.overview import overview
-    from napari_unet.samples import SHOWCASE, load_sample, training_samples
     from napari_unet.models.bundle import save_bundle
     from napari_unet.training.engine import Trainer
 

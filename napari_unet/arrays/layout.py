@@ -14,10 +14,12 @@ One rule for the CLI (files) and the widgets (napari layers, which add an ``rgb`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Iterator, Literal
 
 import numpy as np
 
+from napari_unet.arrays.volumes import annotated_z_range
 from napari_unet.errors import UserError
 
 MAX_CHANNELS = 4  # longest axis still read as channels (RGBA)
@@ -99,8 +101,6 @@ def annotated_planes(name: str, image: np.ndarray, labels: np.ndarray,
     for a 3D model a volume as its annotated z-range (``volumes.annotated_z_range``)."""
     image, labels = np.asarray(image), np.asarray(labels)
     if dims == 3 and labels.ndim == 3 and image.shape[:3] == labels.shape:
-        from napari_unet.volumes import annotated_z_range
-
         planes = annotated_z_range(labels)
         yield name, image[planes], labels[planes]
         return
@@ -110,3 +110,12 @@ def annotated_planes(name: str, image: np.ndarray, labels: np.ndarray,
                 yield f"{name}[{z}]", image[z], labels[z]
         return
     yield name, image, labels
+
+
+def is_volume(shape: Sequence[int], rgb: bool = False) -> bool:
+    """True when an array of ``shape`` is a stack/volume rather than one 2D image (a 2D model
+    would read it as a stack), e.g. (Z, Y, X) with Z and X > 4, or (Z, Y, X, C)."""
+    try:
+        return array_layout(shape, rgb, dims=2).is_stack
+    except UserError:  # no 2D reading of it at all, e.g. 4D without a channel axis
+        return len(shape) == 4

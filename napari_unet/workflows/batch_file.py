@@ -4,7 +4,7 @@
 file that cannot be read or predicted comes back as a ``failed`` row, and only errors of the
 destination (``stops_the_batch``) are raised. Outputs get their final names by renaming (TIFF/PNG
 through ``io.write_image``, OME-Zarr stores built beside their target), and the file's completion
-record (``napari_unet.resume``) is written last.
+record (``napari_unet.workflows.resume``) is written last.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import numpy as np
 from napari_unet.config import PredictConfig
 from napari_unet.errors import OutputError, UserError
 from napari_unet.events import Progress, relay, run_to_end
-from napari_unet.resume import forget, write_record
+from napari_unet.workflows.resume import forget, write_record
+from napari_unet.files.io import labels_dtype, read_image, write_image
+from napari_unet.files.omezarr import open_ome_zarr, replace_store, write_ome_zarr
 
 log = logging.getLogger(__name__)
 OutputFormat = Literal["tif", "png", "ome-zarr"]
@@ -57,8 +59,9 @@ _MODELS_LOCK = threading.Lock()
 
 def cached_model(model: str, device: str = "auto", preloaded: Any = None) -> Any:
     """The model folder's bundle, loaded once per thread (MC-dropout switches module modes)."""
+    # deferred: imports torch
     from napari_unet.models.bundle import load_bundle
-    from napari_unet.training.device import resolve_device
+    from napari_unet.runtime.device import resolve_device
 
     key = (str(model), device, threading.get_ident(), id(preloaded))
     with _MODELS_LOCK:
@@ -84,7 +87,6 @@ def _is_large(path: Path, limit: int) -> bool:
 
 def _open_lazy(path: Path) -> Any:
     if path.suffix == ".zarr":
-        from napari_unet.omezarr import open_ome_zarr
 
         return open_ome_zarr(path)
     import tifffile
@@ -94,8 +96,6 @@ def _open_lazy(path: Path) -> Any:
 
 
 def _write(path: Path, data: np.ndarray, fmt: str, axes: list[str] | None = None, labels: bool = False) -> Path:
-    from napari_unet.io import write_image
-    from napari_unet.omezarr import write_ome_zarr
 
     if fmt == "ome-zarr":
         return write_ome_zarr(path, data, axes, labels=labels)
@@ -137,8 +137,8 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
                        key: str = "") -> Generator[object, None, dict[str, Any]]:
     """``predict_one`` as a generator that raises: streamed (large) images yield ``Progress`` per
     tile. With a ``key`` (``resume.run_key``) the file's completion record is written last."""
+    # deferred: imports torch
     from napari_unet.inference.uncertainty import entropy, uncertainty_kinds
-    from napari_unet.io import labels_dtype, read_image
 
     start = time.perf_counter()
     path, root = Path(image_path), Path(out_dir)
@@ -152,6 +152,7 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
     if bundle.config.model.dims == 2 and _is_large(path, bcfg.large_pixels):
         row, outputs = yield from _predict_streamed(bundle, path, out, pcfg, bcfg, start)
     else:
+        # deferred: imports torch
         from napari_unet.inference.predict import predict_image
 
         cfg = replace(pcfg, mc_samples=bcfg.mc_samples if bcfg.uncertainty else 0)
@@ -187,8 +188,8 @@ def _predict_streamed(bundle: Any, path: Path, out: Path, pcfg: PredictConfig, b
     """Large images: streamed to OME-Zarr pyramids by ``inference.large`` (with ``uncertainty``,
     MC-dropout maps streamed the same way) in a hidden staging folder, each store renamed into
     place once whole; the summary row is computed block by block. Returns (row, outputs)."""
+    # deferred: imports torch
     from napari_unet.inference.large import predict_large, streamed_summary
-    from napari_unet.omezarr import open_ome_zarr, replace_store
 
     cfg = replace(pcfg, mc_samples=bcfg.mc_samples if bcfg.uncertainty else 0)
     staging = out.with_name(f".{out.name}.partial")

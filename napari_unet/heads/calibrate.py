@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from napari_unet.inference.postprocess import Spacing, grow_seeds, instance_seeds, instances_from_probabilities
+from napari_unet.heads.watershed import Spacing, grow_seeds, instance_seeds, instances_from_probabilities
 from napari_unet.metrics import evaluate_instances
 
 # (seed threshold, split height) pairs tried first; None: the argmax rule / no splitting

@@ -11,47 +11,19 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Generator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from napari_unet.cli.drive import drive
 from napari_unet.errors import UserError
 
 if TYPE_CHECKING:
-    from napari_unet.decide.train_request import TrainRequest
-
-
-def drive(events: Generator, desc: str, quiet: bool = False):
-    """Run a core generator to completion with a tqdm progress bar; return its return value."""
-    from tqdm import tqdm
-
-    from napari_unet.events import LossReport, Message, Progress, ValidationReport, run_to_end
-
-    bar = tqdm(desc=desc, unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True)
-
-    def show(event) -> None:
-        if isinstance(event, Progress):
-            bar.total = event.total
-            bar.n = event.done
-            postfix = {"eta": f"{event.eta:.0f}s"} if event.eta is not None else {}
-            bar.set_postfix(postfix, refresh=False)
-            bar.refresh()
-        elif isinstance(event, LossReport):
-            bar.set_description(f"{desc} loss {event.loss:.3f}", refresh=False)
-        elif isinstance(event, ValidationReport):
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items() if k != "score")
-            bar.write(f"step {event.step}: validation {shown}{' (best)' if event.best else ''}")
-        elif isinstance(event, Message):
-            bar.write(event.text, file=sys.stderr if event.level == "error" else None)
-
-    try:
-        return run_to_end(events, show)
-    finally:
-        bar.close()
+    from napari_unet.workflows.train_request import TrainRequest
 
 
 def train_request(args: argparse.Namespace) -> "TrainRequest":
     """The ``TrainRequest`` the ``train`` flags describe (defaults: the config dataclasses')."""
-    from napari_unet.decide.classes import user_task
-    from napari_unet.decide.train_request import TrainRequest
+    from napari_unet.workflows.classes import user_task
+    from napari_unet.workflows.train_request import TrainRequest
 
     return TrainRequest(task=user_task(args.task, args.sparse), instance_head=args.instance_head,
                         n_classes=args.n_classes, in_channels=args.in_channels, depth=args.depth,
@@ -92,7 +64,7 @@ def _out_folder(path: str) -> Path:
 
 def _training_data(args: argparse.Namespace) -> tuple[list, list[str], list | None]:
     """(image, mask) pairs, their names and the synthetic pairs (or None) the train flags name."""
-    from napari_unet.io import pair_files, read_image, read_mask
+    from napari_unet.files.io import pair_files, read_image, read_mask
 
     files = pair_files(args.images, args.masks)
     pairs = [(read_image(i), read_mask(m)) for i, m in files]
@@ -104,9 +76,9 @@ def _training_data(args: argparse.Namespace) -> tuple[list, list[str], list | No
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from napari_unet.decide.classes import user_task
-    from napari_unet.decide.model_spec import start_model
-    from napari_unet.decide.train_request import train_config_for
+    from napari_unet.workflows.classes import user_task
+    from napari_unet.workflows.model_spec import start_model
+    from napari_unet.workflows.train_request import train_config_for
     from napari_unet.pretrained import fine_tune_config
     from napari_unet.training.engine import Trainer
 
@@ -172,11 +144,11 @@ def _save_trained(bundle, out: Path) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from napari_unet.batch import BatchConfig, collect_inputs, predict_batch
+    from napari_unet.workflows.batch import BatchConfig, collect_inputs, predict_batch
     from napari_unet.config import PredictConfig
     from napari_unet.pretrained import resolve_model
     from napari_unet.models.bundle import load_bundle
-    from napari_unet.training.device import resolve_device
+    from napari_unet.runtime.device import resolve_device
 
     folder = resolve_model(args.model)
     bundle = load_bundle(folder, resolve_device(args.device))
@@ -200,7 +172,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from napari_unet.io import pair_files, read_mask
+    from napari_unet.files.io import pair_files, read_mask
     from napari_unet.metrics import evaluate_instances, evaluate_semantic
 
     files = pair_files(args.pred, args.gt)
@@ -223,7 +195,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from napari_unet.demo import run_demo
+    from napari_unet.workflows.demo import run_demo
 
     summary = drive(run_demo(Path(args.out), args.time_limit, args.seed), "demo", args.quiet)
     print(summary)
@@ -231,7 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from napari_unet.export import SUFFIXES, export_model
+    from napari_unet.workflows.export import SUFFIXES, export_model
     from napari_unet.pretrained import resolve_model
     from napari_unet.models.bundle import load_bundle
 
@@ -247,9 +219,9 @@ def cmd_export_model(args: argparse.Namespace) -> int:
 
 
 def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path) -> int:
-    """``export-model --format bioimageio``: package, validate and test (napari_unet.bioimage_io_export)."""
-    from napari_unet.bioimage_io_export import export_bioimageio, package_info
-    from napari_unet.io import read_image
+    """``export-model --format bioimageio``: package, validate and test (napari_unet.workflows.bioimage_io_export)."""
+    from napari_unet.workflows.bioimage_io_export import export_bioimageio, package_info
+    from napari_unet.files.io import read_image
 
     info = package_info(folder, license=args.license, authors=tuple(args.author) if args.author else None)
     image = read_image(args.test_image) if args.test_image else None
@@ -260,9 +232,9 @@ def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path
 
 def build_parser() -> argparse.ArgumentParser:
     from napari_unet import heads
-    from napari_unet.batch import BatchConfig
+    from napari_unet.workflows.batch import BatchConfig
     from napari_unet.config import CPU_SIZES, CPU_VOLUME_SIZES, CUDA_SIZES, PredictConfig, TrainConfig, UNetConfig
-    from napari_unet.decide.train_request import SYNTHETIC_SHARE
+    from napari_unet.workflows.train_request import SYNTHETIC_SHARE
 
     # defaults shown in --help come from the config dataclasses, never retyped here
     tdef, udef, pdef, bdef = TrainConfig(), UNetConfig(), PredictConfig(), BatchConfig()
@@ -368,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default=None,
                    help="file to write (default: MODEL/model.pt, MODEL/model.onnx or MODEL/model.zip)")
     x.add_argument("--tile", type=int, default=None, help="input size for valid-padding models (fixed at export)")
-    from napari_unet.bioimage_io_export import PackageInfo
+    from napari_unet.workflows.bioimage_io_export import PackageInfo
 
     x.add_argument("--license", default=None, help="bioimageio: SPDX licence id (default: a shipped model's "
                    f"own, CC0-1.0 for pretrained:nuclei; else {PackageInfo.license})")
@@ -381,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (t, p, e, d, x):
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    from napari_unet.diffusion.cli import add_synth_parser  # synth train | generate (diffusion)
+    from napari_unet.cli.diffusion import add_synth_parser  # synth train | generate (diffusion)
 
     add_synth_parser(sub)
     return parser
@@ -391,9 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     import logging
 
-    from napari_unet.threads import prefer_passive_wait
+    from napari_unet.runtime.threads import prefer_passive_wait
 
-    prefer_passive_wait()  # our own process: before anything loads torch (napari_unet.threads)
+    prefer_passive_wait()  # our own process: before anything loads torch (napari_unet.runtime.threads)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # a corrupt file's own one-line error says enough

@@ -23,7 +23,7 @@ import numpy as np
 
 from napari_unet.errors import OutputError, UserError
 from napari_unet.events import Progress
-from napari_unet.io import replace_folder as replace_store
+from napari_unet.files.io import replace_folder as replace_store
 
 NGFF_VERSION = "0.4"
 MIN_LEVEL_SIZE = 1024  # pyramids stop once the smaller of y, x is at most this many pixels

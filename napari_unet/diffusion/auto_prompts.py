@@ -24,6 +24,7 @@ def auto_prompts(bundle: Any, count: int, size: int, seed: int = 0, *, source_ma
     """``count`` instance masks (size x size) for a ``DiffusionBundle``; ``density``: objects per
     10,000 px (default: the model's training median); ``objects``: a fixed count per image;
     ``vary``: magnification, crowding and touching vary from image to image."""
+    # deferred: imports torch
     from napari_unet.diffusion.prompts import object_shapes, prompt_layouts, unpack_shapes
 
     if count <= 0:

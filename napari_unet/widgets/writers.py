@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.io import labels_dtype, write_image
-from napari_unet.omezarr import write_ome_zarr
+from napari_unet.files.io import labels_dtype, write_image
+from napari_unet.files.omezarr import write_ome_zarr
 
 
 def _label_array(data: Any) -> np.ndarray:

@@ -9,7 +9,7 @@ volumes along any axis (the largest training volume's extent): a 128³ patch on 
 was three quarters padding, and a step of 8 of them took about a minute on a 2-core CPU. Extents
 are multiples of the network's total down-sampling ``2**depth`` where the data allows (a "same"
 U-Net pads other sizes up to one), and the batch fills the voxel budget. Pure: no torch, so the
-rule can be shown and tested anywhere; ``training.device`` supplies the device's kind and memory.
+rule can be shown and tested anywhere; ``runtime.device`` supplies the device's kind and memory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from napari_unet.config import (CPU_SIZES, CPU_VOLUME_SIZES, CUDA_SIZES, CUDA_VOLUME_SIZES, MAX_VOLUME_BATCH,
                                 MPS_SIZES, MPS_VOLUME_SIZES)
-from napari_unet.volumes import planes_for
+from napari_unet.arrays.volumes import planes_for
 
 Sizes = tuple[int, int | tuple[int, ...]]  # (batch, patch side or per-axis extents)
 

@@ -1,5 +1,5 @@
 """From per-pixel class probabilities to label images: the 3-class head's seeded watershed
-(``heads.three_class``), and ``labels_for`` any model's maps through its instance head."""
+(``heads.three_class``) and the argmax of a semantic model (``inference.labels``: any model's labels)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
-from napari_unet import heads
-from napari_unet.config import TrainConfig
 from napari_unet.data.targets import relabel_sequential
-from napari_unet.volumes import anisotropic_spacing
-
 
 SPLIT_SMOOTHING = 1.0  # Gaussian sigma (pixels) on the interior distance map before its maxima are taken
 
@@ -103,22 +99,3 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_thres
 def classes_from_probabilities(probs: np.ndarray) -> np.ndarray:
     """(K, H, W) probabilities -> (H, W) uint8 class indices."""
     return probs.argmax(axis=0).astype(np.uint8)
-
-
-def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10,
-                              head: str = TrainConfig.instance_head, spacing: Spacing = None,
-                              **thresholds: float | None) -> np.ndarray:
-    """Instance labels from the maps of the instance ``head`` (a name in ``heads``; ``thresholds``:
-    its ``rule_keys``, e.g. ``instances_from_probabilities``'s for the default head; ``spacing``: an
-    anisotropic volume's voxel size) or class indices."""
-    if task == "instances":
-        told = {} if spacing is None else {"spacing": spacing}  # (heads that run in 3D take it)
-        return heads.get(head).instances(probs, min_size, **told, **thresholds)
-    return classes_from_probabilities(probs)
-
-
-def labels_for(bundle, maps: np.ndarray, min_size: int = 10) -> np.ndarray:
-    """Labels of a model's output maps with the post-processing stored for it (``ModelBundle``), in
-    the physical units of its voxels (``TrainConfig.z_scale``) for a 3D model."""
-    return labels_from_probabilities(maps, bundle.task, min_size, bundle.config.instance_head,
-                                     anisotropic_spacing(bundle.config), **bundle.postprocess)

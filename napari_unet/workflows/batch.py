@@ -12,7 +12,7 @@ worker thread.
 A file that cannot be read or predicted becomes a ``failed`` row (``status``/``error`` columns)
 and the run goes on; only errors of the destination (``OutputError``: read-only folder, full
 disk) stop it. Outputs are written atomically and each finished file gets a completion record
-(``napari_unet.resume``), so re-running after a crash or kill skips what is complete.
+(``napari_unet.workflows.resume``), so re-running after a crash or kill skips what is complete.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from concurrent.futures import as_completed as local_as_completed
 from pathlib import Path
 from typing import Any, Generator, Iterable
 
-from napari_unet.batch_file import (_MODELS, _MODELS_LOCK, SUFFIX, SUMMARY_FIELDS, BatchConfig, OutputFormat,
+from napari_unet.workflows.batch_file import (_MODELS, _MODELS_LOCK, SUFFIX, SUMMARY_FIELDS, BatchConfig, OutputFormat,
                                     cached_model, failed_row, predict_file_events, predict_one, stops_the_batch,
                                     summary_row)
 from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
-from napari_unet.io import IMAGE_SUFFIXES
-from napari_unet.resume import clear_leftovers, completed_row, run_key
+from napari_unet.files.io import IMAGE_SUFFIXES, write_atomic_bytes
+from napari_unet.workflows.resume import clear_leftovers, completed_row, run_key
 
 SCHEDULER_TIMEOUT = "10s"  # how long to try reaching a dask scheduler
 __all__ = ["BatchConfig", "OutputFormat", "SUFFIX", "SUMMARY_FIELDS", "batch_key", "cached_model", "collect_inputs",
@@ -74,7 +74,6 @@ def _stem(path: Path) -> str:
 
 def write_summary(path: Path, rows: list[dict[str, Any]]) -> Path:
     """The per-image CSV, written atomically."""
-    from napari_unet.io import write_atomic_bytes
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", restval="")
@@ -103,6 +102,7 @@ def _executor(bcfg: BatchConfig) -> tuple[Any, Any, Any]:
 
 def batch_key(model: str | Path, pcfg: PredictConfig, bcfg: BatchConfig, preloaded: Any = None) -> str:
     """``resume.run_key`` of the model and of the settings that change what a batch writes."""
+    # deferred: imports torch
     from napari_unet.models.bundle import load_bundle
 
     bundle = preloaded if preloaded is not None else load_bundle(model)
@@ -137,7 +137,7 @@ def predict_batch(model: str | Path, inputs: list[tuple[Path, Path]], out_dir: s
     summary rows of all inputs (also written to ``out_dir/bcfg.summary``): ``status`` ok, or
     failed with an ``error`` for a file that could not be read or predicted (the run goes on;
     a ``Message`` at level ``error`` tells each). Files already complete from an earlier run with
-    the same model and settings are skipped unless ``bcfg.overwrite`` (see ``napari_unet.resume``).
+    the same model and settings are skipped unless ``bcfg.overwrite`` (see ``napari_unet.workflows.resume``).
     With one local worker the files run in this thread (tile progress for streamed images;
     stopping takes effect between tiles). ``Finished.summary`` counts images, objects, failed, skipped."""
     out_dir = Path(out_dir)

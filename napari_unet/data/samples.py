@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_DIR = Path(__file__).parent / "sample_data"
+SAMPLE_DIR = Path(__file__).parent.parent / "sample_data"
 SHOWCASE = "193ffaa5272d5c42"
 STAINED = "0c2550a23b8a0f29"  # H&E-like RGB, 256x320, 73 nuclei (DSB 2018 stage1_train)
 COLOUR_SAMPLES = (STAINED,)  # kept out of the fluorescence set the demo trains on

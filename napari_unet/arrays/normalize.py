@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.decide.layout import array_layout
+from napari_unet.arrays.layout import array_layout
 from napari_unet.errors import UserError
 
 
@@ -24,7 +24,7 @@ def to_channels_first(image: np.ndarray, in_channels: int, dims: int = 2) -> np.
         raise UserError(f"cannot use pixels of type {image.dtype}")
     if image.ndim not in (dims, dims + 1):
         raise UserError(f"expected a {dims}D image (optionally with channels), got shape {image.shape}")
-    layout = array_layout(image.shape, dims=dims)  # decide.layout: which axis is channels
+    layout = array_layout(image.shape, dims=dims)  # arrays.layout: which axis is channels
     if layout.is_stack:
         raise UserError(f"an array of shape {image.shape} is a {dims + 1}D stack or has more than 4 channels; "
                         f"this model takes {dims}D images with up to 4 channels")

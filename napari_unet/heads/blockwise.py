@@ -32,7 +32,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import watershed
 
 from napari_unet.events import Progress
-from napari_unet.inference.postprocess import interior_mask
+from napari_unet.heads.watershed import interior_distance, interior_mask, split_markers
 
 Box = tuple[slice, slice]
 
@@ -54,7 +54,6 @@ def _seed_pixels(probs: Any, ys: slice, xs: slice, seed_threshold: float | None,
     (computed on the block plus ``halo`` so that they agree with the whole-image ones)."""
     if not split_height:
         return interior_mask(np.asarray(probs[:, ys, xs]), seed_threshold)
-    from napari_unet.inference.postprocess import split_markers
 
     shape = probs.shape[1:]
     y0, x0 = max(ys.start - halo, 0), max(xs.start - halo, 0)
@@ -133,7 +132,6 @@ def grow_instances(probs: Any, seeds: Any, seed_map: np.ndarray, labels: Any, bl
         markers = seed_map[np.asarray(seeds[y0:y1, x0:x1]).astype(np.int64)]  # global seed ids
         foreground = (p[1] + p[2]) > fg_threshold
         if split_height:
-            from napari_unet.inference.postprocess import interior_distance
 
             interior = interior_mask(p, seed_threshold)
             markers = watershed(-interior_distance(interior), markers=markers, mask=interior)

@@ -28,9 +28,13 @@ from typing import Any, Generator
 
 import numpy as np
 
-from napari_unet.bioimage_io import CONFIG_KEY, first_error, require_spec, run_package_test, validate_package
+from napari_unet.files.bioimage_io import CONFIG_KEY, first_error, require_spec, run_package_test, validate_package
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress, relay
+from napari_unet import __version__
+from napari_unet.arrays.normalize import normalize, to_channels_first
+from napari_unet.data.samples import load_sample
+from napari_unet.pretrained import REGISTRY
 
 INPUT_ID, OUTPUT_ID = "raw", "probabilities"
 TEST_SIZE = 256  # the largest side of the test tensors (same networks)
@@ -69,7 +73,6 @@ def package_info(folder: str | os.PathLike | None, **overrides: Any) -> PackageI
     ``overrides`` (``None`` values ignored) replace fields, e.g. a user's ``license`` and ``authors``."""
     from dataclasses import replace
 
-    from napari_unet.pretrained import REGISTRY
 
     info = PackageInfo()
     if folder is not None and Path(folder).is_dir():
@@ -85,7 +88,6 @@ def package_info(folder: str | os.PathLike | None, **overrides: Any) -> PackageI
 
 def default_test_image(dims: int) -> np.ndarray:
     """The bundled showcase nuclei image (2D), or a small volume of shifted copies of it (3D)."""
-    from napari_unet.samples import load_sample
 
     image = load_sample()[0]
     if dims == 2:
@@ -97,7 +99,6 @@ def make_test_input(bundle: Any, image: np.ndarray, tile: int | None = None) -> 
     """The raw (1, C, *S) float32 test tensor: a centred crop (mirror-padded when too small) of a size
     the network takes: multiples of ``2**depth`` up to ``tile`` (default 256) for same networks, the
     export size (``tile``, default 128 output) for valid networks."""
-    from napari_unet.data.normalize import to_channels_first
 
     mcfg = bundle.config.model
     chw = to_channels_first(image, mcfg.in_channels, mcfg.dims).astype(np.float32)  # (C, *S)
@@ -167,7 +168,6 @@ def readme_text(bundle: Any, info: PackageInfo) -> str:
 def describe(spec: Any, bundle: Any, info: PackageInfo, files: dict[str, Path], raw: np.ndarray,
              expected: np.ndarray, weights: dict[str, Any]) -> Any:
     """The ``ModelDescr`` (spec 0.5) of the package; ``files`` maps roles to the files written."""
-    from napari_unet import __version__
 
     mcfg, task, (low, high) = bundle.config.model, bundle.task, bundle.config.percentiles
     space = ["z", "y", "x"][-mcfg.dims:]
@@ -235,8 +235,7 @@ def export_bioimageio(bundle: Any, out: str | os.PathLike, info: PackageInfo = P
     from bioimageio.spec.model import v0_5 as spec
     from pydantic import ValidationError
 
-    from napari_unet.data.normalize import normalize
-    from napari_unet.export import Probabilities, export_model
+    from napari_unet.workflows.export import Probabilities, export_model  # deferred, as torch above
 
     out = Path(out)
     if out.suffix.lower() != ".zip":
@@ -315,6 +314,7 @@ def _save_own_model(bundle: Any, folder: Path) -> Path:
     """napari-unet's model folder for the attachments; float16 weights stay float16 (shipped models)."""
     import dataclasses
 
+    # deferred: imports torch
     from napari_unet.models.bundle import save_bundle
 
     save_bundle(dataclasses.replace(bundle, resume=None), folder)  # a package carries no training state

@@ -18,6 +18,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from napari_unet.errors import OutputError, UserError
+from napari_unet import __version__
+from napari_unet.config import to_dict
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 WEIGHTS_FILE = "model.safetensors"
@@ -257,8 +259,6 @@ def stamp_model_meta(meta: dict[str, Any], kind: str, format_version: int, confi
     import copy
     import datetime as _dt
 
-    from napari_unet import __version__
-    from napari_unet.config import to_dict
 
     stamped = copy.deepcopy(meta)
     stamped.update(kind=kind, format_version=format_version, napari_unet_version=__version__,
@@ -269,7 +269,6 @@ def stamp_model_meta(meta: dict[str, Any], kind: str, format_version: int, confi
 def check_model_meta(meta: dict[str, Any], folder: str | os.PathLike, kind: str, format_version: int,
                      what: str) -> None:
     """``UserError`` unless ``meta`` is a ``kind`` model (``what``: 'segmentation'...) this version reads."""
-    from napari_unet import __version__
 
     if meta.get("kind") != kind:
         raise UserError(f"{folder} holds a {meta.get('kind', 'unknown')!r} model, not a {what} model")

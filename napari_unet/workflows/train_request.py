@@ -13,10 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
-from napari_unet.decide.classes import task_and_classes
-from napari_unet.decide.layout import MAX_CHANNELS, array_layout
+from napari_unet.workflows.classes import task_and_classes
+from napari_unet.arrays.layout import MAX_CHANNELS, array_layout
 from napari_unet.errors import UserError
-from napari_unet.volumes import check_head_dims
 
 SYNTHETIC_SHARE = 0.5  # share of patches from synthetic pairs, when there are any
 
@@ -70,6 +69,7 @@ def train_config_for(request: TrainRequest, images: Sequence[np.ndarray], masks:
     r = request
     if r.time_limit is not None and r.time_limit <= 0:
         raise UserError("the time limit must be positive")
+    # deferred: imports torch
     from napari_unet import heads  # here: the heads import torch, and the widgets import this module
 
     heads.get(r.instance_head)  # UserError for an unknown head
@@ -78,7 +78,7 @@ def train_config_for(request: TrainRequest, images: Sequence[np.ndarray], masks:
     if r.patch_size is not None and not np.isscalar(r.patch_size) and len(r.patch_size) != r.dims:
         raise UserError(f"a {r.dims}D model needs {r.dims} patch extents, got {len(r.patch_size)}")
     classes = task_and_classes(masks, r.task, r.n_classes)
-    check_head_dims(classes.task, r.instance_head, r.dims)
+    heads.check_head_dims(classes.task, r.instance_head, r.dims)
     in_channels = r.in_channels if r.in_channels is not None else input_channels(images, r.dims)
     if not 1 <= in_channels <= MAX_CHANNELS:
         raise UserError(f"input channels must be between 1 and {MAX_CHANNELS}, not {in_channels}")

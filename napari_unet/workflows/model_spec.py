@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from napari_unet.decide.classes import config_task
+from napari_unet.workflows.classes import config_task
 from napari_unet.errors import UserError
+from napari_unet.pretrained import PREFIX, available, default_init, resolve_init, resolve_model as resolve_folder
 
 CURRENT = "current model"  # the model trained or loaded in this viewer
 
@@ -20,8 +21,8 @@ def resolve_model(spec: str | os.PathLike | None, current: Any = None, device: A
                   required: bool = True) -> Any:
     """The ``ModelBundle`` ``spec`` names (``CURRENT``: ``current``); ``none`` gives None unless
     ``required``. Bad specs raise a one-line ``UserError``."""
+    # deferred: imports torch
     from napari_unet.models.bundle import load_bundle
-    from napari_unet.pretrained import PREFIX, available, resolve_init
 
     if spec is not None and os.fspath(spec) == CURRENT:
         if current is None:
@@ -39,7 +40,6 @@ def resolve_model(spec: str | os.PathLike | None, current: Any = None, device: A
 def batch_source(spec: str | os.PathLike, current: Any = None) -> tuple[str, Any]:
     """(model text for ``batch.predict_batch``, preloaded bundle or None): the in-memory model
     travels as an object, any other spec as its folder (workers load it themselves)."""
-    from napari_unet.pretrained import resolve_model as resolve_folder
 
     if os.fspath(spec) == CURRENT:
         return CURRENT, resolve_model(spec, current)
@@ -56,7 +56,6 @@ def start_model(spec: str | None, task: str, architecture: dict[str, int] | None
     keeps its own, so asking for another one together with a starting model is an error
     (``shown`` names a field in that message, ``hint`` says what to do instead).
     """
-    from napari_unet.pretrained import default_init
 
     architecture = architecture or {}
     if spec is None:

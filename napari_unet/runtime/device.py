@@ -12,7 +12,8 @@ import torch
 
 from napari_unet.config import TrainConfig
 from napari_unet.errors import UserError
-from napari_unet.volumes import patch_shape
+from napari_unet.runtime import sizes
+from napari_unet.arrays.volumes import patch_shape
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -93,11 +94,9 @@ def default_sizes(device: torch.device, dims: int = 2, extents: Sequence[Sequenc
 
     2D: a patch side, ``CPU_SIZES`` / ``MPS_SIZES`` / ``CUDA_SIZES`` by the card's memory. 3D:
     (z, y, x) extents that fit the volumes' ``extents`` and follow the ``z_scale``, and a batch
-    that fills the device's voxel budget (``training.sizes``). Running out of GPU memory still
+    that fills the device's voxel budget (``runtime.sizes``). Running out of GPU memory still
     halves the batch.
     """
-    from napari_unet.training import sizes  # (inference imports this module, never the training ones)
-
     return sizes.default_sizes(device.type, memory_gb(device), dims, extents, z_scale, depth)
 
 
@@ -107,8 +106,6 @@ def with_device_sizes(cfg: TrainConfig, device: torch.device,
     and, in 3D, for volumes of spatial ``extents`` (Z, Y, X). A 3D patch the user set gets the
     batch that fills the device's voxel budget."""
     from dataclasses import replace
-
-    from napari_unet.training import sizes
 
     dims = cfg.model.dims
     batch, patch = default_sizes(device, dims, extents, cfg.z_scale, cfg.model.depth)

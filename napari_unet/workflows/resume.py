@@ -20,7 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from napari_unet.io import write_json
+from napari_unet.files.io import write_json
+from napari_unet.config import to_dict
 
 RECORDS = ".napari-unet-batch"  # hidden folder inside the output folder
 RECORD_VERSION = 1
@@ -31,7 +32,6 @@ def run_key(bundle: Any, settings: dict[str, Any]) -> str:
     (what changes the outputs): a re-run with another model or other settings redoes every file."""
     import torch
 
-    from napari_unet.config import to_dict
 
     digest = hashlib.sha256()
     for name, tensor in sorted(bundle.net.state_dict().items()):
