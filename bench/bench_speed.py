@@ -42,12 +42,12 @@ from torch import nn  # noqa: E402
 
 from bench.common import machine_description  # noqa: E402
 from napari_unet.config import TrainConfig, UNetConfig  # noqa: E402
+from napari_unet.heads.losses import segmentation_loss  # noqa: E402
 from napari_unet.inference.predict import network_forward  # noqa: E402
 from napari_unet.models import count_parameters, estimate_flops  # noqa: E402
 from napari_unet.models.batchnorm import with_stock_batchnorm  # noqa: E402
 from napari_unet.models.bundle import build_network  # noqa: E402
 from napari_unet.runtime.device import autocast, default_sizes, low_precision_dtype, resolve_device  # noqa: E402
-from napari_unet.heads.losses import segmentation_loss  # noqa: E402
 
 DEV = torch.device("cpu")  # set from --device in main()
 Step = Callable[[], None]

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description  # noqa: E402
 
 from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
+from napari_unet.data.samples import training_samples  # noqa: E402
 from napari_unet.events import Progress  # noqa: E402
 from napari_unet.inference.predict import predict_files  # noqa: E402
-from napari_unet.data.samples import training_samples  # noqa: E402
 from napari_unet.training.engine import Trainer  # noqa: E402
 
 

@@ -9,8 +9,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_unet import heads
-from napari_unet.config import TrainConfig
 from napari_unet.arrays.normalize import prepare_image
+from napari_unet.config import TrainConfig
 from napari_unet.data.targets import (
     IGNORE,
     class_balance_weights,
@@ -19,9 +19,9 @@ from napari_unet.data.targets import (
     pixel_weights,
     semantic_classes,
 )
+from napari_unet.arrays.volumes import voxel_spacing
 from napari_unet.errors import UserError
 from napari_unet.metrics import UNANNOTATED
-from napari_unet.arrays.volumes import voxel_spacing
 
 
 @dataclass

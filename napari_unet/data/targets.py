@@ -27,8 +27,8 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from napari_unet.config import LossConfig
-from napari_unet.errors import UserError
 from napari_unet.data.weights import border_weight_map
+from napari_unet.errors import UserError
 from napari_unet.files.io import labels_dtype
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from napari_unet.errors import OutputError, UserError
 from napari_unet import __version__
 from napari_unet.config import to_dict
+from napari_unet.errors import OutputError, UserError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 WEIGHTS_FILE = "model.safetensors"

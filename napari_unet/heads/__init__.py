@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari_unet.heads.base import Head
 from napari_unet.errors import UserError
+from napari_unet.heads.base import Head
 from napari_unet.heads.flow import FlowHead
 from napari_unet.heads.star import StarHead
 from napari_unet.heads.three_class import ThreeClassHead
@@ -95,7 +95,6 @@ def described() -> str:
 
 
 def _register_builtins() -> None:
-
     for head in (ThreeClassHead(), StarHead(), FlowHead()):
         register(head)
 

@@ -12,9 +12,10 @@ Partial annotations (0 unannotated, 1 background, 2.. objects) reach a head as t
 (``IGNORE`` where unannotated) and the instance ids (0 on background and unannotated pixels): a
 loss counts annotated pixels only (``annotated``).
 
-Heads import only the vocabulary (config, errors, events) at module level: ``data``,
-``training`` and ``inference`` import the registry, and a head reaches their generic machinery
-(the weighted cross-entropy, the watershed, the threshold search) with function-level imports.
+The machinery heads share lives beside them: ``losses`` (the weighted cross-entropy), ``watershed``,
+``blockwise`` and ``calibrate`` (the threshold search); ``data``, ``training`` and ``inference``
+import the registry from above. Heads import them inside methods, where first needed (scikit-image
+loads then, not with the registry).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import torch
 from torch import nn
 
 from napari_unet.config import SHAPE  # the uncertainty map of a head drawing outlines (rays, flows)
-from napari_unet.events import Progress
 from napari_unet.errors import UserError
+from napari_unet.events import Progress
 
 EPS = 1e-8  # keeps log(p) finite in the entropies of uncertainty maps
 

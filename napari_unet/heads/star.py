@@ -35,9 +35,9 @@ from typing import Any, Generator, Sequence
 import numpy as np
 import torch
 
+from napari_unet.errors import UserError
 from napari_unet.events import Progress
 from napari_unet.heads.base import ObjectMapHead
-from napari_unet.errors import UserError
 
 GRID = 2  # rays are trained and predicted on every GRID-th pixel per axis
 DIST_SCALE = 10.0  # ray lengths are predicted in units of 10 px, so a unit-sized output is a typical nucleus radius

@@ -22,16 +22,16 @@ import numpy as np
 import torch
 
 from napari_unet import heads
-from napari_unet.config import PredictConfig
 from napari_unet.arrays.normalize import bright_background
+from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
-from napari_unet.inference.tiling import Slab, iter_tiled
 from napari_unet.files.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
-from napari_unet.models.bundle import ModelBundle
-from napari_unet.runtime.device import low_precision_dtype
+from napari_unet.inference.tiling import Slab, iter_tiled
 from napari_unet.inference.uncertainty import uncertainty_kinds
 from napari_unet.models import enable_mc_dropout
+from napari_unet.models.bundle import ModelBundle
+from napari_unet.runtime.device import low_precision_dtype
 
 
 @dataclass(frozen=True)

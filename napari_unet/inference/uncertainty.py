@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from napari_unet import heads
+from napari_unet.errors import UserError
 from napari_unet.heads.base import EPS
 from napari_unet.heads.base import SHAPE  # noqa: F401  (re-exported: the star / flow heads' outline spread)
-from napari_unet.errors import UserError
 
 
 def entropy(probs: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -29,7 +29,6 @@ def uncertainty_kinds(cfg) -> tuple[str, ...]:
 def check_uncertainty_kind(kind: str, cfg) -> None:
     """``UserError`` when the ``kind`` uncertainty cannot come from a model trained with ``cfg``
     (``TrainConfig``): a head's own maps (``shape``) need that head."""
-
     if kind in uncertainty_kinds(cfg):
         return
     givers = heads.uncertainty_givers().get(kind)

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
+from napari_unet import heads
 from napari_unet.config import TrainConfig, from_dict
 from napari_unet.errors import UserError
-from napari_unet.files.io import check_model_meta, load_model_folder, save_model_folder, stamp_model_meta
-from napari_unet import heads
 from napari_unet.files.bioimage_io import is_package, read_package_model
+from napari_unet.files.io import check_model_meta, load_model_folder, save_model_folder, stamp_model_meta
 from napari_unet.heads.base import OutputMaps
 from napari_unet.models import UNet
 
@@ -45,7 +45,6 @@ class ModelBundle:
     @property
     def head(self):
         """The instance head (``heads.Head``) of this model; None for a semantic one."""
-
         return heads.of(self.config)
 
     @property
@@ -102,7 +101,6 @@ def save_bundle(bundle: ModelBundle, folder: str | os.PathLike) -> Path:
 def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, metadata) of a model folder, or of a bioimage.io package napari-unet exported
     (its attachments hold the same two files)."""
-
     return read_package_model(path) if is_package(path) else load_model_folder(path)
 
 

@@ -10,10 +10,10 @@ import numpy as np
 
 import torch
 
+from napari_unet.arrays.volumes import patch_shape
 from napari_unet.config import TrainConfig
 from napari_unet.errors import UserError
 from napari_unet.runtime import sizes
-from napari_unet.arrays.volumes import patch_shape
 
 
 def resolve_device(name: str = "auto") -> torch.device:

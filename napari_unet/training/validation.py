@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from napari_unet import heads
+from napari_unet.arrays.volumes import anisotropic_spacing
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.dataset import PreparedPair
-from napari_unet.arrays.volumes import anisotropic_spacing
-from napari_unet.inference.predict import predict_normalized
+from napari_unet.inference import predict  # through the module, so a patched predictor is seen
 
 
 def semantic_scores(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dict[str, float]:
@@ -38,7 +38,6 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     scoring rule (and for the 3-class head the ``rule_counts`` of every rule scored), for
     callers that reuse them.
     """
-
     was_training = net.training
     net.eval()
     pcfg = PredictConfig()
@@ -48,7 +47,7 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
         for p in pairs:
             if should_stop is not None and should_stop():
                 return None
-            probs.append(predict_normalized(net, p.image, k, pcfg, dtype))
+            probs.append(predict.predict_normalized(net, p.image, k, pcfg, dtype))
     finally:
         net.train(was_training)
     if keep is not None:

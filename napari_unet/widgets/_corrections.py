@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from napari_unet.workflows import annotation
 from napari_unet.errors import UserError
+from napari_unet.workflows import annotation
 
 CLICK_TOLERANCE = 2.0  # data pixels the cursor may move between press and release and still click
 

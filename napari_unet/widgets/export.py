@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Table
 
-from napari_unet.workflows.batch_file import BatchConfig
-from napari_unet.workflows.model_spec import CURRENT
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import FOLDER, gui_threads, pretrained_choices
+from napari_unet.workflows.batch_file import BatchConfig
+from napari_unet.workflows.model_spec import CURRENT
 
 SHOWN = ["file", "status", "objects", "mean_area", "mean_uncertainty", "seconds", "error"]
 

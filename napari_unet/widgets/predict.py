@@ -9,13 +9,13 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
                                          show_image, show_labels, show_uncertainty, uncertainty_name)
+from napari_unet.config import SHAPE
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
+from napari_unet.widgets.train import FOLDER, _fixed_height, gui_threads, pretrained_choices
 from napari_unet.workflows.batch_file import BatchConfig
 from napari_unet.workflows.model_spec import CURRENT
-from napari_unet.config import SHAPE
-from napari_unet.widgets.train import FOLDER, _fixed_height, gui_threads, pretrained_choices
 
 UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric", SHAPE]
 CURRENT_IMAGE, TRAINING_SET = "current image", "all training-set images"

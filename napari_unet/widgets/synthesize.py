@@ -10,8 +10,8 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 
 from napari_unet.diffusion.auto_prompts import PROMPT_SIZE
 from napari_unet.diffusion.config import DiffusionConfig, SampleConfig
-from napari_unet.widgets._layers import find_layer, layers_of_type
 from napari_unet.widgets._base import PluginWidget
+from napari_unet.widgets._layers import find_layer, layers_of_type
 from napari_unet.widgets._worker import (load_folder, on_close, progress_permille, run_in_thread, save_folder,
                                          show_failure, unless_closed)
 from napari_unet.widgets.train import gui_threads

@@ -10,9 +10,9 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox)
 
+from napari_unet.arrays.layout import array_layout
 from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
 from napari_unet.workflows.classes import USER_TASKS, config_task
-from napari_unet.arrays.layout import array_layout
 from napari_unet.workflows.model_spec import CURRENT
 from napari_unet.workflows.train_request import SYNTHETIC_SHARE
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,

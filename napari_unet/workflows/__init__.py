@@ -1,6 +1,8 @@
-"""The user-level decisions the CLI and the widgets share, each made once and without Qt.
+"""What a user asks for, made once for the CLI and the widgets alike (no Qt).
 
-``layout``: what an array is (image, channels, colour, stack, volume); ``classes``: the task
-and class count a set of masks implies; ``train_request``: the ``TrainConfig`` for what a user
-asked for; ``model_spec``: which model a spec names; ``auto_prompts``: automatic mask prompts.
+``classes``: the task and class count a set of masks implies; ``train_request``: the
+``TrainConfig`` for a user's request; ``model_spec``: which model a spec names; ``batch`` and
+``batch_file``: many files predicted, with ``resume``'s completion records; ``export`` and
+``bioimage_io_export``: TorchScript/ONNX and bioimage.io packages; ``demo`` (with ``overview``'s
+pictures); ``annotation``: the helpers behind the Annotate widget.
 """

@@ -24,9 +24,9 @@ import numpy as np
 from napari_unet.config import PredictConfig
 from napari_unet.errors import OutputError, UserError
 from napari_unet.events import Progress, relay, run_to_end
-from napari_unet.workflows.resume import forget, write_record
 from napari_unet.files.io import labels_dtype, read_image, write_image
 from napari_unet.files.omezarr import open_ome_zarr, replace_store, write_ome_zarr
+from napari_unet.workflows.resume import forget, write_record
 
 log = logging.getLogger(__name__)
 OutputFormat = Literal["tif", "png", "ome-zarr"]

@@ -28,12 +28,12 @@ from typing import Any, Generator
 
 import numpy as np
 
-from napari_unet.files.bioimage_io import CONFIG_KEY, first_error, require_spec, run_package_test, validate_package
-from napari_unet.errors import UserError
-from napari_unet.events import Finished, Message, Progress, relay
 from napari_unet import __version__
 from napari_unet.arrays.normalize import normalize, to_channels_first
 from napari_unet.data.samples import load_sample
+from napari_unet.errors import UserError
+from napari_unet.events import Finished, Message, Progress, relay
+from napari_unet.files.bioimage_io import CONFIG_KEY, first_error, require_spec, run_package_test, validate_package
 from napari_unet.pretrained import REGISTRY
 
 INPUT_ID, OUTPUT_ID = "raw", "probabilities"

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Generator
 
 from napari_unet.config import PredictConfig, TrainConfig
-from napari_unet.events import Message
 from napari_unet.data.samples import SHOWCASE, load_sample, training_samples
+from napari_unet.events import Message
 from napari_unet.files.io import write_image
 from napari_unet.workflows.overview import overview
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from napari_unet.workflows.classes import config_task
 from napari_unet.errors import UserError
 from napari_unet.pretrained import PREFIX, available, default_init, resolve_init, resolve_model as resolve_folder
+from napari_unet.workflows.classes import config_task
 
 CURRENT = "current model"  # the model trained or loaded in this viewer
 

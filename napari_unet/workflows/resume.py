@@ -20,8 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from napari_unet.files.io import write_json
 from napari_unet.config import to_dict
+from napari_unet.files.io import write_json
 
 RECORDS = ".napari-unet-batch"  # hidden folder inside the output folder
 RECORD_VERSION = 1

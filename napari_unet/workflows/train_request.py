@@ -12,10 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
-from napari_unet.workflows.classes import task_and_classes
 from napari_unet.arrays.layout import MAX_CHANNELS, array_layout
+from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
 from napari_unet.errors import UserError
+from napari_unet.workflows.classes import task_and_classes
 
 SYNTHETIC_SHARE = 0.5  # share of patches from synthetic pairs, when there are any
 

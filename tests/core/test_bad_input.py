@@ -23,8 +23,8 @@ from napari_unet.cli import main
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.data.dataset import prepare_pairs
 from napari_unet.errors import UserError
-from napari_unet.inference.predict import predict_image
 from napari_unet.files.io import read_image, read_mask
+from napari_unet.inference.predict import predict_image
 from napari_unet.models.bundle import ModelBundle, build_network, load_bundle, save_bundle
 
 RNG = np.random.default_rng(0)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.workflows.batch import BatchConfig, collect_inputs, predict_batch
 from napari_unet.cli import main
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.files.io import read_image, read_mask, write_image
 from napari_unet.files.omezarr import open_ome_zarr
 from napari_unet.models.bundle import ModelBundle, build_network, save_bundle
+from napari_unet.workflows.batch import BatchConfig, collect_inputs, predict_batch
 
 from helpers import drain
 

@@ -16,12 +16,12 @@ import yaml
 
 pytest.importorskip("bioimageio.core")
 
-from napari_unet.files.bioimage_io import is_package, read_package_config, validate_package  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
 from napari_unet.config import PredictConfig  # noqa: E402
 from napari_unet.errors import UserError  # noqa: E402
-from napari_unet.inference.predict import predict_probabilities  # noqa: E402
+from napari_unet.files.bioimage_io import is_package, read_package_config, validate_package  # noqa: E402
 from napari_unet.files.io import read_image  # noqa: E402
+from napari_unet.inference.predict import predict_probabilities  # noqa: E402
 from napari_unet.models.bundle import load_bundle, save_bundle  # noqa: E402
 
 from helpers import tiny_bundle  # noqa: E402

@@ -7,11 +7,11 @@ from scipy import ndimage as ndi
 from napari_unet.config import TrainConfig
 from napari_unet.data.dataset import hold_out_objects, prepare_pairs, without_zones
 from napari_unet.data.targets import IGNORE, partial_instance_classes
-from napari_unet.workflows.classes import config_task, task_and_classes, user_task
 from napari_unet.events import run_to_end
 from napari_unet.inference.predict import predict_image
 from napari_unet.metrics import UNANNOTATED, drop_unannotated, evaluate_instances
 from napari_unet.training.engine import Trainer
+from napari_unet.workflows.classes import config_task, task_and_classes, user_task
 
 
 def painted(gt: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_unet.widgets._session import session_for
 from napari_unet.widgets.predict import PredictWidget
 from napari_unet.widgets.train import CURRENT, SCRATCH, TrainWidget
-from napari_unet.widgets._session import session_for
 
 
 def small_settings(widget: TrainWidget, seconds: int = 30) -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from napari_unet.cli import build_parser, train_request
-from napari_unet.workflows.train_request import train_config_for
 from napari_unet.files.io import pair_files, read_image, read_mask, write_image
 from napari_unet.widgets.train import SCRATCH, TASK_LABELS, TASKS, TrainWidget
+from napari_unet.workflows.train_request import train_config_for
 
 
 def partial_mask(instances: np.ndarray) -> np.ndarray:

@@ -7,9 +7,9 @@ from skimage.draw import disk
 
 from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.events import Message, ValidationReport
-from napari_unet.pretrained import resolve_init
 from napari_unet.heads.calibrate import pooled_ap50, tune_thresholds
 from napari_unet.models.bundle import load_bundle, save_bundle
+from napari_unet.pretrained import resolve_init
 from napari_unet.training.engine import Trainer
 
 from test_training import run

@@ -8,12 +8,12 @@ import numpy as np
 
 from helpers import drain
 from napari_unet.config import TrainConfig, UNetConfig
+from napari_unet.data.targets import instance_classes, relabel_sequential
 from napari_unet.heads.flow import flow_errors, instances_from_flows
 from napari_unet.heads.flow_targets import flow_field, flow_targets
-from napari_unet.data.targets import instance_classes, relabel_sequential
+from napari_unet.heads.star import instances_from_star
 from napari_unet.inference.labels import labels_for
 from napari_unet.inference.predict import predict_image
-from napari_unet.heads.star import instances_from_star
 from napari_unet.metrics import evaluate_instances
 from napari_unet.models.bundle import load_bundle, save_bundle
 from napari_unet.training.engine import Trainer

@@ -11,13 +11,13 @@ from stardist import edt_prob
 from stardist.geometry import star_dist
 
 from helpers import drain, write_pairs
+from napari_unet import heads
 from napari_unet.config import AugmentConfig, PredictConfig, TrainConfig, UNetConfig
 from napari_unet.data.augment import augment_batch
-from napari_unet import heads
 from napari_unet.data.targets import instance_classes, pack, unpack
+from napari_unet.heads.star import GRID, instances_from_star, star_blockwise, star_targets
 from napari_unet.inference.arrays import predict_array
 from napari_unet.inference.predict import network_forward, predict_image
-from napari_unet.heads.star import GRID, instances_from_star, star_blockwise, star_targets
 from napari_unet.inference.uncertainty import mc_uncertainty
 from napari_unet.metrics import evaluate_instances
 from napari_unet.models.bundle import build_network, load_bundle, save_bundle

@@ -11,12 +11,12 @@ import torch
 
 from napari_unet.config import (CPU_SIZES, CPU_VOLUME_SIZES, CUDA_VOLUME_SIZES, MAX_VOLUME_BATCH, MPS_SIZES,
                                 TrainConfig, UNetConfig)
+from napari_unet.arrays.volumes import patch_shape
+from napari_unet.cli import drive
 from napari_unet.runtime import device as device_module
 from napari_unet.runtime.device import default_sizes, describe, with_device_sizes
 from napari_unet.runtime.sizes import describe_sizes, fit_extent, volume_patch
-from napari_unet.arrays.volumes import patch_shape
 from napari_unet.training.engine import Trainer
-from napari_unet.cli import drive
 
 CUDA = torch.device("cuda")
 
