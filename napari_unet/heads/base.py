@@ -117,7 +117,7 @@ class Head:
               keep: dict | None = None, spacing: Sequence[float] | None = None) -> dict[str, float]:
         """Validation metrics (``score``: the one keep-best compares) of the maps against the true
         ids (-1 unannotated); ``keep`` receives the per-image TP/FP/FN ``counts`` at IoU 0.5."""
-        # deferred: imports scipy
+        # deferred: scipy.sparse loads at first use
         from napari_unet.metrics import evaluate_instances
 
         told = {} if spacing is None else {"spacing": spacing}
@@ -136,14 +136,14 @@ class Head:
         ``spacing``: as for ``instances`` (this threshold grid search does not use it)."""
         if not self.threshold_grid:
             return None
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.calibrate import tune_head_thresholds
 
         return tune_head_thresholds(self, maps, truths, should_stop)
 
     def tune_message(self, tuned: dict, n_images: int, which: str) -> str:
         """One line on what ``tune`` chose (``which``: the kind of images it was chosen on)."""
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.calibrate import CONFIDENCE
 
         how = "searched" if tuned["confidence"] >= CONFIDENCE else "default (none clearly better)"
@@ -190,7 +190,7 @@ class OutputMaps(nn.Module):
 
 def annotated(classes: torch.Tensor) -> torch.Tensor:
     """(B, *P) float: 1 on annotated pixels (class target not ``IGNORE``), 0 elsewhere."""
-    # deferred: imports scipy and scikit-image
+    # deferred: scikit-image loads at first use
     from napari_unet.data.targets import IGNORE
 
     return (classes != IGNORE).float()
@@ -225,7 +225,7 @@ class ObjectMapHead(Head):
         raise NotImplementedError
 
     def channel_names(self, cfg: Any) -> list[str]:
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.data.targets import INSTANCE_CLASSES
 
         return [*INSTANCE_CLASSES, "object probability", *self.side_names(cfg)]
@@ -247,7 +247,7 @@ class ObjectMapHead(Head):
              targets: Sequence[torch.Tensor], cfg: Any) -> torch.Tensor:
         import torch.nn.functional as F
 
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.losses import segmentation_loss
 
         logits, k, prob = logits.float(), self.n_classes, targets[0]
@@ -268,7 +268,7 @@ class ObjectMapHead(Head):
         raise NotImplementedError
 
     def tune_message(self, tuned: dict, n_images: int, which: str) -> str:
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.calibrate import CONFIDENCE
 
         how = "searched" if tuned["confidence"] >= CONFIDENCE else "default (none clearly better)"

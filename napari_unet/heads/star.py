@@ -176,7 +176,7 @@ def greedy_polygon_nms(prob: np.ndarray, dist: np.ndarray, labels: np.ndarray, p
 def instances_from_star(maps: np.ndarray, min_size: int = 10, prob_threshold: float = 0.5,
                         nms_threshold: float = 0.4, n_classes: int = 3) -> np.ndarray:
     """(K + 1 + R, H, W) star maps -> (H, W) instance labels (consecutive ids)."""
-    # deferred: imports scipy and scikit-image
+    # deferred: scikit-image loads at first use
     from napari_unet.data.targets import relabel_sequential
 
     shape = maps.shape[1:]
@@ -204,7 +204,7 @@ def star_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, mi
     suppressed. Only the order differs from the whole image (most probable first within a
     block, blocks in raster order). ``halo`` must exceed the longest ray. Returns the number of
     objects."""
-    # deferred: imports scipy and scikit-image
+    # deferred: scikit-image loads at first use
     from napari_unet.heads.blockwise import blocks
 
     shape = labels.shape

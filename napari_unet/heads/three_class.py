@@ -38,7 +38,7 @@ class ThreeClassHead(Head):
     tunes_in_sample = False
 
     def channel_names(self, cfg: Any) -> list[str]:
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.data.targets import INSTANCE_CLASSES
 
         return list(INSTANCE_CLASSES)
@@ -48,14 +48,14 @@ class ThreeClassHead(Head):
 
     def loss(self, logits: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor,
              targets: Sequence[torch.Tensor], cfg: Any) -> torch.Tensor:
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.losses import segmentation_loss
 
         return segmentation_loss(logits, classes, weights, cfg.loss.dice_weight)
 
     def instances(self, maps: np.ndarray, min_size: int = 10, spacing: Sequence[float] | None = None,
                   **rule: Any) -> np.ndarray:
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.watershed import instances_from_probabilities
 
         return instances_from_probabilities(maps[:3], min_size, spacing=spacing, **rule)
@@ -66,7 +66,7 @@ class ThreeClassHead(Head):
         uint32 Zarr array created at ``scratch``."""
         import zarr
 
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.blockwise import instances_blockwise
 
         seeds = zarr.open_array(str(scratch), mode="w", shape=labels.shape, chunks=(block, block), dtype=np.uint32,
@@ -79,7 +79,7 @@ class ThreeClassHead(Head):
         ``keep`` also receives ``rule_counts``: the per-image counts of every rule scored, keyed
         (seed threshold, split height, foreground threshold), which ``tune`` reuses. ``spacing``:
         an anisotropic volume's voxel size (the split at saddles measures physical distances)."""
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.watershed import instances_from_probabilities
         from napari_unet.metrics import evaluate_instances
         from napari_unet.heads.calibrate import counts_ap, rule_counts
@@ -101,7 +101,7 @@ class ThreeClassHead(Head):
     def tune(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], known: dict | None = None,
              should_stop: Callable[[], bool] | None = None, spacing: Sequence[float] | None = None) -> dict | None:
         """``heads.calibrate.tune_thresholds``; None when it keeps the argmax rule."""
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.calibrate import tune_thresholds
 
         tuned = tune_thresholds(maps, truths, should_stop, known=known, spacing=spacing)
@@ -110,7 +110,7 @@ class ThreeClassHead(Head):
         return tuned
 
     def tune_message(self, tuned: dict, n_images: int, which: str) -> str:
-        # deferred: imports scipy and scikit-image
+        # deferred: scikit-image loads at first use
         from napari_unet.heads.calibrate import RULE_CONFIDENCE
 
         split = f", split at saddles {tuned['split_height']} px" if tuned["split_height"] else ""

@@ -153,7 +153,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     (total, aleatoric, epistemic[, the instance head's own, e.g. shape]; 3 or 4, H, W float16) is written
     too. Every output gets a resolution pyramid down to ``min_level_size`` pixels. Yields
     ``Progress`` per tile and per block, then ``Finished``."""
-    # deferred: imports scipy and scikit-image
+    # deferred: scikit-image loads at first use
     from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
 
     begin = time.perf_counter()

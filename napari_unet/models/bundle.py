@@ -57,7 +57,6 @@ class ModelBundle:
     @property
     def n_outputs(self) -> int:
         """Channels of the network's output maps (classes, or the instance head's maps)."""
-        # deferred: imports scipy and scikit-image
         return heads.n_output_channels(self.config)
 
     @property

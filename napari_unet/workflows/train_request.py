@@ -69,7 +69,6 @@ def train_config_for(request: TrainRequest, images: Sequence[np.ndarray], masks:
     r = request
     if r.time_limit is not None and r.time_limit <= 0:
         raise UserError("the time limit must be positive")
-    # deferred: imports torch
     from napari_unet import heads  # here: the heads import torch, and the widgets import this module
 
     heads.get(r.instance_head)  # UserError for an unknown head
