@@ -9,8 +9,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_unet import heads
+from napari_unet.arrays.normalize import prepare_image
 from napari_unet.config import TrainConfig
-from napari_unet.data.normalize import prepare_image
 from napari_unet.data.targets import (
     IGNORE,
     class_balance_weights,
@@ -21,9 +21,9 @@ from napari_unet.data.targets import (
     unannotated_prior,
     unannotated_pull,
 )
+from napari_unet.arrays.volumes import voxel_spacing
 from napari_unet.errors import UserError
 from napari_unet.metrics import UNANNOTATED
-from napari_unet.volumes import voxel_spacing
 
 
 @dataclass
@@ -44,17 +44,6 @@ class PreparedPair:
         return np.where(self.target == IGNORE, UNANNOTATED, self.instances.astype(np.int64))  # signed, any id dtype
 
 
-def n_output_classes(cfg: TrainConfig) -> int:
-    """Target classes for a task: 3 for instances (``targets.INSTANCE_CLASSES``), ``n_classes`` for semantic."""
-    return 3 if cfg.task == "instances" else cfg.n_classes
-
-
-def n_output_channels(cfg: TrainConfig) -> int:
-    """All network output channels: the classes, or the instance head's maps (``heads``)."""
-    head = heads.of(cfg)
-    return head.n_channels(cfg) if head is not None else n_output_classes(cfg)
-
-
 def _targets(mask: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:
     if cfg.task == "instances":
         if np.asarray(mask).min() < 0:
@@ -70,7 +59,7 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     """Check and convert (image, mask) pairs; raises ``UserError`` with a one-line reason."""
     if len(pairs) == 0:
         raise UserError("no training pairs given")
-    k = n_output_classes(cfg)
+    k = heads.n_output_classes(cfg)
     staged = []
     for i, (image, mask) in enumerate(pairs):
         name = names[i] if names else f"image {i}"

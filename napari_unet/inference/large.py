@@ -22,14 +22,16 @@ import numpy as np
 import torch
 
 from napari_unet import heads
+from napari_unet.arrays.normalize import bright_background
 from napari_unet.config import PredictConfig
-from napari_unet.data.normalize import bright_background
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
+from napari_unet.files.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
 from napari_unet.inference.tiling import Slab, iter_tiled
-from napari_unet.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
+from napari_unet.inference.uncertainty import uncertainty_kinds
+from napari_unet.models import enable_mc_dropout
 from napari_unet.models.bundle import ModelBundle
-from napari_unet.training.device import low_precision_dtype
+from napari_unet.runtime.device import low_precision_dtype
 
 
 @dataclass(frozen=True)
@@ -151,9 +153,8 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     (total, aleatoric, epistemic[, the instance head's own, e.g. shape]; 3 or 4, H, W float16) is written
     too. Every output gets a resolution pyramid down to ``min_level_size`` pixels. Yields
     ``Progress`` per tile and per block, then ``Finished``."""
+    # deferred: scikit-image loads at first use
     from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
-    from napari_unet.inference.uncertainty import uncertainty_kinds
-    from napari_unet.models import enable_mc_dropout
 
     begin = time.perf_counter()
     if bundle.config.model.dims != 2:

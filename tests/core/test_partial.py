@@ -9,11 +9,11 @@ from scipy import ndimage as ndi
 from napari_unet.config import TrainConfig
 from napari_unet.data.dataset import hold_out_objects, prepare_pairs, without_zones
 from napari_unet.data.targets import IGNORE, partial_instance_classes
-from napari_unet.decide.classes import config_task, task_and_classes, user_task
 from napari_unet.events import run_to_end
 from napari_unet.inference.predict import predict_image
 from napari_unet.metrics import UNANNOTATED, drop_unannotated, evaluate_instances
 from napari_unet.training.engine import Trainer
+from napari_unet.workflows.classes import config_task, task_and_classes, user_task
 
 
 def painted(gt: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,7 +125,7 @@ def test_unannotated_pixels_pull_weakly_towards_background():
     import torch
     import torch.nn.functional as F
 
-    from napari_unet.training.losses import weighted_cross_entropy
+    from napari_unet.heads.losses import weighted_cross_entropy
 
     mask = np.zeros((24, 24), np.int64)
     mask[4:10, 4:10], mask[3, 3:11] = 2, 1  # one object, a background stroke, the rest unannotated

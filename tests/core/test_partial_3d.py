@@ -6,10 +6,10 @@ import torch
 
 from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.data.dataset import PatchSampler, prepare_pairs
+from napari_unet.data.samples import ball_volume
 from napari_unet.data.targets import IGNORE, instance_classes, partial_instance_classes, volume_partial_rims
 from napari_unet.events import run_to_end
 from napari_unet.inference.predict import predict_image
-from napari_unet.samples import ball_volume
 from napari_unet.training.engine import Trainer
 
 VOLUME = UNetConfig(dims=3, depth=2, base_width=4)
