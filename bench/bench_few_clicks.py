@@ -270,6 +270,8 @@ def train(image: np.ndarray, mask: np.ndarray, task: str, name: str, seed: int, 
         cfg = fine_tune_config(cfg, init)
     if args.no_guard:
         cfg = replace(cfg, fine_tune_guard=False)
+    if args.unannotated_background is not None:
+        cfg = replace(cfg, loss=replace(cfg.loss, unannotated_background=args.unannotated_background))
     messages: list[str] = []
     bundle = run_to_end(Trainer([(image, mask)], cfg, init=init, names=[name]).run(),
                         lambda e: messages.append(e.text) if isinstance(e, Message) else None)
@@ -388,6 +390,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     commit = package_commit() + ("-noguard" if args.no_guard else "")  # its own group in the tables
+    if args.unannotated_background is not None:
+        commit += f"-ubg{args.unannotated_background:g}"
     partial_ok = partial_supported()
     budget = f"{args.steps} steps" if args.steps else f"{args.seconds:g} s"
     header = {"machine": machine_description(), "package": str(Path(napari_unet.__file__).parent), "commit": commit,
@@ -587,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-guard", action="store_true",
                         help="fine-tuned models are kept whatever the guard would say (what the guard costs or saves)")
+    parser.add_argument("--unannotated-background", type=float, default=None, metavar="W",
+                        help="LossConfig.unannotated_background of partial runs (default: the package's)")
     parser.add_argument("--score-limit", type=int, default=16, help="images scored per data set")
     parser.add_argument("--json", type=Path, default=None, help=f"rows go here (default {RESULTS})")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="only print the tables of these files")
