@@ -85,8 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = _out_folder(args.out)
     pairs, names, synthetic = _training_data(args)
     cfg = train_config_for(train_request(args), [i for i, _ in pairs], [m for _, m in pairs])
-    events = run.events(pairs, names, cfg, synthetic=synthetic, checkpoint_to=out)
-    return _save_trained(drive(events, "training", args.quiet), out)
+    run.build(pairs, names, cfg, synthetic=synthetic, checkpoint_to=out)
+    return _save_trained(drive(run.events(), "training", args.quiet), out)
 
 
 def _train_resumed(args: argparse.Namespace) -> int:
@@ -111,8 +111,9 @@ def _train_resumed(args: argparse.Namespace) -> int:
     cfg = replace(cfg, checkpoint_every=args.checkpoint_every or None)
     out = _out_folder(args.out or args.resume)
     pairs, names, synthetic = _training_data(args)
-    events = TrainRun().events(pairs, names, cfg, resume=state, synthetic=synthetic, checkpoint_to=out)
-    return _save_trained(drive(events, "training", args.quiet), out)
+    run = TrainRun()
+    run.build(pairs, names, cfg, resume=state, synthetic=synthetic, checkpoint_to=out)  # UserError: other data
+    return _save_trained(drive(run.events(), "training", args.quiet), out)
 
 
 def _save_trained(bundle, out: Path) -> int:

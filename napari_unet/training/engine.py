@@ -173,14 +173,7 @@ class Trainer:
         yield run_setup(device, dtype, cfg.batch_size, patch_shape(cfg))
         # zones: objects held out for validation, by image (one or two images)
         train_pairs, val_pairs, zones = yield from self._split(prepared)
-        sampler = self._patches(train_pairs, rng, cfg.sparse)
-        synthetic = self._synthetic_sampler(rng)
-        if synthetic is not None:
-            sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
-            yield Message(f"{len(synthetic.pairs)} synthetic pair(s) supply {cfg.synthetic_ratio:.0%} of the patches")
-        if cfg.task == "instances" and cfg.sparse and not any((p.target == 0).any() for p in train_pairs):
-            yield Message("no background painted (label 1): paint a stroke of background around or between "
-                          "objects, or the model learns that everything is an object", level="warning")
+        sampler, synthetic = yield from self._samplers(train_pairs, rng)
         brighter = objects_brighter(train_pairs)
         net, fresh = self._build(device, channels_last, brighter)
         if self._init is not None:
@@ -214,11 +207,9 @@ class Trainer:
 
         while not self._stop.is_set() and fraction_done() < 1.0:
             pending = self._take_pending()
-            if pending is not None:
+            if pending is not None:  # new annotations: new patches, the held-out objects still out
                 train_pairs = without_zones(prepare_pairs(pending[0], cfg, pending[1]), zones)
-                sampler = self._patches(train_pairs, rng, cfg.sparse)
-                if synthetic is not None:
-                    sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
+                sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), synthetic, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.learning_rate, fraction_done())
@@ -287,6 +278,24 @@ class Trainer:
         bundle = ModelBundle(net, cfg, meta, resume)
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
+
+    def _samplers(self, train_pairs: Sequence[PreparedPair],
+                  rng: np.random.Generator) -> Generator[object, None, tuple[object, PatchSampler | None]]:
+        """(the sampler of training batches, the synthetic pairs' own sampler or None)."""
+        cfg = self.cfg
+        sampler = self._patches(train_pairs, rng, cfg.sparse)
+        synthetic = self._synthetic_sampler(rng)
+        sampler = self._mixed(sampler, synthetic, rng)
+        if synthetic is not None:
+            yield Message(f"{len(synthetic.pairs)} synthetic pair(s) supply {cfg.synthetic_ratio:.0%} of the patches")
+        if cfg.task == "instances" and cfg.sparse and not any((p.target == 0).any() for p in train_pairs):
+            yield Message("no background painted (label 1): paint a stroke of background around or between "
+                          "objects, or the model learns that everything is an object", level="warning")
+        return sampler, synthetic
+
+    def _mixed(self, sampler: PatchSampler, synthetic: PatchSampler | None, rng: np.random.Generator) -> object:
+        """``sampler``, with a ``synthetic_ratio`` share of ``synthetic``'s patches when there are any."""
+        return sampler if synthetic is None else MixedSampler(sampler, synthetic, self.cfg.synthetic_ratio, rng)
 
     def _split(self, prepared: list[PreparedPair]) -> Generator[object, None, tuple[list, list, dict]]:
         """(training pairs, validation pairs, objects held out by image): the given validation

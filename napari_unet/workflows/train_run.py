@@ -3,10 +3,10 @@
 ``TrainRun.start`` resolves the model the run starts from (``model_spec.start_model``; the CLI
 calls it before reading any data, else ``events`` does): an architecture the user asked for
 (depth, base width, 2D/3D) that is not the starting model's is a one-line ``UserError``; what
-was not asked for is the starting model's. ``TrainRun.events`` builds
-the ``Trainer`` (fine-tuning: ``pretrained.fine_tune_config``, the starting model's architecture
-and a gentler learning rate), or continues a stopped run's ``TrainingState``, yields the engine's
-events, previews the returned model once, and returns it.
+was not asked for is the starting model's. ``TrainRun.build`` makes the ``Trainer``
+(fine-tuning: ``pretrained.fine_tune_config``, the starting model's architecture and a gentler
+learning rate), or continues a stopped run's ``TrainingState``; ``TrainRun.events`` yields the
+engine's events, previews the returned model once, and returns it.
 
 ``stop``, ``update_pairs`` and ``set_preview`` may come from another thread at any time: before
 the ``Trainer`` exists they are remembered and handed to it when it is built.
@@ -78,29 +78,38 @@ class TrainRun:
             self._started = True
         return self.init
 
-    def events(self, pairs: Pairs, names: Sequence[str] | None, cfg: TrainConfig | None = None, *,
-               resume: Any = None, synthetic: Pairs | None = None, validation: Pairs | None = None,
-               checkpoint_to: str | os.PathLike | None = None) -> Generator[object, None, Any]:
-        """Train on ``pairs`` with ``cfg`` (``train_request.train_config_for``) from the starting
-        model (``start``), or continue ``resume`` (a stopped run's ``TrainingState``, its own
-        starting model; ``cfg``: its ``state.resumed_config``, None for the stored one).
-        Yields the engine's events and a last ``Preview`` of the returned model."""
+    def build(self, pairs: Pairs, names: Sequence[str] | None, cfg: TrainConfig | None = None, *,
+              resume: Any = None, synthetic: Pairs | None = None, validation: Pairs | None = None,
+              checkpoint_to: str | os.PathLike | None = None) -> Any:
+        """The ``Trainer``: on ``pairs`` with ``cfg`` (``train_request.train_config_for``) from the
+        starting model (``start``), or continuing ``resume`` (a stopped run's ``TrainingState``, its
+        own starting model; ``cfg``: its ``state.resumed_config``, None for the stored one).
+        ``UserError`` when the start does not fit, or the data is not the resumed run's."""
         # deferred: the engine imports torch (opening the Train widget, which imports this module, must not)
         from napari_unet.training.engine import Trainer
 
         where = {"names": names, "synthetic": synthetic or None, "checkpoint_to": checkpoint_to,
                  "preview_image": self.preview}
         if resume is not None:  # the same data (checked), the run's own settings
-            self.trainer = Trainer.resuming(resume, pairs, cfg, **where)
+            trainer = Trainer.resuming(resume, pairs, cfg, **where)
         else:
-            if self.start() is not None:
-                yield from self._announce()
-                cfg = fine_tune_config(cfg, self.init)
-            self.trainer = Trainer(pairs, cfg, init=self.init, validation=validation, **where)
+            init = self.start()
+            cfg = cfg if init is None else fine_tune_config(cfg, init)
+            trainer = Trainer(pairs, cfg, init=init, validation=validation, **where)
+        self.trainer = trainer
         if self.pending is not None:
-            self.trainer.update_pairs(*self.pending)
+            trainer.update_pairs(*self.pending)
         if self.stopped:
-            self.trainer.stop()
+            trainer.stop()
+        return trainer
+
+    def events(self, *data: Any, **options: Any) -> Generator[object, None, Any]:
+        """The run's events and its trained ``ModelBundle``; ``build``'s arguments build the
+        ``Trainer`` here, unless ``build`` was called (the widget builds it in its worker, the CLI
+        before its progress bar). Ends with a ``Preview`` of the returned model."""
+        if self.trainer is None:
+            self.build(*data, **options)
+        yield from self._announce()
         bundle = yield from self.trainer.run()
         if self.preview is not None:
             yield _final_preview(bundle, self.preview)
@@ -108,7 +117,7 @@ class TrainRun:
 
     def _announce(self) -> Generator[object, None, None]:
         """Name the starting model when the user named one (not the model in memory)."""
-        if self.spec is not None and self.spec != CURRENT:
+        if self.init is not None and self.spec is not None and self.spec != CURRENT:
             yield Message(f"starting from {self.spec}")
 
 
