@@ -73,11 +73,40 @@ class Message:
 
 
 @dataclass(frozen=True)
+class RunSetup:
+    """Where and how a training run steps, once it has sized itself: ``device`` described
+    ('CPU (2 threads)'), ``precision`` the autocast dtype (None: float32), ``batch_size`` patches
+    of ``patch`` extents per step."""
+
+    device: str
+    precision: str | None
+    batch_size: int
+    patch: tuple[int, ...]
+
+    @property
+    def where(self) -> str:
+        """'CPU (2 threads) with bfloat16 autocast'."""
+        return self.device + (f" with {self.precision} autocast" if self.precision else "")
+
+    @property
+    def sizes(self) -> str:
+        """'2 patches of 16 × 64 × 64 per step'."""
+        return (f"{self.batch_size} patch{'es' if self.batch_size != 1 else ''} of "
+                f"{' × '.join(str(int(p)) for p in self.patch)} per step")
+
+    @property
+    def text(self) -> str:
+        """The line a front end prints: 'training on WHERE, SIZES'."""
+        return f"training on {self.where}, {self.sizes}"
+
+
+@dataclass(frozen=True)
 class Finished:
     """The generator's last event: figures about the run (steps, images...). Its result is the
     generator's return value, not part of the event."""
 
     summary: dict[str, Any] = field(default_factory=dict)
+
 
 def run_to_end(events: Generator[Any, None, R], on_event: Callable[[Any], None] | None = None) -> R:
     """Drive a core generator to its end, passing each event to ``on_event``; return its result."""

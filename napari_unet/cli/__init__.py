@@ -1,4 +1,6 @@
-"""Command-line interface: ``napari-unet train | predict | evaluate | demo``.
+"""Command-line interface: ``napari-unet train | predict | evaluate | demo | export-model | synth``.
+
+``train`` lives in ``cli.train``, ``synth`` in ``cli.diffusion``; the other commands here.
 
 Exit codes: 0 done; 2 bad input or usage (one line on stderr, never a traceback); 1 when some
 files of a ``predict`` batch failed (one line each, the others are still predicted) or on an
@@ -11,136 +13,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from napari_unet.cli.drive import drive
+from napari_unet.cli.train import add_train_parser, patch_size_arg, train_request  # noqa: F401 (the package's API)
 from napari_unet.errors import UserError
-
-if TYPE_CHECKING:
-    from napari_unet.workflows.train_request import TrainRequest
-
-
-def train_request(args: argparse.Namespace) -> "TrainRequest":
-    """The ``TrainRequest`` the ``train`` flags describe (defaults: the config dataclasses')."""
-    from napari_unet.workflows.classes import user_task
-    from napari_unet.workflows.train_request import TrainRequest
-
-    return TrainRequest(task=user_task(args.task, args.sparse), instance_head=args.instance_head,
-                        n_classes=args.n_classes, in_channels=args.in_channels, depth=args.depth,
-                        base_width=args.base_width, time_limit=args.time_limit, epochs=args.epochs, steps=args.steps,
-                        patch_size=args.patch_size, batch_size=args.batch_size, device=args.device, seed=args.seed,
-                        checkpoint_every=args.checkpoint_every or None, synthetic=bool(args.synthetic),
-                        synthetic_ratio=args.synthetic_ratio, z_scale=args.z_scale,
-                        dims=TrainRequest.dims if args.dims is None else args.dims)
-
-
-def patch_size_arg(text: str) -> int | tuple[int, ...]:
-    """``--patch-size``: one side ("64") or per-axis extents ("16,64,64")."""
-    try:
-        values = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a side like 64 or Z,Y,X extents like 16,64,64, got {text!r}")
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"patch extents must be positive, got {text!r}")
-    return values[0] if len(values) == 1 else values
-
-
-def _architecture(args: argparse.Namespace) -> dict[str, int]:
-    """The architecture the flags ask for (only the ones given)."""
-    return {k: v for k, v in (("depth", args.depth), ("base_width", args.base_width), ("dims", args.dims))
-            if v is not None}
-
-
-# what `train --resume` may change besides the data arguments: the budget and where/how the run goes on
-RESUME_FLAGS = ("steps", "epochs", "time_limit", "device", "checkpoint_every", "synthetic", "out", "quiet")
-
-
-def _out_folder(path: str) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    return out
-
-
-def _training_data(args: argparse.Namespace) -> tuple[list, list[str], list | None]:
-    """(image, mask) pairs, their names and the synthetic pairs (or None) the train flags name."""
-    from napari_unet.files.io import pair_files, read_image, read_mask
-
-    files = pair_files(args.images, args.masks)
-    pairs = [(read_image(i), read_mask(m)) for i, m in files]
-    synthetic = None
-    if args.synthetic:  # a `synth generate` output folder: images/ and masks/
-        root = Path(args.synthetic)
-        synthetic = [(read_image(i), read_mask(m)) for i, m in pair_files(root / "images", root / "masks")]
-    return pairs, [i.name for i, _ in files], synthetic
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from napari_unet.workflows.classes import user_task
-    from napari_unet.workflows.model_spec import start_model
-    from napari_unet.workflows.train_request import train_config_for
-    from napari_unet.pretrained import fine_tune_config
-    from napari_unet.training.engine import Trainer
-
-    if args.checkpoint_every < 0:
-        raise UserError("--checkpoint-every must be >= 0")
-    if args.resume is not None:
-        return _train_resumed(args)
-    if args.out is None:
-        raise UserError("--out MODEL_DIR is required (unless --resume MODEL_DIR continues a run there)")
-    init = start_model(args.init, user_task(args.task, args.sparse), _architecture(args),  # before reading data
-                       shown=lambda field: f"--{field.replace('_', '-')}",
-                       hint="use --init none to train another architecture from scratch")
-    out = _out_folder(args.out)
-    pairs, names, synthetic = _training_data(args)
-    cfg = train_config_for(train_request(args), [i for i, _ in pairs], [m for _, m in pairs])
-    if init is not None:  # its architecture and normalisation; the Trainer re-initialises what does not fit
-        cfg = fine_tune_config(cfg, init)
-    trainer = Trainer(pairs, cfg, init=init, names=names, checkpoint_to=out, synthetic=synthetic)
-    return _save_trained(drive(trainer.run(), "training", args.quiet), out)
-
-
-def _train_resumed(args: argparse.Namespace) -> int:
-    """``train IMAGES MASKS --resume MODEL_DIR``: continue the run saved there on the same data, to
-    its own budget or to a new one; the model goes to MODEL_DIR (or --out)."""
-    from dataclasses import replace
-
-    from napari_unet.training.engine import Trainer
-    from napari_unet.training.state import load_state, resumed_config
-
-    fixed = [f"--{name.replace('_', '-')}" for name, value in vars(args).items()
-             if name not in (*RESUME_FLAGS, "images", "masks", "resume", "command", "func", "default_of")
-             and value != args.default_of(name)]
-    if fixed:
-        raise UserError(f"--resume continues the run with its stored settings; drop {', '.join(fixed)} "
-                        "(only --steps, --epochs, --time-limit, --device, --checkpoint-every, --synthetic and --out "
-                        "go with it)")
-    state = load_state(args.resume)
-    device = args.device if args.device != args.default_of("device") else None
-    cfg = resumed_config(state, steps=args.steps, epochs=args.epochs, time_limit=args.time_limit, device=device,
-                         where=args.resume, hint="give a larger --steps, --epochs or --time-limit")
-    cfg = replace(cfg, checkpoint_every=args.checkpoint_every or None)
-    out = _out_folder(args.out or args.resume)
-    pairs, names, synthetic = _training_data(args)
-    trainer = Trainer.resuming(state, pairs, cfg, names=names, checkpoint_to=out, synthetic=synthetic)
-    return _save_trained(drive(trainer.run(), "training", args.quiet), out)
-
-
-def _save_trained(bundle, out: Path) -> int:
-    """Save a trained model (with its training state) and print the one-line summary."""
-    from napari_unet.models.bundle import save_bundle
-    from napari_unet.training.guard import guard_note
-
-    save_bundle(bundle, out)
-    val = dict(bundle.meta.get("validation") or {})
-    tuned = (bundle.meta.get("postprocess") or {}).get("ap50")
-    if tuned is not None and "ap50" in val:  # what predict gives: the post-processing chosen after training
-        val = {"ap50": tuned, "ap50 (argmax rule)": val.pop("ap50"), **val}
-    summary = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if k != "score")
-    note = guard_note(bundle.meta)  # fine-tuning: the fine-tuned or the starting model, and why
-    print(f"saved model to {out} ({bundle.meta['training']['steps']} steps{'; ' + summary if summary else ''})"
-          + (f"; {note}" if note else ""))
-    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -231,70 +108,25 @@ def _export_bioimageio(args: argparse.Namespace, folder: Path, bundle, out: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from napari_unet import heads
-    from napari_unet.workflows.batch import BatchConfig
-    from napari_unet.config import CPU_SIZES, CPU_VOLUME_SIZES, CUDA_SIZES, PredictConfig, TrainConfig, UNetConfig
-    from napari_unet.workflows.train_request import SYNTHETIC_SHARE
-
-    # defaults shown in --help come from the config dataclasses, never retyped here
-    tdef, udef, pdef, bdef = TrainConfig(), UNetConfig(), PredictConfig(), BatchConfig()
+    """The parser of every command, one sub-parser each (``--quiet`` on all but ``synth``'s own)."""
     parser = argparse.ArgumentParser(prog="napari-unet", description="Train and apply U-Nets for segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_train_parser, _predict_parser, _evaluate_parser, _demo_parser, _export_parser):
+        add(sub).add_argument("--quiet", action="store_true", help="no progress bar")
 
-    t = sub.add_parser("train", help="train a model on image/mask folders")
-    t.add_argument("images", help="folder of images")
-    t.add_argument("masks", help="folder of masks matched to images by file name")
-    t.add_argument("--out", default=None, help="model folder to write (with --resume: default the resumed folder)")
-    t.add_argument("--task", choices=("instances", "semantic"), default=tdef.task, help="default: %(default)s")
-    t.add_argument("--instance-head", choices=heads.names(), default=tdef.instance_head,
-                   help=f"instances: {heads.described()}; default: %(default)s")
-    t.add_argument("--n-classes", type=int, default=None, help="semantic: number of classes (default: from masks)")
-    t.add_argument("--sparse", action="store_true",
-                   help="masks are partial: 0 = not annotated (ignored), 1 = background, 2.. = objects (instances: "
-                        "one id each) or classes (semantic scribbles)")
-    t.add_argument("--time-limit", type=float, default=None,
-                   help=f"seconds (default {tdef.time_limit:g} when no --epochs/--steps)")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--device", default=tdef.device, choices=("auto", "cpu", "cuda", "mps"),
-                   help="default: %(default)s (CUDA, then MPS, then CPU)")
-    t.add_argument("--seed", type=int, default=tdef.seed, help="default: %(default)s")
-    t.add_argument("--init", default=None,
-                   help="starting model: pretrained:nuclei, a model folder, or 'none' for scratch "
-                        "(default: pretrained:nuclei for instances, none for semantic)")
-    t.add_argument("--in-channels", type=int, default=None,
-                   help="network input channels (default: the first image's: 1 for grey, 3 for colour)")
-    t.add_argument("--depth", type=int, default=None, help=f"default {udef.depth} (from scratch only)")
-    t.add_argument("--base-width", type=int, default=None, help=f"default {udef.base_width} (from scratch only)")
-    t.add_argument("--dims", type=int, choices=(2, 3), default=None,
-                   help=f"2: 2D images (stacks slice by slice); 3: a 3D U-Net on (Z, Y, X) volumes "
-                        f"(default {udef.dims}, or the starting model's; 3D trains from scratch)")
-    t.add_argument("--z-scale", type=float, default=tdef.z_scale,
-                   help="3D: voxel depth / pixel width, e.g. 2 for 0.5 um pixels and 1 um planes "
-                        "(default: %(default)s)")
-    sized = (f"sized to the device: {CPU_SIZES[0]} x {CPU_SIZES[1]}² on the CPU, "
-             f"up to {CUDA_SIZES[0][1]} x {CUDA_SIZES[0][2]}² on a GPU; 3D: to the device and the volumes, "
-             f"{CPU_VOLUME_SIZES[1]:,} voxels per step on the CPU in patches up to {CPU_VOLUME_SIZES[0]} wide "
-             "with side / --z-scale planes, never larger than the volumes")
-    t.add_argument("--batch-size", type=int, default=tdef.batch_size, help=f"patches per step (default: {sized})")
-    t.add_argument("--patch-size", type=patch_size_arg, default=tdef.patch_size,
-                   help="patch side in pixels, along y/x in 3D (z-planes: it / --z-scale), or Z,Y,X extents "
-                        "for a 3D model (default: sized as --batch-size says)")
-    t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",
-                   help="also train on synthetic pairs (a `synth generate` output: images/ and masks/); "
-                        "validation stays on real images")
-    t.add_argument("--synthetic-ratio", type=float, default=SYNTHETIC_SHARE,
-                   help="share of patches from --synthetic (default: %(default)s)")
-    t.add_argument("--checkpoint-every", type=float, default=30.0,
-                   help="seconds between atomic saves of the model while training (0 = only at the end; "
-                        "default: %(default)s)")
-    t.add_argument("--resume", default=None, metavar="MODEL_DIR",
-                   help="continue the stopped or killed run saved in MODEL_DIR (its last checkpoint) on the same "
-                        "IMAGES and MASKS, with its stored settings, to its own budget: --steps N goes on to step N, "
-                        "a time limit for the seconds left; --steps/--epochs/--time-limit set a new budget (also to "
-                        "train a finished run further)")
-    t.set_defaults(func=cmd_train, default_of=t.get_default)
+    from napari_unet.cli.diffusion import add_synth_parser  # synth train | generate (diffusion)
 
+    add_synth_parser(sub)
+    return parser
+
+
+# each sub-parser's defaults shown in --help come from the config dataclasses, never retyped here
+def _predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from napari_unet import heads
+    from napari_unet.config import PredictConfig
+    from napari_unet.workflows.batch import BatchConfig
+
+    pdef, bdef = PredictConfig(), BatchConfig()
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("model", help="model folder, or pretrained:nuclei")
     p.add_argument("inputs", nargs="+", help="image files or folders")
@@ -319,18 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict every file again (default: skip files an earlier run of the same model "
                         "and settings completed in --out)")
     p.set_defaults(func=cmd_predict)
+    return p
 
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     e.add_argument("pred", help="folder of predicted masks")
     e.add_argument("gt", help="folder of ground-truth masks (matched by file name)")
     e.add_argument("--task", choices=("instances", "semantic"), default="instances", help="default: %(default)s")
     e.set_defaults(func=cmd_evaluate)
+    return e
+
+
+def _demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from napari_unet.config import TrainConfig
 
     d = sub.add_parser("demo", help="train briefly on the bundled nuclei images and segment one")
     d.add_argument("--out", default="demo-output", help="default: %(default)s")
     d.add_argument("--time-limit", type=float, default=60.0, help="seconds of training (default: %(default)s)")
-    d.add_argument("--seed", type=int, default=tdef.seed, help="default: %(default)s")
+    d.add_argument("--seed", type=int, default=TrainConfig.seed, help="default: %(default)s")
     d.set_defaults(func=cmd_demo)
+    return d
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from napari_unet.workflows.bioimage_io_export import PackageInfo
 
     x = sub.add_parser("export-model", help="export a model to TorchScript, ONNX or a bioimage.io package")
     x.add_argument("model", help="model folder, bioimage.io package from napari-unet, or pretrained:nuclei")
@@ -340,8 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default=None,
                    help="file to write (default: MODEL/model.pt, MODEL/model.onnx or MODEL/model.zip)")
     x.add_argument("--tile", type=int, default=None, help="input size for valid-padding models (fixed at export)")
-    from napari_unet.workflows.bioimage_io_export import PackageInfo
-
     x.add_argument("--license", default=None, help="bioimageio: SPDX licence id (default: a shipped model's "
                    f"own, CC0-1.0 for pretrained:nuclei; else {PackageInfo.license})")
     x.add_argument("--author", action="append", default=None,
@@ -349,14 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--test-image", default=None,
                    help="bioimageio: image the package's test tensors are cut from (default: a bundled nuclei image)")
     x.set_defaults(func=cmd_export_model)
-
-    for sp in (t, p, e, d, x):
-        sp.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    from napari_unet.cli.diffusion import add_synth_parser  # synth train | generate (diffusion)
-
-    add_synth_parser(sub)
-    return parser
+    return x
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ def drive(events: Generator, desc: str, quiet: bool = False):
     """Run a core generator to completion with a tqdm progress bar; return its return value."""
     from tqdm import tqdm
 
-    from napari_unet.events import LossReport, Message, Progress, ValidationReport, run_to_end
+    from napari_unet.events import LossReport, Message, Progress, RunSetup, ValidationReport, run_to_end
 
     bar = tqdm(desc=desc, unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True)
 
@@ -28,6 +28,8 @@ def drive(events: Generator, desc: str, quiet: bool = False):
             bar.write(f"step {event.step}: validation {shown}{' (best)' if event.best else ''}")
         elif isinstance(event, Message):
             bar.write(event.text, file=sys.stderr if event.level == "error" else None)
+        elif isinstance(event, RunSetup):
+            bar.write(event.text)
 
     try:
         return run_to_end(events, show)

@@ -13,6 +13,7 @@ import torch
 from napari_unet.arrays.volumes import patch_shape
 from napari_unet.config import TrainConfig
 from napari_unet.errors import UserError
+from napari_unet.events import RunSetup
 from napari_unet.runtime import sizes
 
 
@@ -132,6 +133,12 @@ def start_run(seed: int, threads: int | None, device_name: str,
     return np.random.default_rng(seed), device, low_precision_dtype(device, low_precision)
 
 
+def run_setup(device: torch.device, dtype: torch.dtype | None, batch_size: int, patch: Sequence[int]) -> RunSetup:
+    """The ``RunSetup`` event of a training run on ``device`` with ``dtype`` autocast (None: float32)."""
+    return RunSetup(describe(device), str(dtype).split('.')[-1] if dtype else None, batch_size,
+                    tuple(int(p) for p in patch))
+
+
 def describe_precision(device: torch.device, dtype: torch.dtype | None) -> str:
     """'CPU (2 threads) with bfloat16 autocast' style description of where training runs."""
-    return describe(device) + (f" with {str(dtype).split('.')[-1]} autocast" if dtype else "")
+    return run_setup(device, dtype, 1, ()).where

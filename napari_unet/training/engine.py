@@ -30,14 +30,12 @@ from napari_unet.arrays.normalize import has_nonfinite, prepare_image
 from napari_unet.data.targets import pack, unpack
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
-from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate
 from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
-from napari_unet.training import guard
+from napari_unet.training import finish, guard
 from napari_unet.training.checkpoint import load_compatible_weights, transfer_input_layer
-from napari_unet.runtime.device import (autocast, channels_last_format, describe, describe_precision,
-                                          release_cached_memory, start_run, with_device_sizes)
+from napari_unet.runtime.device import (autocast, channels_last_format, describe, release_cached_memory, run_setup,
+                                        start_run, with_device_sizes)
 from napari_unet.heads.losses import segmentation_loss
-from napari_unet.runtime.sizes import describe_sizes
 from napari_unet.training.state import (Position, Sitting, TrainingState, capture, check_same_data, data_fingerprint,
                                         fraction_of, restore, resumed_config, step_budget)
 from napari_unet.arrays.volumes import anisotropic_spacing, check_volume_config, patch_shape, voxel_spacing
@@ -48,7 +46,6 @@ from napari_unet.models import enable_mc_dropout
 from napari_unet.training.validation import validate
 
 Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
-KEEP_BEST_MIN_IMAGES = 3  # fewer validation images than this cannot show an earlier model better (instances)
 
 
 def learning_rate(base: float, fraction: float) -> float:
@@ -173,28 +170,10 @@ class Trainer:
         prepared = prepare_pairs(self._pairs, cfg, self._names)
         # unset batch/patch size: sized to the device (and in 3D to the volumes)
         cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
-        yield Message(f"training on {describe_precision(device, dtype)}, "
-                      f"{describe_sizes(cfg.batch_size, patch_shape(cfg))} per step")
-        zones: dict[str, np.ndarray] = {}  # objects held out for validation, by image (one or two images)
-        if self._validation is not None:
-            train_pairs, val_pairs = prepared, prepare_pairs(self._validation, cfg)
-        else:
-            train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed,
-                                                      cfg.validation_max_images)
-            if not val_pairs and cfg.task == "instances":
-                train_pairs, val_pairs, zones = hold_out_objects(prepared, cfg.validation_fraction, cfg.seed)
-                if val_pairs:
-                    held = sum(np.unique(p.truth[p.truth > 0]).size for p in val_pairs)
-                    yield Message(f"validation on {held} held-out annotated object(s) "
-                                  "(too few images to hold out whole ones)")
-        sampler = self._patches(train_pairs, rng, cfg.sparse)
-        synthetic = self._synthetic_sampler(rng)
-        if synthetic is not None:
-            sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
-            yield Message(f"{len(synthetic.pairs)} synthetic pair(s) supply {cfg.synthetic_ratio:.0%} of the patches")
-        if cfg.task == "instances" and cfg.sparse and not any((p.target == 0).any() for p in train_pairs):
-            yield Message("no background painted (label 1): paint a stroke of background around or between "
-                          "objects, or the model learns that everything is an object", level="warning")
+        yield run_setup(device, dtype, cfg.batch_size, patch_shape(cfg))
+        # zones: objects held out for validation, by image (one or two images)
+        train_pairs, val_pairs, zones = yield from self._split(prepared)
+        sampler, synthetic = yield from self._samplers(train_pairs, rng)
         brighter = objects_brighter(train_pairs)
         net, fresh = self._build(device, channels_last, brighter)
         if self._init is not None:
@@ -228,11 +207,9 @@ class Trainer:
 
         while not self._stop.is_set() and fraction_done() < 1.0:
             pending = self._take_pending()
-            if pending is not None:
+            if pending is not None:  # new annotations: new patches, the held-out objects still out
                 train_pairs = without_zones(prepare_pairs(pending[0], cfg, pending[1]), zones)
-                sampler = self._patches(train_pairs, rng, cfg.sparse)
-                if synthetic is not None:
-                    sampler = MixedSampler(sampler, synthetic, cfg.synthetic_ratio, rng)
+                sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), synthetic, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.learning_rate, fraction_done())
@@ -264,15 +241,10 @@ class Trainer:
                 self._save_checkpoint(sitting, pos, now - start)
                 last_checkpoint = time.perf_counter()
             if val_pairs and now - last_val >= cfg.validate_every:
-                latest: dict = {}
-                metrics = validate(net, val_pairs, cfg, dtype, self._stop.is_set, latest)
-                if metrics is None:  # cancelled half-way through
+                report = self._validation_now(net, val_pairs, dtype, pos, start)
+                if report is None:  # cancelled half-way through
                     break
-                improved = metrics["score"] > pos.best_score
-                if improved:
-                    pos.best_state, pos.best_score, pos.best_metrics = cpu_state_dict(net), metrics["score"], metrics
-                    pos.kept = latest
-                yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
+                yield report
                 last_val = time.perf_counter()
             if self._preview is not None and cfg.preview_every > 0 and now - last_preview >= cfg.preview_every:
                 yield self._preview_event(net, step, dtype, k)
@@ -282,62 +254,90 @@ class Trainer:
         if losses:  # steps since the last report (a fast GPU can finish between two reports)
             yield LossReport(step, float(np.mean(losses)), time.perf_counter() - start)
         if val_pairs and not stopped:  # a stopped run ends now: no final validation
-            latest = {}
-            metrics = validate(net, val_pairs, cfg, dtype, keep=latest)
-            # held-out objects of one image are too few to prefer an earlier model to the final one
-            improved = bool(zones) or self._final_is_better(metrics, pos.best_score, latest, pos.kept)
-            if improved:
-                pos.best_state, pos.best_metrics, pos.kept = None, metrics, latest
-            yield ValidationReport(step, metrics, improved, time.perf_counter() - start)
+            yield self._final_validation(net, val_pairs, dtype, pos, bool(zones), start)
         resume = self._snapshot(sitting, pos, finished, time.perf_counter() - start)  # before the best weights load
-        best_state, best_metrics, kept, batch = pos.best_state, pos.best_metrics, pos.kept, pos.batch
-        record = self._guard_record(start_model, best_metrics, len(val_pairs))
-        if record is not None and record["kept"] == guard.START:
-            best_state, best_metrics, kept = start_model["state"], start_model["metrics"], start_model["kept"]
+        record = finish.guard_verdict(start_model, pos.best_metrics, len(val_pairs))
+        best_state, best_metrics, kept = finish.guarded(record, start_model, (pos.best_state, pos.best_metrics, pos.kept))
         if record is not None:
-            yield Message(guard.guard_note({"training": {guard.KEY: record}}),
-                          level="warning" if record["kept"] == guard.START else "info")
+            yield finish.guard_message(record)
         if best_state is not None:
             net.load_state_dict(best_state)
         net.eval()
         del optimizer, scaler, sitting
         release_cached_memory(device)  # the optimiser state and activations; the model stays
         elapsed = time.perf_counter() - start
-        meta = {"training": {"steps": step, "seconds": round(elapsed, 1), "setup_seconds": round(setup_seconds, 1),
-                             "device": describe(device),
-                             "images": len(train_pairs), "validation_images": len(val_pairs),
-                             "stopped_early": stopped, "batch_size": batch,
-                             "objects_brighter": brighter if brighter is not None else objects_brighter_of(self._init)},
-                "validation": best_metrics}
-        if record is not None:
-            meta["training"][guard.KEY] = record
-        same_head = self._init is not None and (self._init.task, self._init.config.instance_head) == (cfg.task, cfg.instance_head)
-        postprocess = self._init.postprocess if same_head else {}
-        head, whole_images = heads.of(cfg), bool(val_pairs) and not zones
-        if guard.kept_start(meta):
-            pass  # the starting model as it was: its own post-processing, not one re-tuned on these few images
-        elif head is not None and (whole_images or head.tunes_in_sample) and \
-                (kept or not stopped or (head.tunes_in_sample and not val_pairs)):
-            # Thresholds are chosen on whole held-out images. A head that ``tunes_in_sample`` (star,
-            # flow) with none (one or two annotated images, validated on a few held-out objects at
-            # most) chooses them on the training images: two numbers fitted in-sample, and a short
-            # run's object probability is often below the default 0.5 everywhere, which would show
-            # the user no objects at all. The 3-class rule is not fitted on a few objects of one
-            # image: it does not carry.
-            tune_on = val_pairs if whole_images else train_pairs[:cfg.validation_max_images]
-            tune_start = time.perf_counter()
-            tuned = self._tune(net, tune_on, dtype, kept.get("probs", []) if whole_images else [],
-                               kept.get("rule_counts") if whole_images else None)
-            meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
-            if tuned is not None:
-                postprocess = tuned
-                which = "validation" if whole_images else "training (no held-out images)"
-                yield Message(head.tune_message(tuned, len(tune_on), which))
+        meta = finish.run_meta(steps=step, seconds=elapsed, setup_seconds=setup_seconds, device=describe(device),
+                               images=len(train_pairs), validation_images=len(val_pairs), stopped=stopped,
+                               batch_size=pos.batch, validation=best_metrics, record=record,
+                               objects_brighter=brighter if brighter is not None else objects_brighter_of(self._init))
+        postprocess = yield from finish.post_processing(net, cfg, self._init, meta, val_pairs=val_pairs,
+                                                        train_pairs=train_pairs, held_out_objects=bool(zones),
+                                                        kept=kept, stopped=stopped, dtype=dtype)
         if postprocess:
             meta["postprocess"] = postprocess
         bundle = ModelBundle(net, cfg, meta, resume)
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
+
+    def _samplers(self, train_pairs: Sequence[PreparedPair],
+                  rng: np.random.Generator) -> Generator[object, None, tuple[object, PatchSampler | None]]:
+        """(the sampler of training batches, the synthetic pairs' own sampler or None)."""
+        cfg = self.cfg
+        sampler = self._patches(train_pairs, rng, cfg.sparse)
+        synthetic = self._synthetic_sampler(rng)
+        sampler = self._mixed(sampler, synthetic, rng)
+        if synthetic is not None:
+            yield Message(f"{len(synthetic.pairs)} synthetic pair(s) supply {cfg.synthetic_ratio:.0%} of the patches")
+        if cfg.task == "instances" and cfg.sparse and not any((p.target == 0).any() for p in train_pairs):
+            yield Message("no background painted (label 1): paint a stroke of background around or between "
+                          "objects, or the model learns that everything is an object", level="warning")
+        return sampler, synthetic
+
+    def _mixed(self, sampler: PatchSampler, synthetic: PatchSampler | None, rng: np.random.Generator) -> object:
+        """``sampler``, with a ``synthetic_ratio`` share of ``synthetic``'s patches when there are any."""
+        return sampler if synthetic is None else MixedSampler(sampler, synthetic, self.cfg.synthetic_ratio, rng)
+
+    def _split(self, prepared: list[PreparedPair]) -> Generator[object, None, tuple[list, list, dict]]:
+        """(training pairs, validation pairs, objects held out by image): the given validation
+        pairs, whole images held out, or with too few images some annotated objects of them."""
+        cfg = self.cfg
+        if self._validation is not None:
+            return prepared, prepare_pairs(self._validation, cfg), {}
+        train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed,
+                                                  cfg.validation_max_images)
+        if val_pairs or cfg.task != "instances":
+            return train_pairs, val_pairs, {}
+        train_pairs, val_pairs, zones = hold_out_objects(prepared, cfg.validation_fraction, cfg.seed)
+        if val_pairs:
+            held = sum(np.unique(p.truth[p.truth > 0]).size for p in val_pairs)
+            yield Message(f"validation on {held} held-out annotated object(s) "
+                          "(too few images to hold out whole ones)")
+        return train_pairs, val_pairs, zones
+
+    def _validation_now(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
+                        pos: Position, start: float) -> ValidationReport | None:
+        """Score the weights during the run; a higher score makes them the best model (None: stopped
+        half-way through)."""
+        latest: dict = {}
+        metrics = validate(net, val_pairs, self.cfg, dtype, self._stop.is_set, latest)
+        if metrics is None:
+            return None
+        improved = metrics["score"] > pos.best_score
+        if improved:
+            pos.best_state, pos.best_score, pos.best_metrics = cpu_state_dict(net), metrics["score"], metrics
+            pos.kept = latest
+        return ValidationReport(pos.step, metrics, improved, time.perf_counter() - start)
+
+    def _final_validation(self, net: torch.nn.Module, val_pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
+                          pos: Position, held_out_objects: bool, start: float) -> ValidationReport:
+        """Score the final weights; they become the best model unless an earlier one was better
+        beyond doubt (``finish.final_is_better``; never on held-out objects of one image: too few)."""
+        latest: dict = {}
+        metrics = validate(net, val_pairs, self.cfg, dtype, keep=latest)
+        improved = held_out_objects or finish.final_is_better(metrics, pos.best_score, latest, pos.kept)
+        if improved:
+            pos.best_state, pos.best_metrics, pos.kept = None, metrics, latest
+        return ValidationReport(pos.step, metrics, improved, time.perf_counter() - start)
 
     def _step(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
               arrays: tuple[np.ndarray, ...], device: torch.device, dtype: torch.dtype | None,
@@ -396,59 +396,6 @@ class Trainer:
         on = "all annotated objects" if annotated else f"{len(val_pairs)} image(s)"
         yield Message(f"starting model: validation score {metrics['score']:.3f} on {on}")
         return {"metrics": metrics, "kept": kept, "state": cpu_state_dict(net), "seconds": time.perf_counter() - began}
-
-    def _guard_record(self, start_model: dict, best_metrics: dict, n_val: int) -> dict | None:
-        """The fine-tune guard's verdict: the best fine-tuned model against ``_score_start``'s result.
-
-        The fine-tuned model replaces the starting model only if it scores higher
-        (``guard.keep_fine_tuned``); None for a run from scratch or with the guard off.
-        """
-        if "metrics" not in start_model:
-            return start_model.get("record")
-        if not best_metrics:
-            return guard.not_run("stopped before the fine-tuned model was validated")
-        start_score = start_model["metrics"]["score"]
-        keep_tuned = guard.keep_fine_tuned(start_score, best_metrics["score"])
-        return guard.compared(keep_tuned, start_score, best_metrics["score"], n_val, start_model["seconds"])
-
-    @staticmethod
-    def _final_is_better(metrics: dict, best_score: float, final: dict, best: dict) -> bool:
-        """Keep the final weights unless an earlier model was better beyond doubt.
-
-        The learning rate decays to 5 % by the end, so the final weights are usually the best;
-        an earlier model scoring higher on a dozen validation images was mostly noise (such
-        picks kept step-225 models of 886-step runs that scored 0.1 lower on other images).
-        With per-image counts (instances) an earlier model stays only if it wins in
-        ``CONFIDENCE`` of the bootstrap resamples of the validation images, and never with fewer
-        than ``KEEP_BEST_MIN_IMAGES`` of them: resampling one image always picks the model that
-        won on it (six 3D volumes hold out one; a 120 s run kept its step-218 model of 425 on a
-        0.008 lead, and scored 0.766 on held-out volumes).
-        """
-        if metrics["score"] >= best_score:
-            return True
-        if "counts" not in final or "counts" not in best:
-            return False
-        if len(final["counts"]) < KEEP_BEST_MIN_IMAGES:
-            return True
-        return bootstrap_win_rate(best["counts"], final["counts"]) < CONFIDENCE
-
-    def _tune(self, net: torch.nn.Module, pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
-              maps: list[np.ndarray], known: dict | None = None) -> dict | None:
-        """The instance head's post-processing chosen on ``pairs`` (``Head.tune``; None: its default).
-
-        ``maps``: the kept model's validation maps (from the validation that chose it), else
-        empty and predicted here; ``known``: what validation scored on them (``Head.score``'s
-        ``rule_counts``). A stopped run is tuned too, on those maps (post-processing only, a few
-        seconds), so a model a user stops early splits touching objects like one that ran to its end.
-        """
-        if not maps:
-            k = heads.n_output_channels(self.cfg)
-            maps, known = [predict.predict_normalized(net, p.image, k, PredictConfig(), dtype)
-                           for p in pairs], None
-        spacing = anisotropic_spacing(self.cfg)
-        told = {} if spacing is None else {"spacing": spacing}
-        tuned = heads.of(self.cfg).tune(maps, [p.truth for p in pairs], known, **told)
-        return None if tuned is None else {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}
 
     def _position(self, sitting: Sitting) -> Generator[object, None, Position]:
         """Where the loop starts: step 0, or where the resumed run stopped (its weights, optimiser,

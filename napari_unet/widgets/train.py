@@ -15,6 +15,7 @@ from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfi
 from napari_unet.workflows.classes import USER_TASKS, config_task
 from napari_unet.workflows.model_spec import CURRENT
 from napari_unet.workflows.train_request import SYNTHETIC_SHARE
+from napari_unet.workflows.train_run import TrainRun, asked_architecture
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
                                          probability_name, show_image, show_labels, show_uncertainty,
                                          uncertainty_name)
@@ -30,7 +31,9 @@ LIVE_UNCERTAINTY_MC = 4  # preview MC-dropout passes the widget starts with (the
 SLICES, VOLUME = "2D (slice by slice)", "3D"
 SYNC_INTERVAL_MS = 1000
 STATUS_INTERVAL_S = 1.0
-DETECTING = "device: detecting…"  # the device line until the warm-up or a run's first message (device, sizes)
+DETECTING = "device: detecting…"  # the device line until the warm-up or a run's RunSetup (device, sizes)
+ARCHITECTURE_TIP = ("from scratch; a starting model keeps its own, and one unlike it here is an error "
+                    "(leave the default to take the starting model's)")
 
 if TYPE_CHECKING:
     import napari
@@ -50,79 +53,11 @@ def pretrained_choices() -> list[str]:
     return [f"pretrained:{name}" for name in available()]
 
 
-class TrainRun:
-    """One background training run: owns the core ``Trainer`` once the worker has built it."""
-
-    def __init__(self) -> None:
-        self.trainer = None
-        self.stopped = False
-        self.pending: tuple | None = None
-        self.preview: np.ndarray | None = None
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.trainer is not None:
-            self.trainer.stop()
-
-    def update_pairs(self, pairs: list, names: list[str]) -> None:
-        if self.trainer is not None:
-            self.trainer.update_pairs(pairs, names)
-        else:
-            self.pending = (pairs, names)
-
-    def set_preview(self, image: np.ndarray | None) -> None:
-        self.preview = image
-        if self.trainer is not None:
-            self.trainer.set_preview_image(image)
-
-    def events(self, pairs: list, names: list[str], cfg: Any, init_spec: str | None, current: Any,
-               synthetic: list | None = None, resume: Any = None):
-        """The worker's generator: load the starting model, train, then preview the best model.
-
-        ``resume``: a stopped run's ``TrainingState``, continued instead (``cfg`` and ``init_spec`` unused)."""
-        from napari_unet.events import Message, Preview
-        from napari_unet.inference.labels import labels_for
-        from napari_unet.inference.predict import predict_probabilities
-        from napari_unet.training.engine import Trainer
-
-        if resume is not None:  # the same data (checked), the run's own settings and budget
-            self.trainer = Trainer.resuming(resume, pairs, names=names, preview_image=self.preview,
-                                            synthetic=synthetic or None)
-        else:
-            from napari_unet.workflows.model_spec import start_model
-
-            # the widget's depth/width give way to a starting model's (fine_tune_config); only 2D/3D must match
-            init = start_model("none" if init_spec == SCRATCH else init_spec, cfg.task, {"dims": cfg.model.dims},
-                               current)
-            if init is not None and init_spec != CURRENT:
-                yield Message(f"starting from {init_spec}")
-            if init is not None:
-                from napari_unet.pretrained import fine_tune_config
-
-                cfg = fine_tune_config(cfg, init)  # the starting model's architecture, gentler learning rate
-            self.trainer = Trainer(pairs, cfg, init=init, names=names, preview_image=self.preview,
-                                   synthetic=synthetic or None)
-        if self.pending is not None:
-            self.trainer.update_pairs(*self.pending)
-        if self.stopped:
-            self.trainer.stop()
-        bundle = yield from self.trainer.run()
-        if self.preview is not None:
-            probs = predict_probabilities(bundle, self.preview)
-            yield Preview(-1, 0, probs, labels_for(bundle, probs))
-        return bundle
-
-
 class TrainWidget(PluginWidget):
     """Settings, Train/Stop, progress with ETA, live loss/validation plot, save/load model."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from qtpy.QtCore import QTimer
-
-        from napari_unet.widgets._plot import TrainingPlot
-
         super().__init__(viewer)
-        viewer = self.viewer
         self.run: TrainRun | None = None
         self._trained = None  # the model this widget's last run returned (Resume keeps its plot)
         self._volumes = False  # the running (or last) run trains a 3D model
@@ -131,6 +66,20 @@ class TrainWidget(PluginWidget):
         self.previews = 0
         self._status_time = 0.0
         self._edited = False
+        self._build_data_controls()
+        self._build_run_controls()
+        self._build_advanced()
+        self._build_buttons()
+        self._lay_out()
+        self._connect()
+        self.preselect_layers(self.image, self.labels)
+        self._on_image_changed(self.image.value)
+        self._on_session_changed()
+        self._warm_up = start_warm_up(self.device_label)
+
+    def _build_data_controls(self) -> None:
+        """What to train on and what kind of model: image, annotations, task, head, 2D/3D."""
+        viewer = self.viewer
         self.image = ComboBox(label="Image", choices=lambda _w: [l.name for l in layers_of_type(viewer, "image")],
                               nullable=True, tooltip="previewed while training; trained on with its annotations")
         self.labels = ComboBox(label="Annotations", nullable=True,
@@ -148,6 +97,9 @@ class TrainWidget(PluginWidget):
                                      "annotated z-range (annotate every plane of it; z-scale from the layer's scale)")
         self.preview_volume = CheckBox(text="Preview the whole volume", value=False, visible=False,
                                        tooltip="off: only the current slice is previewed (cheap)")
+
+    def _build_run_controls(self) -> None:
+        """Where the run starts from, how long and where it runs."""
         self.init = ComboBox(label="Start from", choices=self._init_choices)
         self.init_folder = FileEdit(label="Model folder", mode="d", visible=False)
         self.time_limit = SpinBox(label="Time limit (s)", value=int(TrainConfig.time_limit), min=5, max=7 * 24 * 3600,
@@ -155,8 +107,12 @@ class TrainWidget(PluginWidget):
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value=TrainConfig.device)
         self.device_label = Label(value=DETECTING)
         self.show_advanced = CheckBox(text="Advanced settings", value=False)
-        self.base_width = SpinBox(label="Base width", value=UNetConfig().base_width, min=4, max=128)
-        self.depth = SpinBox(label="Depth", value=UNetConfig().depth, min=1, max=6)
+
+    def _build_advanced(self) -> None:
+        """The advanced settings, hidden until asked for; defaults from the config dataclasses."""
+        self.base_width = SpinBox(label="Base width", value=UNetConfig().base_width, min=4, max=128,
+                                  tooltip=ARCHITECTURE_TIP)
+        self.depth = SpinBox(label="Depth", value=UNetConfig().depth, min=1, max=6, tooltip=ARCHITECTURE_TIP)
         auto = "0 = sized to the device (runtime.device.default_sizes)"
         self.patch_size = SpinBox(label="Patch size (0 = auto)", value=0, min=0, max=1024, step=32, tooltip=auto)
         self.batch_size = SpinBox(label="Batch size (0 = auto)", value=0, min=0, max=128, tooltip=auto)
@@ -175,6 +131,11 @@ class TrainWidget(PluginWidget):
                                            self.learning_rate, self.elastic, self.w0, self.sigma, self.preview_every,
                                            self.preview_mc, self.synthetic_ratio],
                                   visible=False)
+
+    def _build_buttons(self) -> None:
+        """Train/Stop/Resume, progress and status, the plot, and the model folder's Save/Load."""
+        from napari_unet.widgets._plot import TrainingPlot
+
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.resume_button = PushButton(text="Resume", enabled=False,
@@ -184,17 +145,20 @@ class TrainWidget(PluginWidget):
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self.status = Label(value="")
         _fixed_height(self.status)
+        self.plot = TrainingPlot()
         self.model_folder = FileEdit(label="Model", mode="d")
         self.save_button = PushButton(text="Save model")
         self.load_button = PushButton(text="Load model")
         self.model_label = Label(value="no model yet")
+
+    def _lay_out(self) -> None:
+        """The controls top to bottom, the plot under the status line."""
         self.extend([self.image, self.labels, self.task, self.instance_head, self.dims, self.preview_volume, self.init,
                      self.init_folder, self.time_limit, self.device,
                      self.device_label, self.show_advanced, self.advanced,
                      Container(widgets=[self.train_button, self.stop_button, self.resume_button], layout="horizontal",
                                labels=False),
                      self.progress, self.status])
-        self.plot = TrainingPlot()
         self.extend([self.model_folder,
                      Container(widgets=[self.save_button, self.load_button], layout="horizontal", labels=False),
                      self.model_label])
@@ -202,7 +166,12 @@ class TrainWidget(PluginWidget):
         rows = [layout.itemAt(i).widget() for i in range(layout.count())]
         below = next((i for i, w in enumerate(rows)
                       if w is not None and (w is self.status.native or w.isAncestorOf(self.status.native))), -2)
-        layout.insertWidget(below + 1, self.plot)  # the plot under the status line
+        layout.insertWidget(below + 1, self.plot)
+
+    def _connect(self) -> None:
+        """Controls, buttons, the viewer's slice, the session and the annotation sync timer."""
+        from qtpy.QtCore import QTimer
+
         self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", v))
         self.init.changed.connect(lambda v: setattr(self.init_folder, "visible", v == FOLDER))
         self.image.changed.connect(self._on_image_changed)
@@ -220,10 +189,6 @@ class TrainWidget(PluginWidget):
         self._sync.setInterval(SYNC_INTERVAL_MS)
         self._sync.timeout.connect(self._push_annotations)
         on_close(self, lambda w: w.run.stop() if w.run is not None else None)
-        self.preselect_layers(self.image, self.labels)
-        self._on_image_changed(self.image.value)
-        self._on_session_changed()
-        self._warm_up = start_warm_up(self.device_label)
 
     # -- choices -----------------------------------------------------------------------------
     def _init_choices(self, _widget=None) -> list[str]:
@@ -371,12 +336,9 @@ class TrainWidget(PluginWidget):
         except UserError as exc:
             show_warning(str(exc))
             return
-        init_spec = self.init.value
-        if init_spec == FOLDER:
-            init_spec = str(self.init_folder.value)
         image = find_layer(self.viewer, self.image.value)
-        self.run = TrainRun()
         self._volumes = volumes
+        self.run = self._train_run(cfg)
         self.run.preview = None if image is None else self._preview_data(image)
         self._preview_target = image
         if image is not None and self.run.preview is not None:
@@ -389,10 +351,27 @@ class TrainWidget(PluginWidget):
         self._edited = False
         run = self.run
         synthetic = list(self.session.synthetic)
-        self.worker = run_in_thread(lambda: run.events(pairs, names, cfg, init_spec, self.session.model, synthetic,
-                                                       resume),
+        self.worker = run_in_thread(lambda: run.events(pairs, names, cfg, resume=resume, synthetic=synthetic),
                                     self._on_event, self._on_done, self._on_error, self._on_finished)
         self._sync.start()
+
+    def _train_run(self, cfg: Any) -> TrainRun:
+        """The run the settings describe (``cfg`` None: a resumed run, which keeps its own start).
+
+        The starting model keeps its architecture: a depth or base width changed from its
+        default in the advanced settings is asked for, and one unlike the starting model's is a
+        one-line error (as the CLI's ``--depth``); at its default it is the starting model's.
+        2D or 3D is always asked for."""
+        if cfg is None:
+            return TrainRun()
+        spec = self.init.value
+        spec = str(self.init_folder.value) if spec == FOLDER else "none" if spec == SCRATCH else spec
+        default = UNetConfig()
+        asked = asked_architecture(None if self.depth.value == default.depth else self.depth.value,
+                                   None if self.base_width.value == default.base_width else self.base_width.value,
+                                   cfg.model.dims)
+        return TrainRun(spec, cfg.task, asked, current=self.session.model,
+                        hint=f"choose \"{SCRATCH}\" under Start from to train another architecture")
 
     def stop(self) -> None:
         """Ask the run to end; it finishes the current step and keeps the best model."""
@@ -416,7 +395,7 @@ class TrainWidget(PluginWidget):
 
     @unless_closed
     def _on_event(self, event: Any) -> None:
-        from napari_unet.events import LossReport, Message, Preview, Progress, ValidationReport
+        from napari_unet.events import LossReport, Message, Preview, Progress, RunSetup, ValidationReport
 
         if isinstance(event, Progress):
             self.progress.value = progress_permille(event)
@@ -431,9 +410,10 @@ class TrainWidget(PluginWidget):
             self.plot.add_score(event.step, event.metrics.get("score", 0.0), name)
         elif isinstance(event, Preview):
             self._show_preview(event)
+        elif isinstance(event, RunSetup):
+            self.device_label.value = f"device: {event.where}, {event.sizes}"
+            self.status.value = event.text
         elif isinstance(event, Message):
-            if event.text.startswith("training on "):
-                self.device_label.value = "device: " + event.text.removeprefix("training on ")
             self.status.value = event.text
 
     def _prepare_preview_layers(self, image: Any, data: np.ndarray) -> None:

@@ -11,6 +11,7 @@ from napari_unet.heads.calibrate import pooled_ap50, tune_thresholds
 from napari_unet.models.bundle import load_bundle, save_bundle
 from napari_unet.pretrained import resolve_init
 from napari_unet.training.engine import Trainer
+from napari_unet.training.finish import final_is_better
 
 from test_training import run
 
@@ -180,9 +181,9 @@ def test_final_weights_stay_unless_an_earlier_model_was_better_beyond_doubt():
     noisy = {"counts": final["counts"].copy()}
     noisy["counts"][0] = [10.0, 0.0, 0.0]  # one image better, the rest equal
     steady = {"counts": final["counts"] + [[1.0, -1.0, -1.0]]}  # better on every image
-    assert Trainer._final_is_better({"score": 0.70}, 0.65, final, noisy)  # higher score: kept at once
-    assert Trainer._final_is_better({"score": 0.66}, 0.68, final, noisy)  # lower, but only by chance
-    assert not Trainer._final_is_better({"score": 0.66}, 0.75, final, steady)
-    assert not Trainer._final_is_better({"score": 0.66}, 0.68, {}, {})  # semantic runs: the higher score
+    assert final_is_better({"score": 0.70}, 0.65, final, noisy)  # higher score: kept at once
+    assert final_is_better({"score": 0.66}, 0.68, final, noisy)  # lower, but only by chance
+    assert not final_is_better({"score": 0.66}, 0.75, final, steady)
+    assert not final_is_better({"score": 0.66}, 0.68, {}, {})  # semantic runs: the higher score
     one = {"counts": steady["counts"][:1]}  # one validation image (a few volumes): no doubt can be shown
-    assert Trainer._final_is_better({"score": 0.66}, 0.75, {"counts": final["counts"][:1]}, one)
+    assert final_is_better({"score": 0.66}, 0.75, {"counts": final["counts"][:1]}, one)

@@ -68,3 +68,34 @@ def test_every_user_task_is_a_train_widget_choice():
     from napari_unet.workflows.classes import USER_TASKS
 
     assert sorted(TASKS.values()) == sorted(USER_TASKS)
+
+
+def test_cli_and_widget_refuse_the_same_architecture_clash(make_napari_viewer, qtbot, notifications, tmp_path, capsys):
+    """A depth the user asked for that is not the starting model's is one line in both front ends;
+    the widget asks for it only when its advanced setting left the default."""
+    from napari_unet.cli import main
+    from napari_unet.config import UNetConfig
+    from napari_unet.data.samples import load_sample
+
+    image, instances = load_sample()
+    write_image(tmp_path / "images" / "a.tif", image)
+    write_image(tmp_path / "masks" / "a.tif", instances.astype(np.uint16))
+    clash = "depth 3 does not match the starting model pretrained:nuclei"
+    assert main(["train", str(tmp_path / "images"), str(tmp_path / "masks"), "--out", str(tmp_path / "model"),
+                 "--init", "pretrained:nuclei", "--depth", "3", "--quiet"]) == 2
+    assert f"--{clash}" in capsys.readouterr().err
+
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="a")
+    viewer.add_labels(instances.astype(np.uint32), name="a annotations")
+    widget = TrainWidget(viewer)
+    widget.image.value, widget.labels.value, widget.init.value = "a", "a annotations", "pretrained:nuclei"
+    widget.depth.value, widget.device.value = 3, "cpu"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    errors = [text for kind, text in notifications if kind == "error"]
+    assert errors and clash in errors[-1] and "\n" not in errors[-1]
+    assert widget.session.model is None  # nothing trained
+
+    widget.depth.value = UNetConfig().depth  # the default: the starting model's architecture is taken
+    assert "depth" not in widget._train_run(widget.config(widget._gather()[0])).architecture
