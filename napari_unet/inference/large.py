@@ -36,6 +36,7 @@ MIN_STREAM_PLANES = 4  # a streamed volume holds at least this many z-planes (``
 VOLUME_BLOCK = (64, 128, 128)  # (z, y, x) voxels of a volume's post-processing blocks and label chunks
 VOLUME_BAND = 16  # z-planes per chunk of a volume's probability maps (the band written at a time)
 VOLUME_HALO = 32  # voxels of a volume's block-wise watershed halo along every axis
+VOLUME_OVERLAP = 16  # voxels over which neighbouring 3D tiles are blended (at most)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,10 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     bounds = sampled_percentiles(view, tuple(bundle.config.percentiles), polarity=bundle.config.polarity)
     net = bundle.net.eval()
     dtype = low_precision_dtype(next(net.parameters()).device, None)
-    spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=cfg.overlap,
+    # 3D tiles carry a halo of the network's receptive radius, so they agree before blending: a thin
+    # blend (``VOLUME_OVERLAP``) suffices and spares most of the overlap's cost, which grows as its cube
+    overlap = cfg.overlap if dims == 2 else min(cfg.overlap, VOLUME_OVERLAP)
+    spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=overlap,
                                                      volume_tile_size=cfg.volume_tile_size))
     k, mc = bundle.n_outputs, max(cfg.mc_samples, 0)
     kinds = uncertainty_kinds(bundle.config) if mc else ()
@@ -254,7 +258,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     try:
         with torch.inference_mode():
             for item in iter_tiled(tile_fn, Normalized(view, bounds), k + len(kinds), spec, allowed,
-                                   cfg.batch_size):
+                                   cfg.batch_size, max_rows=None if dims == 2 else band):
                 if isinstance(item, Slab):  # (K [+ kinds], rows, ...): probabilities [and uncertainty maps]
                     writers[0](Slab(item.start, item.stop, item.data[:k]))
                     if mc:

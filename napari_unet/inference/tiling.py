@@ -140,9 +140,11 @@ def _tile_boxes(starts: Sequence[int], tiles: Sequence[int], limit: Sequence[int
 
 
 def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: AllowedFn | None = None,
-               batch_size: int = 1) -> Generator[Progress | Slab, None, None]:
+               batch_size: int = 1, max_rows: int | None = None) -> Generator[Progress | Slab, None, None]:
     """Predict ``image`` (C, *S) tile by tile; yields ``Progress`` per batch and ``Slab`` s of
-    blended float32 output in order along the first spatial axis (together covering it once)."""
+    blended float32 output in order along the first spatial axis (together covering it once), each
+    at most ``max_rows`` long when given. Memory: one band of tile rows (``n_out + 1`` float32
+    values per pixel of a tile-deep band), allocated once, plus one slab."""
     allowed = allowed or (lambda n: round_up(n, spec.align))
     shape = tuple(image.shape[1:])
     plans = [axis_plan(size, spec, allowed) for size in shape]
@@ -158,15 +160,11 @@ def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: Allo
     total = len(plans[0][1]) * len(grid_rest)
     done, begin = 0, time.perf_counter()
     band_lo = 0  # first row of the band buffer (image coordinates along axis 0)
-    band = np.zeros((n_out, 0, *canvas[1:]), np.float32)
-    norm = np.zeros((0, *canvas[1:]), np.float32)
+    # every row of tiles starts where the previous one's finished rows end: one tile deep covers it
+    band = np.zeros((n_out, tiles[0], *canvas[1:]), np.float32)
+    norm = np.zeros((tiles[0], *canvas[1:]), np.float32)
     row_starts = plans[0][1]
     for r, y in enumerate(row_starts):
-        need = y + tiles[0] - band_lo  # grow the band to cover this row of tiles
-        if need > band.shape[1]:
-            extra = need - band.shape[1]
-            band = np.concatenate([band, np.zeros((n_out, extra, *canvas[1:]), np.float32)], axis=1)
-            norm = np.concatenate([norm, np.zeros((extra, *canvas[1:]), np.float32)], axis=0)
         boxes = [[y, *rest] for rest in grid_rest.tolist()]
         groups: list[list[tuple[list[int], ...]]] = []
         for starts in boxes:
@@ -194,9 +192,16 @@ def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: Allo
         if final > band_lo:
             n = final - band_lo
             rest = tuple(slice(0, s) for s in shape[1:])
-            data = band[(slice(None), slice(0, n), *rest)] / np.maximum(norm[(slice(0, n), *rest)], 1e-8)
-            yield Slab(band_lo, final, data.astype(np.float32, copy=False))
-            band, norm, band_lo = band[:, n:], norm[n:], final
+            step = max_rows or n
+            for a in range(0, n, step):
+                b = min(a + step, n)
+                data = band[(slice(None), slice(a, b), *rest)] / np.maximum(norm[(slice(a, b), *rest)], 1e-8)
+                yield Slab(band_lo + a, band_lo + b, data.astype(np.float32, copy=False))
+            band[:, :tiles[0] - n] = band[:, n:]  # keep the overlap with the next row of tiles
+            band[:, tiles[0] - n:] = 0
+            norm[:tiles[0] - n] = norm[n:]
+            norm[tiles[0] - n:] = 0
+            band_lo = final
 
 
 def predict_tiled(fn: TileFn, image: Any, n_out: int, tile: int, overlap: int, margin: int = 0,

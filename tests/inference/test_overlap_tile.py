@@ -67,3 +67,6 @@ def test_slabs_stream_in_order_and_cover_once():
     assert all(a.stop == b.start for a, b in zip(slabs, slabs[1:]))
     out = np.concatenate([s.data for s in slabs], axis=1)
     assert np.allclose(out, image * 2, atol=1e-6)
+    short = [s for s in iter_tiled(lambda b: b * 2, image, 1, TileSpec(32, 8), max_rows=5) if isinstance(s, Slab)]
+    assert max(s.stop - s.start for s in short) == 5 and all(a.stop == b.start for a, b in zip(short, short[1:]))
+    assert np.allclose(np.concatenate([s.data for s in short], axis=1), out)
