@@ -8,7 +8,16 @@ tile, so the maps are seam-free and equal the whole-image ones), streamed the sa
 output then gets its resolution pyramid (``omezarr.build_pyramid``, block by block). Memory holds
 one band of tiles (about ``2 * tile * width * channels * 4`` bytes) plus one band of output
 chunks, whatever the image height. Normalisation percentiles come from a strided sample of the
-image."""
+image.
+
+A 3D model streams a (Z, Y, X) volume the same way along z: 3D tiles (``PredictConfig.volume_tile_size``
+voxels per axis plus the network's halo, blended over at most ``VOLUME_OVERLAP`` voxels) fill a band
+one tile deep across the whole (Y, X) plane, finished planes go to disk in ``VOLUME_BAND``-plane
+chunks, and the instances are labelled in ``VOLUME_BLOCK`` blocks with a ``VOLUME_HALO`` halo,
+seam-free along all three axes, with the model's voxel spacing (z-scale) as the whole-volume
+post-processing uses it; the outputs' OME-Zarr ``scale`` is (z-scale, 1, 1). Memory holds one
+tile-deep band of the plane (``(K + 1) * 4`` bytes per voxel), one tile's forward pass and a few
+blocks, whatever the number of planes."""
 
 from __future__ import annotations
 

@@ -1,0 +1,148 @@
+"""3D streaming: a (Z, Y, X) Zarr volume predicted to OME-Zarr labels by a 3D model, peak memory and time.
+
+    .venv/bin/python bench/bench_large_3d.py [--shapes 128x128x128,512x128x128,64x512x512] [--threads 2]
+                                             [--z-scale 2] [--tile 128]
+
+For each shape a uint16 Zarr volume of synthetic nuclei (``bench_3d.nuclei_volume``, one 64 x 128 x 128
+block tiled to the shape) is streamed by ``inference.large.predict_large`` in a child process with the
+default 3D model (``--dims 3``: depth 4, width 8; random weights: speed and memory do not depend on
+them, the instances do) and the 3-class head's block-wise, seam-free 3D instances. The child reports:
+
+- ``model``: its RSS with the model loaded (the baseline);
+- ``one tile``: the peak above the baseline of one forward pass on the largest tile input the run
+  reads (``--tile`` voxels per axis plus the network's halo, clipped to the volume): the network's
+  own working memory, which whole-volume prediction needs as well;
+- ``stream``: the peak above the baseline over the whole streamed prediction (tiles, blending,
+  writing, block-wise instances), and the seconds it took.
+
+Peaks are the kernel's high-water mark (``VmHWM``), reset between the two measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import machine_description  # noqa: E402
+
+CHILD = r"""
+import json, sys, time, torch, zarr, numpy as np
+torch.set_num_threads(int(sys.argv[3]))
+from dataclasses import replace
+from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
+from napari_unet.models.bundle import ModelBundle, build_network
+from napari_unet.inference.large import predict_large, VOLUME_OVERLAP
+from napari_unet.inference.predict import network_forward, tile_geometry
+from napari_unet.training.device import low_precision_dtype
+
+def kib(key):
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+torch.manual_seed(0)
+cfg = TrainConfig(model=UNetConfig(dims=3), z_scale=float(sys.argv[4]))
+bundle = ModelBundle(build_network(cfg).eval(), cfg)
+image = zarr.open(sys.argv[1], mode="r")
+pcfg = PredictConfig(volume_tile_size=int(sys.argv[5]))
+spec, allowed = tile_geometry(bundle.net, replace(pcfg, overlap=VOLUME_OVERLAP))
+tile_in = [min(allowed(min(n, spec.tile)) + 2 * spec.context, n) for n in image.shape]
+base = kib("VmRSS")
+reset_peak()
+x = np.random.default_rng(0).random((1, 1, *tile_in)).astype(np.float32)
+t = time.perf_counter()
+network_forward(bundle.net, x, low_precision_dtype(torch.device("cpu"), None))
+tile_seconds = time.perf_counter() - t
+tile_peak = kib("VmHWM")
+del x
+reset_peak()
+base2 = kib("VmRSS")
+t = time.perf_counter(); tiles = objects = 0
+for event in predict_large(bundle, image, sys.argv[2], pcfg):
+    name = type(event).__name__
+    if name == "Progress" and event.message == "tiles":
+        tiles = event.total
+    if name == "Finished":
+        objects = event.summary["objects"]
+seconds = time.perf_counter() - t
+print(json.dumps({"seconds": seconds, "base_kib": base, "tile_peak_kib": tile_peak, "tile_seconds": tile_seconds,
+                  "tile_input": tile_in, "stream_peak_kib": kib("VmHWM"), "base2_kib": base2, "tiles": tiles,
+                  "objects": objects}))
+"""
+
+
+def source_block(z_scale: float) -> np.ndarray:
+    """A 64 x 128 x 128 (at z-scale 1) uint16 block of crowded synthetic nuclei."""
+    from bench_3d import nuclei_volume
+
+    image, _ = nuclei_volume(np.random.default_rng(0), shape=(64, 128, 128), n=120, z_scale=z_scale)
+    return image
+
+
+def write_volume(path: Path, shape: tuple[int, int, int], block: np.ndarray) -> None:
+    import zarr
+
+    array = zarr.open_array(str(path), mode="w", shape=shape, chunks=(32, 256, 256), dtype=np.uint16,
+                            zarr_format=2)
+    reps = [-(-s // b) for s, b in zip(shape[1:], block.shape[1:])]
+    for z in range(0, shape[0], block.shape[0]):
+        planes = min(block.shape[0], shape[0] - z)
+        array[z:z + planes] = np.tile(block[:planes], (1, *reps))[:, :shape[1], :shape[2]]
+
+
+def bench(shape: tuple[int, int, int], threads: int, z_scale: float, tile: int, block: np.ndarray) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench_large_3d_"))
+    try:
+        src = work / "input.zarr"
+        write_volume(src, shape, block)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        result = subprocess.run([sys.executable, "-c", CHILD, str(src), str(work / "labels.ome.zarr"), str(threads),
+                                 str(z_scale), str(tile)], stdout=subprocess.PIPE, text=True, env=env)
+        if result.returncode != 0:
+            raise SystemExit("streaming child failed")
+        r = json.loads(result.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    gib = 2**20
+    mvox = np.prod(shape) / 1e6
+    print(f"{'x'.join(map(str, shape))} ({mvox:.1f} Mvoxels), {r['tiles']} tiles, {r['objects']} objects: "
+          f"{r['seconds']:.0f} s ({mvox / r['seconds']:.3f} Mvoxels/s); model {r['base_kib'] / gib:.2f} GiB; "
+          f"one tile {'x'.join(map(str, r['tile_input']))} {(r['tile_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
+          f"({r['tile_seconds']:.1f} s); stream peak {(r['stream_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
+          f"above the model", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="128x128x128,512x128x128,64x512x512")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--z-scale", type=float, default=2.0)
+    parser.add_argument("--tile", type=int, default=128, help="3D tile side (PredictConfig.volume_tile_size)")
+    args = parser.parse_args()
+    print(machine_description())
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    block = source_block(args.z_scale)
+    for text in args.shapes.split(","):
+        shape = tuple(int(v) for v in text.lower().split("x"))
+        bench(shape, args.threads, args.z_scale, args.tile, block)  # type: ignore[arg-type]
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"total {time.perf_counter() - t0:.0f} s")
