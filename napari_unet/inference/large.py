@@ -10,14 +10,15 @@ one band of tiles (about ``2 * tile * width * channels * 4`` bytes) plus one ban
 chunks, whatever the image height. Normalisation percentiles come from a strided sample of the
 image.
 
-A 3D model streams a (Z, Y, X) volume the same way along z: 3D tiles (``PredictConfig.volume_tile_size``
-voxels per axis plus the network's halo, blended over at most ``VOLUME_OVERLAP`` voxels) fill a band
-one tile deep across the whole (Y, X) plane, finished planes go to disk in ``VOLUME_BAND``-plane
-chunks, and the instances are labelled in ``VOLUME_BLOCK`` blocks with a ``VOLUME_HALO`` halo,
-seam-free along all three axes, with the model's voxel spacing (z-scale) as the whole-volume
-post-processing uses it; the outputs' OME-Zarr ``scale`` is (z-scale, 1, 1). Memory holds one
-tile-deep band of the plane (``(K + 1) * 4`` bytes per voxel), one tile's forward pass and a few
-blocks, whatever the number of planes."""
+A 3D model streams a (Z, Y, X) volume box by box (``tiling.iter_tiled_blocks``): 3D tiles
+(``PredictConfig.volume_tile_size`` voxels per axis plus the network's halo, blended over at most
+``VOLUME_OVERLAP`` voxels) run in rows along z and, within a row, along y; each finished box (one
+tile step in z and y, all of x) is written where it lies, and the instances are labelled in
+``VOLUME_BLOCK`` blocks with a ``VOLUME_HALO`` halo, seam-free along all three axes, with the
+model's voxel spacing (z-scale) as the whole-volume post-processing uses it; the outputs'
+OME-Zarr ``scale`` is (z-scale, 1, 1). Memory holds ``(K + 1) * 4`` bytes per voxel of one
+tile x tile x X buffer and of the tiles' z-overlap across the (Y, X) plane, one tile's forward
+pass and a few post-processing blocks, whatever the number of planes."""
 
 from __future__ import annotations
 
@@ -36,14 +37,14 @@ from napari_unet.data.normalize import bright_background
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
 from napari_unet.inference.blockwise import block_grid
-from napari_unet.inference.tiling import Slab, iter_tiled
+from napari_unet.inference.tiling import Block, Slab, iter_tiled, iter_tiled_blocks
 from napari_unet.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
 from napari_unet.models.bundle import ModelBundle
 from napari_unet.training.device import low_precision_dtype
 
 MIN_STREAM_PLANES = 4  # a streamed volume holds at least this many z-planes (``volumes.MIN_PATCH_PLANES``)
 VOLUME_BLOCK = (64, 128, 128)  # (z, y, x) voxels of a volume's post-processing blocks and label chunks
-VOLUME_BAND = 16  # z-planes per chunk of a volume's probability maps (the band written at a time)
+VOLUME_BAND = 16  # z-planes per chunk of a volume's probability maps
 VOLUME_HALO = 32  # voxels of a volume's block-wise watershed halo along every axis
 VOLUME_OVERLAP = 16  # voxels over which neighbouring 3D tiles are blended (at most)
 
@@ -250,8 +251,7 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
                   + (f" with {mc} MC-dropout passes per tile" if mc else ""))
     prob_path, unc_path = _sibling(out, "probabilities"), _sibling(out, "uncertainty") if mc else None
     work = prob_path if probabilities else out.with_name(f".{out.name}.work")
-    # probabilities are written in bands of whole chunks along the first axis: thin chunks in z
-    band = chunks[0] if dims == 2 else min(chunks[0], VOLUME_BAND)
+    band = chunks[0] if dims == 2 else min(chunks[0], VOLUME_BAND)  # 2D: written in bands of whole chunks
     map_chunks = (1, band, *chunks[1:])
     map_scale = None if scale is None else [1.0, *scale]
     probs = create_ome_zarr(work, (k, *shape), np.float16, map_chunks, ["c", *axes], scale=map_scale)
@@ -264,14 +264,18 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
         tile_fn = mc_dropout_tile_fn(net, dtype, mc, kinds=kinds)
     else:
         tile_fn = network_tile_fn(net, dtype)
+    targets = [probs] if unc_path is None else [probs, maps]
+    tiled = iter_tiled if dims == 2 else iter_tiled_blocks  # a volume: boxes, not bands across the plane
     try:
         with torch.inference_mode():
-            for item in iter_tiled(tile_fn, Normalized(view, bounds), k + len(kinds), spec, allowed,
-                                   cfg.batch_size, max_rows=None if dims == 2 else band):
-                if isinstance(item, Slab):  # (K [+ kinds], rows, ...): probabilities [and uncertainty maps]
+            for item in tiled(tile_fn, Normalized(view, bounds), k + len(kinds), spec, allowed, cfg.batch_size):
+                if isinstance(item, Slab):  # (K [+ kinds], rows, W): probabilities [and uncertainty maps]
                     writers[0](Slab(item.start, item.stop, item.data[:k]))
                     if mc:
                         writers[1](Slab(item.start, item.stop, item.data[k:]))
+                elif isinstance(item, Block):  # (K [+ kinds], *box) of a volume, written where it lies
+                    for target, data in zip(targets, (item.data[:k], item.data[k:])):
+                        target[(slice(None), *item.box)] = data.astype(target.dtype)
                 else:
                     yield Progress(item.done, item.total, item.elapsed, "tiles")
     finally:

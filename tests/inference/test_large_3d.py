@@ -115,7 +115,7 @@ def test_streamed_volume_matches_whole_volume_prediction(tmp_path):
                              dtype=np.float32, zarr_format=2)
     source[:] = image
     whole = predict_image(bundle, image, PredictConfig())
-    cfg = PredictConfig(volume_tile_size=32, overlap=8)  # several 3D tiles along every axis
+    cfg = PredictConfig(volume_tile_size=16, overlap=4)  # rows of 3D tiles along every axis
     result = drain(predict_large(bundle, source, tmp_path / "v.ome.zarr", cfg, probabilities=True, chunk=16, halo=16))
     labels = np.asarray(open_ome_zarr(result.labels))
     assert labels.shape == image.shape and result.shape == image.shape
