@@ -1,12 +1,14 @@
 """3D streaming: a (Z, Y, X) Zarr volume predicted to OME-Zarr labels by a 3D model, peak memory and time.
 
     .venv/bin/python bench/bench_large_3d.py [--shapes 128x128x128,512x128x128,64x512x512] [--threads 2]
-                                             [--z-scale 2] [--tile 128]
+                                             [--z-scale 2] [--tile 128] [--model DIR [--train SECONDS]]
 
 For each shape a uint16 Zarr volume of synthetic nuclei (``bench_3d.nuclei_volume``, one 64 x 128 x 128
 block tiled to the shape) is streamed by ``inference.large.predict_large`` in a child process with the
-default 3D model (``--dims 3``: depth 4, width 8; random weights: speed and memory do not depend on
-them, the instances do) and the 3-class head's block-wise, seam-free 3D instances. The child reports:
+default 3D model (``--dims 3``: depth 4, width 8) and the 3-class head's block-wise, seam-free 3D
+instances. The weights are random unless ``--model`` names a trained 3D model folder (``--train 120``
+first trains one there with ``bench_3d.py``'s data and command): the network's speed and memory do
+not depend on them, the instances (and so the post-processing's work) do. The child reports:
 
 - ``model``: its RSS with the model loaded (the baseline);
 - ``one tile``: the peak above the baseline of one forward pass on the largest tile input the run
@@ -55,8 +57,12 @@ def reset_peak():
         f.write("5")
 
 torch.manual_seed(0)
-cfg = TrainConfig(model=UNetConfig(dims=3), z_scale=float(sys.argv[4]))
-bundle = ModelBundle(build_network(cfg).eval(), cfg)
+if sys.argv[6] == "random":
+    cfg = TrainConfig(model=UNetConfig(dims=3), z_scale=float(sys.argv[4]))
+    bundle = ModelBundle(build_network(cfg).eval(), cfg)
+else:
+    from napari_unet.models.bundle import load_bundle
+    bundle = load_bundle(sys.argv[6])
 image = zarr.open(sys.argv[1], mode="r")
 pcfg = PredictConfig(volume_tile_size=int(sys.argv[5]))
 spec, allowed = tile_geometry(bundle.net, replace(pcfg, overlap=VOLUME_OVERLAP))
@@ -104,14 +110,15 @@ def write_volume(path: Path, shape: tuple[int, int, int], block: np.ndarray) -> 
         array[z:z + planes] = np.tile(block[:planes], (1, *reps))[:, :shape[1], :shape[2]]
 
 
-def bench(shape: tuple[int, int, int], threads: int, z_scale: float, tile: int, block: np.ndarray) -> None:
+def bench(shape: tuple[int, int, int], threads: int, z_scale: float, tile: int, block: np.ndarray,
+          model: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_large_3d_"))
     try:
         src = work / "input.zarr"
         write_volume(src, shape, block)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         result = subprocess.run([sys.executable, "-c", CHILD, str(src), str(work / "labels.ome.zarr"), str(threads),
-                                 str(z_scale), str(tile)], stdout=subprocess.PIPE, text=True, env=env)
+                                 str(z_scale), str(tile), model], stdout=subprocess.PIPE, text=True, env=env)
         if result.returncode != 0:
             raise SystemExit("streaming child failed")
         r = json.loads(result.stdout.strip().splitlines()[-1])
@@ -132,13 +139,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--z-scale", type=float, default=2.0)
     parser.add_argument("--tile", type=int, default=128, help="3D tile side (PredictConfig.volume_tile_size)")
+    parser.add_argument("--model", default="random", help="a 3D model folder (default: random weights)")
+    parser.add_argument("--train", type=float, default=0,
+                        help="train a 3D model first for this many seconds (bench_3d's data and command) into "
+                             "--model, unless that folder holds one already")
     args = parser.parse_args()
     print(machine_description())
-    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    if args.train and not (Path(args.model) / "model.json").is_file():
+        from bench_3d import run, write_set
+
+        data = Path(tempfile.mkdtemp(prefix="bench_large_3d_train_"))
+        write_set(data, 6, 0, args.z_scale)
+        run([sys.executable, "-m", "napari_unet", "train", str(data / "images"), str(data / "masks"), "--dims", "3",
+             "--z-scale", f"{args.z_scale:g}", "--time-limit", f"{args.train:g}", "--out", args.model, "--quiet"])
+        shutil.rmtree(data, ignore_errors=True)
+    print(f"model: {args.model}; load average before: {os.getloadavg()[0]:.1f}")
     block = source_block(args.z_scale)
     for text in args.shapes.split(","):
         shape = tuple(int(v) for v in text.lower().split("x"))
-        bench(shape, args.threads, args.z_scale, args.tile, block)  # type: ignore[arg-type]
+        bench(shape, args.threads, args.z_scale, args.tile, block, args.model)  # type: ignore[arg-type]
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

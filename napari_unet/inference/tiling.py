@@ -14,7 +14,9 @@ be on the whole image:
 Tile starts are multiples of ``align`` (the network's total down-sampling 2**depth), so max
 pooling sees the same grid in every tile. The image is read lazily per tile: any array with
 numpy slicing (numpy, zarr, dask) works, and ``iter_tiled`` hands back finished slabs along the
-first spatial axis, so a caller can stream a huge image to disk with one band of tiles in memory.
+first spatial axis, so a caller can stream a huge image to disk with one band of tiles in memory;
+``iter_tiled_blocks`` hands back finished boxes of a volume instead (rows of tiles along z, then y),
+so memory does not grow with the (Y, X) plane either.
 """
 
 from __future__ import annotations
