@@ -90,7 +90,7 @@ def relabel(labels: np.ndarray) -> np.ndarray:
 
 def write_set(folder: Path, count: int, seed: int, z_scale: float) -> None:
     """``count`` volumes and masks under ``folder/images`` and ``folder/masks``."""
-    from napari_unet.io import write_image
+    from napari_unet.files.io import write_image
 
     rng = np.random.default_rng(seed)
     for i in range(count):
@@ -116,13 +116,13 @@ def step_split(folder: Path, steps: int, sizes: tuple[int, tuple[int, int, int]]
     from napari_unet.config import TrainConfig, UNetConfig
     from napari_unet.data.augment import augment_batch
     from napari_unet.data.dataset import PatchSampler, prepare_pairs
-    from napari_unet.io import read_image, read_mask
+    from napari_unet.files.io import read_image, read_mask
     from napari_unet.models.bundle import build_network
-    from napari_unet.training.device import (autocast, channels_last_format, low_precision_dtype,
+    from napari_unet.runtime.device import (autocast, channels_last_format, low_precision_dtype,
                                               with_device_sizes)
-    from napari_unet.training.losses import segmentation_loss
+    from napari_unet.heads.losses import segmentation_loss
     from napari_unet.training.validation import validate
-    from napari_unet.volumes import patch_shape, voxel_spacing
+    from napari_unet.arrays.volumes import patch_shape, voxel_spacing
 
     files = sorted((folder / "images").glob("*.tif"))
     pairs = [(read_image(f), read_mask(folder / "masks" / f.name)) for f in files]
@@ -173,7 +173,7 @@ def main() -> None:
                         help="instead: time STEPS steps split into data and network, and one validation")
     parser.add_argument("--old-sizes", action="store_true", help="with --split: the former 3D default, 8 x 128³")
     args = parser.parse_args()
-    from napari_unet.io import read_mask
+    from napari_unet.files.io import read_mask
     from napari_unet.metrics import evaluate_instances
 
     out = Path(args.out)

@@ -24,10 +24,10 @@ from common import REPO, load_dsb, load_isbi, machine_description  # noqa: E402
 
 from napari_unet.cli import drive  # noqa: E402
 from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
-from napari_unet.inference.postprocess import instances_from_probabilities  # noqa: E402
+from napari_unet.heads.calibrate import PRIOR_RULE  # noqa: E402
+from napari_unet.heads.watershed import instances_from_probabilities  # noqa: E402
 from napari_unet.inference.predict import predict_image, predict_probabilities  # noqa: E402
 from napari_unet.metrics import evaluate_instances, evaluate_semantic  # noqa: E402
-from napari_unet.training.calibrate import PRIOR_RULE  # noqa: E402
 from napari_unet.training.engine import Trainer  # noqa: E402
 
 

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from napari_unet.arrays.volumes import patch_shape  # noqa: E402
 from napari_unet.config import TrainConfig, UNetConfig  # noqa: E402
+from napari_unet.data.samples import ball_volume  # noqa: E402
 from napari_unet.inference.predict import predict_image  # noqa: E402
 from napari_unet.metrics import evaluate_instances  # noqa: E402
-from napari_unet.samples import ball_volume  # noqa: E402
 from napari_unet.training.engine import train  # noqa: E402
-from napari_unet.volumes import patch_shape  # noqa: E402
 
 TRUE_Z_SCALE = 2.0
 SHAPE = (12, 40, 40)

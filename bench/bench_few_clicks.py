@@ -237,7 +237,7 @@ def package_commit() -> str:
 def partial_supported() -> bool:
     """Whether this package knows the partial instance task: ``TrainRequest(task="partial")`` gives
     ``TrainConfig(task="instances", sparse=True)``."""
-    from napari_unet.decide.train_request import TrainRequest, train_config_for
+    from napari_unet.workflows.train_request import TrainRequest, train_config_for
     from napari_unet.errors import UserError
 
     mask = np.array([[0, 1], [2, 2]], np.uint16)
@@ -250,14 +250,14 @@ def partial_supported() -> bool:
 
 def starting_model(task: str):
     """The default starting model of ``task`` (``napari-unet train`` without ``--init``)."""
-    from napari_unet.decide.model_spec import start_model
+    from napari_unet.workflows.model_spec import start_model
 
     return start_model(None, task)
 
 
 def train(image: np.ndarray, mask: np.ndarray, task: str, name: str, seed: int, args: argparse.Namespace):
     """``napari-unet train`` on one (image, mask) pair: the returned bundle and the run's messages."""
-    from napari_unet.decide.train_request import TrainRequest, train_config_for
+    from napari_unet.workflows.train_request import TrainRequest, train_config_for
     from napari_unet.events import Message, run_to_end
     from napari_unet.pretrained import fine_tune_config
     from napari_unet.training.engine import Trainer

@@ -33,13 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, load_dsb, machine_description  # noqa: E402
 from peers.peer_common import THREAD_VARIABLES  # noqa: E402
 
-from napari_unet.cli import drive  # noqa: E402
 from napari_unet import heads  # noqa: E402
+from napari_unet.cli import drive  # noqa: E402
 from napari_unet.config import TrainConfig  # noqa: E402
-from napari_unet.inference.postprocess import instances_from_probabilities, labels_for  # noqa: E402
+from napari_unet.heads.calibrate import PRIOR_RULE  # noqa: E402
+from napari_unet.heads.watershed import instances_from_probabilities  # noqa: E402
+from napari_unet.inference.labels import labels_for  # noqa: E402
 from napari_unet.inference.predict import predict_probabilities  # noqa: E402
 from napari_unet.metrics import evaluate_instances  # noqa: E402
-from napari_unet.training.calibrate import PRIOR_RULE  # noqa: E402
 from napari_unet.training.engine import Trainer  # noqa: E402
 
 

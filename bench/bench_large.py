@@ -70,7 +70,7 @@ def make_bundle():
 
 def nuclei_tile() -> np.ndarray:
     """A 256² grey nuclei crop from the bundled samples, as uint16."""
-    from napari_unet.samples import training_samples
+    from napari_unet.data.samples import training_samples
 
     image = next(im for _, im, _ in training_samples() if min(im.shape[:2]) >= 256)
     grey = image[..., :3].mean(-1) if image.ndim == 3 else image
@@ -82,7 +82,7 @@ def bench_tiled_vs_whole(size: int) -> None:
 
     from napari_unet.inference.predict import predict_normalized
     from napari_unet.config import PredictConfig
-    from napari_unet.training.device import low_precision_dtype
+    from napari_unet.runtime.device import low_precision_dtype
 
     bundle = make_bundle()
     image = np.tile(nuclei_tile(), (size // 256, size // 256)).astype(np.float32)[None] / 65535 * 4
@@ -129,7 +129,7 @@ def bench_stream(size: int, threads: int) -> None:
 def bench_export() -> None:
     import torch
 
-    from napari_unet.export import export_model, run_exported
+    from napari_unet.workflows.export import export_model, run_exported
 
     bundle = make_bundle()
     work = Path(tempfile.mkdtemp(prefix="bench_export_"))

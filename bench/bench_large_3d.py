@@ -143,10 +143,10 @@ def compare(shape: tuple[int, int, int], threads: int, z_scale: float, block: np
     from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
     from napari_unet.events import run_to_end
     from napari_unet.inference.large import predict_large
-    from napari_unet.inference.postprocess import labels_for
+    from napari_unet.inference.labels import labels_for
     from napari_unet.inference.predict import predict_image
     from napari_unet.models.bundle import ModelBundle, build_network, load_bundle
-    from napari_unet.omezarr import open_ome_zarr
+    from napari_unet.files.omezarr import open_ome_zarr
 
     torch.set_num_threads(threads)
     if model == "random":

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from napari_unet.threads import prefer_passive_wait  # noqa: E402
+from napari_unet.runtime.threads import prefer_passive_wait  # noqa: E402
 
 WAIT_POLICY = prefer_passive_wait()  # as `napari-unet` does: before torch loads, or it changes nothing
 
@@ -42,12 +42,12 @@ from torch import nn  # noqa: E402
 
 from bench.common import machine_description  # noqa: E402
 from napari_unet.config import TrainConfig, UNetConfig  # noqa: E402
+from napari_unet.heads.losses import segmentation_loss  # noqa: E402
 from napari_unet.inference.predict import network_forward  # noqa: E402
 from napari_unet.models import count_parameters, estimate_flops  # noqa: E402
 from napari_unet.models.batchnorm import with_stock_batchnorm  # noqa: E402
 from napari_unet.models.bundle import build_network  # noqa: E402
-from napari_unet.training.device import autocast, default_sizes, low_precision_dtype, resolve_device  # noqa: E402
-from napari_unet.training.losses import segmentation_loss  # noqa: E402
+from napari_unet.runtime.device import autocast, default_sizes, low_precision_dtype, resolve_device  # noqa: E402
 
 DEV = torch.device("cpu")  # set from --device in main()
 Step = Callable[[], None]

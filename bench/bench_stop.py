@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description  # noqa: E402
 
 from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
+from napari_unet.data.samples import training_samples  # noqa: E402
 from napari_unet.events import Progress  # noqa: E402
 from napari_unet.inference.predict import predict_files  # noqa: E402
-from napari_unet.samples import training_samples  # noqa: E402
 from napari_unet.training.engine import Trainer  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def main() -> None:
             bundle = end.value
             break
     with tempfile.TemporaryDirectory() as tmp:
-        from napari_unet.io import write_image
+        from napari_unet.files.io import write_image
 
         paths = []
         for name, image, _ in samples:

@@ -30,7 +30,7 @@ def main() -> None:
     from qtpy.QtCore import QTimer
 
     from common import machine_description
-    from napari_unet.samples import load_sample
+    from napari_unet.data.samples import load_sample
     from napari_unet.widgets._probe import LoopProbe
     from napari_unet.widgets.train import SCRATCH
 

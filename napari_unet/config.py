@@ -90,16 +90,21 @@ class LossConfig:
     balance_classes: bool = True  # the w_c term
     balance_power: float = 0.5  # w_c = (frequency of the commonest class / frequency) ** power; 1 = full balance
     dice_weight: float = 0.0
+    # Partial instance annotations: each unannotated pixel pulls weakly towards background with this
+    # weight (the annotated pixels' weights are ~1-10). Where nothing is painted, most of an image is
+    # usually background; an unpainted object that looks like the painted ones is outvoted by them,
+    # while background nobody painted is still learned. 0 = unannotated pixels take no part.
+    unannotated_background: float = 0.02
 
 
 # (batch size, patch side) of a training run that leaves them unset (None), by device; chosen in
-# ``training.device.default_sizes``. CUDA rows: (GPU memory in GB at least, batch, patch), largest
+# ``runtime.device.default_sizes``. CUDA rows: (GPU memory in GB at least, batch, patch), largest
 # first; the top one is the H100 measurement (32 x 256² patches trained x2.6 faster per pixel than
 # 8 x 128²); smaller cards keep the 256² patch and halve the batch with the memory.
 CPU_SIZES: tuple[int, int] = (8, 128)  # also GPUs under 10 GB
 MPS_SIZES: tuple[int, int] = (16, 128)  # Apple GPUs share the RAM: twice the CPU's pixels (not measured)
 CUDA_SIZES: tuple[tuple[float, int, int], ...] = ((40.0, 32, 256), (20.0, 16, 256), (10.0, 8, 256))
-# 3D models (``training.sizes.volume_sizes``): (patch side along y/x, voxels per step). The patch holds
+# 3D models (``runtime.sizes.volume_sizes``): (patch side along y/x, voxels per step). The patch holds
 # side / z_scale planes (about a cube of tissue), never more than the volumes along any axis; the batch
 # fills the voxel budget. CPU: measured (docs/benchmarks.md, "3D defaults"); MPS and CUDA: not measured,
 # sized so a step's activations stay a few GB (CUDA rows: GPU memory in GB at least, side, voxels).
@@ -124,7 +129,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     n_classes: int = 2  # semantic task: number of classes including background
     patch_size: int | tuple[int, ...] | None = None  # patch side; None = sized to the device (``CPU_SIZES``,
-    # ``CUDA_SIZES``...) and in 3D to the volumes (``training.sizes``); 3D: an int is the side along y/x (z gets
+    # ``CUDA_SIZES``...) and in 3D to the volumes (``runtime.sizes``); 3D: an int is the side along y/x (z gets
     # patch_size / z_scale planes), a tuple the (z, y, x) extents (what the 3D default stores)
     z_scale: float = 1.0  # 3D: voxel depth / pixel width (anisotropy); elastic warps and border weights use it
     batch_size: int | None = None  # patches per step; None = sized to the device
@@ -144,7 +149,7 @@ class TrainConfig:
     low_precision: bool | None = None  # bf16 on CPU / AMP on CUDA; None = auto
     sparse: bool = False  # labels use 0 = unannotated, 1 = background, 2.. = classes
     percentiles: tuple[float, float] = (1.0, 99.8)
-    polarity: Polarity = "keep"  # "auto": images with a bright background are inverted (data.normalize.POLARITIES)
+    polarity: Polarity = "keep"  # "auto": images with a bright background are inverted (arrays.normalize.POLARITIES)
     boundary_width: int = 1  # instances task: pixels of each object's rim that form the boundary class
     checkpoint_every: float | None = None  # seconds between atomic saves to the Trainer's checkpoint folder
     synthetic_ratio: float = 0.0  # fraction of patches drawn from the Trainer's synthetic pairs (0..1)

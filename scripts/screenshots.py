@@ -28,7 +28,7 @@ def main() -> None:
     import napari
     from qtpy.QtCore import QTimer
 
-    from napari_unet.samples import load_sample
+    from napari_unet.data.samples import load_sample
     from napari_unet.widgets.train import CURRENT, SCRATCH
 
     viewer = napari.Viewer(title="napari U-Net")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.samples import load_sample, training_samples
+from napari_unet.data.samples import load_sample, training_samples
 
 
 def pytest_configure(config):

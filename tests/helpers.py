@@ -24,7 +24,7 @@ def tiny_bundle(**model) -> ModelBundle:
 
 def write_pairs(root, pairs) -> tuple:
     """Write (image, mask) pairs as ``root/images/n{i}.png`` and ``root/masks/n{i}.tif``; return both folders."""
-    from napari_unet.io import write_image
+    from napari_unet.files.io import write_image
 
     images, masks = root / "images", root / "masks"
     for i, (image, mask) in enumerate(pairs):

@@ -9,8 +9,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_unet import heads
+from napari_unet.arrays.normalize import prepare_image
 from napari_unet.config import TrainConfig
-from napari_unet.data.normalize import prepare_image
 from napari_unet.data.targets import (
     IGNORE,
     class_balance_weights,
@@ -18,10 +18,12 @@ from napari_unet.data.targets import (
     partial_instance_classes,
     pixel_weights,
     semantic_classes,
+    unannotated_prior,
+    unannotated_pull,
 )
+from napari_unet.arrays.volumes import voxel_spacing
 from napari_unet.errors import UserError
 from napari_unet.metrics import UNANNOTATED
-from napari_unet.volumes import voxel_spacing
 
 
 @dataclass
@@ -30,7 +32,7 @@ class PreparedPair:
 
     image: np.ndarray  # (C, H, W) float32
     target: np.ndarray  # (H, W) int64, IGNORE where unannotated
-    weights: np.ndarray  # (H, W) float32, 0 where unannotated
+    weights: np.ndarray  # (H, W) float32; where unannotated: the pull towards background (partial instances) or 0
     instances: np.ndarray | None = None  # (H, W) ground-truth ids for validation (instances task)
     name: str = ""
 
@@ -40,17 +42,6 @@ class PreparedPair:
         if self.instances is None or not (self.target == IGNORE).any():
             return self.instances
         return np.where(self.target == IGNORE, UNANNOTATED, self.instances.astype(np.int64))  # signed, any id dtype
-
-
-def n_output_classes(cfg: TrainConfig) -> int:
-    """Target classes for a task: 3 for instances (``targets.INSTANCE_CLASSES``), ``n_classes`` for semantic."""
-    return 3 if cfg.task == "instances" else cfg.n_classes
-
-
-def n_output_channels(cfg: TrainConfig) -> int:
-    """All network output channels: the classes, or the instance head's maps (``heads``)."""
-    head = heads.of(cfg)
-    return head.n_channels(cfg) if head is not None else n_output_classes(cfg)
 
 
 def _targets(mask: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:
@@ -68,7 +59,7 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     """Check and convert (image, mask) pairs; raises ``UserError`` with a one-line reason."""
     if len(pairs) == 0:
         raise UserError("no training pairs given")
-    k = n_output_classes(cfg)
+    k = heads.n_output_classes(cfg)
     staged = []
     for i, (image, mask) in enumerate(pairs):
         name = names[i] if names else f"image {i}"
@@ -91,8 +82,10 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
         raise UserError("the labels hold a single class: annotate background and objects")
     class_w = class_balance_weights(all_targets, k, cfg.loss.balance_power) if cfg.loss.balance_classes else np.ones(k)
     spacing = voxel_spacing(cfg)
+    pull = unannotated_pull(cfg)
     return [
-        PreparedPair(chw, target, pixel_weights(target, instances, k, cfg.loss, class_w, spacing), instances, name)
+        PreparedPair(chw, target, unannotated_prior(pixel_weights(target, instances, k, cfg.loss, class_w, spacing),
+                                                    target, pull), instances, name)
         for name, chw, target, instances in staged
     ]
 

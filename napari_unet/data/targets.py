@@ -7,7 +7,9 @@ of the predicted interior give one seed per object.
 
 Partial instance annotations (``sparse`` instances): 0 = not annotated (ignored), 1 =
 background, 2.. = objects. Each painted object keeps its own rim as boundary (its painted mask
-says where it ends); unannotated pixels take part in no loss term.
+says where it ends). Unannotated pixels carry no class; their weight is the small pull towards
+background of ``LossConfig.unannotated_background`` (``unannotated_prior``; the loss reads a
+positive weight on an ``IGNORE`` pixel as that pull, ``heads.losses``).
 
 Semantic task: class indices; ``{0, 255}`` masks read as 0/1. In sparse mode (scribbles) the
 napari convention holds: 0 = unannotated (ignored), 1 = background, 2.. = classes.
@@ -27,7 +29,9 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from napari_unet.config import LossConfig
+from napari_unet.data.weights import border_weight_map
 from napari_unet.errors import UserError
+from napari_unet.files.io import labels_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -147,7 +151,6 @@ def pixel_weights(target: np.ndarray, instances: np.ndarray | None, n_classes: i
         class_weights = class_balance_weights(target, n_classes, cfg.balance_power) if cfg.balance_classes else np.ones(n_classes)
     w = np.where(target >= 0, class_weights[np.clip(target, 0, None)], 0.0).astype(np.float32)
     if instances is not None and cfg.border_w0 > 0:
-        from napari_unet.data.weights import border_weight_map
 
         interiors = np.where(target == 1, instances, 0)
         border = border_weight_map(interiors, w0=cfg.border_w0, sigma=cfg.border_sigma, balance=False,
@@ -156,11 +159,32 @@ def pixel_weights(target: np.ndarray, instances: np.ndarray | None, n_classes: i
     return w
 
 
+def unannotated_pull(cfg) -> float:
+    """The weight of an unannotated pixel's pull towards background: ``LossConfig.unannotated_background``
+    for partial instance annotations, 0 otherwise (scribbles and fully annotated images: none).
+
+    A positive-unlabelled prior: the pixels nobody painted are mostly background in most images, so
+    each pulls towards it a little. Painted objects (weights ~1-10 each) outvote the unpainted ones
+    that look like them; background that no stroke reached is still learned (docs/benchmarks.md,
+    "Paint a few objects": brightfield K=10 0.223 -> 0.570 at 0.02 with stained unchanged; at 0.1
+    stained collapsed to 0.081).
+    """
+    return float(cfg.loss.unannotated_background) if cfg.task == "instances" and cfg.sparse else 0.0
+
+
+def unannotated_prior(weights: np.ndarray, target: np.ndarray, pull: float) -> np.ndarray:
+    """``weights`` with ``pull`` on the unannotated (``IGNORE``) pixels: the pixels the loss pulls
+    towards background (``heads.losses``). Held-out validation zones and patch padding keep
+    weight 0 and stay out of every loss term."""
+    if pull <= 0:
+        return weights
+    return np.where(target == IGNORE, np.float32(pull), weights).astype(np.float32)
+
+
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Consecutive ids 1..N keeping 0 as background (uint16/uint32)."""
     from skimage.segmentation import relabel_sequential as _rs
 
-    from napari_unet.io import labels_dtype
 
     out = _rs(labels)[0]
     return out.astype(labels_dtype(int(out.max()) if out.size else 0))

@@ -18,8 +18,9 @@ import torch
 from napari_unet.diffusion.config import DiffusionConfig, diffusion_config_from_dict
 from napari_unet.diffusion.schedulers import NoiseSchedule
 from napari_unet.diffusion.text import TagEncoder
+from napari_unet.diffusion.unet import DiffusionUNet
 from napari_unet.errors import UserError
-from napari_unet.io import check_model_meta, load_model_folder, save_model_folder, stamp_model_meta
+from napari_unet.files.io import check_model_meta, load_model_folder, save_model_folder, stamp_model_meta
 
 MODEL_KIND = "napari-unet/diffusion"
 FORMAT_VERSION = 1
@@ -51,8 +52,6 @@ class DiffusionBundle:
 
 def build_models(cfg: DiffusionConfig) -> tuple[torch.nn.Module, TagEncoder]:
     """A fresh denoiser and tag encoder for ``cfg``."""
-    from napari_unet.models.diffusion_unet import DiffusionUNet
-
     return DiffusionUNet(cfg.model), TagEncoder(cfg.tags, cfg.model.context_dim, cfg.max_tags)
 
 

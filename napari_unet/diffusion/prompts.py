@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from napari_unet.data.augment import elastic_deform
 from napari_unet.data.targets import instance_classes
 from napari_unet.errors import UserError
 
@@ -49,8 +50,6 @@ def object_shapes(masks: Sequence[np.ndarray], min_size: int = 10, max_shapes: i
 
 def _deform(shape: np.ndarray, rng: np.random.Generator, scale: float, sigma: float) -> np.ndarray:
     """Flip/rotate, rescale and elastically deform one binary shape (h, w) -> (h', w')."""
-    from napari_unet.data.augment import elastic_deform
-
     shape = np.rot90(shape, int(rng.integers(4)))
     if rng.random() < 0.5:
         shape = shape[:, ::-1]

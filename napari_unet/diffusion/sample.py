@@ -19,7 +19,7 @@ from napari_unet.diffusion.prompts import mask_channels
 from napari_unet.diffusion.schedulers import DDIMSampler
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Progress, relay
-from napari_unet.training.device import autocast, low_precision_dtype
+from napari_unet.runtime.device import autocast, low_precision_dtype
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, C, H, W), t (B,)) -> output
 

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_unet.data.normalize import prepare_image
+from napari_unet.arrays.normalize import prepare_image
 from napari_unet.diffusion.bundle import DiffusionBundle, build_models
 from napari_unet.diffusion.config import DiffusionConfig
 from napari_unet.diffusion.prompts import mask_channels, median_density, object_shapes, pack_shapes
 from napari_unet.diffusion.schedulers import NoiseSchedule
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Progress
-from napari_unet.training.device import autocast, describe, describe_precision, start_run
+from napari_unet.runtime.device import autocast, describe, describe_precision, start_run
 
 Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
 

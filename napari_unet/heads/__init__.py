@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from napari_unet.errors import UserError
 from napari_unet.heads.base import Head
+from napari_unet.heads.flow import FlowHead
+from napari_unet.heads.star import StarHead
+from napari_unet.heads.three_class import ThreeClassHead
 
 _REGISTRY: dict[str, Head] = {}
 
@@ -43,7 +47,6 @@ def get(name: str) -> Head:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        from napari_unet.errors import UserError
 
         raise UserError(f"unknown instance head {name!r}; expected one of {', '.join(names())}") from None
 
@@ -56,6 +59,23 @@ def of(cfg: Any) -> Head | None:
 def names_for_dims(dims: int) -> list[str]:
     """The heads that run in ``dims`` D."""
     return [name for name, head in _REGISTRY.items() if dims in head.dims]
+
+
+def n_output_classes(cfg: Any) -> int:
+    """Target classes for a task: 3 for instances (``data.targets.INSTANCE_CLASSES``), ``n_classes`` for semantic."""
+    return 3 if cfg.task == "instances" else cfg.n_classes
+
+
+def n_output_channels(cfg: Any) -> int:
+    """All network output channels: the classes, or the instance head's maps."""
+    head = of(cfg)
+    return head.n_channels(cfg) if head is not None else n_output_classes(cfg)
+
+
+def check_head_dims(task: str, instance_head: str, dims: int) -> None:
+    """Raise ``UserError`` when an instance head cannot run in ``dims`` D (``Head.dims``)."""
+    if task == "instances":
+        get(instance_head).check_dims(dims)
 
 
 def uncertainty_givers() -> dict[str, list[str]]:
@@ -75,15 +95,12 @@ def described() -> str:
 
 
 def _register_builtins() -> None:
-    from napari_unet.heads.flow import FlowHead
-    from napari_unet.heads.star import StarHead
-    from napari_unet.heads.three_class import ThreeClassHead
-
     for head in (ThreeClassHead(), StarHead(), FlowHead()):
         register(head)
 
 
 _register_builtins()
 
-__all__ = ["Head", "described", "get", "names", "names_for_dims", "of", "register", "uncertainty_givers",
+__all__ = ["Head", "check_head_dims", "described", "get", "n_output_channels", "n_output_classes", "names",
+           "names_for_dims", "of", "register", "uncertainty_givers",
            "unregister"]

@@ -12,9 +12,10 @@ Partial annotations (0 unannotated, 1 background, 2.. objects) reach a head as t
 (``IGNORE`` where unannotated) and the instance ids (0 on background and unannotated pixels): a
 loss counts annotated pixels only (``annotated``).
 
-Heads import only the vocabulary (config, errors, events) at module level: ``data``,
-``training`` and ``inference`` import the registry, and a head reaches their generic machinery
-(the weighted cross-entropy, the watershed, the threshold search) with function-level imports.
+The machinery heads share lives beside them: ``losses`` (the weighted cross-entropy), ``watershed``,
+``blockwise`` and ``calibrate`` (the threshold search); ``data``, ``training`` and ``inference``
+import the registry from above. Heads import them inside methods, where first needed (scikit-image
+loads then, not with the registry).
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ import torch
 from torch import nn
 
 from napari_unet.config import SHAPE  # the uncertainty map of a head drawing outlines (rays, flows)
+from napari_unet.errors import UserError
 from napari_unet.events import Progress
+
+EPS = 1e-8  # keeps log(p) finite in the entropies of uncertainty maps
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of a Bernoulli(p)."""
+    return -(p * np.log(p + EPS) + (1 - p) * np.log(1 - p + EPS))
 
 
 class Head:
@@ -108,6 +117,7 @@ class Head:
               keep: dict | None = None, spacing: Sequence[float] | None = None) -> dict[str, float]:
         """Validation metrics (``score``: the one keep-best compares) of the maps against the true
         ids (-1 unannotated); ``keep`` receives the per-image TP/FP/FN ``counts`` at IoU 0.5."""
+        # deferred: scipy.sparse loads at first use
         from napari_unet.metrics import evaluate_instances
 
         told = {} if spacing is None else {"spacing": spacing}
@@ -126,13 +136,15 @@ class Head:
         ``spacing``: as for ``instances`` (this threshold grid search does not use it)."""
         if not self.threshold_grid:
             return None
-        from napari_unet.training.calibrate import tune_head_thresholds
+        # deferred: scikit-image loads at first use
+        from napari_unet.heads.calibrate import tune_head_thresholds
 
         return tune_head_thresholds(self, maps, truths, should_stop)
 
     def tune_message(self, tuned: dict, n_images: int, which: str) -> str:
         """One line on what ``tune`` chose (``which``: the kind of images it was chosen on)."""
-        from napari_unet.training.calibrate import CONFIDENCE
+        # deferred: scikit-image loads at first use
+        from napari_unet.heads.calibrate import CONFIDENCE
 
         how = "searched" if tuned["confidence"] >= CONFIDENCE else "default (none clearly better)"
         shown = ", ".join(f"{key} {tuned[key]}" for key, _ in self.threshold_grid)
@@ -150,8 +162,7 @@ class Head:
         """``UserError`` when this head cannot run in ``dims`` D."""
         if dims in self.dims:
             return
-        from napari_unet.errors import UserError
-        from napari_unet.heads import names_for_dims
+        from napari_unet.heads import names_for_dims  # here: heads/__init__ imports this module
 
         which = " or ".join(names_for_dims(dims))
         raise UserError(f"the {self.name!r} instance head is {'/'.join(f'{d}D' for d in self.dims)} only; "
@@ -179,6 +190,7 @@ class OutputMaps(nn.Module):
 
 def annotated(classes: torch.Tensor) -> torch.Tensor:
     """(B, *P) float: 1 on annotated pixels (class target not ``IGNORE``), 0 elsewhere."""
+    # deferred: scikit-image loads at first use
     from napari_unet.data.targets import IGNORE
 
     return (classes != IGNORE).float()
@@ -213,6 +225,7 @@ class ObjectMapHead(Head):
         raise NotImplementedError
 
     def channel_names(self, cfg: Any) -> list[str]:
+        # deferred: scikit-image loads at first use
         from napari_unet.data.targets import INSTANCE_CLASSES
 
         return [*INSTANCE_CLASSES, "object probability", *self.side_names(cfg)]
@@ -234,18 +247,21 @@ class ObjectMapHead(Head):
              targets: Sequence[torch.Tensor], cfg: Any) -> torch.Tensor:
         import torch.nn.functional as F
 
-        from napari_unet.training.losses import segmentation_loss
+        # deferred: scikit-image loads at first use
+        from napari_unet.data.targets import unannotated_pull
+        from napari_unet.heads.losses import segmentation_loss
 
-        logits, k, prob = logits.float(), self.n_classes, targets[0]
-        loss = segmentation_loss(logits[:, :k], classes, weights, cfg.loss.dice_weight)
+        logits, k, prob, pull = logits.float(), self.n_classes, targets[0], unannotated_pull(cfg)
+        loss = segmentation_loss(logits[:, :k], classes, weights, cfg.loss.dice_weight, pull)
         valid = annotated(classes)  # (B, H, W)
         bce = F.binary_cross_entropy_with_logits(logits[:, k], prob, reduction="none")  # (B, H, W)
-        loss = loss + (bce * valid).sum() / valid.sum().clamp(min=1)
+        # the unannotated pixels' pull towards "no object", as for the classes (``weighted_cross_entropy``)
+        prior = (1 - valid) * (weights > 0) * pull
+        no_object = F.binary_cross_entropy_with_logits(logits[:, k], torch.zeros_like(prob), reduction="none")
+        loss = loss + ((bce * valid).sum() + (no_object * prior).sum()) / (valid.sum() + prior.sum()).clamp(min=1)
         return loss + self.side_loss(logits, prob, valid, targets)
 
     def uncertainty(self, samples: np.ndarray, mean: np.ndarray) -> dict[str, np.ndarray]:
-        from napari_unet.inference.uncertainty import binary_entropy
-
         k = self.n_classes
         prob = samples[:, k]  # (T, H, W)
         return {"total": binary_entropy(prob.mean(axis=0)), "aleatoric": binary_entropy(prob).mean(axis=0),
@@ -256,7 +272,8 @@ class ObjectMapHead(Head):
         raise NotImplementedError
 
     def tune_message(self, tuned: dict, n_images: int, which: str) -> str:
-        from napari_unet.training.calibrate import CONFIDENCE
+        # deferred: scikit-image loads at first use
+        from napari_unet.heads.calibrate import CONFIDENCE
 
         how = "searched" if tuned["confidence"] >= CONFIDENCE else "default (none clearly better)"
         return (f"{self.name} post-processing on {n_images} {which} image(s): AP@0.5 {tuned['ap50_default']:.3f} "

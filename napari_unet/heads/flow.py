@@ -147,6 +147,7 @@ def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: f
                          flow_threshold: float = DEFAULT_RULE["flow_threshold"], n_classes: int = 3) -> np.ndarray:
     """(K + 1 + 2, H, W) flow maps -> (H, W) instance labels (consecutive ids); see the module
     docstring. ``flow_threshold`` <= 0 skips the consistency check."""
+    # deferred: scikit-image loads at first use
     from napari_unet.data.targets import relabel_sequential
 
     shape = maps.shape[1:]
@@ -182,7 +183,8 @@ def flows_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, m
     targets' source) lies in the block's core. An object crossing a seam lies whole in the
     windows of the blocks on both sides, gets the same mask in each, and is written once, with
     one id. ``halo`` must exceed the largest object. Returns the number of objects."""
-    from napari_unet.inference.blockwise import blocks
+    # deferred: scikit-image loads at first use
+    from napari_unet.heads.blockwise import blocks
 
     shape = labels.shape
     n_blocks = -(-shape[0] // block) * -(-shape[1] // block)

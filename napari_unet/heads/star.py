@@ -35,6 +35,7 @@ from typing import Any, Generator, Sequence
 import numpy as np
 import torch
 
+from napari_unet.errors import UserError
 from napari_unet.events import Progress
 from napari_unet.heads.base import ObjectMapHead
 
@@ -92,7 +93,6 @@ def _import_stardist():
         from stardist import edt_prob
         from stardist.geometry import star_dist
     except ImportError as exc:  # pragma: no cover - stardist is a declared dependency
-        from napari_unet.errors import UserError
 
         raise UserError(f"the star-convex head needs the 'stardist' package ({exc})") from None
     return star_dist, edt_prob
@@ -176,6 +176,7 @@ def greedy_polygon_nms(prob: np.ndarray, dist: np.ndarray, labels: np.ndarray, p
 def instances_from_star(maps: np.ndarray, min_size: int = 10, prob_threshold: float = 0.5,
                         nms_threshold: float = 0.4, n_classes: int = 3) -> np.ndarray:
     """(K + 1 + R, H, W) star maps -> (H, W) instance labels (consecutive ids)."""
+    # deferred: scikit-image loads at first use
     from napari_unet.data.targets import relabel_sequential
 
     shape = maps.shape[1:]
@@ -203,7 +204,8 @@ def star_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, mi
     suppressed. Only the order differs from the whole image (most probable first within a
     block, blocks in raster order). ``halo`` must exceed the longest ray. Returns the number of
     objects."""
-    from napari_unet.inference.blockwise import blocks
+    # deferred: scikit-image loads at first use
+    from napari_unet.heads.blockwise import blocks
 
     shape = labels.shape
     n_blocks = -(-shape[0] // block) * -(-shape[1] // block)

@@ -3,10 +3,10 @@
 Trained with the border-weighted cross-entropy of the U-Net paper (plus optional soft Dice) on
 the class targets alone, so its batches need no instance ids. Instances: seeds of confident
 interior grown over the foreground by a watershed on the boundary probability
-(``inference.postprocess.instances_from_probabilities``; block-wise and seam-free in
-``inference.blockwise``). It is the one head that runs in 3D. Its post-processing rule (seed
+(``heads.watershed.instances_from_probabilities``; block-wise and seam-free in
+``heads.blockwise``). It is the one head that runs in 3D. Its post-processing rule (seed
 threshold, split height, foreground threshold) is chosen after training on whole held-out
-images only (``training.calibrate.tune_thresholds``): a rule fitted on a few objects does not carry.
+images only (``heads.calibrate.tune_thresholds``): a rule fitted on a few objects does not carry.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class ThreeClassHead(Head):
     tunes_in_sample = False
 
     def channel_names(self, cfg: Any) -> list[str]:
+        # deferred: scikit-image loads at first use
         from napari_unet.data.targets import INSTANCE_CLASSES
 
         return list(INSTANCE_CLASSES)
@@ -47,25 +48,29 @@ class ThreeClassHead(Head):
 
     def loss(self, logits: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor,
              targets: Sequence[torch.Tensor], cfg: Any) -> torch.Tensor:
-        from napari_unet.training.losses import segmentation_loss
+        # deferred: scikit-image loads at first use
+        from napari_unet.data.targets import unannotated_pull
+        from napari_unet.heads.losses import segmentation_loss
 
-        return segmentation_loss(logits, classes, weights, cfg.loss.dice_weight)
+        return segmentation_loss(logits, classes, weights, cfg.loss.dice_weight, unannotated_pull(cfg))
 
     def instances(self, maps: np.ndarray, min_size: int = 10, spacing: Sequence[float] | None = None,
                   **rule: Any) -> np.ndarray:
-        from napari_unet.inference.postprocess import instances_from_probabilities
+        # deferred: scikit-image loads at first use
+        from napari_unet.heads.watershed import instances_from_probabilities
 
         return instances_from_probabilities(maps[:3], min_size, spacing=spacing, **rule)
 
     def instances_blockwise(self, maps: Any, labels: Any, block: Any = 1024, halo: Any = 64, min_size: int = 10,
                             scratch: Path | None = None, spacing: Sequence[float] | None = None,
                             **rule: Any) -> Generator[Progress, None, int]:
-        """Seam-free watershed block by block (``inference.blockwise``), in 2D or 3D (``block`` and
+        """Seam-free watershed block by block (``heads.blockwise``), in 2D or 3D (``block`` and
         ``halo``: one extent or one per axis; ``spacing``: an anisotropic volume's voxel size);
         provisional seeds go to a uint32 Zarr array created at ``scratch``."""
         import zarr
 
-        from napari_unet.inference.blockwise import instances_blockwise, per_axis
+        # deferred: scikit-image loads at first use
+        from napari_unet.heads.blockwise import instances_blockwise, per_axis
 
         seeds = zarr.open_array(str(scratch), mode="w", shape=labels.shape, chunks=per_axis(block, labels.ndim),
                                 dtype=np.uint32, zarr_format=2)
@@ -77,9 +82,10 @@ class ThreeClassHead(Head):
         ``keep`` also receives ``rule_counts``: the per-image counts of every rule scored, keyed
         (seed threshold, split height, foreground threshold), which ``tune`` reuses. ``spacing``:
         an anisotropic volume's voxel size (the split at saddles measures physical distances)."""
-        from napari_unet.inference.postprocess import instances_from_probabilities
+        # deferred: scikit-image loads at first use
+        from napari_unet.heads.watershed import instances_from_probabilities
         from napari_unet.metrics import evaluate_instances
-        from napari_unet.training.calibrate import counts_ap, rule_counts
+        from napari_unet.heads.calibrate import counts_ap, rule_counts
 
         metrics = evaluate_instances([(instances_from_probabilities(m, spacing=spacing), g)
                                       for m, g in zip(maps, truths)])
@@ -97,8 +103,9 @@ class ThreeClassHead(Head):
 
     def tune(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], known: dict | None = None,
              should_stop: Callable[[], bool] | None = None, spacing: Sequence[float] | None = None) -> dict | None:
-        """``training.calibrate.tune_thresholds``; None when it keeps the argmax rule."""
-        from napari_unet.training.calibrate import tune_thresholds
+        """``heads.calibrate.tune_thresholds``; None when it keeps the argmax rule."""
+        # deferred: scikit-image loads at first use
+        from napari_unet.heads.calibrate import tune_thresholds
 
         tuned = tune_thresholds(maps, truths, should_stop, known=known, spacing=spacing)
         if tuned["seed_threshold"] is None and tuned["split_height"] is None and tuned["fg_threshold"] == 0.5:
@@ -106,7 +113,8 @@ class ThreeClassHead(Head):
         return tuned
 
     def tune_message(self, tuned: dict, n_images: int, which: str) -> str:
-        from napari_unet.training.calibrate import RULE_CONFIDENCE
+        # deferred: scikit-image loads at first use
+        from napari_unet.heads.calibrate import RULE_CONFIDENCE
 
         split = f", split at saddles {tuned['split_height']} px" if tuned["split_height"] else ""
         how = "searched" if tuned["confidence"] >= RULE_CONFIDENCE else "default (no rule clearly better)"

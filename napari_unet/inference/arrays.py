@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Generator
 import numpy as np
 
 from napari_unet import heads
+from napari_unet.arrays.layout import array_layout
 from napari_unet.config import PredictConfig
-from napari_unet.decide.layout import array_layout
 from napari_unet.errors import UserError
 from napari_unet.events import Progress, relay
-from napari_unet.inference.postprocess import labels_for
+from napari_unet.inference.labels import labels_for
+from napari_unet.inference.predict import Prediction, predict_probabilities
 from napari_unet.inference.uncertainty import check_uncertainty_kind, mc_uncertainty
 
 if TYPE_CHECKING:
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(), *, rgb: bool = False,
                   uncertainty: str = "epistemic") -> Generator[object, None, "Prediction"]:
     """Predict ``image``; with ``cfg.mc_samples`` > 0 also return the chosen uncertainty map."""
-    from napari_unet.inference.predict import Prediction, predict_probabilities
-
     image = np.asarray(image)
     if cfg.mc_samples > 0:
         check_uncertainty_kind(uncertainty, bundle.config)

@@ -32,17 +32,21 @@ import numpy as np
 import torch
 
 from napari_unet import heads
+from napari_unet.arrays.layout import array_layout
+from napari_unet.arrays.normalize import bright_background
+from napari_unet.arrays.volumes import anisotropic_spacing, voxel_spacing
 from napari_unet.config import PredictConfig
-from napari_unet.data.normalize import bright_background
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
-from napari_unet.inference.blockwise import block_grid
+from napari_unet.files.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
+from napari_unet.heads.blockwise import block_grid
 from napari_unet.inference.tiling import Block, Slab, iter_tiled, iter_tiled_blocks
-from napari_unet.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
+from napari_unet.inference.uncertainty import uncertainty_kinds
+from napari_unet.models import enable_mc_dropout
 from napari_unet.models.bundle import ModelBundle
-from napari_unet.training.device import low_precision_dtype
+from napari_unet.runtime.device import low_precision_dtype
 
-MIN_STREAM_PLANES = 4  # a streamed volume holds at least this many z-planes (``volumes.MIN_PATCH_PLANES``)
+MIN_STREAM_PLANES = 4  # a streamed volume holds at least this many z-planes (``arrays.volumes.MIN_PATCH_PLANES``)
 VOLUME_BLOCK = (64, 128, 128)  # (z, y, x) voxels of a volume's post-processing blocks and label chunks
 VOLUME_BAND = 16  # z-planes per chunk of a volume's probability maps
 VOLUME_HALO = 32  # voxels of a volume's block-wise watershed halo along every axis
@@ -98,12 +102,10 @@ class ChannelsFirst:
 
 class VolumeChannelsFirst:
     """Lazy (C, Z, Y, X) view of a (Z, Y, X) volume, optionally with a channel axis ((C, Z, Y, X),
-    (Z, C, Y, X) or (Z, Y, X, C), read as ``decide.layout`` reads a volume for a 3D model);
+    (Z, C, Y, X) or (Z, Y, X, C), read as ``arrays.layout`` reads a volume for a 3D model);
     slicing reads only the box."""
 
     def __init__(self, array: Any, in_channels: int) -> None:
-        from napari_unet.decide.layout import array_layout
-
         shape = tuple(int(n) for n in array.shape)
         if len(shape) not in (3, 4):
             raise UserError(f"a 3D model streams (Z, Y, X) volumes (optionally with channels), got shape {shape}")
@@ -212,10 +214,8 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     ``min_level_size`` pixels. ``halo`` (default 64 pixels in 2D, ``VOLUME_HALO`` voxels in 3D): the
     block-wise watershed's overlap. Volumes: see ``volume_blocks`` and the module docstring.
     Yields ``Progress`` per tile and per block, then ``Finished``."""
+    # deferred: scikit-image loads at first use
     from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
-    from napari_unet.inference.uncertainty import uncertainty_kinds
-    from napari_unet.models import enable_mc_dropout
-    from napari_unet.volumes import anisotropic_spacing, voxel_spacing
 
     begin = time.perf_counter()
     out = Path(out)

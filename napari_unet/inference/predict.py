@@ -11,16 +11,19 @@ import numpy as np
 import torch
 
 from napari_unet import heads
+from napari_unet.arrays.layout import array_layout
+from napari_unet.arrays.normalize import has_nonfinite, prepare_image
 from napari_unet.config import PredictConfig
-from napari_unet.data.normalize import has_nonfinite, prepare_image
 from napari_unet.errors import UserError
-from napari_unet.decide.layout import array_layout
 from napari_unet.events import Finished, Message, Progress
-from napari_unet.inference.postprocess import labels_for
+from napari_unet.files.io import labels_dtype, read_image, write_image
+from napari_unet.inference.labels import labels_for
 from napari_unet.inference.tiling import AllowedFn, TileFn, TileSpec, predict_tiled, round_up
 from napari_unet.inference.uncertainty import CLASS_KINDS, mc_uncertainty
+from napari_unet.models import enable_mc_dropout
 from napari_unet.models.bundle import ModelBundle
-from napari_unet.training.device import autocast, channels_last_format, low_precision_dtype
+from napari_unet.models.unet import _valid_input_size, _valid_output_size
+from napari_unet.runtime.device import autocast, channels_last_format, low_precision_dtype
 
 _log = logging.getLogger(__name__)
 
@@ -51,8 +54,6 @@ def network_forward(net: torch.nn.Module, batch: np.ndarray, dtype: torch.dtype 
 def tile_geometry(net: torch.nn.Module, cfg: PredictConfig) -> tuple[TileSpec, AllowedFn]:
     """Overlap-tile geometry for ``net``: mirrored margin for valid networks, a halo of at least
     the receptive radius for same networks, tile starts on the pooling grid."""
-    from napari_unet.models.unet import _valid_input_size, _valid_output_size
-
     ucfg = getattr(net, "cfg", None)
     if ucfg is None:  # an arbitrary callable network: plain tiles
         return TileSpec(cfg.tile_size, cfg.overlap), lambda n: n
@@ -153,8 +154,6 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, cfg: PredictCo
                           mc_dropout: bool = False, seed: int = 0) -> np.ndarray:
     """Class probabilities (K, *S) for one raw image (2D, a 3D volume for a 3D model, or a
     (Z, H, W) stack predicted slice by slice by a 2D model); tiles large images."""
-    from napari_unet.models import enable_mc_dropout
-
     mcfg = bundle.config.model
     if array_layout(image.shape, False, mcfg.in_channels, mcfg.dims).is_stack:  # a 2D model, slice by slice
         slices = [predict_probabilities(bundle, plane, cfg, mc_dropout, seed + z) for z, plane in enumerate(image)]
@@ -194,7 +193,6 @@ def predict_files(bundle: ModelBundle, paths: Sequence[Path], out_dir: Path,
     """Predict each file and write its labels; yields ``Progress`` per image, then ``Finished``."""
     import time
 
-    from napari_unet.io import labels_dtype, read_image, write_image
 
     start, written = time.perf_counter(), []
     if Path(out_dir).exists() and not Path(out_dir).is_dir():

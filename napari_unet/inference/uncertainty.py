@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from napari_unet import heads
+from napari_unet.errors import UserError
+from napari_unet.heads.base import EPS
 from napari_unet.heads.base import SHAPE  # noqa: F401  (re-exported: the star / flow heads' outline spread)
-
-EPS = 1e-8
 
 
 def entropy(probs: np.ndarray, axis: int = 0) -> np.ndarray:
     """Shannon entropy (nats) of a categorical distribution along ``axis``."""
     return -(probs * np.log(probs + EPS)).sum(axis=axis)
-
-
-def binary_entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy (nats) of a Bernoulli(p)."""
-    return -(p * np.log(p + EPS) + (1 - p) * np.log(1 - p + EPS))
 
 
 CLASS_KINDS = ("total", "aleatoric", "epistemic")  # the maps every model gives
@@ -34,8 +29,6 @@ def uncertainty_kinds(cfg) -> tuple[str, ...]:
 def check_uncertainty_kind(kind: str, cfg) -> None:
     """``UserError`` when the ``kind`` uncertainty cannot come from a model trained with ``cfg``
     (``TrainConfig``): a head's own maps (``shape``) need that head."""
-    from napari_unet.errors import UserError
-
     if kind in uncertainty_kinds(cfg):
         return
     givers = heads.uncertainty_givers().get(kind)

@@ -17,9 +17,13 @@ from typing import Any
 
 import torch
 
+from napari_unet import heads
 from napari_unet.config import TrainConfig, from_dict
 from napari_unet.errors import UserError
-from napari_unet.io import check_model_meta, load_model_folder, save_model_folder, stamp_model_meta
+from napari_unet.files.bioimage_io import is_package, read_package_model
+from napari_unet.files.io import check_model_meta, load_model_folder, save_model_folder, stamp_model_meta
+from napari_unet.heads.base import OutputMaps
+from napari_unet.models import UNet
 
 MODEL_KIND = "napari-unet/segmentation"
 FORMAT_VERSION = 1
@@ -41,8 +45,6 @@ class ModelBundle:
     @property
     def head(self):
         """The instance head (``heads.Head``) of this model; None for a semantic one."""
-        from napari_unet import heads
-
         return heads.of(self.config)
 
     @property
@@ -55,9 +57,7 @@ class ModelBundle:
     @property
     def n_outputs(self) -> int:
         """Channels of the network's output maps (classes, or the instance head's maps)."""
-        from napari_unet.data.dataset import n_output_channels
-
-        return n_output_channels(self.config)
+        return heads.n_output_channels(self.config)
 
     @property
     def output_names(self) -> list[str]:
@@ -78,15 +78,10 @@ def build_network(cfg: TrainConfig) -> torch.nn.Module:
     """A fresh U-Net whose output channels fit the task."""
     from dataclasses import replace
 
-    from napari_unet import heads
-    from napari_unet.data.dataset import n_output_channels, n_output_classes
-    from napari_unet.heads.base import OutputMaps
-    from napari_unet.models import UNet
-
     head = heads.of(cfg)
     side = head.side_channels(cfg) if head is not None else 0  # e.g. star rays / flows: the half-resolution side branch
-    net = UNet(replace(cfg.model, out_channels=n_output_channels(cfg) - side, side_channels=side))
-    net.activation = OutputMaps(n_output_classes(cfg), head)  # no parameters: the weights file is unchanged
+    net = UNet(replace(cfg.model, out_channels=heads.n_output_channels(cfg) - side, side_channels=side))
+    net.activation = OutputMaps(heads.n_output_classes(cfg), head)  # no parameters: the weights file is unchanged
     return net
 
 
@@ -105,8 +100,6 @@ def save_bundle(bundle: ModelBundle, folder: str | os.PathLike) -> Path:
 def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, metadata) of a model folder, or of a bioimage.io package napari-unet exported
     (its attachments hold the same two files)."""
-    from napari_unet.bioimage_io import is_package, read_package_model
-
     return read_package_model(path) if is_package(path) else load_model_folder(path)
 
 

@@ -121,6 +121,7 @@ def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = No
 
     import dataclasses
 
+    # deferred: imports torch
     from napari_unet.models.bundle import save_bundle
 
     folder = REGISTRY[name].folder

@@ -23,25 +23,29 @@ import torch
 from napari_unet import heads
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
-from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, hold_out_objects, n_output_channels,
+from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, hold_out_objects,
                                       objects_brighter, objects_brighter_of, prepare_pairs,
                                       split_validation, without_zones)
-from napari_unet.data.normalize import has_nonfinite, prepare_image
+from napari_unet.arrays.normalize import has_nonfinite, prepare_image
 from napari_unet.data.targets import pack, unpack
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
+from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate
 from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
-from napari_unet.training.checkpoint import load_compatible_weights, transfer_input_layer
-from napari_unet.training.calibrate import CONFIDENCE, bootstrap_win_rate
 from napari_unet.training import guard
-from napari_unet.training.device import (autocast, channels_last_format, describe, describe_precision,
+from napari_unet.training.checkpoint import load_compatible_weights, transfer_input_layer
+from napari_unet.runtime.device import (autocast, channels_last_format, describe, describe_precision,
                                           release_cached_memory, start_run, with_device_sizes)
-from napari_unet.training.losses import segmentation_loss
-from napari_unet.training.sizes import describe_sizes
+from napari_unet.heads.losses import segmentation_loss
+from napari_unet.runtime.sizes import describe_sizes
 from napari_unet.training.state import (Position, Sitting, TrainingState, capture, check_same_data, data_fingerprint,
                                         fraction_of, restore, resumed_config, step_budget)
+from napari_unet.arrays.volumes import anisotropic_spacing, check_volume_config, patch_shape, voxel_spacing
+from napari_unet.inference import predict  # through the module, so a patched predictor is seen
+from napari_unet.inference.labels import labels_from_probabilities
+from napari_unet.inference.uncertainty import mc_uncertainty
+from napari_unet.models import enable_mc_dropout
 from napari_unet.training.validation import validate
-from napari_unet.volumes import anisotropic_spacing, check_volume_config, patch_shape, voxel_spacing
 
 Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
 KEEP_BEST_MIN_IMAGES = 3  # fewer validation images than this cannot show an earlier model better (instances)
@@ -156,6 +160,7 @@ class Trainer:
     def run(self) -> Generator[object, None, ModelBundle]:
         cfg = self.cfg
         check_volume_config(cfg)
+        heads.check_head_dims(cfg.task, cfg.instance_head, cfg.model.dims)
         setup_start = time.perf_counter()
         rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
         channels_last = dtype is not None and (cfg.model.dims == 2 or device.type == "cpu")  # 3D: measured on CPUs
@@ -215,7 +220,7 @@ class Trainer:
         losses: list[float] = []
         last_report = last_val = last_preview = last_checkpoint = start
         start -= pos.seconds  # a resumed run's clock goes on from its earlier sittings (time limit, progress)
-        k = n_output_channels(cfg)
+        k = heads.n_output_channels(cfg)
         net.train()
 
         def fraction_done() -> float:
@@ -436,10 +441,9 @@ class Trainer:
         ``rule_counts``). A stopped run is tuned too, on those maps (post-processing only, a few
         seconds), so a model a user stops early splits touching objects like one that ran to its end.
         """
-        from napari_unet.inference.predict import predict_normalized
-
         if not maps:
-            maps, known = [predict_normalized(net, p.image, n_output_channels(self.cfg), PredictConfig(), dtype)
+            k = heads.n_output_channels(self.cfg)
+            maps, known = [predict.predict_normalized(net, p.image, k, PredictConfig(), dtype)
                            for p in pairs], None
         spacing = anisotropic_spacing(self.cfg)
         told = {} if spacing is None else {"spacing": spacing}
@@ -471,24 +475,19 @@ class Trainer:
         save_bundle(ModelBundle(sitting.net, self.cfg, meta, state), self._checkpoint_to)
 
     def _preview_event(self, net: torch.nn.Module, step: int, dtype: torch.dtype | None, k: int) -> Preview:
-        from napari_unet.inference.postprocess import labels_from_probabilities
-        from napari_unet.inference.predict import predict_normalized
-
         chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles, self.cfg.model.dims,
                             self.cfg.polarity)
         net.eval()
         uncertainty = None
         try:
             if self.cfg.preview_mc_samples > 0:  # MC-dropout: mean prediction + epistemic uncertainty
-                from napari_unet.inference.uncertainty import mc_uncertainty
-                from napari_unet.models import enable_mc_dropout
 
                 enable_mc_dropout(net)
-                maps = mc_uncertainty(np.stack([predict_normalized(net, chw, k, PredictConfig(), dtype)
+                maps = mc_uncertainty(np.stack([predict.predict_normalized(net, chw, k, PredictConfig(), dtype)
                                                 for _ in range(self.cfg.preview_mc_samples)]), heads.of(self.cfg))
                 probs, uncertainty = maps["probabilities"], maps["epistemic"]
             else:
-                probs = predict_normalized(net, chw, k, PredictConfig(), dtype)
+                probs = predict.predict_normalized(net, chw, k, PredictConfig(), dtype)
         finally:
             net.train()
         return Preview(step, 0, probs, labels_from_probabilities(probs, self.cfg.task, head=self.cfg.instance_head,

@@ -25,7 +25,8 @@ import torch
 
 from napari_unet.config import TrainConfig, from_dict, to_dict
 from napari_unet.errors import UserError
-from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict
+from napari_unet.files.io import recover_model_folder
+from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, load_bundle
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -228,7 +229,6 @@ def load_state(folder: str | os.PathLike) -> TrainingState:
     """The training state saved in a model folder (``UserError`` when there is none or it is unreadable)."""
     from safetensors.torch import load_file
 
-    from napari_unet.io import recover_model_folder
 
     folder = Path(folder)
     recover_model_folder(folder)  # a save a kill interrupted between its two renames
@@ -252,8 +252,6 @@ def load_state(folder: str | os.PathLike) -> TrainingState:
 def load_resumable(folder: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
     """``load_bundle(folder)`` with its training state attached (``bundle.resume``) when it has a
     readable one; the model alone otherwise (the state only matters to resuming)."""
-    from napari_unet.models.bundle import load_bundle
-
     bundle = load_bundle(folder, device)
     if has_state(folder):
         try:

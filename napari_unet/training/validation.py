@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from napari_unet import heads
+from napari_unet.arrays.volumes import anisotropic_spacing
 from napari_unet.config import PredictConfig, TrainConfig
-from napari_unet.data.dataset import PreparedPair, n_output_channels, n_output_classes
-from napari_unet.volumes import anisotropic_spacing
+from napari_unet.data.dataset import PreparedPair
+from napari_unet.inference import predict  # through the module, so a patched predictor is seen
 
 
 def semantic_scores(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dict[str, float]:
@@ -37,18 +38,16 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     scoring rule (and for the 3-class head the ``rule_counts`` of every rule scored), for
     callers that reuse them.
     """
-    from napari_unet.inference.predict import predict_normalized
-
     was_training = net.training
     net.eval()
     pcfg = PredictConfig()
-    k = n_output_channels(cfg)
+    k = heads.n_output_channels(cfg)
     try:
         probs = []
         for p in pairs:
             if should_stop is not None and should_stop():
                 return None
-            probs.append(predict_normalized(net, p.image, k, pcfg, dtype))
+            probs.append(predict.predict_normalized(net, p.image, k, pcfg, dtype))
     finally:
         net.train(was_training)
     if keep is not None:
@@ -60,7 +59,7 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
         return head.score(probs, [p.truth for p in pairs], keep, **told)
     preds = np.concatenate([pr.argmax(0).ravel() for pr in probs])
     targets = np.concatenate([p.target.ravel() for p in pairs])
-    scores = semantic_scores(preds, targets, n_output_classes(cfg))
+    scores = semantic_scores(preds, targets, heads.n_output_classes(cfg))
     scores["score"] = scores["iou"]
     return scores
 

@@ -5,7 +5,7 @@
 layer's ``paint`` event fires, which the session's autosave listens to). ``ClickTool`` turns a
 click on the canvas (press and release without dragging) into a call of ``correct_object``, so
 "accept the predicted object under the cursor" and "remove the annotated object under the cursor"
-stay Qt-free numpy functions (``napari_unet.annotation``) applied to the plane on show.
+stay Qt-free numpy functions (``napari_unet.workflows.annotation``) applied to the plane on show.
 ``apply_regions`` rasterises the Shapes layer the user drew regions in onto the labels' grid and
 marks them fully annotated.
 """
@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from napari_unet import annotation
 from napari_unet.errors import UserError
+from napari_unet.workflows import annotation
 
 CLICK_TOLERANCE = 2.0  # data pixels the cursor may move between press and release and still click
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
-from napari_unet.decide.layout import annotated_planes
-from napari_unet.project import Project
+from napari_unet.arrays.layout import annotated_planes
+from napari_unet.files.project import Project
 
 AUTOSAVE_DELAY_MS = 2000
 _SESSIONS: dict[int, tuple[weakref.ref, "Session"]] = {}

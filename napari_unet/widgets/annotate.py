@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox
 
-from napari_unet import annotation
 from napari_unet.errors import UserError
 from napari_unet.widgets._corrections import ClickTool, apply_regions, correct_object, record_edit
+from napari_unet.workflows import annotation
 from napari_unet.widgets._layers import (annotation_colormap, annotations_name, find_layer, layers_of_type,
                                          prediction_name, regions_name)
 from napari_unet.widgets._base import PluginWidget
@@ -277,7 +277,7 @@ class AnnotateWidget(PluginWidget):
         from napari.utils.notifications import show_error
 
         from napari_unet.errors import UserError
-        from napari_unet.project import Project
+        from napari_unet.files.project import Project
 
         try:
             project = Project.load(self.project_folder.value)

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Table
 
-from napari_unet.batch_file import BatchConfig
-from napari_unet.decide.model_spec import CURRENT
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import FOLDER, gui_threads, pretrained_choices
+from napari_unet.workflows.batch_file import BatchConfig
+from napari_unet.workflows.model_spec import CURRENT
 
 SHOWN = ["file", "status", "objects", "mean_area", "mean_uncertainty", "seconds", "error"]
 
@@ -59,9 +59,9 @@ class ExportWidget(PluginWidget):
         """Predict every image of the input folder in a worker thread."""
         from napari.utils.notifications import show_warning
 
-        from napari_unet.batch import collect_inputs
+        from napari_unet.workflows.batch import collect_inputs
         from napari_unet.config import PredictConfig
-        from napari_unet.decide.model_spec import batch_source
+        from napari_unet.workflows.model_spec import batch_source
         from napari_unet.errors import UserError
 
         if self.worker is not None:
@@ -83,7 +83,7 @@ class ExportWidget(PluginWidget):
         out = self.output.value
 
         def events():
-            from napari_unet.batch import predict_batch
+            from napari_unet.workflows.batch import predict_batch
 
             return (yield from predict_batch(model, inputs, out, pcfg, bcfg, preloaded=preloaded))
 

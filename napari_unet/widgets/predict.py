@@ -9,13 +9,13 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
                                          show_image, show_labels, show_uncertainty, uncertainty_name)
+from napari_unet.config import SHAPE
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
-from napari_unet.batch_file import BatchConfig
-from napari_unet.decide.model_spec import CURRENT
-from napari_unet.config import SHAPE
 from napari_unet.widgets.train import FOLDER, _fixed_height, gui_threads, pretrained_choices
+from napari_unet.workflows.batch_file import BatchConfig
+from napari_unet.workflows.model_spec import CURRENT
 
 UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric", SHAPE]
 CURRENT_IMAGE, TRAINING_SET = "current image", "all training-set images"
@@ -183,7 +183,7 @@ class PredictWidget(PluginWidget):
         """What to load: CURRENT, a pretrained name or a folder; None (after a warning) when no model."""
         from napari.utils.notifications import show_warning
 
-        from napari_unet.decide.model_spec import resolve_model
+        from napari_unet.workflows.model_spec import resolve_model
         from napari_unet.errors import UserError
 
         choice = self.model.value
@@ -281,7 +281,7 @@ def _predict_events(spec: str, current: Any, data: np.ndarray, rgb: bool, cfg: A
     """Worker generator: load the model (unless it is the session's), then predict."""
     import torch
 
-    from napari_unet.decide.model_spec import resolve_model
+    from napari_unet.workflows.model_spec import resolve_model
     from napari_unet.inference.arrays import predict_array
 
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
@@ -294,7 +294,7 @@ def _uncertainty_events(spec: str, current: Any, items: list, cfg: Any, kind: st
     """Worker generator: the ``kind`` uncertainty map of each (name, data, rgb); returns {name: map}."""
     import torch
 
-    from napari_unet.decide.model_spec import resolve_model
+    from napari_unet.workflows.model_spec import resolve_model
     from napari_unet.inference.arrays import predict_many
 
     torch.set_num_threads(cfg.threads or torch.get_num_threads())

@@ -8,10 +8,10 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
                               PushButton, Select, SpinBox)
 
-from napari_unet.decide.auto_prompts import PROMPT_SIZE
+from napari_unet.diffusion.auto_prompts import PROMPT_SIZE
 from napari_unet.diffusion.config import DiffusionConfig, SampleConfig
-from napari_unet.widgets._layers import find_layer, layers_of_type
 from napari_unet.widgets._base import PluginWidget
+from napari_unet.widgets._layers import find_layer, layers_of_type
 from napari_unet.widgets._worker import (load_folder, on_close, progress_permille, run_in_thread, save_folder,
                                          show_failure, unless_closed)
 from napari_unet.widgets.train import gui_threads
@@ -135,7 +135,7 @@ class SynthesizeWidget(PluginWidget):
     # -- generation --------------------------------------------------------------------------
     def prompt_masks(self) -> list[np.ndarray]:
         """The mask prompts: a Labels layer, or automatic layouts of annotated object shapes."""
-        from napari_unet.decide.auto_prompts import auto_prompts
+        from napari_unet.diffusion.auto_prompts import auto_prompts
 
         if self.prompt.value != AUTO:
             return [np.asarray(find_layer(self.viewer, self.prompt.value).data)]

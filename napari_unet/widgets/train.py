@@ -10,11 +10,11 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox)
 
+from napari_unet.arrays.layout import array_layout
 from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
-from napari_unet.decide.classes import USER_TASKS, config_task
-from napari_unet.decide.layout import array_layout
-from napari_unet.decide.model_spec import CURRENT
-from napari_unet.decide.train_request import SYNTHETIC_SHARE
+from napari_unet.workflows.classes import USER_TASKS, config_task
+from napari_unet.workflows.model_spec import CURRENT
+from napari_unet.workflows.train_request import SYNTHETIC_SHARE
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
                                          probability_name, show_image, show_labels, show_uncertainty,
                                          uncertainty_name)
@@ -81,7 +81,7 @@ class TrainRun:
 
         ``resume``: a stopped run's ``TrainingState``, continued instead (``cfg`` and ``init_spec`` unused)."""
         from napari_unet.events import Message, Preview
-        from napari_unet.inference.postprocess import labels_for
+        from napari_unet.inference.labels import labels_for
         from napari_unet.inference.predict import predict_probabilities
         from napari_unet.training.engine import Trainer
 
@@ -89,7 +89,7 @@ class TrainRun:
             self.trainer = Trainer.resuming(resume, pairs, names=names, preview_image=self.preview,
                                             synthetic=synthetic or None)
         else:
-            from napari_unet.decide.model_spec import start_model
+            from napari_unet.workflows.model_spec import start_model
 
             # the widget's depth/width give way to a starting model's (fine_tune_config); only 2D/3D must match
             init = start_model("none" if init_spec == SCRATCH else init_spec, cfg.task, {"dims": cfg.model.dims},
@@ -157,7 +157,7 @@ class TrainWidget(PluginWidget):
         self.show_advanced = CheckBox(text="Advanced settings", value=False)
         self.base_width = SpinBox(label="Base width", value=UNetConfig().base_width, min=4, max=128)
         self.depth = SpinBox(label="Depth", value=UNetConfig().depth, min=1, max=6)
-        auto = "0 = sized to the device (training.device.default_sizes)"
+        auto = "0 = sized to the device (runtime.device.default_sizes)"
         self.patch_size = SpinBox(label="Patch size (0 = auto)", value=0, min=0, max=1024, step=32, tooltip=auto)
         self.batch_size = SpinBox(label="Batch size (0 = auto)", value=0, min=0, max=128, tooltip=auto)
         self.learning_rate = FloatSpinBox(label="Learning rate", value=TrainConfig.learning_rate, min=1e-6, max=1.0,
@@ -253,7 +253,7 @@ class TrainWidget(PluginWidget):
             self.run.set_preview(self._preview_data(layer))
 
     def _on_image_changed(self, name: str | None) -> None:
-        from napari_unet.volumes import is_volume
+        from napari_unet.arrays.layout import is_volume
 
         layer = find_layer(self.viewer, name)
         volume = layer is not None and is_volume(np.shape(layer.data), bool(layer.rgb))
@@ -286,7 +286,7 @@ class TrainWidget(PluginWidget):
         the whole volume or a slab around the current slice (``self._plane`` says which plane)."""
         data = np.asarray(layer.data)
         if self._volumes:
-            from napari_unet.volumes import preview_slab
+            from napari_unet.arrays.volumes import preview_slab
 
             if self.preview_volume.value:
                 self._plane = None
@@ -316,11 +316,11 @@ class TrainWidget(PluginWidget):
 
     def request(self) -> Any:
         """The ``TrainRequest`` the current settings describe."""
-        from napari_unet.decide.train_request import TrainRequest
+        from napari_unet.workflows.train_request import TrainRequest
 
         dims, z_scale = 2, 1.0
         if self._volume_mode():
-            from napari_unet.volumes import z_scale_of
+            from napari_unet.arrays.volumes import z_scale_of
 
             layer = find_layer(self.viewer, self.image.value)
             dims, z_scale = 3, z_scale_of(layer.scale) if layer is not None else 1.0
@@ -336,7 +336,7 @@ class TrainWidget(PluginWidget):
 
     def config(self, pairs: list) -> Any:
         """The ``TrainConfig`` for the current settings on these (image, labels) pairs."""
-        from napari_unet.decide.train_request import train_config_for
+        from napari_unet.workflows.train_request import train_config_for
 
         return train_config_for(self.request(), [image for image, _ in pairs], [labels for _, labels in pairs])
 
@@ -535,7 +535,7 @@ def _load_engine() -> str:
     """Import torch and the engine (slow the first time) and describe the default device."""
     import napari_unet.inference.predict  # noqa: F401
     import napari_unet.training.engine  # noqa: F401
-    from napari_unet.training.device import describe, resolve_device
+    from napari_unet.runtime.device import describe, resolve_device
 
     return describe(resolve_device("auto"))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet import annotation
 from napari_unet.errors import UserError
+from napari_unet.workflows import annotation
 
 
 def two_blobs() -> np.ndarray:

@@ -23,8 +23,8 @@ from napari_unet.cli import main
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.data.dataset import prepare_pairs
 from napari_unet.errors import UserError
+from napari_unet.files.io import read_image, read_mask
 from napari_unet.inference.predict import predict_image
-from napari_unet.io import read_image, read_mask
 from napari_unet.models.bundle import ModelBundle, build_network, load_bundle, save_bundle
 
 RNG = np.random.default_rng(0)
@@ -234,7 +234,7 @@ def test_output_folder_faults(model, dataset, tmp_path, capsys, monkeypatch, fau
         monkeypatch.setattr("tempfile.mkstemp", _deny)
         monkeypatch.setattr("tempfile.mkdtemp", _deny)
     else:  # the disk fills while the data is flushed
-        monkeypatch.setattr("napari_unet.io.os.fsync", _disk_full)
+        monkeypatch.setattr("napari_unet.files.io.os.fsync", _disk_full)
     _one_line_exit_2(capsys, ["predict", model, dataset / "images", "--out", out, "--quiet"], expected)
     _one_line_exit_2(capsys, ["train", dataset / "images", dataset / "masks", "--out", out, *TINY], expected)
     if out.is_dir():

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.batch import BatchConfig, collect_inputs, predict_batch
 from napari_unet.cli import main
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
-from napari_unet.io import read_image, read_mask, write_image
-from napari_unet.omezarr import open_ome_zarr
+from napari_unet.files.io import read_image, read_mask, write_image
+from napari_unet.files.omezarr import open_ome_zarr
 from napari_unet.models.bundle import ModelBundle, build_network, save_bundle
+from napari_unet.workflows.batch import BatchConfig, collect_inputs, predict_batch
 
 from helpers import drain
 
@@ -94,7 +94,7 @@ def test_dask_local_cluster_a_failing_task_does_not_stop_the_others(setup, tmp_p
 
 
 def test_bad_scheduler_and_duplicate_outputs(setup, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("napari_unet.batch.SCHEDULER_TIMEOUT", "1s")
+    monkeypatch.setattr("napari_unet.workflows.batch.SCHEDULER_TIMEOUT", "1s")
     model, images = setup
     assert main(["predict", str(model), str(images), "--out", str(tmp_path / "x"), "--scheduler",
                  "tcp://127.0.0.1:9", "--quiet"]) == 2

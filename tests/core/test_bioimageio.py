@@ -16,12 +16,12 @@ import yaml
 
 pytest.importorskip("bioimageio.core")
 
-from napari_unet.bioimage_io import is_package, read_package_config, validate_package  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
 from napari_unet.config import PredictConfig  # noqa: E402
 from napari_unet.errors import UserError  # noqa: E402
+from napari_unet.files.bioimage_io import is_package, read_package_config, validate_package  # noqa: E402
+from napari_unet.files.io import read_image  # noqa: E402
 from napari_unet.inference.predict import predict_probabilities  # noqa: E402
-from napari_unet.io import read_image  # noqa: E402
 from napari_unet.models.bundle import load_bundle, save_bundle  # noqa: E402
 
 from helpers import tiny_bundle  # noqa: E402
@@ -82,7 +82,7 @@ def test_bioimageio_core_reproduces_our_prediction(exported, weight_format, monk
     against our float32 path, and within bf16 rounding against our default (bf16 autocast where
     the CPU has it)."""
     import napari_unet.inference.predict as predict_module
-    from napari_unet.bioimage_io import require_spec
+    from napari_unet.files.bioimage_io import require_spec
 
     require_spec()  # bioimageio.spec 0.5.12 needs our pydantic 2.14 fix before it loads a description
     from bioimageio.core import create_prediction_pipeline, load_description, predict
@@ -114,7 +114,7 @@ def test_predict_accepts_the_package_like_the_folder(exported, tmp_path, capsys)
     image.parent.mkdir()
     import tifffile
 
-    from napari_unet.samples import load_sample
+    from napari_unet.data.samples import load_sample
 
     tifffile.imwrite(image, load_sample()[0][:64, :80])
     assert main(["predict", str(root / "tiny.zip"), str(image.parent), "--out", str(tmp_path / "a"), "--quiet"]) == 0
@@ -146,7 +146,7 @@ def test_foreign_packages_and_bad_input_are_one_line_errors(exported, tmp_path, 
 
 
 def test_missing_extra_names_it(monkeypatch):
-    from napari_unet.bioimage_io import require_spec
+    from napari_unet.files.bioimage_io import require_spec
 
     monkeypatch.setitem(sys.modules, "bioimageio.spec", None)  # as if not installed
     with pytest.raises(UserError, match=r"napari-unet\[bioimageio\]"):
@@ -154,7 +154,7 @@ def test_missing_extra_names_it(monkeypatch):
 
 
 def test_shipped_nuclei_model_is_packaged_as_cc0_with_its_card():
-    from napari_unet.bioimage_io_export import package_info
+    from napari_unet.workflows.bioimage_io_export import package_info
     from napari_unet.pretrained import available, model_folder
 
     if "nuclei" not in available():
@@ -171,7 +171,7 @@ def test_valid_and_3d_networks_make_valid_packages(model, tmp_path):
     """Fixed-size axes for valid networks (the output is the input's centre), z/y/x axes for 3D."""
     from helpers import drain
 
-    from napari_unet.bioimage_io_export import export_bioimageio
+    from napari_unet.workflows.bioimage_io_export import export_bioimageio
 
     path = drain(export_bioimageio(tiny_bundle(**model), tmp_path / "m.zip", tile=16, run_test=False))
     assert validate_package(path).status == "valid-format"
@@ -195,7 +195,7 @@ def test_instance_head_model_packages_its_maps_and_predicts_the_same_labels(tmp_
     bioimageio.core's own test and reads back to the same labels."""
     from helpers import drain
 
-    from napari_unet.bioimage_io_export import export_bioimageio
+    from napari_unet.workflows.bioimage_io_export import export_bioimageio
     from napari_unet.config import TrainConfig, UNetConfig
     from napari_unet.inference.predict import predict_image
     from napari_unet.models.bundle import ModelBundle, build_network

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from napari_unet.cli import main
-from napari_unet.io import read_mask, write_image
+from napari_unet.files.io import read_mask, write_image
 
 
 @pytest.fixture()

@@ -5,8 +5,8 @@ import json
 import numpy as np
 
 from napari_unet.cli import main
-from napari_unet.io import read_mask, write_image
-from napari_unet.samples import ball_volume
+from napari_unet.data.samples import ball_volume
+from napari_unet.files.io import read_mask, write_image
 
 Z_SCALE = 2.0
 

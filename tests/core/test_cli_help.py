@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from napari_unet.batch import BatchConfig
 from napari_unet.cli import build_parser
 from napari_unet.config import CPU_SIZES, CPU_VOLUME_SIZES, PredictConfig, TrainConfig, UNetConfig
+from napari_unet.workflows.batch import BatchConfig
 
 
 def _help(command: str) -> str:

@@ -18,7 +18,7 @@ from napari_unet.data.augment import augment_batch
 from napari_unet.inference.predict import predict_image, predict_probabilities
 from napari_unet.metrics import evaluate_instances
 from napari_unet.models.bundle import load_bundle, save_bundle
-from napari_unet.training.device import low_precision_dtype, resolve_device
+from napari_unet.runtime.device import low_precision_dtype, resolve_device
 from napari_unet.training.engine import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

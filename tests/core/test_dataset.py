@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from napari_unet.arrays.normalize import prepare_image, to_channels_first
 from napari_unet.config import TrainConfig
 from napari_unet.data.dataset import PatchSampler, prepare_pairs, split_validation
-from napari_unet.data.normalize import prepare_image, to_channels_first
 from napari_unet.data.targets import IGNORE, instance_classes, semantic_classes
 from napari_unet.errors import UserError
 

@@ -1,5 +1,6 @@
-"""The one core layer (``napari_unet.decide``): array layouts, the class-count rule, the
-``TrainConfig`` for a request, model specs and automatic prompts."""
+"""The user-level decisions the CLI and the widgets share: array layouts (``arrays.layout``), the
+class-count rule, the ``TrainConfig`` for a request, model specs (``workflows``) and automatic
+prompts (``diffusion.auto_prompts``)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_unet.arrays.layout import annotated_planes, array_layout
 from napari_unet.cli import build_parser, train_request
 from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
-from napari_unet.decide.auto_prompts import auto_prompts
-from napari_unet.decide.classes import task_and_classes, user_task
-from napari_unet.decide.layout import annotated_planes, array_layout
-from napari_unet.decide.model_spec import CURRENT, batch_source, resolve_model, start_model
-from napari_unet.decide.train_request import TrainRequest, train_config_for
+from napari_unet.diffusion.auto_prompts import auto_prompts
 from napari_unet.errors import UserError
+from napari_unet.workflows.classes import task_and_classes, user_task
+from napari_unet.workflows.model_spec import CURRENT, batch_source, resolve_model, start_model
+from napari_unet.workflows.train_request import TrainRequest, train_config_for
 
 
 @pytest.mark.parametrize("shape, rgb, channels, dims, kind, spatial, channel_axis, stack_axis, n", [

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_unet.cli import main
-from napari_unet.export import export_model, run_exported
 from napari_unet.models.bundle import ModelBundle, save_bundle
+from napari_unet.workflows.export import export_model, run_exported
 
 from helpers import drain, tiny_bundle
 

@@ -109,7 +109,7 @@ def test_cli_and_widget_choices_come_from_the_registry(fg_head):
 
 def test_a_head_registered_in_a_test_trains_predicts_saves_streams_and_exports(fg_head, small_pairs, tmp_path):
     from napari_unet.events import run_to_end
-    from napari_unet.export import export_model, run_exported
+    from napari_unet.workflows.export import export_model, run_exported
     from napari_unet.inference.large import predict_large
     from napari_unet.inference.predict import network_forward
 
@@ -137,8 +137,8 @@ def test_a_head_registered_in_a_test_trains_predicts_saves_streams_and_exports(f
     np.testing.assert_allclose(run_exported(path, x), network_forward(again.net, x), atol=1e-4)
 
     pytest.importorskip("bioimageio.spec")
-    from napari_unet.bioimage_io import read_package_config, validate_package
-    from napari_unet.bioimage_io_export import export_bioimageio
+    from napari_unet.files.bioimage_io import read_package_config, validate_package
+    from napari_unet.workflows.bioimage_io_export import export_bioimageio
 
     package = drain(export_bioimageio(again, tmp_path / "fg.zip", run_test=False))
     assert validate_package(package).status == "valid-format"
@@ -149,7 +149,7 @@ def test_a_head_registered_in_a_test_trains_predicts_saves_streams_and_exports(f
 
 def test_the_cli_trains_and_predicts_with_a_registered_head(fg_head, small_pairs, tmp_path):
     from napari_unet.cli import main
-    from napari_unet.io import read_mask
+    from napari_unet.files.io import read_mask
 
     images, masks = write_pairs(tmp_path, small_pairs)
     model = tmp_path / "model"

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_unet.io import write_image
+from napari_unet.files.io import write_image
 from napari_unet.models.bundle import load_bundle
 from napari_unet.training.state import STATE_FILES, load_state
 
@@ -105,8 +105,8 @@ def test_sigkill_mid_batch_then_rerun_completes_without_redoing_finished_files(b
     import torch
 
     from napari_unet.cli import main
-    from napari_unet.omezarr import open_pyramid
-    from napari_unet.resume import RECORDS
+    from napari_unet.files.omezarr import open_pyramid
+    from napari_unet.workflows.resume import RECORDS
 
     model, images = batch
     options = ["--format", "ome-zarr", "--probabilities", "--quiet"]

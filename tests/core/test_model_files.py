@@ -11,7 +11,7 @@ import torch
 
 from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.errors import UserError
-from napari_unet.io import load_model_folder
+from napari_unet.files.io import load_model_folder
 from napari_unet.models.bundle import FORMAT_VERSION, ModelBundle, build_network, load_bundle, save_bundle
 
 
@@ -128,7 +128,7 @@ def test_interrupted_swap_is_recovered(saved, tiny_bundle):
 def test_resave_replaces_and_failed_save_keeps_previous(saved, tiny_bundle, monkeypatch):
     import errno
 
-    import napari_unet.io as io
+    import napari_unet.files.io as io
 
     save_bundle(ModelBundle(tiny_bundle.net, tiny_bundle.config, {"note": "second"}), saved)
     assert load_bundle(saved).meta["note"] == "second"

@@ -1,5 +1,7 @@
 """Partial instance annotations: 0 = not annotated, 1 = background, 2.. = objects."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -7,11 +9,11 @@ from scipy import ndimage as ndi
 from napari_unet.config import TrainConfig
 from napari_unet.data.dataset import hold_out_objects, prepare_pairs, without_zones
 from napari_unet.data.targets import IGNORE, partial_instance_classes
-from napari_unet.decide.classes import config_task, task_and_classes, user_task
 from napari_unet.events import run_to_end
 from napari_unet.inference.predict import predict_image
 from napari_unet.metrics import UNANNOTATED, drop_unannotated, evaluate_instances
 from napari_unet.training.engine import Trainer
+from napari_unet.workflows.classes import config_task, task_and_classes, user_task
 
 
 def painted(gt: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,3 +117,38 @@ def test_held_out_objects_of_a_dense_uint16_mask_score_only_their_zones(showcase
     assert truth.dtype.kind == "i" and (truth[~next(iter(zones.values()))] == UNANNOTATED).all()
     row = evaluate_instances([(gt, truth)], thresholds=(0.5,))["per_image"][0]  # the true labels, whole image
     assert row["fp50"] == 0 and row["fn50"] == 0 and row["tp50"] == np.unique(truth[truth > 0]).size
+
+
+def test_unannotated_pixels_pull_weakly_towards_background():
+    """Partial instance masks: an unannotated pixel is a background target of weight
+    ``unannotated_background``; scribbles, plain masks, held-out zones and padding get no pull."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_unet.heads.losses import weighted_cross_entropy
+
+    mask = np.zeros((24, 24), np.int64)
+    mask[4:10, 4:10], mask[3, 3:11] = 2, 1  # one object, a background stroke, the rest unannotated
+    cfg = TrainConfig(sparse=True)
+    (pair,) = prepare_pairs([(np.random.default_rng(0).random((24, 24)), mask)], cfg)
+    assert np.allclose(pair.weights[mask == 0], cfg.loss.unannotated_background) and (pair.weights[mask > 0] >= 1).all()
+    off = TrainConfig(sparse=True, loss=replace(cfg.loss, unannotated_background=0.0))
+    assert (prepare_pairs([(pair.image[0], mask)], off)[0].weights[mask == 0] == 0).all()
+    scribbles = TrainConfig(task="semantic", n_classes=2, sparse=True)
+    assert (prepare_pairs([(pair.image[0], np.clip(mask, 0, 2))], scribbles)[0].weights[mask == 0] == 0).all()
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 24, 24)
+    target, weights = torch.from_numpy(pair.target)[None], torch.from_numpy(pair.weights)[None]
+    weights[:, 20:] = 0  # padding: unannotated with weight 0
+    ce = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE)
+    annotated = target != IGNORE
+    assert torch.isclose(weighted_cross_entropy(logits, target, weights), (ce * weights).sum() / annotated.sum())
+    pull = cfg.loss.unannotated_background
+    prior = (~annotated & (weights > 0)).float() * pull
+    to_background = F.cross_entropy(logits, torch.zeros_like(target), reduction="none")
+    expected = ((ce * weights).sum() + (to_background * prior).sum()) / (annotated.sum() + prior.sum())
+    assert torch.isclose(weighted_cross_entropy(logits, target, weights, pull), expected)
+    padded = logits.clone()
+    padded[..., 20:, :] += 5.0  # what the padding shows changes nothing
+    assert torch.isclose(weighted_cross_entropy(padded, target, weights, pull), expected)

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from napari_unet import pretrained
+from napari_unet.arrays.normalize import normalize, prepare_image
 from napari_unet.config import TrainConfig, from_dict, to_dict
-from napari_unet.data.normalize import normalize, prepare_image
+from napari_unet.data.samples import SHOWCASE, STAINED, load_sample
 from napari_unet.inference.large import ChannelsFirst, Normalized, sampled_percentiles
 from napari_unet.inference.predict import predict_image
 from napari_unet.metrics import evaluate_instances
 from napari_unet.models.bundle import load_bundle
-from napari_unet.samples import SHOWCASE, STAINED, load_sample
 
 
 def blobs(bright_objects: bool) -> np.ndarray:

@@ -11,10 +11,10 @@ import torch
 from napari_unet import pretrained
 from napari_unet.cli import drive, main
 from napari_unet.config import TrainConfig, UNetConfig
+from napari_unet.data.samples import load_sample
 from napari_unet.errors import UserError
-from napari_unet.io import read_mask, write_image
+from napari_unet.files.io import read_mask, write_image
 from napari_unet.metrics import evaluate_instances
-from napari_unet.samples import load_sample
 from napari_unet.models.bundle import load_bundle
 from napari_unet.training.engine import Trainer
 

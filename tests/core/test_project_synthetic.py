@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_unet.errors import UserError
-from napari_unet.project import Project
+from napari_unet.files.project import Project
 
 
 def _project() -> Project:

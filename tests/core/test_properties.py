@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 from napari_unet.config import AugmentConfig
 from napari_unet.data.augment import augment_batch
 from napari_unet.data.weights import border_weight_map, border_weight_map_bruteforce, class_weight_map
-from napari_unet.inference.postprocess import instances_from_probabilities
+from napari_unet.heads.watershed import instances_from_probabilities
 from napari_unet.inference.tiling import blend_window, predict_tiled
 
 FAST = settings(max_examples=25, deadline=None)

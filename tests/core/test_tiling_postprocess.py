@@ -1,6 +1,6 @@
 import numpy as np
 
-from napari_unet.inference.postprocess import instances_from_probabilities
+from napari_unet.heads.watershed import instances_from_probabilities
 from napari_unet.inference.tiling import predict_tiled, tile_starts
 
 

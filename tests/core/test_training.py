@@ -6,12 +6,12 @@ import torch
 
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport, run_to_end
+from napari_unet.heads.losses import soft_dice_loss, weighted_cross_entropy
 from napari_unet.inference.predict import predict_image
 from napari_unet.metrics import evaluate_instances
 from napari_unet.models.bundle import load_bundle, save_bundle, build_network
 from napari_unet.training.checkpoint import load_compatible_weights
 from napari_unet.training.engine import Trainer, learning_rate
-from napari_unet.training.losses import soft_dice_loss, weighted_cross_entropy
 
 TINY = UNetConfig(depth=2, base_width=8)
 

@@ -5,15 +5,16 @@ import pytest
 import torch
 from helpers import drain, tiny_bundle
 
+from napari_unet.arrays.layout import is_volume
+from napari_unet.arrays.normalize import to_channels_first
+from napari_unet.arrays.volumes import annotated_z_range, patch_shape, preview_slab, z_scale_of
 from napari_unet.config import AugmentConfig, TrainConfig, UNetConfig
 from napari_unet.data.augment import augment_batch
 from napari_unet.data.dataset import prepare_pairs
-from napari_unet.data.normalize import to_channels_first
+from napari_unet.data.samples import ball_volume
 from napari_unet.errors import UserError
 from napari_unet.inference.predict import predict_image
-from napari_unet.samples import ball_volume
 from napari_unet.training.engine import Trainer
-from napari_unet.volumes import annotated_z_range, is_volume, patch_shape, preview_slab, z_scale_of
 
 VOLUME = UNetConfig(dims=3, depth=2, base_width=4)
 
@@ -111,7 +112,8 @@ def test_nuclei_stacked_in_an_anisotropic_volume_split_at_physical_saddles():
     in pixel widths, at the two centres. A 3D model's labels use its z-scale."""
     from dataclasses import replace
 
-    from napari_unet.inference.postprocess import instances_from_probabilities, labels_for
+    from napari_unet.heads.watershed import instances_from_probabilities
+    from napari_unet.inference.labels import labels_for
     from napari_unet.models.bundle import ModelBundle
 
     z_scale = 3.0

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet.io import read_mask
-from napari_unet.omezarr import open_ome_zarr
-from napari_unet.writers import write_labels_ome_zarr, write_labels_tif
+from napari_unet.files.io import read_mask
+from napari_unet.files.omezarr import open_ome_zarr
+from napari_unet.widgets.writers import write_labels_ome_zarr, write_labels_tif
 
 
 def _labels() -> np.ndarray:
@@ -46,7 +46,7 @@ def test_manifest_declares_label_writers():
     assert set(writers) == {"napari-unet.write_labels_tif", "napari-unet.write_labels_ome_zarr"}
     assert all([str(t) for t in w.layer_types] == ["labels"] for w in writers.values())
     commands = {c.id: c.python_name for c in manifest.contributions.commands}
-    assert commands["napari-unet.write_labels_tif"] == "napari_unet.writers:write_labels_tif"
+    assert commands["napari-unet.write_labels_tif"] == "napari_unet.widgets.writers:write_labels_tif"
 
 
 def _no_space(*args, **kwargs):
@@ -64,10 +64,10 @@ def test_a_failed_write_keeps_the_previous_file_whole(tmp_path, monkeypatch):
     write_labels_tif(str(tmp_path / "cells.tif"), old, {})
     write_labels_ome_zarr(str(tmp_path / "cells.ome.zarr"), old, {})
     new = old + 1
-    monkeypatch.setattr("napari_unet.io.os.fsync", _no_space)  # the disk fills while the TIFF is flushed
+    monkeypatch.setattr("napari_unet.files.io.os.fsync", _no_space)  # the disk fills while the TIFF is flushed
     with pytest.raises(OutputError, match="disk is full"):
         write_labels_tif(str(tmp_path / "cells.tif"), new, {})
-    monkeypatch.setattr("napari_unet.omezarr.build_pyramid", _no_space)  # ... or while the store is built
+    monkeypatch.setattr("napari_unet.files.omezarr.build_pyramid", _no_space)  # ... or while the store is built
     with pytest.raises(OutputError, match="No space left"):
         write_labels_ome_zarr(str(tmp_path / "cells.ome.zarr"), new, {})
     assert np.array_equal(read_mask(tmp_path / "cells.tif"), old)

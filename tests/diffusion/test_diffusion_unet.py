@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from napari_unet.diffusion.config import DiffusionUNetConfig
-from napari_unet.models.diffusion_unet import DiffusionUNet, timestep_embedding
+from napari_unet.diffusion.unet import DiffusionUNet, timestep_embedding
 
 
 def test_timestep_embedding_shape_and_distinct():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_unet.cli import main
-from napari_unet.io import read_image, read_mask, write_image
+from napari_unet.files.io import read_image, read_mask, write_image
 
 
 @pytest.fixture()
@@ -92,7 +92,7 @@ def test_synth_bad_input_is_one_line_exit_2(argv, message, folders, tmp_path, ca
 
 
 def test_generate_refuses_a_segmentation_model(tmp_path, capsys):
-    from napari_unet.io import save_model_folder
+    from napari_unet.files.io import save_model_folder
     import torch
 
     save_model_folder(tmp_path / "seg", {"w": torch.zeros(1)}, {"kind": "napari-unet/segmentation"})

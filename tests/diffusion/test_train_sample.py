@@ -31,7 +31,7 @@ def test_cond_drop_rate_in_training_batches(pairs, tiny_cfg, monkeypatch):
     """The condition (mask channels and tags) is dropped for about cond_drop of the samples."""
     from dataclasses import replace
 
-    from napari_unet.models.diffusion_unet import DiffusionUNet
+    from napari_unet.diffusion.unet import DiffusionUNet
 
     seen = []
     forward = DiffusionUNet.forward
@@ -59,7 +59,7 @@ def test_unannotated_images_supply_unconditional_crops(pairs, tiny_cfg, monkeypa
     from dataclasses import replace
 
     from napari_unet.diffusion.schedulers import NoiseSchedule
-    from napari_unet.models.diffusion_unet import DiffusionUNet
+    from napari_unet.diffusion.unet import DiffusionUNet
 
     clean, prompts = [], []
     add_noise, forward = NoiseSchedule.add_noise, DiffusionUNet.forward

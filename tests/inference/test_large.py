@@ -7,11 +7,11 @@ from scipy import ndimage as ndi
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.data.targets import instance_classes
 from napari_unet.events import Finished, Progress
-from napari_unet.inference.blockwise import instances_blockwise, merge_seeds
+from napari_unet.files.omezarr import open_ome_zarr
+from napari_unet.heads.blockwise import instances_blockwise, merge_seeds
+from napari_unet.heads.watershed import instances_from_probabilities
 from napari_unet.inference.large import predict_large
-from napari_unet.inference.postprocess import instances_from_probabilities
 from napari_unet.inference.predict import predict_probabilities
-from napari_unet.omezarr import open_ome_zarr
 from napari_unet.models.bundle import ModelBundle, build_network
 
 torch.set_num_threads(2)

@@ -14,14 +14,14 @@ from napari_unet.cli import main
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.data.targets import instance_classes
 from napari_unet.errors import UserError
-from napari_unet.inference.blockwise import instances_blockwise
+from napari_unet.heads.blockwise import instances_blockwise
 from napari_unet.inference.large import predict_large
-from napari_unet.inference.postprocess import instances_from_probabilities
+from napari_unet.heads.watershed import instances_from_probabilities
 from napari_unet.inference.predict import predict_image, predict_probabilities
-from napari_unet.io import write_image
+from napari_unet.files.io import write_image
 from napari_unet.models.bundle import ModelBundle, save_bundle
-from napari_unet.omezarr import open_ome_zarr
-from napari_unet.samples import ball_volume
+from napari_unet.files.omezarr import open_ome_zarr
+from napari_unet.data.samples import ball_volume
 
 torch.set_num_threads(1)
 Z_SCALE = 2.0
@@ -163,7 +163,7 @@ def test_cli_streams_a_zarr_volume_with_a_3d_model(tmp_path, capsys):
     streaming threshold through the batch), with the z-scale in the outputs' metadata."""
     from dataclasses import replace
 
-    from napari_unet.batch import BatchConfig, collect_inputs, predict_batch
+    from napari_unet.workflows.batch import BatchConfig, collect_inputs, predict_batch
 
     bundle = tiny_bundle(dims=3)
     bundle = ModelBundle(bundle.net, replace(bundle.config, z_scale=Z_SCALE))

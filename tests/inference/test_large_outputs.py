@@ -10,9 +10,9 @@ import zarr
 
 from napari_unet.cli import main
 from napari_unet.config import PredictConfig
+from napari_unet.files.omezarr import open_ome_zarr, open_pyramid
 from napari_unet.inference.large import predict_large
 from napari_unet.inference.predict import predict_image
-from napari_unet.omezarr import open_ome_zarr, open_pyramid
 from napari_unet.models.bundle import ModelBundle, save_bundle
 
 from helpers import drain, tiny_bundle

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.inference.postprocess import labels_from_probabilities
+from napari_unet.inference.labels import labels_from_probabilities
 
 
 def two_touching_blobs() -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.samples import load_sample
+from napari_unet.data.samples import load_sample
 
 
 @pytest.fixture(autouse=True)

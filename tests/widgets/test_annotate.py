@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.project import Project
+from napari_unet.files.project import Project
 from napari_unet.widgets.annotate import AnnotateWidget, MODES
 
 INSTANCES = next(k for k, v in MODES.items() if v == "instances")

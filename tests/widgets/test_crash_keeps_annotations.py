@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 
-from napari_unet.project import Project
+from napari_unet.files.project import Project
 
 CHILD = r"""
 import sys, numpy as np, napari
 from qtpy.QtCore import QTimer
-from napari_unet.samples import load_sample
+from napari_unet.data.samples import load_sample
 from napari_unet.widgets.annotate import MODES, AnnotateWidget
 from napari_unet.widgets.train import TrainWidget, SCRATCH
 from napari_unet.widgets._session import session_for

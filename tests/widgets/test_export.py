@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.io import read_mask, write_image
-from napari_unet.samples import load_sample, sample_names
+from napari_unet.data.samples import load_sample, sample_names
+from napari_unet.files.io import read_mask, write_image
 from napari_unet.widgets.export import ExportWidget
 
 

@@ -29,7 +29,7 @@ def test_opening_widgets_does_not_import_torch():
 
 
 def test_stained_sample_opens_as_rgb_with_its_ground_truth(make_napari_viewer):
-    from napari_unet.samples import STAINED, sample_names, training_samples
+    from napari_unet.data.samples import STAINED, sample_names, training_samples
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-unet", "stained")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_unet.omezarr import write_ome_zarr
+from napari_unet.files.omezarr import write_ome_zarr
 
 
 def test_napari_reads_a_label_pyramid_as_multiscale(make_napari_viewer, tmp_path):

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_unet.samples import stained_sample
+from napari_unet.data.samples import stained_sample
 from napari_unet.widgets.annotate import MODES, AnnotateWidget
 from napari_unet.widgets.predict import PredictWidget
 from napari_unet.widgets.train import CURRENT, SCRATCH, TASK_LABELS, TrainWidget

@@ -13,7 +13,7 @@ from helpers import drain, tiny_bundle  # noqa: E402
 
 
 def test_predict_widget_uses_a_package(nuclei_viewer, qtbot, tmp_path):
-    from napari_unet.bioimage_io_export import export_bioimageio
+    from napari_unet.workflows.bioimage_io_export import export_bioimageio
 
     package = drain(export_bioimageio(tiny_bundle(), tmp_path / "tiny.zip", tile=32, run_test=False))
     widget = PredictWidget(nuclei_viewer)

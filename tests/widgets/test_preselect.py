@@ -6,7 +6,7 @@ import numpy as np
 
 
 def _image_and_annotations(viewer):
-    from napari_unet.samples import load_sample
+    from napari_unet.data.samples import load_sample
 
     image, labels = load_sample()
     viewer.add_image(image, name="nuclei")

@@ -7,10 +7,10 @@ import numpy as np
 from napari_unet.cli import drive
 from napari_unet.diffusion.config import DiffusionConfig, DiffusionUNetConfig
 from napari_unet.diffusion.train import DiffusionTrainer
-from napari_unet.project import Project
+from napari_unet.files.project import Project
+from napari_unet.widgets._session import session_for
 from napari_unet.widgets.annotate import AnnotateWidget
 from napari_unet.widgets.synthesize import SynthesizeWidget
-from napari_unet.widgets._session import session_for
 
 TINY = DiffusionConfig(model=DiffusionUNetConfig(base_width=8, channel_mults=(1, 2), attention_levels=(1,),
                                                  head_width=8, context_dim=16, groups=4),

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.samples import ball_volume
-from napari_unet.training.sizes import describe_sizes
+from napari_unet.data.samples import ball_volume
+from napari_unet.runtime.sizes import describe_sizes
+from napari_unet.widgets._session import session_for
 from napari_unet.widgets.predict import PredictWidget
 from napari_unet.widgets.train import CURRENT, SCRATCH, SLICES, VOLUME, TrainWidget
-from napari_unet.widgets._session import session_for
 
 
 def test_3d_choice_trains_a_3d_model_with_the_layer_z_scale(make_napari_viewer, qtbot, notifications):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_unet.widgets._session import session_for
 from napari_unet.widgets.predict import PredictWidget
 from napari_unet.widgets.train import CURRENT, SCRATCH, TrainWidget
-from napari_unet.widgets._session import session_for
 
 
 def small_settings(widget: TrainWidget, seconds: int = 30) -> None:
@@ -111,7 +111,7 @@ def test_training_errors_become_notifications(nuclei_viewer, qtbot, notification
 
 
 def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot):
-    from napari_unet.samples import load_sample
+    from napari_unet.data.samples import load_sample
 
     viewer = make_napari_viewer()
     image, labels = load_sample()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from napari_unet.cli import build_parser, train_request
-from napari_unet.decide.train_request import train_config_for
-from napari_unet.io import pair_files, read_image, read_mask, write_image
+from napari_unet.files.io import pair_files, read_image, read_mask, write_image
 from napari_unet.widgets.train import SCRATCH, TASK_LABELS, TASKS, TrainWidget
+from napari_unet.workflows.train_request import train_config_for
 
 
 def partial_mask(instances: np.ndarray) -> np.ndarray:
@@ -31,7 +31,7 @@ MASKS = {"binary": lambda inst: np.where(inst > 0, 255, 0).astype(np.uint8),
     (TASK_LABELS["partial"], "3class", ["--sparse"], "partial"),  # partial instances: instances + --sparse
 ])
 def test_cli_and_widget_build_the_same_train_config(make_napari_viewer, tmp_path, widget_task, head, flags, kind):
-    from napari_unet.samples import load_sample
+    from napari_unet.data.samples import load_sample
 
     image, instances = load_sample()
     mask = MASKS[kind](instances)
@@ -65,6 +65,6 @@ def test_cli_and_widget_build_the_same_train_config(make_napari_viewer, tmp_path
 
 
 def test_every_user_task_is_a_train_widget_choice():
-    from napari_unet.decide.classes import USER_TASKS
+    from napari_unet.workflows.classes import USER_TASKS
 
     assert sorted(TASKS.values()) == sorted(USER_TASKS)

@@ -1,0 +1,43 @@
+"""``make demo``: train on the bundled nuclei images for a bounded time and segment one more."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Generator
+
+from napari_unet.config import PredictConfig, TrainConfig
+from napari_unet.data.samples import SHOWCASE, load_sample, training_samples
+from napari_unet.events import Message
+from napari_unet.files.io import write_image
+from napari_unet.workflows.overview import overview
+
+
+def run_demo(out: Path, time_limit: float = 60.0, seed: int = 0) -> Generator[object, None, str]:
+    """Train, save the model, predict the showcase image with MC-dropout, write masks and a PNG."""
+    import numpy as np
+
+    # deferred: imports torch
+    from napari_unet.inference.predict import predict_image
+    from napari_unet.metrics import evaluate_instances
+    from napari_unet.models.bundle import save_bundle
+    from napari_unet.training.engine import Trainer
+
+    samples = training_samples()
+    cfg = replace(TrainConfig(), time_limit=time_limit, seed=seed, validate_every=max(time_limit / 4, 5.0))
+    yield Message(f"training on {len(samples)} bundled images for {time_limit:.0f} s")
+    trainer = Trainer([(im, m) for _, im, m in samples], cfg, names=[n for n, _, _ in samples])
+    bundle = yield from trainer.run()
+    model_dir = save_bundle(bundle, out / "model")
+
+    image, truth = load_sample(SHOWCASE)
+    yield Message(f"predicting {SHOWCASE} with 8 MC-dropout samples")
+    prediction = predict_image(bundle, image, PredictConfig(mc_samples=8))
+    write_image(out / "masks" / f"{SHOWCASE}.tif", prediction.labels)
+    write_image(out / "probabilities" / f"{SHOWCASE}.tif", prediction.probabilities)
+    write_image(out / "uncertainty" / f"{SHOWCASE}.tif", prediction.uncertainty["epistemic"])
+    write_image(out / "overview.png", overview(image, prediction.labels, prediction.uncertainty["epistemic"]))
+    scores = evaluate_instances([(prediction.labels, truth)])
+    return (f"model: {model_dir}\nmasks: {out / 'masks'}\noverview: {out / 'overview.png'}\n"
+            f"{SHOWCASE}: {int(np.max(prediction.labels))} nuclei found ({int(truth.max())} annotated), "
+            f"AP@0.5 {scores['ap50']:.3f}")

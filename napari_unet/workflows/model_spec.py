@@ -1,0 +1,72 @@
+"""Which model a user's choice names: ``pretrained:NAME``, a model folder, a bioimage.io package
+(zip or folder with ``rdf.yaml``, exported by napari-unet), or the model in memory (``CURRENT``).
+
+The CLI's ``--init``/``predict MODEL`` and the Train, Predict and Batch export widgets all load
+through here; ``pretrained.resolve_init`` turns the text into a folder, ``load_bundle`` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from napari_unet.errors import UserError
+from napari_unet.pretrained import PREFIX, available, default_init, resolve_init, resolve_model as resolve_folder
+from napari_unet.workflows.classes import config_task
+
+CURRENT = "current model"  # the model trained or loaded in this viewer
+
+
+def resolve_model(spec: str | os.PathLike | None, current: Any = None, device: Any = "cpu",
+                  required: bool = True) -> Any:
+    """The ``ModelBundle`` ``spec`` names (``CURRENT``: ``current``); ``none`` gives None unless
+    ``required``. Bad specs raise a one-line ``UserError``."""
+    # deferred: imports torch
+    from napari_unet.models.bundle import load_bundle
+
+    if spec is not None and os.fspath(spec) == CURRENT:
+        if current is None:
+            raise UserError("no model yet: train one, load one, or choose a pretrained model")
+        return current
+    folder = resolve_init(spec)
+    if folder is None:
+        if required:
+            raise UserError("a model is required: give a model folder or "
+                            + " / ".join(PREFIX + n for n in available()))
+        return None
+    return load_bundle(folder, device)
+
+
+def batch_source(spec: str | os.PathLike, current: Any = None) -> tuple[str, Any]:
+    """(model text for ``batch.predict_batch``, preloaded bundle or None): the in-memory model
+    travels as an object, any other spec as its folder (workers load it themselves)."""
+
+    if os.fspath(spec) == CURRENT:
+        return CURRENT, resolve_model(spec, current)
+    return str(resolve_folder(spec)), None
+
+
+def start_model(spec: str | None, task: str, architecture: dict[str, int] | None = None, current: Any = None,
+                shown: Callable[[str], str] = lambda field: field.replace("_", " "),
+                hint: str = "train from scratch for another architecture") -> Any:
+    """The model a training run starts from, or None for scratch.
+
+    No ``spec`` means the task's default (``pretrained:nuclei`` for instances, scratch otherwise),
+    or scratch when an ``architecture`` (``depth``/``base_width``/``dims``) is asked for: a starting model
+    keeps its own, so asking for another one together with a starting model is an error
+    (``shown`` names a field in that message, ``hint`` says what to do instead).
+    """
+
+    architecture = architecture or {}
+    if spec is None:
+        spec = "none" if architecture else default_init(config_task(task))
+    start = resolve_model(spec, current, required=False)
+    if start is None:
+        return None
+    clash = [f"{shown(k)} {v}" for k, v in architecture.items() if getattr(start.config.model, k) != v]
+    if clash:
+        raise UserError(f"{' '.join(clash)} does not match the starting model {spec} "
+                        f"(depth {start.config.model.depth}, base width {start.config.model.base_width}, "
+                        f"{start.config.model.dims}D); "
+                        f"{hint}")
+    return start
