@@ -47,7 +47,7 @@ from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.models.bundle import ModelBundle, build_network
 from napari_unet.inference.large import predict_large, VOLUME_OVERLAP
 from napari_unet.inference.predict import network_forward, tile_geometry
-from napari_unet.training.device import low_precision_dtype
+from napari_unet.runtime.device import low_precision_dtype
 
 def kib(key):
     return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
