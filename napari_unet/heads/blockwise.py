@@ -17,13 +17,17 @@ With ``split_height`` the seeds of step 1 are the split markers (h-maxima of the
 distance map, computed on each block plus the halo), and step 2 first floods each marker's
 interior region down the distance map, then the foreground as above.
 
+The same steps run on (Z, Y, X) volumes: blocks and halos are boxes along every axis, seeds are
+merged across the seams of all three axes, and ``spacing`` (an anisotropic volume's voxel size,
+``arrays.volumes.voxel_spacing``) makes the split markers' distances physical as in memory.
+
 Arrays are anything with numpy slicing (zarr arrays on disk); memory holds a few blocks.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Generator, Iterator
+from typing import Any, Generator, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -34,62 +38,93 @@ from skimage.segmentation import watershed
 from napari_unet.events import Progress
 from napari_unet.heads.watershed import interior_distance, interior_mask, split_markers
 
-Box = tuple[slice, slice]
+Box = tuple[slice, ...]
+Size = int | Sequence[int]  # one extent for every axis, or one per axis
+
+
+def per_axis(value: Size, ndim: int) -> tuple[int, ...]:
+    """``value`` as one int per axis (a scalar repeated)."""
+    if np.isscalar(value):
+        return (int(value),) * ndim
+    value = tuple(int(v) for v in value)
+    if len(value) != ndim:
+        raise ValueError(f"expected {ndim} extents, got {value}")
+    return value
+
+
+def block_grid(shape: Sequence[int], block: Size) -> Iterator[tuple[tuple[int, ...], Box]]:
+    """(grid index, box) of the blocks tiling ``shape`` (any number of axes) in raster order."""
+    size = per_axis(block, len(shape))
+    counts = [-(-n // b) for n, b in zip(shape, size)]
+    for index in np.ndindex(*counts):
+        yield index, tuple(slice(i * b, min((i + 1) * b, n)) for i, b, n in zip(index, size, shape))
+
+
+def n_blocks(shape: Sequence[int], block: Size) -> int:
+    return int(np.prod([-(-n // b) for n, b in zip(shape, per_axis(block, len(shape)))]))
 
 
 def blocks(shape: tuple[int, int], block: int) -> Iterator[tuple[int, int, Box]]:
-    """(row, col, (ys, xs)) of the blocks tiling ``shape`` in raster order."""
-    for r, y in enumerate(range(0, shape[0], block)):
-        for c, x in enumerate(range(0, shape[1], block)):
-            yield r, c, (slice(y, min(y + block, shape[0])), slice(x, min(x + block, shape[1])))
+    """(row, col, (ys, xs)) of the blocks tiling a 2D ``shape`` in raster order."""
+    for (r, c), box in block_grid(shape, block):
+        yield r, c, box
+
+
+def with_halo(box: Box, shape: Sequence[int], halo: Size) -> tuple[Box, Box]:
+    """(``box`` grown by ``halo`` per axis and clipped to ``shape``, the box inside that one)."""
+    h = per_axis(halo, len(shape))
+    outer = tuple(slice(max(b.start - e, 0), min(b.stop + e, n)) for b, e, n in zip(box, h, shape))
+    inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))
+    return outer, inner
 
 
 def _grow(counts: np.ndarray, n: int) -> np.ndarray:
     return counts if len(counts) >= n else np.concatenate([counts, np.zeros(max(n, 2 * len(counts)) - len(counts), counts.dtype)])
 
 
-def _seed_pixels(probs: Any, ys: slice, xs: slice, seed_threshold: float | None, split_height: float | None,
-                 halo: int) -> np.ndarray:
+def _seed_pixels(probs: Any, box: Box, seed_threshold: float | None, split_height: float | None,
+                 halo: Size, spacing: Sequence[float] | None = None) -> np.ndarray:
     """Seed pixels of one block: confident interior, or with ``split_height`` the split markers
-    (computed on the block plus ``halo`` so that they agree with the whole-image ones)."""
+    (computed on the block plus ``halo`` so that they agree with the whole-image ones; ``spacing``:
+    an anisotropic volume's voxel size, so distances are physical as in memory)."""
     if not split_height:
-        return interior_mask(np.asarray(probs[:, ys, xs]), seed_threshold)
+        return interior_mask(np.asarray(probs[(slice(None), *box)]), seed_threshold)
+    outer, inner = with_halo(box, probs.shape[1:], halo)
+    markers, _ = split_markers(interior_mask(np.asarray(probs[(slice(None), *outer)]), seed_threshold),
+                               split_height, spacing)
+    return markers[inner]
 
+
+def label_seeds(probs: Any, seeds: Any, block: Size, seed_min: int = 1, seed_threshold: float | None = None,
+                split_height: float | None = None, halo: Size = 64,
+                spacing: Sequence[float] | None = None) -> Generator[Progress, None, np.ndarray]:
+    """Pass 1: provisional seed ids into ``seeds`` (*S: (H, W) or (Z, Y, X)); returns the provisional
+    -> final seed id map (seeds merged across the seams of every axis, those under ``seed_min``
+    pixels dropped). With ``split_height`` the seeds are the split markers, grown through the
+    interior in pass 2."""
     shape = probs.shape[1:]
-    y0, x0 = max(ys.start - halo, 0), max(xs.start - halo, 0)
-    y1, x1 = min(ys.stop + halo, shape[0]), min(xs.stop + halo, shape[1])
-    markers, _ = split_markers(interior_mask(np.asarray(probs[:, y0:y1, x0:x1]), seed_threshold), split_height)
-    return markers[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
-
-
-def label_seeds(probs: Any, seeds: Any, block: int, seed_min: int = 1, seed_threshold: float | None = None,
-                split_height: float | None = None, halo: int = 64) -> Generator[Progress, None, np.ndarray]:
-    """Pass 1: provisional seed ids into ``seeds`` (H, W); returns the provisional -> final seed
-    id map (seeds merged across seams, those under ``seed_min`` pixels dropped). With
-    ``split_height`` the seeds are the split markers, grown through the interior in pass 2."""
-    shape = probs.shape[1:]
-    n_blocks = -(-shape[0] // block) * -(-shape[1] // block)
+    total = n_blocks(shape, block)
     next_id, counts = 1, np.zeros(1 << 16, np.int64)
     pairs: list[np.ndarray] = []
-    above: np.ndarray | None = None  # last row of the previous band of blocks
-    band_last = np.zeros(shape[1], np.int64)
     start = time.perf_counter()
-    for i, (r, c, (ys, xs)) in enumerate(blocks(shape, block)):
-        if c == 0 and r > 0:
-            above, band_last = band_last, np.zeros(shape[1], np.int64)
-        local, n = ndi.label(_seed_pixels(probs, ys, xs, seed_threshold, split_height, halo))
-        ids = np.where(local > 0, local + next_id - 1, 0).astype(np.int64)  # (h, w)
+    for i, (_, box) in enumerate(block_grid(shape, block)):
+        local, n = ndi.label(_seed_pixels(probs, box, seed_threshold, split_height, halo, spacing))
+        ids = np.where(local > 0, local + next_id - 1, 0).astype(np.int64)  # (*block)
         counts = _grow(counts, next_id + n)
         counts[next_id: next_id + n] = np.bincount(local.ravel(), minlength=n + 1)[1:]
         next_id += n
-        if c > 0:  # seam with the block on the left
-            left = np.asarray(seeds[ys, xs.start - 1]).astype(np.int64)
-            pairs.append(np.stack([left, ids[:, 0]], 1))
-        if above is not None:  # seam with the block above
-            pairs.append(np.stack([above[xs], ids[0]], 1))
-        band_last[xs] = ids[-1]
-        seeds[ys, xs] = ids.astype(np.uint32)
-        yield Progress(i + 1, n_blocks, time.perf_counter() - start, "seeds")
+        for axis, b in enumerate(box):
+            if b.start == 0:
+                continue
+            face = list(box)  # the last plane of the block before this one along ``axis`` (already written)
+            face[axis] = slice(b.start - 1, b.start)
+            before = np.asarray(seeds[tuple(face)]).astype(np.int64).ravel()
+            pair = np.stack([before, np.take(ids, [0], axis=axis).ravel()], 1)
+            pair = pair[(pair[:, 0] > 0) & (pair[:, 1] > 0)]
+            if len(pair):
+                pairs.append(np.unique(pair, axis=0))
+        seeds[box] = ids.astype(np.uint32)
+        yield Progress(i + 1, total, time.perf_counter() - start, "seeds")
     counts[0] = 0
     return merge_seeds(pairs, counts[:next_id], seed_min)
 
@@ -115,53 +150,53 @@ def merge_seeds(pairs: list[np.ndarray], counts: np.ndarray, min_size: int = 1) 
     return final.astype(np.int64)
 
 
-def grow_instances(probs: Any, seeds: Any, seed_map: np.ndarray, labels: Any, block: int, halo: int,
+def grow_instances(probs: Any, seeds: Any, seed_map: np.ndarray, labels: Any, block: Size, halo: Size,
                    fg_threshold: float = 0.5, seed_threshold: float | None = None,
-                   split_height: float | None = None) -> Generator[Progress, None, np.ndarray]:
+                   split_height: float | None = None,
+                   spacing: Sequence[float] | None = None) -> Generator[Progress, None, np.ndarray]:
     """Pass 2: watershed per block with a halo into ``labels``; returns object sizes by id.
 
     Split markers first flood their interior region down its distance map, as in memory."""
     shape = probs.shape[1:]
-    n_blocks = -(-shape[0] // block) * -(-shape[1] // block)
+    total = n_blocks(shape, block)
     sizes = np.zeros(int(seed_map.max()) + 1, np.int64)
     start = time.perf_counter()
-    for i, (_, _, (ys, xs)) in enumerate(blocks(shape, block)):
-        y0, x0 = max(ys.start - halo, 0), max(xs.start - halo, 0)
-        y1, x1 = min(ys.stop + halo, shape[0]), min(xs.stop + halo, shape[1])
-        p = np.asarray(probs[:, y0:y1, x0:x1], dtype=np.float32)  # (K, h + halos, w + halos)
-        markers = seed_map[np.asarray(seeds[y0:y1, x0:x1]).astype(np.int64)]  # global seed ids
+    for i, (_, box) in enumerate(block_grid(shape, block)):
+        outer, inner = with_halo(box, shape, halo)
+        p = np.asarray(probs[(slice(None), *outer)], dtype=np.float32)  # (K, *block + halos)
+        markers = seed_map[np.asarray(seeds[outer]).astype(np.int64)]  # global seed ids
         foreground = (p[1] + p[2]) > fg_threshold
         if split_height:
-
             interior = interior_mask(p, seed_threshold)
-            markers = watershed(-interior_distance(interior), markers=markers, mask=interior)
+            markers = watershed(-interior_distance(interior, spacing), markers=markers, mask=interior)
         grown = watershed(p[2], markers=markers, mask=foreground | (markers > 0))
-        core = grown[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
+        core = grown[inner]
         sizes += np.bincount(core.ravel(), minlength=len(sizes))[: len(sizes)]
-        labels[ys, xs] = core.astype(labels.dtype)
-        yield Progress(i + 1, n_blocks, time.perf_counter() - start, "instances")
+        labels[box] = core.astype(labels.dtype)
+        yield Progress(i + 1, total, time.perf_counter() - start, "instances")
     return sizes
 
 
-def instances_blockwise(probs: Any, labels: Any, scratch: Any, block: int = 1024, halo: int = 64,
+def instances_blockwise(probs: Any, labels: Any, scratch: Any, block: Size = 1024, halo: Size = 64,
                         min_size: int = 10, fg_threshold: float = 0.5, seed_threshold: float | None = None,
-                        split_height: float | None = None) -> Generator[Progress, None, int]:
-    """Instance labels (H, W) into ``labels`` from probabilities (3, H, W); ``scratch`` is a
-    uint32 (H, W) array for provisional seeds. Returns the number of objects."""
+                        split_height: float | None = None,
+                        spacing: Sequence[float] | None = None) -> Generator[Progress, None, int]:
+    """Instance labels (*S: (H, W) or (Z, Y, X)) into ``labels`` from probabilities (3, *S);
+    ``scratch`` is a uint32 (*S) array for provisional seeds; ``block`` and ``halo`` are one extent
+    or one per axis; ``spacing``: an anisotropic volume's voxel size (the split at saddles measures
+    physical distances, as ``instances_from_probabilities`` does). Returns the number of objects."""
     seed_min = 1 if split_height else max(min_size // 4, 1)  # split markers are small by nature
-    seed_map = yield from label_seeds(probs, scratch, block, seed_min, seed_threshold, split_height, halo)
+    seed_map = yield from label_seeds(probs, scratch, block, seed_min, seed_threshold, split_height, halo, spacing)
     sizes = yield from grow_instances(probs, scratch, seed_map, labels, block, halo, fg_threshold,
-                                      seed_threshold, split_height)
+                                      seed_threshold, split_height, spacing)
     keep = sizes >= max(min_size, 1)
     keep[0] = False
     final = np.zeros(len(sizes), np.int64)
     final[keep] = np.arange(1, int(keep.sum()) + 1)
     if not np.array_equal(final, np.arange(len(sizes))):
         start = time.perf_counter()
-        shape = labels.shape
-        n_blocks = -(-shape[0] // block) * -(-shape[1] // block)
-        for i, (_, _, box) in enumerate(blocks(shape, block)):
+        total = n_blocks(labels.shape, block)
+        for i, (_, box) in enumerate(block_grid(labels.shape, block)):
             labels[box] = final[np.asarray(labels[box]).astype(np.int64)].astype(labels.dtype)
-            yield Progress(i + 1, n_blocks, time.perf_counter() - start, "relabel")
+            yield Progress(i + 1, total, time.perf_counter() - start, "relabel")
     return int(keep.sum())
-

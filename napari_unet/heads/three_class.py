@@ -61,18 +61,20 @@ class ThreeClassHead(Head):
 
         return instances_from_probabilities(maps[:3], min_size, spacing=spacing, **rule)
 
-    def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
-                            scratch: Path | None = None, **rule: Any) -> Generator[Progress, None, int]:
-        """Seam-free watershed block by block (``heads.blockwise``); provisional seeds go to a
-        uint32 Zarr array created at ``scratch``."""
+    def instances_blockwise(self, maps: Any, labels: Any, block: Any = 1024, halo: Any = 64, min_size: int = 10,
+                            scratch: Path | None = None, spacing: Sequence[float] | None = None,
+                            **rule: Any) -> Generator[Progress, None, int]:
+        """Seam-free watershed block by block (``heads.blockwise``), in 2D or 3D (``block`` and
+        ``halo``: one extent or one per axis; ``spacing``: an anisotropic volume's voxel size);
+        provisional seeds go to a uint32 Zarr array created at ``scratch``."""
         import zarr
 
         # deferred: scikit-image loads at first use
-        from napari_unet.heads.blockwise import instances_blockwise
+        from napari_unet.heads.blockwise import instances_blockwise, per_axis
 
-        seeds = zarr.open_array(str(scratch), mode="w", shape=labels.shape, chunks=(block, block), dtype=np.uint32,
-                                zarr_format=2)
-        return (yield from instances_blockwise(maps, labels, seeds, block, halo, min_size, **rule))
+        seeds = zarr.open_array(str(scratch), mode="w", shape=labels.shape, chunks=per_axis(block, labels.ndim),
+                                dtype=np.uint32, zarr_format=2)
+        return (yield from instances_blockwise(maps, labels, seeds, block, halo, min_size, spacing=spacing, **rule))
 
     def score(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray],
               keep: dict | None = None, spacing: Sequence[float] | None = None) -> dict[str, float]:

@@ -8,7 +8,17 @@ tile, so the maps are seam-free and equal the whole-image ones), streamed the sa
 output then gets its resolution pyramid (``omezarr.build_pyramid``, block by block). Memory holds
 one band of tiles (about ``2 * tile * width * channels * 4`` bytes) plus one band of output
 chunks, whatever the image height. Normalisation percentiles come from a strided sample of the
-image."""
+image.
+
+A 3D model streams a (Z, Y, X) volume box by box (``tiling.iter_tiled_blocks``): 3D tiles
+(``PredictConfig.volume_tile_size`` voxels per axis plus the network's halo, blended over at most
+``VOLUME_OVERLAP`` voxels) run in rows along z and, within a row, along y; each finished box (one
+tile step in z and y, all of x) is written where it lies, and the instances are labelled in
+``VOLUME_BLOCK`` blocks with a ``VOLUME_HALO`` halo, seam-free along all three axes, with the
+model's voxel spacing (z-scale) as the whole-volume post-processing uses it; the outputs'
+OME-Zarr ``scale`` is (z-scale, 1, 1). Memory holds ``(K + 1) * 4`` bytes per voxel of one
+tile x tile x X buffer and of the tiles' z-overlap across the (Y, X) plane, one tile's forward
+pass and a few post-processing blocks, whatever the number of planes."""
 
 from __future__ import annotations
 
@@ -22,16 +32,25 @@ import numpy as np
 import torch
 
 from napari_unet import heads
+from napari_unet.arrays.layout import array_layout
 from napari_unet.arrays.normalize import bright_background
+from napari_unet.arrays.volumes import anisotropic_spacing, voxel_spacing
 from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
 from napari_unet.files.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
-from napari_unet.inference.tiling import Slab, iter_tiled
+from napari_unet.heads.blockwise import block_grid
+from napari_unet.inference.tiling import Block, Slab, iter_tiled, iter_tiled_blocks
 from napari_unet.inference.uncertainty import uncertainty_kinds
 from napari_unet.models import enable_mc_dropout
 from napari_unet.models.bundle import ModelBundle
 from napari_unet.runtime.device import low_precision_dtype
+
+MIN_STREAM_PLANES = 4  # a streamed volume holds at least this many z-planes (``arrays.volumes.MIN_PATCH_PLANES``)
+VOLUME_BLOCK = (64, 128, 128)  # (z, y, x) voxels of a volume's post-processing blocks and label chunks
+VOLUME_BAND = 16  # z-planes per chunk of a volume's probability maps
+VOLUME_HALO = 32  # voxels of a volume's block-wise watershed halo along every axis
+VOLUME_OVERLAP = 16  # voxels over which neighbouring 3D tiles are blended (at most)
 
 
 @dataclass(frozen=True)
@@ -81,19 +100,58 @@ class ChannelsFirst:
         raise UserError(f"the model expects {self.in_channels} channels, the image has {block.shape[0]}")
 
 
-def sampled_percentiles(view: ChannelsFirst, percentiles: tuple[float, float],
+class VolumeChannelsFirst:
+    """Lazy (C, Z, Y, X) view of a (Z, Y, X) volume, optionally with a channel axis ((C, Z, Y, X),
+    (Z, C, Y, X) or (Z, Y, X, C), read as ``arrays.layout`` reads a volume for a 3D model);
+    slicing reads only the box."""
+
+    def __init__(self, array: Any, in_channels: int) -> None:
+        shape = tuple(int(n) for n in array.shape)
+        if len(shape) not in (3, 4):
+            raise UserError(f"a 3D model streams (Z, Y, X) volumes (optionally with channels), got shape {shape}")
+        layout = array_layout(shape, False, in_channels, dims=3)  # UserError for a 2D image
+        self.axis = None if layout.channel_axis is None else layout.channel_axis % len(shape)
+        spatial = tuple(layout.spatial)
+        if spatial[0] < MIN_STREAM_PLANES:
+            raise UserError(f"a 3D model needs volumes of at least {MIN_STREAM_PLANES} z-planes, "
+                            f"got {spatial[0]} (shape {shape})")
+        self.shape = (1 if self.axis is None else shape[self.axis], *spatial)
+        self.array, self.in_channels = array, in_channels
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        _, zs, ys, xs = key
+        if self.axis is None:
+            block = np.asarray(self.array[zs, ys, xs])[None]
+        else:
+            box = [zs, ys, xs]
+            box.insert(self.axis, slice(None))
+            block = np.moveaxis(np.asarray(self.array[tuple(box)]), self.axis, 0)
+        block = block.astype(np.float32)  # (C, z, y, x)
+        if block.shape[0] == self.in_channels:
+            return block
+        if self.in_channels == 1:
+            return block[:3].mean(axis=0, keepdims=True)
+        if block.shape[0] == 1:
+            return np.repeat(block, self.in_channels, axis=0)
+        raise UserError(f"the model expects {self.in_channels} channels, the volume has {block.shape[0]}")
+
+
+def sampled_percentiles(view: Any, percentiles: tuple[float, float],
                         max_pixels: int = 4_000_000, polarity: str = "keep") -> np.ndarray:
-    """(C, 2) low/high percentiles from a regular sub-grid of at most ``max_pixels`` pixels.
+    """(C, 2) low/high percentiles from a regular sub-grid of at most ``max_pixels`` pixels (of a
+    (C, H, W) image or a (C, Z, Y, X) volume: every stride-th plane, row and column).
 
     ``polarity="auto"`` and a bright background (``normalize.bright_background`` of the sample's
     channel mean): high/low instead, so ``Normalized`` inverts the image as ``normalize`` does.
     """
-    _, h, w = view.shape
-    stride = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+    spatial = view.shape[1:]
+    stride = max(1, int(np.ceil((np.prod(spatial, dtype=np.float64) / max_pixels) ** (1 / len(spatial)))))
+    planes = [()] if len(spatial) == 2 else [(slice(z, z + 1),) for z in range(0, spatial[0], stride)]
+    h = spatial[-2]
     step = stride * max(1, 256 // stride)  # read bands of rows, keep every stride-th pixel
-    rows = [view[(slice(None), slice(y, min(y + step, h)), slice(None))][:, ::stride, ::stride]
-            for y in range(0, h, step)]
-    sample = np.concatenate(rows, axis=1).reshape(view.shape[0], -1)
+    rows = [view[(slice(None), *plane, slice(y, min(y + step, h)), slice(None))][..., ::stride, ::stride]
+            .reshape(view.shape[0], -1) for plane in planes for y in range(0, h, step)]
+    sample = np.concatenate(rows, axis=1)
     bounds = np.stack([np.percentile(c[np.isfinite(c)], percentiles) for c in sample])
     if polarity == "auto":
         grey = sample.mean(axis=0)
@@ -104,14 +162,15 @@ def sampled_percentiles(view: ChannelsFirst, percentiles: tuple[float, float],
 
 
 class Normalized:
-    """(C, H, W) view scaled so the stored percentiles map to 0 and 1 (as ``normalize`` does)."""
+    """(C, *S) view scaled so the stored percentiles map to 0 and 1 (as ``normalize`` does)."""
 
-    def __init__(self, view: ChannelsFirst, bounds: np.ndarray) -> None:
+    def __init__(self, view: Any, bounds: np.ndarray) -> None:
         self.view, self.shape = view, view.shape
         lo, hi = bounds[:, 0], bounds[:, 1]
         span = hi - lo  # negative for an inverted image (``sampled_percentiles``)
-        self.lo = lo[:, None, None].astype(np.float32)
-        self.scale = (1.0 / np.where(np.abs(span) < 1e-6, 1e-6, span))[:, None, None].astype(np.float32)
+        ones = (1,) * (len(view.shape) - 1)
+        self.lo = lo.reshape(-1, *ones).astype(np.float32)
+        self.scale = (1.0 / np.where(np.abs(span) < 1e-6, 1e-6, span)).reshape(-1, *ones).astype(np.float32)
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         return (self.view[key] - self.lo) * self.scale
@@ -146,50 +205,77 @@ def _sibling(out: Path, suffix: str) -> Path:
 
 def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: PredictConfig = PredictConfig(),
                   probabilities: bool = False, chunk: int = 1024, tile: int = 512,
-                  halo: int = 64, min_level_size: int = MIN_LEVEL_SIZE) -> Generator[object, None, LargeResult]:
-    """Predict a 2D array-like ``image`` (numpy, zarr, dask) into the OME-Zarr ``out`` (labels),
-    streaming; with ``probabilities`` also keep ``<out>_probabilities`` (K, H, W float16); with
-    ``cfg.mc_samples`` > 0 labels come from the MC-dropout mean and ``<out>_uncertainty``
-    (total, aleatoric, epistemic[, the instance head's own, e.g. shape]; 3 or 4, H, W float16) is written
-    too. Every output gets a resolution pyramid down to ``min_level_size`` pixels. Yields
-    ``Progress`` per tile and per block, then ``Finished``."""
+                  halo: int | None = None, min_level_size: int = MIN_LEVEL_SIZE) -> Generator[object, None, LargeResult]:
+    """Predict a 2D array-like ``image`` (numpy, zarr, dask), or a (Z, Y, X) volume for a 3D model,
+    into the OME-Zarr ``out`` (labels), streaming; with ``probabilities`` also keep
+    ``<out>_probabilities`` (K, *S float16); with ``cfg.mc_samples`` > 0 labels come from the
+    MC-dropout mean and ``<out>_uncertainty`` (total, aleatoric, epistemic[, the instance head's own,
+    e.g. shape]; 3 or 4, *S float16) is written too. Every output gets a resolution pyramid down to
+    ``min_level_size`` pixels. ``halo`` (default 64 pixels in 2D, ``VOLUME_HALO`` voxels in 3D): the
+    block-wise watershed's overlap. Volumes: see ``volume_blocks`` and the module docstring.
+    Yields ``Progress`` per tile and per block, then ``Finished``."""
     # deferred: scikit-image loads at first use
     from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
 
     begin = time.perf_counter()
-    if bundle.config.model.dims != 2:
-        raise UserError("streaming prediction supports 2D models; predict volumes in memory")
     out = Path(out)
-    view = ChannelsFirst(image, bundle.config.model.in_channels)
-    _, h, w = view.shape
+    dims = bundle.config.model.dims
+    if dims == 3:
+        view = VolumeChannelsFirst(image, bundle.config.model.in_channels)
+    else:
+        if len(image.shape) == 3 and min(image.shape) > 4:
+            raise UserError(f"a 2D model streams 2D images; the (Z, Y, X) volume of shape {tuple(image.shape)} "
+                            "needs a 3D model (or predict the stack in memory, plane by plane)")
+        view = ChannelsFirst(image, bundle.config.model.in_channels)
+    shape = tuple(view.shape[1:])
+    if dims == 3:
+        block, chunks = volume_blocks(shape, chunk)
+        halo = VOLUME_HALO if halo is None else halo
+        scale = list(voxel_spacing(bundle.config))
+    else:
+        block, chunks = chunk, (chunk, chunk)
+        halo = 64 if halo is None else halo
+        scale = None
+    axes = ["z", "y", "x"][-len(shape):]
     bounds = sampled_percentiles(view, tuple(bundle.config.percentiles), polarity=bundle.config.polarity)
     net = bundle.net.eval()
     dtype = low_precision_dtype(next(net.parameters()).device, None)
-    spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=cfg.overlap))
+    # 3D tiles carry a halo of the network's receptive radius, so they agree before blending: a thin
+    # blend (``VOLUME_OVERLAP``) suffices and spares most of the overlap's cost, which grows as its cube
+    overlap = cfg.overlap if dims == 2 else min(cfg.overlap, VOLUME_OVERLAP)
+    spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=overlap,
+                                                     volume_tile_size=cfg.volume_tile_size))
     k, mc = bundle.n_outputs, max(cfg.mc_samples, 0)
     kinds = uncertainty_kinds(bundle.config) if mc else ()
-    yield Message(f"streaming {h}x{w} in {spec.tile}-pixel tiles to {out.name}"
+    yield Message(f"streaming {'x'.join(map(str, shape))} in {spec.tile}-pixel tiles to {out.name}"
                   + (f" with {mc} MC-dropout passes per tile" if mc else ""))
     prob_path, unc_path = _sibling(out, "probabilities"), _sibling(out, "uncertainty") if mc else None
     work = prob_path if probabilities else out.with_name(f".{out.name}.work")
-    probs = create_ome_zarr(work, (k, h, w), np.float16, (1, chunk, chunk), ["c", "y", "x"])
-    writers = [_band_writer(probs, chunk)]
+    band = chunks[0] if dims == 2 else min(chunks[0], VOLUME_BAND)  # 2D: written in bands of whole chunks
+    map_chunks = (1, band, *chunks[1:])
+    map_scale = None if scale is None else [1.0, *scale]
+    probs = create_ome_zarr(work, (k, *shape), np.float16, map_chunks, ["c", *axes], scale=map_scale)
+    writers = [_band_writer(probs, band)]
     if unc_path is not None:
-        maps = create_ome_zarr(unc_path, (len(kinds), h, w), np.float16, (1, chunk, chunk), ["c", "y", "x"])
-        writers.append(_band_writer(maps, chunk))
+        maps = create_ome_zarr(unc_path, (len(kinds), *shape), np.float16, map_chunks, ["c", *axes], scale=map_scale)
+        writers.append(_band_writer(maps, band))
     if mc:
         enable_mc_dropout(net)
         tile_fn = mc_dropout_tile_fn(net, dtype, mc, kinds=kinds)
     else:
         tile_fn = network_tile_fn(net, dtype)
+    targets = [probs] if unc_path is None else [probs, maps]
+    tiled = iter_tiled if dims == 2 else iter_tiled_blocks  # a volume: boxes, not bands across the plane
     try:
         with torch.inference_mode():
-            for item in iter_tiled(tile_fn, Normalized(view, bounds), k + len(kinds), spec, allowed,
-                                   cfg.batch_size):
+            for item in tiled(tile_fn, Normalized(view, bounds), k + len(kinds), spec, allowed, cfg.batch_size):
                 if isinstance(item, Slab):  # (K [+ kinds], rows, W): probabilities [and uncertainty maps]
                     writers[0](Slab(item.start, item.stop, item.data[:k]))
                     if mc:
                         writers[1](Slab(item.start, item.stop, item.data[k:]))
+                elif isinstance(item, Block):  # (K [+ kinds], *box) of a volume, written where it lies
+                    for target, data in zip(targets, (item.data[:k], item.data[k:])):
+                        target[(slice(None), *item.box)] = data.astype(target.dtype)
                 else:
                     yield Progress(item.done, item.total, item.elapsed, "tiles")
     finally:
@@ -197,46 +283,56 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     for push in writers:
         push(None)
     labels_dtype = np.uint32
-    labels = create_ome_zarr(out, (h, w), labels_dtype, (chunk, chunk), ["y", "x"], labels=True)
+    labels = create_ome_zarr(out, shape, labels_dtype, chunks, axes, labels=True, scale=scale)
     head = heads.of(bundle.config)
     if head is not None:  # the instance head's block-wise instances, with the model's tuned thresholds
         scratch = out.with_name(f".{out.name}.seeds")
-        objects = yield from head.instances_blockwise(probs, labels, chunk, halo, cfg.min_size, scratch,
-                                                      **bundle.postprocess)
+        told = {} if dims == 2 else {"spacing": anisotropic_spacing(bundle.config)}  # 3D heads take it
+        objects = yield from head.instances_blockwise(probs, labels, block, halo, cfg.min_size, scratch,
+                                                      **told, **bundle.postprocess)
         shutil.rmtree(scratch, ignore_errors=True)
     else:
-        for y in range(0, h, chunk):
-            labels[y:y + chunk] = np.asarray(probs[:, y:y + chunk]).argmax(axis=0).astype(labels_dtype)
+        for _, box in block_grid(shape, block):
+            labels[box] = np.asarray(probs[(slice(None), *box)]).argmax(axis=0).astype(labels_dtype)
         objects = 0
     if not probabilities:
         shutil.rmtree(work, ignore_errors=True)
     for path in (out, prob_path if probabilities else None, unc_path):
         if path is not None:
             yield from build_pyramid(path, min_size=min_level_size)
-    result = LargeResult(out, prob_path if probabilities else None, objects, (h, w), time.perf_counter() - begin,
+    result = LargeResult(out, prob_path if probabilities else None, objects, shape, time.perf_counter() - begin,
                          unc_path)
     yield Finished({"objects": objects, "seconds": result.seconds, "megapixels_per_second":
-                            h * w / 1e6 / max(result.seconds, 1e-9)})
+                            int(np.prod(shape)) / 1e6 / max(result.seconds, 1e-9)})
     return result
 
 
+def volume_blocks(shape: tuple[int, ...], chunk: int = 1024) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(post-processing block, labels chunk) of a streamed (Z, Y, X) volume: ``VOLUME_BLOCK`` voxels
+    per axis at most (``chunk`` caps every axis), never more than the volume holds."""
+    block = tuple(max(1, min(b, chunk, n)) for b, n in zip(VOLUME_BLOCK, shape))
+    return block, block
+
+
 def streamed_summary(labels: Any, maps: Any | None, block: int = 1024) -> dict[str, float]:
-    """Foreground fraction, mean object area and mean (object) total uncertainty of on-disk
-    outputs, read block by block: labels (H, W), uncertainty ``maps`` (3, H, W; total first) or None."""
-    h, w = labels.shape
+    """Foreground fraction, mean object area (voxels in 3D) and mean (object) total uncertainty of
+    on-disk outputs, read block by block: labels (*S), uncertainty ``maps`` (3, *S; total first) or None."""
+    shape = tuple(labels.shape)
+    if len(shape) == 3:
+        block = min(block, 256)  # a (256, 256, 256) block of a volume
     fg = unc_sum = unc_fg = 0.0
     ids: set[int] = set()
-    for y in range(0, h, block):
-        for x in range(0, w, block):
-            lab = np.asarray(labels[y:y + block, x:x + block])
-            mask = lab > 0
-            fg += float(mask.sum())
-            ids.update(np.unique(lab[mask]).tolist())
-            if maps is not None:
-                u = np.asarray(maps[0, y:y + block, x:x + block], dtype=np.float64)
-                unc_sum, unc_fg = unc_sum + float(u.sum()), unc_fg + float(u[mask].sum())
-    row = {"foreground_fraction": round(fg / (h * w), 5), "mean_area": round(fg / len(ids), 2) if ids else 0.0}
+    for _, box in block_grid(shape, block):
+        lab = np.asarray(labels[box])
+        mask = lab > 0
+        fg += float(mask.sum())
+        ids.update(np.unique(lab[mask]).tolist())
+        if maps is not None:
+            u = np.asarray(maps[(0, *box)], dtype=np.float64)
+            unc_sum, unc_fg = unc_sum + float(u.sum()), unc_fg + float(u[mask].sum())
+    total = float(np.prod(shape))
+    row = {"foreground_fraction": round(fg / total, 5), "mean_area": round(fg / len(ids), 2) if ids else 0.0}
     if maps is not None:
-        row["mean_uncertainty"] = round(unc_sum / (h * w), 5)
+        row["mean_uncertainty"] = round(unc_sum / total, 5)
         row["mean_object_uncertainty"] = round(unc_fg / fg, 5) if fg else 0.0
     return row

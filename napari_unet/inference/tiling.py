@@ -14,7 +14,9 @@ be on the whole image:
 Tile starts are multiples of ``align`` (the network's total down-sampling 2**depth), so max
 pooling sees the same grid in every tile. The image is read lazily per tile: any array with
 numpy slicing (numpy, zarr, dask) works, and ``iter_tiled`` hands back finished slabs along the
-first spatial axis, so a caller can stream a huge image to disk with one band of tiles in memory.
+first spatial axis, so a caller can stream a huge image to disk with one band of tiles in memory;
+``iter_tiled_blocks`` hands back finished boxes of a volume instead (rows of tiles along z, then y),
+so memory does not grow with the (Y, X) plane either.
 """
 
 from __future__ import annotations
@@ -142,7 +144,9 @@ def _tile_boxes(starts: Sequence[int], tiles: Sequence[int], limit: Sequence[int
 def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: AllowedFn | None = None,
                batch_size: int = 1) -> Generator[Progress | Slab, None, None]:
     """Predict ``image`` (C, *S) tile by tile; yields ``Progress`` per batch and ``Slab`` s of
-    blended float32 output in order along the first spatial axis (together covering it once)."""
+    blended float32 output in order along the first spatial axis (together covering it once).
+    Memory: one band of tile rows (``n_out + 1`` float32 values per pixel of a tile-deep band),
+    allocated once, plus one slab."""
     allowed = allowed or (lambda n: round_up(n, spec.align))
     shape = tuple(image.shape[1:])
     plans = [axis_plan(size, spec, allowed) for size in shape]
@@ -158,15 +162,11 @@ def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: Allo
     total = len(plans[0][1]) * len(grid_rest)
     done, begin = 0, time.perf_counter()
     band_lo = 0  # first row of the band buffer (image coordinates along axis 0)
-    band = np.zeros((n_out, 0, *canvas[1:]), np.float32)
-    norm = np.zeros((0, *canvas[1:]), np.float32)
+    # every row of tiles starts where the previous one's finished rows end: one tile deep covers it
+    band = np.zeros((n_out, tiles[0], *canvas[1:]), np.float32)
+    norm = np.zeros((tiles[0], *canvas[1:]), np.float32)
     row_starts = plans[0][1]
     for r, y in enumerate(row_starts):
-        need = y + tiles[0] - band_lo  # grow the band to cover this row of tiles
-        if need > band.shape[1]:
-            extra = need - band.shape[1]
-            band = np.concatenate([band, np.zeros((n_out, extra, *canvas[1:]), np.float32)], axis=1)
-            norm = np.concatenate([norm, np.zeros((extra, *canvas[1:]), np.float32)], axis=0)
         boxes = [[y, *rest] for rest in grid_rest.tolist()]
         groups: list[list[tuple[list[int], ...]]] = []
         for starts in boxes:
@@ -196,7 +196,11 @@ def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: Allo
             rest = tuple(slice(0, s) for s in shape[1:])
             data = band[(slice(None), slice(0, n), *rest)] / np.maximum(norm[(slice(0, n), *rest)], 1e-8)
             yield Slab(band_lo, final, data.astype(np.float32, copy=False))
-            band, norm, band_lo = band[:, n:], norm[n:], final
+            band[:, :tiles[0] - n] = band[:, n:]  # keep the overlap with the next row of tiles
+            band[:, tiles[0] - n:] = 0
+            norm[:tiles[0] - n] = norm[n:]
+            norm[tiles[0] - n:] = 0
+            band_lo = final
 
 
 def predict_tiled(fn: TileFn, image: Any, n_out: int, tile: int, overlap: int, margin: int = 0,
@@ -211,3 +215,92 @@ def predict_tiled(fn: TileFn, image: Any, n_out: int, tile: int, overlap: int, m
         elif on_tile is not None:
             on_tile(item.done, item.total or 0)
     return out
+
+
+@dataclass(frozen=True)
+class Block:
+    """Finished output of the spatial box ``box`` (one slice per axis): (K, *extents of the box)."""
+
+    box: tuple[slice, ...]
+    data: np.ndarray
+
+
+def _tile_groups(boxes: Sequence[Sequence[int]], tiles: Sequence[int], limit: Sequence[int], spec: TileSpec,
+                 batch_size: int) -> list[list[tuple[Any, ...]]]:
+    """Tiles (starts, lo, hi, crop, length) in batches of at most ``batch_size`` equal input shapes."""
+    groups: list[list[tuple[Any, ...]]] = []
+    for starts in boxes:
+        lo, hi, crop, length = _tile_boxes(starts, tiles, limit, spec)
+        entry = (starts, lo, hi, crop, length)
+        shape_in = [h - l for l, h in zip(lo, hi)]
+        prev = groups[-1][-1] if groups else None
+        if prev and len(groups[-1]) < batch_size and [h - l for l, h in zip(prev[1], prev[2])] == shape_in:
+            groups[-1].append(entry)
+        else:
+            groups.append([entry])
+    return groups
+
+
+def iter_tiled_blocks(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: AllowedFn | None = None,
+                      batch_size: int = 1) -> Generator[Progress | Block, None, None]:
+    """``iter_tiled`` for images of three or more spatial axes (volumes) whose band of tiles across
+    all the other axes would not fit in memory: tiles run in rows along the first axis and, within
+    a row, in rows along the second; each finished box (the first two axes one tile step each, the
+    rest whole) is yielded as a ``Block`` (blended float32, together covering the image once), in
+    order along the first axis, then the second. Memory: ``(n_out + 1)`` float32 values per voxel
+    of one tile x tile x rest buffer, plus of the tiles' overlap along the first axis across the
+    second and the rest (carried to the next row), whatever the image size."""
+    allowed = allowed or (lambda n: round_up(n, spec.align))
+    shape = tuple(image.shape[1:])
+    if len(shape) < 3:
+        raise ValueError(f"iter_tiled_blocks needs three or more spatial axes, got {shape}")
+    plans = [axis_plan(size, spec, allowed) for size in shape]
+    tiles = tuple(t for t, _ in plans)
+    canvas = [starts[-1] + t for t, starts in plans]
+    limit = canvas if spec.margin else [round_up(size, spec.align) for size in shape]
+    single = all(len(starts) == 1 for _, starts in plans)
+    window = np.ones(tiles, np.float32) if single else blend_window(tiles, spec.overlap)
+    z_starts, y_starts = plans[0][1], plans[1][1]
+    rest_starts = [starts for _, starts in plans[2:]]
+    grid_rest = np.stack(np.meshgrid(*rest_starts, indexing="ij"), -1).reshape(-1, len(rest_starts)).tolist()
+    total = len(z_starts) * len(y_starts) * len(grid_rest)
+    rest = tuple(slice(0, s) for s in shape[2:])
+    tz, ty = tiles[0], tiles[1]
+    depth = tz - (z_starts[1] - z_starts[0]) if len(z_starts) > 1 else 0  # planes carried to the next row
+    carry = np.zeros((n_out + 1, depth, canvas[1], *canvas[2:]), np.float32)  # the last channel: weights
+    buf = np.zeros((n_out + 1, tz, ty, *canvas[2:]), np.float32)
+    done, begin = 0, time.perf_counter()
+    for r, z in enumerate(z_starts):
+        z_final = shape[0] if r + 1 == len(z_starts) else min(z_starts[r + 1], shape[0])
+        buf[:] = 0
+        y_lo = 0
+        for q, y in enumerate(y_starts):
+            for group in _tile_groups([[z, y, *more] for more in grid_rest], tiles, limit, spec, batch_size):
+                batch = np.stack([read_box(image, lo, hi) for _, lo, hi, _, _ in group])  # (B, C, *S_in)
+                result = fn(batch)  # (B, K, *S_res)
+                for (starts, _, _, crop, length), res in zip(group, result):
+                    res = res[(slice(None), *(slice(c, c + n) for c, n in zip(crop, length)))]  # (K, *length)
+                    win = window[tuple(slice(0, n) for n in length)]
+                    dst = (slice(starts[0] - z, starts[0] - z + length[0]),
+                           slice(starts[1] - y_lo, starts[1] - y_lo + length[1]),
+                           *(slice(s, s + n) for s, n in zip(starts[2:], length[2:])))
+                    buf[(slice(0, n_out), *dst)] += res * win
+                    buf[(n_out, *dst)] += win
+                done += len(group)
+                yield Progress(done, total, time.perf_counter() - begin, "tiles")
+            y_final = shape[1] if q + 1 == len(y_starts) else min(y_starts[q + 1], shape[1])
+            n = y_final - y_lo
+            if n <= 0:
+                continue
+            if depth:  # what the previous row of tiles along the first axis added to these planes
+                buf[:, :depth, :n] += carry[:, :, y_lo:y_final]
+            nz = z_final - z
+            if nz > 0:
+                acc = buf[(slice(None), slice(0, nz), slice(0, n), *rest)]
+                data = acc[:n_out] / np.maximum(acc[n_out], 1e-8)
+                yield Block((slice(z, z_final), slice(y_lo, y_final), *rest), data.astype(np.float32, copy=False))
+            if depth and r + 1 < len(z_starts):
+                carry[:, :, y_lo:y_final] = buf[:, nz:nz + depth, :n]
+            buf[:, :, :ty - n] = buf[:, :, n:]  # keep the overlap with the next row along the second axis
+            buf[:, :, ty - n:] = 0
+            y_lo = y_final

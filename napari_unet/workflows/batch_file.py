@@ -47,7 +47,7 @@ class BatchConfig:
     mc_samples: int = 8  # dropout samples when ``uncertainty``
     workers: int = 1  # local threads working on different files
     scheduler: str | None = None  # dask.distributed scheduler address; None = local threads
-    large_pixels: int = 64_000_000  # images with more pixels (and Zarr inputs) are streamed
+    large_pixels: int = 64_000_000  # images (3D models: volumes) with more pixels (and Zarr inputs) are streamed
     summary: str = "summary.csv"  # written in the output folder
     overwrite: bool = False  # False: skip files whose outputs an earlier run completed (resume)
 
@@ -70,7 +70,8 @@ def cached_model(model: str, device: str = "auto", preloaded: Any = None) -> Any
         return _MODELS[key]
 
 
-def _is_large(path: Path, limit: int) -> bool:
+def _is_large(path: Path, limit: int, dims: int = 2) -> bool:
+    """Zarr inputs, and TIFFs of more than ``limit`` pixels (a 2D model: per plane; a 3D model: voxels)."""
     if path.suffix == ".zarr":
         return True
     if path.suffix.lower() in (".tif", ".tiff"):
@@ -81,6 +82,8 @@ def _is_large(path: Path, limit: int) -> bool:
                 shape = tif.series[0].shape
         except Exception:  # corrupt or empty: read_image reports it in one line
             return False
+        if dims == 3:
+            return int(np.prod(shape)) > limit and len(shape) in (3, 4)
         return int(np.prod(shape[:2] if len(shape) >= 2 else shape)) > limit and len(shape) <= 3
     return False
 
@@ -95,10 +98,11 @@ def _open_lazy(path: Path) -> Any:
     return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
 
 
-def _write(path: Path, data: np.ndarray, fmt: str, axes: list[str] | None = None, labels: bool = False) -> Path:
+def _write(path: Path, data: np.ndarray, fmt: str, axes: list[str] | None = None, labels: bool = False,
+           scale: list[float] | None = None) -> Path:
 
     if fmt == "ome-zarr":
-        return write_ome_zarr(path, data, axes, labels=labels)
+        return write_ome_zarr(path, data, axes, labels=labels, scale=scale)
     if fmt == "png" and data.dtype.kind in "ui" and data.size and int(data.max()) >= 2**16:
         raise UserError(f"{path.name}: {int(data.max())} labels do not fit a PNG; use --format tif")
     write_image(path, data)
@@ -149,7 +153,7 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the folder {out.parent}: {exc.strerror or exc}") from None
-    if bundle.config.model.dims == 2 and _is_large(path, bcfg.large_pixels):
+    if _is_large(path, bcfg.large_pixels, bundle.config.model.dims):
         row, outputs = yield from _predict_streamed(bundle, path, out, pcfg, bcfg, start)
     else:
         # deferred: imports torch
@@ -164,11 +168,14 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
         if bundle.task == "instances":
             labels = labels.astype(labels_dtype(int(labels.max()) if labels.size else 0))
         spatial = ["z", "y", "x"][-labels.ndim:]
-        outputs = [_write(out.with_name(out.name + SUFFIX[bcfg.format]), labels, bcfg.format, spatial, labels=True)]
+        # a 3D model's voxel size (z-scale) in the OME-Zarr metadata, as streamed volumes carry it
+        scale = [float(bundle.config.z_scale), 1.0, 1.0] if bundle.config.model.dims == 3 and labels.ndim == 3 else None
+        outputs = [_write(out.with_name(out.name + SUFFIX[bcfg.format]), labels, bcfg.format, spatial, labels=True,
+                          scale=scale)]
         extra_fmt = "ome-zarr" if bcfg.format == "ome-zarr" else "tif"
         if bcfg.probabilities:
             outputs.append(_write(out.with_name(out.name + "_probabilities" + SUFFIX[extra_fmt]),
-                                  pred.probabilities, extra_fmt, ["c", *spatial]))
+                                  pred.probabilities, extra_fmt, ["c", *spatial], scale=scale and [1.0, *scale]))
         uncertainty = pred.uncertainty.get("total")
         if bcfg.uncertainty and pred.uncertainty:
             maps = np.stack([pred.uncertainty[k] for k in uncertainty_kinds(bundle.config)])

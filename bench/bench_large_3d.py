@@ -1,0 +1,237 @@
+"""3D streaming: a (Z, Y, X) Zarr volume predicted to OME-Zarr labels by a 3D model, peak memory and time.
+
+    .venv/bin/python bench/bench_large_3d.py [--shapes 128x128x128,512x128x128,64x512x512] [--threads 2]
+                                             [--z-scale 2] [--tile 128] [--model DIR [--train SECONDS]]
+
+For each shape a uint16 Zarr volume of synthetic nuclei (``bench_3d.nuclei_volume``, one 64 x 128 x 128
+block tiled to the shape) is streamed by ``inference.large.predict_large`` in a child process with the
+default 3D model (``--dims 3``: depth 4, width 8) and the 3-class head's block-wise, seam-free 3D
+instances. The weights are random unless ``--model`` names a trained 3D model folder (``--train 120``
+first trains one there with ``bench_3d.py``'s data and command): the network's speed and memory do
+not depend on them, the instances (and so the post-processing's work) do. The child reports:
+
+- ``model``: its RSS with the model loaded (the baseline);
+- ``one tile``: the peak above the baseline of one forward pass on the largest tile input the run
+  reads (``--tile`` voxels per axis plus the network's halo, clipped to the volume): the network's
+  own working memory, which whole-volume prediction needs as well;
+- ``stream``: the peak above the baseline over the whole streamed prediction (tiles, blending,
+  writing, block-wise instances), and the seconds it took.
+
+Peaks are the kernel's high-water mark (``VmHWM``), reset between the two measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import machine_description  # noqa: E402
+
+CHILD = r"""
+import json, sys, time, torch, zarr, numpy as np
+torch.set_num_threads(int(sys.argv[3]))
+from dataclasses import replace
+from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
+from napari_unet.models.bundle import ModelBundle, build_network
+from napari_unet.inference.large import predict_large, VOLUME_OVERLAP
+from napari_unet.inference.predict import network_forward, tile_geometry
+from napari_unet.runtime.device import low_precision_dtype
+
+def kib(key):
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+torch.manual_seed(0)
+if sys.argv[6] == "random":
+    cfg = TrainConfig(model=UNetConfig(dims=3), z_scale=float(sys.argv[4]))
+    bundle = ModelBundle(build_network(cfg).eval(), cfg)
+else:
+    from napari_unet.models.bundle import load_bundle
+    bundle = load_bundle(sys.argv[6])
+image = zarr.open(sys.argv[1], mode="r")
+pcfg = PredictConfig(volume_tile_size=int(sys.argv[5]))
+spec, allowed = tile_geometry(bundle.net, replace(pcfg, overlap=VOLUME_OVERLAP))
+tile_in = [min(allowed(min(n, spec.tile)) + 2 * spec.context, n) for n in image.shape]
+base = kib("VmRSS")
+reset_peak()
+x = np.random.default_rng(0).random((1, 1, *tile_in)).astype(np.float32)
+t = time.perf_counter()
+network_forward(bundle.net, x, low_precision_dtype(torch.device("cpu"), None))
+tile_seconds = time.perf_counter() - t
+tile_peak = kib("VmHWM")
+del x
+reset_peak()
+base2 = kib("VmRSS")
+t = time.perf_counter(); tiles = objects = 0
+for event in predict_large(bundle, image, sys.argv[2], pcfg):
+    name = type(event).__name__
+    if name == "Progress" and event.message == "tiles":
+        tiles = event.total
+    if name == "Finished":
+        objects = event.summary["objects"]
+seconds = time.perf_counter() - t
+print(json.dumps({"seconds": seconds, "base_kib": base, "tile_peak_kib": tile_peak, "tile_seconds": tile_seconds,
+                  "tile_input": tile_in, "stream_peak_kib": kib("VmHWM"), "base2_kib": base2, "tiles": tiles,
+                  "objects": objects}))
+"""
+
+
+def source_block(z_scale: float) -> np.ndarray:
+    """A 64 x 128 x 128 (at z-scale 1) uint16 block of crowded synthetic nuclei."""
+    from bench_3d import nuclei_volume
+
+    image, _ = nuclei_volume(np.random.default_rng(0), shape=(64, 128, 128), n=120, z_scale=z_scale)
+    return image
+
+
+def write_volume(path: Path, shape: tuple[int, int, int], block: np.ndarray) -> None:
+    import zarr
+
+    array = zarr.open_array(str(path), mode="w", shape=shape, chunks=(32, 256, 256), dtype=np.uint16,
+                            zarr_format=2)
+    reps = [-(-s // b) for s, b in zip(shape[1:], block.shape[1:])]
+    for z in range(0, shape[0], block.shape[0]):
+        planes = min(block.shape[0], shape[0] - z)
+        array[z:z + planes] = np.tile(block[:planes], (1, *reps))[:, :shape[1], :shape[2]]
+
+
+def bench(shape: tuple[int, int, int], threads: int, z_scale: float, tile: int, block: np.ndarray,
+          model: str) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench_large_3d_"))
+    try:
+        src = work / "input.zarr"
+        write_volume(src, shape, block)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        result = subprocess.run([sys.executable, "-c", CHILD, str(src), str(work / "labels.ome.zarr"), str(threads),
+                                 str(z_scale), str(tile), model], stdout=subprocess.PIPE, text=True, env=env)
+        if result.returncode != 0:
+            raise SystemExit("streaming child failed")
+        r = json.loads(result.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    gib = 2**20
+    mvox = np.prod(shape) / 1e6
+    print(f"{'x'.join(map(str, shape))} ({mvox:.1f} Mvoxels), {r['tiles']} tiles, {r['objects']} objects: "
+          f"{r['seconds']:.0f} s ({mvox / r['seconds']:.3f} Mvoxels/s); model {r['base_kib'] / gib:.2f} GiB; "
+          f"one tile {'x'.join(map(str, r['tile_input']))} {(r['tile_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
+          f"({r['tile_seconds']:.1f} s); stream peak {(r['stream_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
+          f"above the model", flush=True)
+
+
+def compare(shape: tuple[int, int, int], threads: int, z_scale: float, block: np.ndarray, model: str) -> None:
+    """Stream one volume in small blocks (32 voxels: many seams) and predict it whole in memory; match
+    the instances by IoU (each whole-volume object to the streamed label covering most of it)."""
+    import torch
+    import zarr
+    from scipy import ndimage as ndi
+
+    from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
+    from napari_unet.events import run_to_end
+    from napari_unet.inference.large import predict_large
+    from napari_unet.inference.labels import labels_for
+    from napari_unet.inference.predict import predict_image
+    from napari_unet.models.bundle import ModelBundle, build_network, load_bundle
+    from napari_unet.files.omezarr import open_ome_zarr
+
+    torch.set_num_threads(threads)
+    if model == "random":
+        torch.manual_seed(0)
+        cfg = TrainConfig(model=UNetConfig(dims=3), z_scale=z_scale)
+        bundle = ModelBundle(build_network(cfg).eval(), cfg)
+    else:
+        bundle = load_bundle(model)
+    work = Path(tempfile.mkdtemp(prefix="bench_large_3d_cmp_"))
+    try:
+        write_volume(work / "input.zarr", shape, block)
+        volume = zarr.open(str(work / "input.zarr"), mode="r")
+        t = time.perf_counter()
+        result = run_to_end(predict_large(bundle, volume, work / "s.ome.zarr", PredictConfig(), chunk=32,
+                                          probabilities=True))
+        streamed_s = time.perf_counter() - t
+        streamed = np.asarray(open_ome_zarr(result.labels))
+        # the whole-volume post-processing of the very probabilities the stream stored (float16)
+        same_maps = labels_for(bundle, np.asarray(open_ome_zarr(result.probabilities), np.float32), 10)
+        t = time.perf_counter()
+        whole = predict_image(bundle, np.asarray(volume), PredictConfig()).labels
+        whole_s = time.perf_counter() - t
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ious, split = [], 0
+    for i, box in enumerate(ndi.find_objects(whole), start=1):
+        if box is None:
+            continue
+        inside = whole[box] == i
+        ids, counts = np.unique(streamed[box][inside], return_counts=True)
+        best = ids[np.argmax(counts)]
+        ious.append(0.0 if best == 0 else float(np.sum(inside & (streamed[box] == best))
+                                                / np.sum(inside | (streamed[box] == best))))
+        split += int(np.sum((ids != 0) & (ids != best) & (counts >= 10)) > 0)
+    ious = np.array(ious)
+    differ = 0  # objects of the same-maps labels not reproduced voxel for voxel by the streamed ones
+    for i, box in enumerate(ndi.find_objects(same_maps), start=1):
+        if box is not None:
+            ids = np.unique(streamed[box][same_maps[box] == i])
+            differ += int(len(ids) > 1 or ids[0] == 0 or np.sum(streamed[box] == ids[0]) != np.sum(same_maps[box] == i))
+    crossing = sum(any(sl.start // 32 != (sl.stop - 1) // 32 for sl in box)
+                   for box in ndi.find_objects(streamed) if box is not None)
+    print(f"compare {'x'.join(map(str, shape))}, streamed in 32-voxel blocks ({streamed_s:.0f} s) vs whole volume "
+          f"({whole_s:.0f} s): {int(streamed.max())} vs {int(whole.max())} objects, {crossing} streamed objects "
+          f"cross a block seam; whole-volume objects matched at IoU > 0.5: {np.mean(ious > 0.5):.4f}, "
+          f"> 0.9: {np.mean(ious > 0.9):.4f}, mean IoU {ious.mean():.4f}; covered by a second streamed label (of "
+          f">= 10 voxels): {split}. Whole-volume post-processing of the stored probabilities: "
+          f"{int(same_maps.max())} objects, {differ} not reproduced voxel for voxel by the block-wise labels",
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="128x128x128,512x128x128,64x512x512")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--z-scale", type=float, default=2.0)
+    parser.add_argument("--tile", type=int, default=128, help="3D tile side (PredictConfig.volume_tile_size)")
+    parser.add_argument("--model", default="random", help="a 3D model folder (default: random weights)")
+    parser.add_argument("--compare", default="", help="also stream a volume of this shape in 32-voxel blocks and "
+                        "match its instances with the whole-volume prediction's, e.g. 64x128x128")
+    parser.add_argument("--train", type=float, default=0,
+                        help="train a 3D model first for this many seconds (bench_3d's data and command) into "
+                             "--model, unless that folder holds one already")
+    args = parser.parse_args()
+    print(machine_description())
+    if args.train and not (Path(args.model) / "model.json").is_file():
+        from bench_3d import run, write_set
+
+        data = Path(tempfile.mkdtemp(prefix="bench_large_3d_train_"))
+        write_set(data, 6, 0, args.z_scale)
+        run([sys.executable, "-m", "napari_unet", "train", str(data / "images"), str(data / "masks"), "--dims", "3",
+             "--z-scale", f"{args.z_scale:g}", "--time-limit", f"{args.train:g}", "--out", args.model, "--quiet"])
+        shutil.rmtree(data, ignore_errors=True)
+    print(f"model: {args.model}; load average before: {os.getloadavg()[0]:.1f}")
+    block = source_block(args.z_scale)
+    for text in filter(None, args.shapes.split(",")):
+        shape = tuple(int(v) for v in text.lower().split("x"))
+        bench(shape, args.threads, args.z_scale, args.tile, block, args.model)  # type: ignore[arg-type]
+    if args.compare:
+        shape = tuple(int(v) for v in args.compare.lower().split("x"))
+        compare(shape, args.threads, args.z_scale, block, args.model)  # type: ignore[arg-type]
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"total {time.perf_counter() - t0:.0f} s")
