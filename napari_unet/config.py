@@ -94,7 +94,7 @@ class LossConfig:
     # weight (the annotated pixels' weights are ~1-10). Where nothing is painted, most of an image is
     # usually background; an unpainted object that looks like the painted ones is outvoted by them,
     # while background nobody painted is still learned. 0 = unannotated pixels take no part.
-    unannotated_background: float = 0.02
+    unannotated_background: float = 0.01
 
 
 # (batch size, patch side) of a training run that leaves them unset (None), by device; chosen in

@@ -166,8 +166,9 @@ def unannotated_pull(cfg) -> float:
     A positive-unlabelled prior: the pixels nobody painted are mostly background in most images, so
     each pulls towards it a little. Painted objects (weights ~1-10 each) outvote the unpainted ones
     that look like them; background that no stroke reached is still learned (docs/benchmarks.md,
-    "Paint a few objects": brightfield K=10 0.223 -> 0.570 at 0.02 with stained unchanged; at 0.1
-    stained collapsed to 0.081).
+    "Unannotated pixels pull towards background": brightfield K=10 0.223 -> 0.507 at 0.01 with
+    stained unchanged; 0.02 gained more on brightfield but lost 0.27 on one stained seed, 0.1
+    collapsed stained to 0.081).
     """
     return float(cfg.loss.unannotated_background) if cfg.task == "instances" and cfg.sparse else 0.0
 
