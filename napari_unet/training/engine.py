@@ -389,6 +389,8 @@ class Trainer:
                                             "so the starting model cannot be scored on it")}
         if not val_pairs:
             return {"record": guard.not_run("no validation images")}
+        if annotated and (why := guard.too_few_objects(sum(np.unique(p.truth[p.truth > 0]).size for p in val_pairs))):
+            return {"record": guard.not_run(why)}
         began, kept = time.perf_counter(), {}
         metrics = validate(net, annotated or val_pairs, self.cfg, dtype, self._stop.is_set, kept)
         if metrics is None:

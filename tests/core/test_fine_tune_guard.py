@@ -94,3 +94,21 @@ def test_a_tie_keeps_the_starting_model():
     assert keep_fine_tuned(0.70, 0.71)
     assert not keep_fine_tuned(0.771, 0.771)  # the images cannot tell them apart: the known model stays
     assert not keep_fine_tuned(0.70, 0.69)
+
+
+def test_a_few_held_out_objects_do_not_decide(showcase):
+    """Ten painted objects of one image hold out two for validation: too few to compare the two
+    models, so the guard says so and the fine-tuned model stays (with enough it compares)."""
+    from napari_unet.training.guard import MIN_HELD_OUT_OBJECTS
+
+    image, gt = showcase
+    ids = np.unique(gt[gt > 0])[:10]
+    partial = np.where(np.isin(gt, ids), gt.astype(np.int64) + 1, 0)
+    partial[(partial == 0) & (np.abs(np.gradient(np.isin(gt, ids).astype(float))).sum(0) > 0)] = 1  # a rim of background
+    cfg = replace(TrainConfig(sparse=True), model=tiny_bundle().config.model, steps=2, time_limit=None, patch_size=64,
+                  batch_size=2, preview_every=0, low_precision=False, device="cpu")
+    bundle, texts = _run(Trainer([(image, partial)], cfg, init=tiny_bundle()))
+    record = bundle.meta["training"][KEY]
+    assert record["kept"] == TUNED and "held-out object(s) cannot tell" in record["not_run"], record
+    assert f"from {MIN_HELD_OUT_OBJECTS} on" in guard_note(bundle.meta)
+    assert not any(t.startswith("starting model: validation score") for t in texts)  # not even scored
