@@ -53,6 +53,19 @@ VOLUME_HALO = 32  # voxels of a volume's block-wise watershed halo along every a
 VOLUME_OVERLAP = 16  # voxels over which neighbouring 3D tiles are blended (at most)
 
 
+def model_channels(block: np.ndarray, in_channels: int, what: str) -> np.ndarray:
+    """A (C, ...) block read from disk as the model's ``in_channels``: as it is, colour averaged
+    to grey, or one channel repeated; else a one-line error naming ``what`` the input is."""
+    if block.shape[0] == in_channels:
+        return block
+    if in_channels == 1:
+        return block[:3].mean(axis=0, keepdims=True)
+    if block.shape[0] == 1:
+        return np.repeat(block, in_channels, axis=0)
+    raise UserError(f"the model expects {in_channels} channels, the {what} has {block.shape[0]}")
+
+
+
 @dataclass(frozen=True)
 class LargeResult:
     """Where ``predict_large`` wrote its outputs and what it found."""
@@ -90,14 +103,7 @@ class ChannelsFirst:
             block = np.moveaxis(np.asarray(self.array[ys, xs]), -1, 0)
         else:
             block = np.asarray(self.array[:, ys, xs])
-        block = block.astype(np.float32)  # (C, h, w)
-        if block.shape[0] == self.in_channels:
-            return block
-        if self.in_channels == 1:
-            return block[:3].mean(axis=0, keepdims=True)
-        if block.shape[0] == 1:
-            return np.repeat(block, self.in_channels, axis=0)
-        raise UserError(f"the model expects {self.in_channels} channels, the image has {block.shape[0]}")
+        return model_channels(block.astype(np.float32), self.in_channels, "image")  # (C, h, w)
 
 
 class VolumeChannelsFirst:
@@ -126,14 +132,7 @@ class VolumeChannelsFirst:
             box = [zs, ys, xs]
             box.insert(self.axis, slice(None))
             block = np.moveaxis(np.asarray(self.array[tuple(box)]), self.axis, 0)
-        block = block.astype(np.float32)  # (C, z, y, x)
-        if block.shape[0] == self.in_channels:
-            return block
-        if self.in_channels == 1:
-            return block[:3].mean(axis=0, keepdims=True)
-        if block.shape[0] == 1:
-            return np.repeat(block, self.in_channels, axis=0)
-        raise UserError(f"the model expects {self.in_channels} channels, the volume has {block.shape[0]}")
+        return model_channels(block.astype(np.float32), self.in_channels, "volume")  # (C, z, y, x)
 
 
 def sampled_percentiles(view: Any, percentiles: tuple[float, float],

@@ -141,21 +141,38 @@ def _tile_boxes(starts: Sequence[int], tiles: Sequence[int], limit: Sequence[int
     return lo, hi, crop, length
 
 
-def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: AllowedFn | None = None,
-               batch_size: int = 1) -> Generator[Progress | Slab, None, None]:
-    """Predict ``image`` (C, *S) tile by tile; yields ``Progress`` per batch and ``Slab`` s of
-    blended float32 output in order along the first spatial axis (together covering it once).
-    Memory: one band of tile rows (``n_out + 1`` float32 values per pixel of a tile-deep band),
-    allocated once, plus one slab."""
+def _plan(shape: tuple[int, ...], spec: TileSpec, allowed: AllowedFn | None) -> tuple[list, tuple, list, list, np.ndarray]:
+    """(per-axis plans, tile size, canvas, read limit, blend window) of tiling an image of ``shape``."""
     allowed = allowed or (lambda n: round_up(n, spec.align))
-    shape = tuple(image.shape[1:])
     plans = [axis_plan(size, spec, allowed) for size in shape]
     tiles = tuple(t for t, _ in plans)
     canvas = [starts[-1] + t for t, starts in plans]
     # same networks see the image mirrored up to a multiple of ``align``, as a whole-image run would
     limit = canvas if spec.margin else [round_up(size, spec.align) for size in shape]
     single = all(len(starts) == 1 for _, starts in plans)
-    window = np.ones(tiles, np.float32) if single else blend_window(tiles, spec.overlap)
+    return plans, tiles, canvas, limit, np.ones(tiles, np.float32) if single else blend_window(tiles, spec.overlap)
+
+
+def _predict_group(fn: TileFn, image: Any, group: Sequence[tuple[Any, ...]],
+                   window: np.ndarray) -> Generator[tuple[Any, list[int], np.ndarray, np.ndarray], None, None]:
+    """One batch of tiles through ``fn``: per tile (starts, length, output (K, *length) times its
+    blend window, the window)."""
+    batch = np.stack([read_box(image, lo, hi) for _, lo, hi, _, _ in group])  # (B, C, *S_in)
+    result = fn(batch)  # (B, K, *S_res)
+    for (starts, _, _, crop, length), res in zip(group, result):
+        res = res[(slice(None), *(slice(c, c + n) for c, n in zip(crop, length)))]  # (K, *length)
+        win = window[tuple(slice(0, n) for n in length)]
+        yield starts, length, res * win, win
+
+
+def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: AllowedFn | None = None,
+               batch_size: int = 1) -> Generator[Progress | Slab, None, None]:
+    """Predict ``image`` (C, *S) tile by tile; yields ``Progress`` per batch and ``Slab`` s of
+    blended float32 output in order along the first spatial axis (together covering it once).
+    Memory: one band of tile rows (``n_out + 1`` float32 values per pixel of a tile-deep band),
+    allocated once, plus one slab."""
+    shape = tuple(image.shape[1:])
+    plans, tiles, canvas, limit, window = _plan(shape, spec, allowed)
     rest_starts = [starts for _, starts in plans[1:]]
     grid_rest = np.stack(np.meshgrid(*rest_starts, indexing="ij"), -1).reshape(-1, len(rest_starts)) \
         if rest_starts else np.zeros((1, 0), int)
@@ -168,25 +185,11 @@ def iter_tiled(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowed: Allo
     row_starts = plans[0][1]
     for r, y in enumerate(row_starts):
         boxes = [[y, *rest] for rest in grid_rest.tolist()]
-        groups: list[list[tuple[list[int], ...]]] = []
-        for starts in boxes:
-            lo, hi, crop, length = _tile_boxes(starts, tiles, limit, spec)
-            entry = (starts, lo, hi, crop, length)
-            shape_in = [h - l for l, h in zip(lo, hi)]
-            prev = groups[-1][-1] if groups else None
-            if prev and len(groups[-1]) < batch_size and [h - l for l, h in zip(prev[1], prev[2])] == shape_in:
-                groups[-1].append(entry)
-            else:
-                groups.append([entry])
-        for group in groups:
-            batch = np.stack([read_box(image, lo, hi) for _, lo, hi, _, _ in group])  # (B, C, *S_in)
-            result = fn(batch)  # (B, K, *S_res)
-            for (starts, _, _, crop, length), res in zip(group, result):
-                res = res[(slice(None), *(slice(c, c + n) for c, n in zip(crop, length)))]  # (K, *length)
-                win = window[tuple(slice(0, n) for n in length)]
+        for group in _tile_groups(boxes, tiles, limit, spec, batch_size):
+            for starts, length, res, win in _predict_group(fn, image, group, window):
                 dst = (slice(starts[0] - band_lo, starts[0] - band_lo + length[0]),
                        *(slice(s, s + n) for s, n in zip(starts[1:], length[1:])))
-                band[(slice(None), *dst)] += res * win
+                band[(slice(None), *dst)] += res
                 norm[dst] += win
             done += len(group)
             yield Progress(done, total, time.perf_counter() - begin, "tiles")
@@ -250,16 +253,10 @@ def iter_tiled_blocks(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowe
     order along the first axis, then the second. Memory: ``(n_out + 1)`` float32 values per voxel
     of one tile x tile x rest buffer, plus of the tiles' overlap along the first axis across the
     second and the rest (carried to the next row), whatever the image size."""
-    allowed = allowed or (lambda n: round_up(n, spec.align))
     shape = tuple(image.shape[1:])
     if len(shape) < 3:
         raise ValueError(f"iter_tiled_blocks needs three or more spatial axes, got {shape}")
-    plans = [axis_plan(size, spec, allowed) for size in shape]
-    tiles = tuple(t for t, _ in plans)
-    canvas = [starts[-1] + t for t, starts in plans]
-    limit = canvas if spec.margin else [round_up(size, spec.align) for size in shape]
-    single = all(len(starts) == 1 for _, starts in plans)
-    window = np.ones(tiles, np.float32) if single else blend_window(tiles, spec.overlap)
+    plans, tiles, canvas, limit, window = _plan(shape, spec, allowed)
     z_starts, y_starts = plans[0][1], plans[1][1]
     rest_starts = [starts for _, starts in plans[2:]]
     grid_rest = np.stack(np.meshgrid(*rest_starts, indexing="ij"), -1).reshape(-1, len(rest_starts)).tolist()
@@ -276,15 +273,11 @@ def iter_tiled_blocks(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowe
         y_lo = 0
         for q, y in enumerate(y_starts):
             for group in _tile_groups([[z, y, *more] for more in grid_rest], tiles, limit, spec, batch_size):
-                batch = np.stack([read_box(image, lo, hi) for _, lo, hi, _, _ in group])  # (B, C, *S_in)
-                result = fn(batch)  # (B, K, *S_res)
-                for (starts, _, _, crop, length), res in zip(group, result):
-                    res = res[(slice(None), *(slice(c, c + n) for c, n in zip(crop, length)))]  # (K, *length)
-                    win = window[tuple(slice(0, n) for n in length)]
+                for starts, length, res, win in _predict_group(fn, image, group, window):
                     dst = (slice(starts[0] - z, starts[0] - z + length[0]),
                            slice(starts[1] - y_lo, starts[1] - y_lo + length[1]),
                            *(slice(s, s + n) for s, n in zip(starts[2:], length[2:])))
-                    buf[(slice(0, n_out), *dst)] += res * win
+                    buf[(slice(0, n_out), *dst)] += res
                     buf[(n_out, *dst)] += win
                 done += len(group)
                 yield Progress(done, total, time.perf_counter() - begin, "tiles")
