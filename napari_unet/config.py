@@ -230,8 +230,10 @@ class TrainConfig:
     percentiles: tuple[float, float] = (1.0, 99.8)
     polarity: Polarity = "keep"  # "auto": images with a bright background are inverted (arrays.normalize.POLARITIES)
     boundary_width: int = 1  # instances task: pixels of each object's rim that form the boundary class
-    checkpoint_every: float | None = setting("checkpoint_every", None)  # seconds between atomic saves to the Trainer's checkpoint folder
-    synthetic_ratio: float = setting("synthetic_ratio", 0.0)  # fraction of patches drawn from the Trainer's synthetic pairs (0..1)
+    # seconds between atomic saves to the Trainer's checkpoint folder; the CLI's default: CLI_CHECKPOINT_EVERY
+    checkpoint_every: float | None = setting("checkpoint_every", None)
+    # fraction of patches drawn from the Trainer's synthetic pairs (0..1); a request's default: SYNTHETIC_RATIO
+    synthetic_ratio: float = setting("synthetic_ratio", 0.0)
     fine_tune_guard: bool = True  # fine-tuning: keep the starting model if it validates better (training.guard)
 
 

@@ -169,8 +169,9 @@ class PredictWidget(PluginWidget):
             return
         region, n = self.tour.regions[self.tour.index], len(self.tour.regions)
         self.status.value = f"region {self.tour.index + 1}/{n}" + region_summary(region, self.scope.value == TRAINING_SET)
-        unit = "" if self.uncertainty_kind.value == SHAPE else " nats"  # the shape spread is in pixels or flow units
-        self.status.tooltip = (f"mean {self.uncertainty_kind.value} uncertainty in this region {region.mean:.2g}{unit}, "
+        kind = self.uncertainty_kind.value
+        unit = "" if kind == SHAPE else " nats"  # the shape spread is in pixels or flow units
+        self.status.tooltip = (f"mean {kind} uncertainty in this region {region.mean:.2g}{unit}, "
                                f"{region.relative:.1f} times the image's mean")
 
     def _plane(self, layer: Any) -> np.ndarray:

@@ -11,8 +11,8 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               PushButton, SpinBox)
 
 from napari_unet.arrays.layout import array_layout
-from napari_unet.config import (LIVE_UNCERTAINTY_MC, SETTINGS, SYNTHETIC_RATIO, TASK_LABELS, USER_TASKS, AugmentConfig, LossConfig,
-                                 TrainConfig, UNetConfig)
+from napari_unet.config import (LIVE_UNCERTAINTY_MC, SETTINGS, SYNTHETIC_RATIO, TASK_LABELS, USER_TASKS,
+                                AugmentConfig, LossConfig, TrainConfig, UNetConfig)
 from napari_unet.workflows.classes import config_task
 from napari_unet.workflows.model_spec import CURRENT
 from napari_unet.workflows.train_run import TrainRun, asked_architecture
