@@ -161,10 +161,13 @@ def _predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from napari_unet.config import CONFIG_TASKS
+
     e = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     e.add_argument("pred", help="folder of predicted masks")
     e.add_argument("gt", help="folder of ground-truth masks (matched by file name)")
-    e.add_argument("--task", choices=("instances", "semantic"), default="instances", help="default: %(default)s")
+    e.add_argument("--task", choices=CONFIG_TASKS, default=CONFIG_TASKS[0],
+                   help="instance or class masks (default: %(default)s)")
     e.set_defaults(func=cmd_evaluate)
     return e
 
