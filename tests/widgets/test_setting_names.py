@@ -84,7 +84,8 @@ def test_old_flags_still_parse(parser, tmp_path):
 def test_config_fields_carry_their_setting():
     for cls, names in ((TrainConfig, ("task", "sparse", "device", "synthetic_ratio", "checkpoint_every",
                                       "preview_mc_samples")),
-                       (PredictConfig, ("device", "mc_samples", "min_size"))):
+                       (PredictConfig, ("device", "mc_samples", "min_size")),
+                       (BatchConfig, ("uncertainty", "mc_samples"))):
         for name in names:
             assert setting_of(cls, name) is SETTINGS[name]
     assert set(TASK_LABELS) == set(USER_TASKS) == set(SETTINGS["task"].choices)
