@@ -73,7 +73,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "(instances: one id each) or classes (semantic scribbles)"),
     Setting("synthetic_ratio", "Synthetic ratio", "share of patches from synthetic pairs (if any)",
             aliases=("--synthetic-share",)),
-    Setting("mc_samples", "MC samples", "MC-dropout samples for the uncertainty (0 = none; more: smoother, slower)"),
+    Setting("mc_samples", "MC samples", "MC-dropout samples for the uncertainty (more: smoother, slower)"),
     Setting("preview_mc_samples", "Preview MC samples",
             "MC-dropout passes per preview for the live uncertainty layer (0 = off)"),
     Setting("uncertainty", "Uncertainty", "MC-dropout: also compute the uncertainty maps"),

@@ -16,7 +16,7 @@ from napari_unet.widgets._layers import (annotation_colormap, annotations_name, 
 from napari_unet.widgets._base import PluginWidget
 
 # the first is the default: painting a few objects must not teach the unpainted ones as background
-MODES = {TASK_LABELS[mode]: mode for mode in ("partial", *(m for m in annotation.MODES if m != "partial"))}
+MODES = {TASK_LABELS[mode]: mode for mode in sorted(annotation.MODES, key=lambda mode: mode != "partial")}
 REGION_HELP = ("Draw rectangles or polygons where every object is painted, then click "
                "'Mark region as fully annotated' again: their unpainted pixels become background")
 
