@@ -19,6 +19,85 @@ Polarity = Literal["keep", "auto"]  # "auto": bright-background images are inver
 SHAPE = "shape"  # the uncertainty map of a head whose maps draw an object's outline (rays, flows): ``heads``
 
 
+# -- one name per setting ----------------------------------------------------------------------
+# A setting the CLI, the widgets and a model folder's model.json share has one name: its config field
+# (and model.json key); the CLI flag is that name with dashes (``--mc-samples``; older flags stay as
+# aliases), the widget label is ``Setting.label``. Its choices and help live in ``SETTINGS`` below, its
+# default on the dataclass field; where two front ends default differently on purpose, the difference
+# is a named constant here. ``tests/widgets/test_setting_names.py`` checks the CLI and widgets against it.
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")  # "auto": CUDA, then MPS, then the CPU
+# the task a user picks (a project's ``mode``, an annotation mode); ``TrainConfig`` stores it as ``task`` +
+# ``sparse`` (``workflows.classes``): "partial" is instances + sparse, "classes" / "sparse" are semantic
+USER_TASKS: tuple[str, ...] = ("instances", "partial", "classes", "sparse")
+CONFIG_TASKS: tuple[str, ...] = ("instances", "semantic")  # ``TrainConfig.task``: what model.json holds
+TASK_LABELS: dict[str, str] = {"instances": "instances", "partial": "partial instances (unpainted = unknown)",
+                               "sparse": "sparse classes", "classes": "classes (every pixel labelled)"}
+UNCERTAINTY_KINDS: tuple[str, ...] = ("epistemic", "total", "aleatoric", SHAPE)  # the maps an uncertainty holds
+MIN_SIZE = 10  # smallest predicted instance kept, pixels (``PredictConfig.min_size``)
+ANNOTATE_MIN_SIZE = 20  # the Annotate widget's "Min size" (erase small regions, threshold start): a painted
+# speck is erased more eagerly than a predicted object
+MC_SAMPLES_WHEN_ASKED = 8  # MC-dropout samples where uncertainty is asked for by a switch (batch export's
+# ``uncertainty``, the Predict widget, the demo); ``PredictConfig.mc_samples`` 0 means no uncertainty
+SYNTHETIC_RATIO = 0.5  # share of patches from synthetic pairs when there are any (``TrainConfig``: 0, none)
+LIVE_UNCERTAINTY_MC = 4  # the Train widget's preview MC samples: its live uncertainty layer starts on
+# (``TrainConfig.preview_mc_samples`` 0: the CLI shows no previews)
+CLI_CHECKPOINT_EVERY = 30.0  # ``train --checkpoint-every``: the CLI saves its --out folder every 30 s;
+# ``TrainConfig.checkpoint_every`` None: a ``Trainer`` (the widget's included) saves only when asked
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting's name (config field, model.json key, CLI flag with dashes), widget label, choices, help."""
+
+    name: str
+    label: str
+    help: str
+    choices: tuple[Any, ...] = ()
+    aliases: tuple[str, ...] = ()  # further CLI flags that set it (older names)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (self.flag, *self.aliases)
+
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    Setting("task", "Task", "what the masks hold: instances (object ids, 0 = background), partial (instances "
+            "with 0 = not annotated, 1 = background, 2.. = objects), classes (a class per pixel; also 'semantic'), "
+            "sparse (class scribbles, 0 = not annotated, 1 = background)", USER_TASKS),
+    Setting("sparse", "Sparse", "masks are partial: 0 = not annotated (ignored), 1 = background, 2.. = objects "
+            "(instances: one id each) or classes (semantic scribbles)"),
+    Setting("synthetic_ratio", "Synthetic ratio", "share of patches from synthetic pairs (if any)",
+            aliases=("--synthetic-share",)),
+    Setting("mc_samples", "MC samples", "MC-dropout samples for the uncertainty (more: smoother, slower)"),
+    Setting("preview_mc_samples", "Preview MC samples",
+            "MC-dropout passes per preview for the live uncertainty layer (0 = off)"),
+    Setting("uncertainty", "Uncertainty", "MC-dropout: also compute the uncertainty maps"),
+    Setting("uncertainty_kind", "Uncertainty kind",
+            "epistemic: what the model has not learnt (annotate there); aleatoric: ambiguous pixels; total: both; "
+            "shape (star and flow heads): the spread of the rays or flows, where an outline is unsure",
+            UNCERTAINTY_KINDS),
+    Setting("device", "Device", "auto: CUDA, then MPS, then the CPU", DEVICES),
+    Setting("min_size", "Min size", "smallest object kept, pixels"),
+    Setting("checkpoint_every", "Checkpoint every (s)",
+            "seconds between atomic saves of the model while training (0 = only at the end)"),
+)}
+
+
+def setting(name: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A dataclass field that carries its ``SETTINGS`` row (``dataclasses.fields(cls)[i].metadata``)."""
+    return field(default=default, metadata={"setting": SETTINGS[name]}, **kwargs)
+
+
+def setting_of(cls: type, name: str) -> Setting | None:
+    """The ``Setting`` a config field carries (None for a plain field)."""
+    return next((f.metadata.get("setting") for f in dataclasses.fields(cls) if f.name == name), None)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Return a JSON-ready dict of a (possibly nested) config dataclass."""
     return dataclasses.asdict(cfg)
@@ -119,7 +198,7 @@ MAX_VOLUME_BATCH = 16  # volumes much smaller than the patch budget: at most thi
 class TrainConfig:
     """Everything a training run needs besides the data."""
 
-    task: Task = "instances"
+    task: Task = setting("task", "instances")  # "instances" | "semantic" here: USER_TASKS map onto it + sparse
     # instances: what the model outputs, a registered ``heads`` name; the default is also what model folders
     # written before heads existed hold (no key): 3 classes + watershed
     instance_head: InstanceHead = "3class"
@@ -142,17 +221,19 @@ class TrainConfig:
     validation_max_images: int = 12  # validation predicts at most this many held-out images
     validate_every: float = 30.0  # seconds between validations
     preview_every: float = 5.0  # seconds between preview events (0 = never)
-    preview_mc_samples: int = 0  # >0: previews carry MC-dropout epistemic uncertainty
-    device: str = "auto"  # auto | cpu | cuda | mps
+    preview_mc_samples: int = setting("preview_mc_samples", 0)  # >0: previews carry MC-dropout epistemic uncertainty
+    device: str = setting("device", "auto")  # one of DEVICES
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None = torch default
     low_precision: bool | None = None  # bf16 on CPU / AMP on CUDA; None = auto
-    sparse: bool = False  # labels use 0 = unannotated, 1 = background, 2.. = classes
+    sparse: bool = setting("sparse", False)  # labels use 0 = unannotated, 1 = background, 2.. = classes
     percentiles: tuple[float, float] = (1.0, 99.8)
     polarity: Polarity = "keep"  # "auto": images with a bright background are inverted (arrays.normalize.POLARITIES)
     boundary_width: int = 1  # instances task: pixels of each object's rim that form the boundary class
-    checkpoint_every: float | None = None  # seconds between atomic saves to the Trainer's checkpoint folder
-    synthetic_ratio: float = 0.0  # fraction of patches drawn from the Trainer's synthetic pairs (0..1)
+    # seconds between atomic saves to the Trainer's checkpoint folder; the CLI's default: CLI_CHECKPOINT_EVERY
+    checkpoint_every: float | None = setting("checkpoint_every", None)
+    # fraction of patches drawn from the Trainer's synthetic pairs (0..1); a request's default: SYNTHETIC_RATIO
+    synthetic_ratio: float = setting("synthetic_ratio", 0.0)
     fine_tune_guard: bool = True  # fine-tuning: keep the starting model if it validates better (training.guard)
 
 
@@ -164,9 +245,9 @@ class PredictConfig:
     volume_tile_size: int = 128  # 3D models: tile side per axis (a 3D tile costs the cube of its side)
     overlap: int = 64
     batch_size: int = 1
-    device: str = "auto"
-    mc_samples: int = 0  # >0: MC-dropout samples for uncertainty
-    min_size: int = 10  # smallest instance kept, pixels
+    device: str = setting("device", "auto")
+    mc_samples: int = setting("mc_samples", 0)  # >0: MC-dropout samples for uncertainty
+    min_size: int = setting("min_size", MIN_SIZE)  # smallest instance kept, pixels
     threads: int | None = None
 
 

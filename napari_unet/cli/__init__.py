@@ -34,7 +34,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError("no images found in the given inputs")
     if args.workers < 1 or args.mc_samples < 2:
         raise UserError("--workers must be >= 1 and --mc-samples >= 2")
-    cfg = PredictConfig(tile_size=args.tile_size, device=args.device)
+    if args.min_size < 0:
+        raise UserError("--min-size must be >= 0")
+    cfg = PredictConfig(tile_size=args.tile_size, device=args.device, min_size=args.min_size)
     bcfg = BatchConfig(format=args.format, probabilities=args.probabilities, uncertainty=args.uncertainty,
                        mc_samples=args.mc_samples, workers=args.workers, scheduler=args.scheduler,
                        overwrite=args.overwrite)
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 # each sub-parser's defaults shown in --help come from the config dataclasses, never retyped here
 def _predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from napari_unet import heads
-    from napari_unet.config import PredictConfig
+    from napari_unet.config import SETTINGS, PredictConfig
     from napari_unet.workflows.batch import BatchConfig
 
     pdef, bdef = PredictConfig(), BatchConfig()
@@ -134,16 +136,20 @@ def _predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--tile-size", type=int, default=pdef.tile_size,
                    help="images larger than this are predicted in overlapping tiles (default: %(default)s)")
-    p.add_argument("--device", default=pdef.device, choices=("auto", "cpu", "cuda", "mps"), help="default: %(default)s")
+    device = SETTINGS["device"]
+    p.add_argument(*device.flags, default=pdef.device, choices=device.choices, help="default: %(default)s")
     p.add_argument("--format", choices=("tif", "png", "ome-zarr"), default=bdef.format,
                    help="label file format (default: %(default)s)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities (float32)")
-    p.add_argument("--uncertainty", action="store_true",
-                   help="MC-dropout: also write <stem>_uncertainty (total, aleatoric, epistemic"
+    p.add_argument(*SETTINGS["uncertainty"].flags, action="store_true",
+                   help=f"{SETTINGS['uncertainty'].help}: write <stem>_uncertainty (total, aleatoric, epistemic"
                         + "".join(f"; {' / '.join(names)} models add {kind}"
                                   for kind, names in heads.uncertainty_givers().items()) + ")")
-    p.add_argument("--mc-samples", type=int, default=bdef.mc_samples,
-                   help="dropout samples for --uncertainty (default: %(default)s)")
+    mc = SETTINGS["mc_samples"]
+    p.add_argument(*mc.flags, type=int, default=bdef.mc_samples,  # BatchConfig's: uncertainty asked for by a switch
+                   help=f"{mc.help}; at least 2 for --uncertainty (default: %(default)s)")
+    p.add_argument(*SETTINGS["min_size"].flags, type=int, default=pdef.min_size,
+                   help=f"{SETTINGS['min_size'].help} (default: %(default)s)")
     p.add_argument("--workers", type=int, default=bdef.workers,
                    help="files predicted in parallel (local threads; default: %(default)s)")
     p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler to run on")
@@ -155,10 +161,13 @@ def _predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from napari_unet.config import CONFIG_TASKS
+
     e = sub.add_parser("evaluate", help="score predicted masks against ground truth")
     e.add_argument("pred", help="folder of predicted masks")
     e.add_argument("gt", help="folder of ground-truth masks (matched by file name)")
-    e.add_argument("--task", choices=("instances", "semantic"), default="instances", help="default: %(default)s")
+    e.add_argument("--task", choices=CONFIG_TASKS, default=CONFIG_TASKS[0],
+                   help="instance or class masks (default: %(default)s)")
     e.set_defaults(func=cmd_evaluate)
     return e
 

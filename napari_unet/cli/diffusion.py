@@ -120,6 +120,7 @@ def cmd_synth_generate(args: argparse.Namespace) -> int:
 
 def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``synth train`` and ``synth generate`` under the main parser's subcommands."""
+    from napari_unet.config import DEVICES, SETTINGS
     from napari_unet.diffusion.auto_prompts import PROMPT_SIZE
     from napari_unet.diffusion.config import DiffusionConfig, SampleConfig
 
@@ -142,7 +143,7 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="folder of images without masks: the model learns their look too (unconditional crops)")
     t.add_argument("--unannotated-share", type=float, default=ddef.unannotated_share,
                    help="share of training crops from --unannotated images (0 to <1; default: %(default)s)")
-    t.add_argument("--device", default=ddef.device, choices=("auto", "cpu", "cuda", "mps"))
+    t.add_argument(*SETTINGS["device"].flags, default=ddef.device, choices=DEVICES)
     t.add_argument("--seed", type=int, default=ddef.seed)
     t.set_defaults(func=cmd_synth_train)
 
@@ -165,7 +166,7 @@ def add_synth_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     g.add_argument("--vary", action="store_true",
                    help="--count: vary each layout's magnification (0.6-1.6x), crowding (0.5-2x) and whether "
                         "objects touch, with objects cut by the edges")
-    g.add_argument("--device", default=sdef.device, choices=("auto", "cpu", "cuda", "mps"))
+    g.add_argument(*SETTINGS["device"].flags, default=sdef.device, choices=DEVICES)
     g.set_defaults(func=cmd_synth_generate)
     for sp in (t, g):
         sp.add_argument("--quiet", action="store_true", help="no progress bar")

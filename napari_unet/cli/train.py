@@ -137,27 +137,29 @@ def _save_trained(bundle, out: Path) -> int:
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``train`` sub-parser; the defaults shown in --help come from the config dataclasses."""
     from napari_unet import heads
-    from napari_unet.config import CPU_SIZES, CPU_VOLUME_SIZES, CUDA_SIZES, TrainConfig, UNetConfig
-    from napari_unet.workflows.train_request import SYNTHETIC_SHARE
+    from napari_unet.config import (CLI_CHECKPOINT_EVERY, CONFIG_TASKS, CPU_SIZES, CPU_VOLUME_SIZES, CUDA_SIZES,
+                                    SETTINGS, SYNTHETIC_RATIO, TrainConfig, UNetConfig)
 
     tdef, udef = TrainConfig(), UNetConfig()
     t = sub.add_parser("train", help="train a model on image/mask folders")
     t.add_argument("images", help="folder of images")
     t.add_argument("masks", help="folder of masks matched to images by file name")
     t.add_argument("--out", default=None, help="model folder to write (with --resume: default the resumed folder)")
-    t.add_argument("--task", choices=("instances", "semantic"), default=tdef.task, help="default: %(default)s")
+    task = SETTINGS["task"]  # the user's words, and "semantic" (TrainConfig's, the older flag value) for classes
+    t.add_argument(*task.flags, choices=tuple(dict.fromkeys((*CONFIG_TASKS, *task.choices))), default=tdef.task,
+                   help=f"{task.help} (default: %(default)s)")
     t.add_argument("--instance-head", choices=heads.names(), default=tdef.instance_head,
                    help=f"instances: {heads.described()}; default: %(default)s")
     t.add_argument("--n-classes", type=int, default=None, help="semantic: number of classes (default: from masks)")
-    t.add_argument("--sparse", action="store_true",
-                   help="masks are partial: 0 = not annotated (ignored), 1 = background, 2.. = objects (instances: "
-                        "one id each) or classes (semantic scribbles)")
+    t.add_argument(*SETTINGS["sparse"].flags, action="store_true",
+                   help=SETTINGS["sparse"].help + " (with --task instances: partial; with semantic: sparse)")
     t.add_argument("--time-limit", type=float, default=None,
                    help=f"seconds (default {tdef.time_limit:g} when no --epochs/--steps)")
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--device", default=tdef.device, choices=("auto", "cpu", "cuda", "mps"),
-                   help="default: %(default)s (CUDA, then MPS, then CPU)")
+    device = SETTINGS["device"]
+    t.add_argument(*device.flags, default=tdef.device, choices=device.choices,
+                   help=f"{device.help} (default: %(default)s)")
     t.add_argument("--seed", type=int, default=tdef.seed, help="default: %(default)s")
     t.add_argument("--init", default=None,
                    help="starting model: pretrained:nuclei, a model folder, or 'none' for scratch "
@@ -183,11 +185,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     t.add_argument("--synthetic", default=None, metavar="SYNTH_DIR",
                    help="also train on synthetic pairs (a `synth generate` output: images/ and masks/); "
                         "validation stays on real images")
-    t.add_argument("--synthetic-ratio", type=float, default=SYNTHETIC_SHARE,
-                   help="share of patches from --synthetic (default: %(default)s)")
-    t.add_argument("--checkpoint-every", type=float, default=30.0,
-                   help="seconds between atomic saves of the model while training (0 = only at the end; "
-                        "default: %(default)s)")
+    ratio = SETTINGS["synthetic_ratio"]
+    t.add_argument(*ratio.flags, dest=ratio.name, type=float, default=SYNTHETIC_RATIO,
+                   help=f"{ratio.help}: --synthetic's (default: %(default)s)")
+    every = SETTINGS["checkpoint_every"]  # the CLI's own default: its --out folder is saved while it trains
+    t.add_argument(*every.flags, dest=every.name, type=float, default=CLI_CHECKPOINT_EVERY,
+                   help=f"{every.help}; default: %(default)s")
     t.add_argument("--resume", default=None, metavar="MODEL_DIR",
                    help="continue the stopped or killed run saved in MODEL_DIR (its last checkpoint) on the same "
                         "IMAGES and MASKS, with its stored settings, to its own budget: --steps N goes on to step N, "

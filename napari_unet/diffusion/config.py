@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from napari_unet.config import from_dict
+from napari_unet.config import from_dict, setting
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class DiffusionConfig:
     max_tags: int = 4  # tag tokens per image (more are cut)
     steps: int | None = None
     time_limit: float | None = 600.0  # seconds; None = no limit
-    device: str = "auto"
+    device: str = setting("device", "auto")
     seed: int = 0
     threads: int | None = None
     low_precision: bool | None = None  # bf16 autocast on CPU / AMP on CUDA; None = auto
@@ -63,7 +63,7 @@ class SampleConfig:
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic given the initial noise)
     seed: int = 0
     batch_size: int = 4
-    device: str = "auto"
+    device: str = setting("device", "auto")
     threads: int | None = None
     low_precision: bool | None = None
 

@@ -7,11 +7,11 @@ import numpy as np
 
 from napari_unet import heads
 from napari_unet.arrays.volumes import anisotropic_spacing
-from napari_unet.config import TrainConfig
+from napari_unet.config import MIN_SIZE, TrainConfig
 from napari_unet.heads.watershed import Spacing, classes_from_probabilities
 
 
-def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10,
+def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = MIN_SIZE,
                               head: str = TrainConfig.instance_head, spacing: Spacing = None,
                               **thresholds: float | None) -> np.ndarray:
     """Instance labels from the maps of the instance ``head`` (a name in ``heads``; ``thresholds``:
@@ -23,7 +23,7 @@ def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = 10,
     return classes_from_probabilities(probs)
 
 
-def labels_for(bundle, maps: np.ndarray, min_size: int = 10) -> np.ndarray:
+def labels_for(bundle, maps: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
     """Labels of a model's output maps with the post-processing stored for it (``ModelBundle``), in
     the physical units of its voxels (``TrainConfig.z_scale``) for a 3D model."""
     return labels_from_probabilities(maps, bundle.task, min_size, bundle.config.instance_head,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from napari_unet.arrays.volumes import patch_shape
-from napari_unet.config import TrainConfig
+from napari_unet.config import DEVICES, TrainConfig
 from napari_unet.errors import UserError
 from napari_unet.events import RunSetup
 from napari_unet.runtime import sizes
@@ -30,8 +30,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError("CUDA was asked for, but no CUDA GPU is available (use --device auto or cpu)")
     if name == "mps" and not has_mps:
         raise UserError("MPS was asked for, but Apple's Metal backend is not available")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}: use {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
     return torch.device(name)
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox
 
+from napari_unet.config import ANNOTATE_MIN_SIZE, SETTINGS, TASK_LABELS
 from napari_unet.errors import UserError
 from napari_unet.widgets._corrections import ClickTool, apply_regions, correct_object, record_edit
 from napari_unet.workflows import annotation
@@ -15,8 +16,7 @@ from napari_unet.widgets._layers import (annotation_colormap, annotations_name, 
 from napari_unet.widgets._base import PluginWidget
 
 # the first is the default: painting a few objects must not teach the unpainted ones as background
-MODES = {"partial instances (objects + background strokes)": "partial", "instances (one id per object)": "instances",
-         "sparse classes (scribbles)": "sparse"}
+MODES = {TASK_LABELS[mode]: mode for mode in sorted(annotation.MODES, key=lambda mode: mode != "partial")}
 REGION_HELP = ("Draw rectangles or polygons where every object is painted, then click "
                "'Mark region as fully annotated' again: their unpainted pixels become background")
 
@@ -47,7 +47,8 @@ class AnnotateWidget(PluginWidget):
         self.threshold_button = PushButton(text="Start from threshold")
         self.accept_button = PushButton(text="Accept prediction as annotation")
         self.fill_button = PushButton(text="Fill holes")
-        self.min_size = SpinBox(label="Min size", value=20, min=1, max=100000)
+        self.min_size = SpinBox(label=SETTINGS["min_size"].label, value=ANNOTATE_MIN_SIZE, min=1, max=100000,
+                                tooltip=f"{SETTINGS['min_size'].help}: Remove small objects, and the threshold start")
         self.small_button = PushButton(text="Remove small objects")
         self.clear_button = PushButton(text="Clear annotations")
         self.stats = Label(value="")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Table
 
+from napari_unet.config import SETTINGS
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import FOLDER, gui_threads, pretrained_choices
@@ -32,7 +33,8 @@ class ExportWidget(PluginWidget):
         self.output = FileEdit(label="Output folder", mode="d")
         self.format = ComboBox(label="Format", choices=["tif", "png", "ome-zarr"], value=BatchConfig.format)
         self.probabilities = CheckBox(text="Also write probabilities", value=False)
-        self.uncertainty = CheckBox(text="Also write MC-dropout uncertainty", value=False)
+        self.uncertainty = CheckBox(text="Also write MC-dropout uncertainty", value=BatchConfig.uncertainty,
+                                    tooltip=f"{SETTINGS['uncertainty'].help} ({BatchConfig.mc_samples} MC samples)")
         self.overwrite = CheckBox(text="Predict files already done again", value=False,
                                   tooltip="off: files an earlier export completed in the output folder are skipped")
         self.run_button = PushButton(text="Export")

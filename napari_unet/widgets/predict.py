@@ -9,15 +9,13 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
                                          show_image, show_labels, show_uncertainty, uncertainty_name)
-from napari_unet.config import SHAPE
+from napari_unet.config import MC_SAMPLES_WHEN_ASKED, SETTINGS, SHAPE
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import FOLDER, _fixed_height, gui_threads, pretrained_choices
-from napari_unet.workflows.batch_file import BatchConfig
 from napari_unet.workflows.model_spec import CURRENT
 
-UNCERTAINTY_KINDS = ["epistemic", "total", "aleatoric", SHAPE]
 CURRENT_IMAGE, TRAINING_SET = "current image", "all training-set images"
 
 if TYPE_CHECKING:
@@ -38,12 +36,12 @@ class PredictWidget(PluginWidget):
         self.model_folder = FileEdit(label="Model folder", mode="d", visible=False)
         self.model_package = FileEdit(label="Package", mode="r", filter="*.zip", visible=False,
                                       tooltip="a bioimage.io model package exported by napari-unet")
-        self.mc_samples = SpinBox(label="MC-dropout samples", value=BatchConfig.mc_samples, min=0, max=64,
-                                  tooltip="0 = no uncertainty layer; more samples = smoother uncertainty, slower")
-        self.uncertainty = ComboBox(label="Uncertainty", choices=UNCERTAINTY_KINDS, value="epistemic",
-                                    tooltip="epistemic: what the model has not learnt (annotate there); aleatoric: "
-                                            "ambiguous pixels; total: both; shape (star and flow heads): the spread "
-                                            "of the rays or flows, where an outline is unsure")
+        mc, kind = SETTINGS["mc_samples"], SETTINGS["uncertainty_kind"]
+        self.mc_samples = SpinBox(label=mc.label, value=MC_SAMPLES_WHEN_ASKED, min=0, max=64,
+                                  tooltip=mc.help + "; 0: no uncertainty layer")
+        # which uncertainty map is shown (``uncertainty`` is the switch of the CLI and the batch export)
+        self.uncertainty_kind = ComboBox(label=kind.label, choices=list(kind.choices), value=kind.choices[0],
+                                         tooltip=kind.help)
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
@@ -56,7 +54,8 @@ class PredictWidget(PluginWidget):
         self.region_size = SpinBox(label="Region size (px)", value=96, min=16, max=2048, step=16)
         self.suggest_button = PushButton(text="Suggest where to annotate")
         self.next_button = PushButton(text="Go to next region")
-        self.extend([self.image, self.model, self.model_folder, self.model_package, self.mc_samples, self.uncertainty,
+        self.extend([self.image, self.model, self.model_folder, self.model_package, self.mc_samples,
+                     self.uncertainty_kind,
                      Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status, Label(value="<b>Annotate next</b>"), self.scope, self.n_regions,
                      self.region_size,
@@ -96,7 +95,7 @@ class PredictWidget(PluginWidget):
         image = find_layer(self.viewer, self.image.value)
         layer = None if image is None else find_layer(self.viewer, uncertainty_name(image.name))
         if layer is None:
-            show_warning("no uncertainty yet: predict with MC-dropout samples > 0, or train with preview MC samples")
+            show_warning("no uncertainty yet: predict with MC samples > 0, or train with preview MC samples")
             return
         regions = rank_regions(self._plane(layer), self.region_size.value, self.n_regions.value)
         self.tour.start([replace(r, name=image.name) for r in regions], image.name)
@@ -111,7 +110,7 @@ class PredictWidget(PluginWidget):
         if not names:
             show_warning("the training set is empty: attach annotations to images in the Annotate widget")
             return
-        kind = self.uncertainty.value
+        kind = self.uncertainty_kind.value
         missing = [n for n in names if not _has_uncertainty(self.viewer, n, kind)]
         if not missing:
             self._rank_training_set(names)
@@ -170,8 +169,9 @@ class PredictWidget(PluginWidget):
             return
         region, n = self.tour.regions[self.tour.index], len(self.tour.regions)
         self.status.value = f"region {self.tour.index + 1}/{n}" + region_summary(region, self.scope.value == TRAINING_SET)
-        unit = "" if self.uncertainty.value == SHAPE else " nats"  # the shape spread is in pixels or flow units
-        self.status.tooltip = (f"mean {self.uncertainty.value} uncertainty in this region {region.mean:.2g}{unit}, "
+        kind = self.uncertainty_kind.value
+        unit = "" if kind == SHAPE else " nats"  # the shape spread is in pixels or flow units
+        self.status.tooltip = (f"mean {kind} uncertainty in this region {region.mean:.2g}{unit}, "
                                f"{region.relative:.1f} times the image's mean")
 
     def _plane(self, layer: Any) -> np.ndarray:
@@ -218,7 +218,7 @@ class PredictWidget(PluginWidget):
             return
         current = self.session.model
         cfg = PredictConfig(mc_samples=self.mc_samples.value, threads=gui_threads())
-        data, rgb, kind = np.asarray(image.data), bool(image.rgb), self.uncertainty.value
+        data, rgb, kind = np.asarray(image.data), bool(image.rgb), self.uncertainty_kind.value
         self._target = image
         self.progress.value = 0
         self.status.value = "predicting…"

@@ -11,10 +11,10 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               PushButton, SpinBox)
 
 from napari_unet.arrays.layout import array_layout
-from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
-from napari_unet.workflows.classes import USER_TASKS, config_task
+from napari_unet.config import (LIVE_UNCERTAINTY_MC, SETTINGS, SYNTHETIC_RATIO, TASK_LABELS, USER_TASKS,
+                                AugmentConfig, LossConfig, TrainConfig, UNetConfig)
+from napari_unet.workflows.classes import config_task
 from napari_unet.workflows.model_spec import CURRENT
-from napari_unet.workflows.train_request import SYNTHETIC_SHARE
 from napari_unet.workflows.train_run import TrainRun, asked_architecture
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
                                          probability_name, show_image, show_labels, show_uncertainty,
@@ -23,11 +23,8 @@ from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._worker import (format_seconds, load_folder, on_close, progress_permille, run_in_thread,
                                          save_folder, show_failure, unless_closed)
 
-TASK_LABELS = {"instances": "instances", "partial": "partial instances (unpainted = unknown)",
-               "sparse": "sparse classes", "classes": "classes (every pixel labelled)"}  # user task -> choice
-TASKS = {label: task for task, label in TASK_LABELS.items() if task in USER_TASKS}  # choice -> user task
+TASKS = {TASK_LABELS[task]: task for task in USER_TASKS}  # choice -> user task (labels: config.TASK_LABELS)
 SCRATCH, FOLDER = "none (from scratch)", "model folder…"
-LIVE_UNCERTAINTY_MC = 4  # preview MC-dropout passes the widget starts with (the live uncertainty layer)
 SLICES, VOLUME = "2D (slice by slice)", "3D"
 SYNC_INTERVAL_MS = 1000
 STATUS_INTERVAL_S = 1.0
@@ -85,7 +82,8 @@ class TrainWidget(PluginWidget):
         self.labels = ComboBox(label="Annotations", nullable=True,
                                choices=lambda _w: [l.name for l in layers_of_type(viewer, "labels")
                                                    if not l.name.endswith(" prediction")])
-        self.task = ComboBox(label="Task", choices=list(TASKS), value="instances")
+        self.task = ComboBox(label=SETTINGS["task"].label, choices=list(TASKS), value=TASK_LABELS[TrainConfig.task],
+                             tooltip=SETTINGS["task"].help)
         from napari_unet import heads  # here, not at the top: the heads import torch, opening a widget must not
 
         self.instance_head = ComboBox(label="Instance head", choices=list(heads.names()),
@@ -104,7 +102,8 @@ class TrainWidget(PluginWidget):
         self.init_folder = FileEdit(label="Model folder", mode="d", visible=False)
         self.time_limit = SpinBox(label="Time limit (s)", value=int(TrainConfig.time_limit), min=5, max=7 * 24 * 3600,
                                   step=30)
-        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value=TrainConfig.device)
+        self.device = ComboBox(label=SETTINGS["device"].label, choices=list(SETTINGS["device"].choices),
+                               value=TrainConfig.device, tooltip=SETTINGS["device"].help)
         self.device_label = Label(value=DETECTING)
         self.show_advanced = CheckBox(text="Advanced settings", value=False)
 
@@ -123,10 +122,10 @@ class TrainWidget(PluginWidget):
         self.sigma = FloatSpinBox(label="Border σ (px)", value=LossConfig.border_sigma, min=0.5, max=50.0)
         self.preview_every = FloatSpinBox(label="Preview every (s)", value=TrainConfig.preview_every, min=0.0,
                                           max=600.0)
-        self.synthetic_ratio = FloatSpinBox(label="Synthetic share", value=SYNTHETIC_SHARE, min=0.0, max=0.95,
-                                            step=0.05, tooltip="share of patches from accepted synthetic pairs (if any)")
-        self.preview_mc = SpinBox(label="Preview MC samples", value=LIVE_UNCERTAINTY_MC, min=0, max=32,
-                                  tooltip="MC-dropout passes per preview for the live uncertainty layer (0 = off)")
+        ratio, mc = SETTINGS["synthetic_ratio"], SETTINGS["preview_mc_samples"]
+        self.synthetic_ratio = FloatSpinBox(label=ratio.label, value=SYNTHETIC_RATIO, min=0.0, max=0.95, step=0.05,
+                                            tooltip=ratio.help + ": the accepted synthetic pairs'")
+        self.preview_mc = SpinBox(label=mc.label, value=LIVE_UNCERTAINTY_MC, min=0, max=32, tooltip=mc.help)
         self.advanced = Container(widgets=[self.base_width, self.depth, self.patch_size, self.batch_size,
                                            self.learning_rate, self.elastic, self.w0, self.sigma, self.preview_every,
                                            self.preview_mc, self.synthetic_ratio],

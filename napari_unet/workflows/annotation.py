@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_unet.config import MIN_SIZE, USER_TASKS
 from napari_unet.data.targets import relabel_sequential
 from napari_unet.errors import UserError
 
-Mode = str  # "instances" | "sparse" | "partial"
+Mode = str  # a user task (``config.USER_TASKS``) but "classes": "instances" | "sparse" | "partial"
+MODES: tuple[str, ...] = tuple(task for task in USER_TASKS if task != "classes")  # dense classes are not painted here
 BACKGROUND = 1  # the background label of the sparse and partial modes (0 = not annotated there)
 
 
@@ -69,7 +71,7 @@ def next_free_id(labels: np.ndarray, mode: Mode) -> int:
     return max(top + 1, first_object_id(mode))
 
 
-def threshold_start(image: np.ndarray, mode: Mode, min_size: int = 10) -> np.ndarray:
+def threshold_start(image: np.ndarray, mode: Mode, min_size: int = MIN_SIZE) -> np.ndarray:
     """A rough first annotation from an Otsu threshold of a 2D image (channels averaged).
 
     ``instances``: connected components of the bright part. ``sparse``: 2 (object) on the bright

@@ -21,7 +21,7 @@ from typing import Any, Generator, Literal
 
 import numpy as np
 
-from napari_unet.config import PredictConfig
+from napari_unet.config import MC_SAMPLES_WHEN_ASKED, PredictConfig, setting
 from napari_unet.errors import OutputError, UserError
 from napari_unet.events import Progress, relay, run_to_end
 from napari_unet.files.io import labels_dtype, read_image, write_image
@@ -43,8 +43,8 @@ class BatchConfig:
 
     format: OutputFormat = "tif"
     probabilities: bool = False  # also write <stem>_probabilities (K, *S) float32
-    uncertainty: bool = False  # MC-dropout: write <stem>_uncertainty (total, aleatoric, epistemic[, shape])
-    mc_samples: int = 8  # dropout samples when ``uncertainty``
+    uncertainty: bool = setting("uncertainty", False)  # MC-dropout: write <stem>_uncertainty (total, aleatoric, epistemic[, shape])
+    mc_samples: int = setting("mc_samples", MC_SAMPLES_WHEN_ASKED)  # dropout samples when ``uncertainty`` (PredictConfig: 0 = none)
     workers: int = 1  # local threads working on different files
     scheduler: str | None = None  # dask.distributed scheduler address; None = local threads
     large_pixels: int = 64_000_000  # images (3D models: volumes) with more pixels (and Zarr inputs) are streamed

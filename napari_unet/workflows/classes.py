@@ -13,8 +13,10 @@ User tasks (the words the CLI and the widgets offer):
   value is the class count (at least 2).
 
 ``TrainConfig`` spells them as ``task`` ("instances" | "semantic") plus ``sparse`` (partial
-instances are ``instances`` + ``sparse``; ``user_task`` maps back); a project folder's ``mode``
-is the user task itself.
+instances are ``instances`` + ``sparse``; ``user_task`` maps back); a project folder's ``mode``,
+an annotation mode and the CLI's ``train --task`` are the user task itself (``--task semantic``
+is ``classes``, ``--sparse`` its scribble form). The words and their widget labels live in
+``config.USER_TASKS`` and ``config.TASK_LABELS``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import Iterable, Literal
 
 import numpy as np
 
+from napari_unet.config import USER_TASKS  # noqa: F401 (the task words live with the other setting names)
 from napari_unet.errors import UserError
 
 UserTask = Literal["instances", "partial", "classes", "sparse"]
-USER_TASKS: tuple[str, ...] = ("instances", "partial", "classes", "sparse")
 INSTANCE_TASKS: tuple[str, ...] = ("instances", "partial")  # user tasks trained as TrainConfig.task "instances"
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Generator
 
-from napari_unet.config import PredictConfig, TrainConfig
+from napari_unet.config import MC_SAMPLES_WHEN_ASKED, PredictConfig, TrainConfig
 from napari_unet.data.samples import SHOWCASE, load_sample, training_samples
 from napari_unet.events import Message
 from napari_unet.files.io import write_image
@@ -31,8 +31,8 @@ def run_demo(out: Path, time_limit: float = 60.0, seed: int = 0) -> Generator[ob
     model_dir = save_bundle(bundle, out / "model")
 
     image, truth = load_sample(SHOWCASE)
-    yield Message(f"predicting {SHOWCASE} with 8 MC-dropout samples")
-    prediction = predict_image(bundle, image, PredictConfig(mc_samples=8))
+    yield Message(f"predicting {SHOWCASE} with {MC_SAMPLES_WHEN_ASKED} MC-dropout samples")
+    prediction = predict_image(bundle, image, PredictConfig(mc_samples=MC_SAMPLES_WHEN_ASKED))
     write_image(out / "masks" / f"{SHOWCASE}.tif", prediction.labels)
     write_image(out / "probabilities" / f"{SHOWCASE}.tif", prediction.probabilities)
     write_image(out / "uncertainty" / f"{SHOWCASE}.tif", prediction.uncertainty["epistemic"])

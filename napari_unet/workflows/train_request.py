@@ -13,11 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from napari_unet.arrays.layout import MAX_CHANNELS, array_layout
-from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
+from napari_unet.config import SYNTHETIC_RATIO, AugmentConfig, LossConfig, TrainConfig, UNetConfig
 from napari_unet.errors import UserError
 from napari_unet.workflows.classes import task_and_classes
-
-SYNTHETIC_SHARE = 0.5  # share of patches from synthetic pairs, when there are any
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class TrainRequest:
     threads: int | None = TrainConfig.threads
     checkpoint_every: float | None = TrainConfig.checkpoint_every
     synthetic: bool = False  # synthetic pairs are mixed in (then ``synthetic_ratio`` applies)
-    synthetic_ratio: float = SYNTHETIC_SHARE
+    synthetic_ratio: float = SYNTHETIC_RATIO
 
 
 def input_channels(images: Sequence[np.ndarray], dims: int = 2) -> int:

@@ -46,7 +46,7 @@ def test_map_head_trains_previews_and_predicts(nuclei_viewer, qtbot, head, thres
     labels = viewer.layers["nuclei prediction"].data
     assert labels.shape == viewer.layers["nuclei"].data.shape and len(np.unique(labels)) > 1
     assert np.isfinite(viewer.layers["nuclei uncertainty"].data).all()
-    predict.uncertainty.value = "shape"  # the spread of the rays / flows over the samples
+    predict.uncertainty_kind.value = "shape"  # the spread of the rays / flows over the samples
     predict.predict_button.changed.emit(True)
     qtbot.waitUntil(lambda: predict.worker is None, timeout=60_000)
     shape = viewer.layers["nuclei uncertainty"]
@@ -62,7 +62,7 @@ def test_shape_uncertainty_of_a_3class_model_is_a_notification(nuclei_viewer, qt
     predict.image.value = "nuclei"
     predict.model.value = CURRENT
     predict.mc_samples.value = 2
-    predict.uncertainty.value = "shape"
+    predict.uncertainty_kind.value = "shape"
     predict.predict_button.changed.emit(True)
     qtbot.waitUntil(lambda: predict.worker is None, timeout=60_000)
     assert any(kind == "error" and "star or flow" in message for kind, message in notifications), notifications

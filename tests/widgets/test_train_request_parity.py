@@ -29,6 +29,7 @@ MASKS = {"binary": lambda inst: np.where(inst > 0, 255, 0).astype(np.uint8),
     ("classes (every pixel labelled)", "3class", ["--task", "semantic"], "binary"),  # {0, 255}: 2 classes both ways
     ("instances", "star", ["--instance-head", "star"], "instances"),
     (TASK_LABELS["partial"], "3class", ["--sparse"], "partial"),  # partial instances: instances + --sparse
+    (TASK_LABELS["partial"], "3class", ["--task", "partial"], "partial"),  # the same, in the widget's word
 ])
 def test_cli_and_widget_build_the_same_train_config(make_napari_viewer, tmp_path, widget_task, head, flags, kind):
     from napari_unet.data.samples import load_sample
