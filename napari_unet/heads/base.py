@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_unet.config import SHAPE  # the uncertainty map of a head drawing outlines (rays, flows)
+from napari_unet.config import MIN_SIZE, SHAPE  # SHAPE: the uncertainty map of a head drawing outlines (rays, flows)
 from napari_unet.errors import UserError
 from napari_unet.events import Progress
 
@@ -94,14 +94,14 @@ class Head:
         raise NotImplementedError
 
     # -- instances ---------------------------------------------------------------------------------
-    def instances(self, maps: np.ndarray, min_size: int = 10, **rule: Any) -> np.ndarray:
+    def instances(self, maps: np.ndarray, min_size: int = MIN_SIZE, **rule: Any) -> np.ndarray:
         """Maps (K, *S) -> instance labels (*S), consecutive ids; ``rule``: thresholds (``rule_keys``).
         A head with 3 in ``dims`` is also given ``spacing=`` for volumes whose voxels are not cubes
         (``volumes.anisotropic_spacing``: pixel size per axis in pixel widths), and so are its
         ``score`` and ``tune``: distances it measures should be physical."""
         raise NotImplementedError
 
-    def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
+    def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = MIN_SIZE,
                             scratch: Path | None = None, **rule: Any) -> Generator[Progress, None, int]:
         """Instances of on-disk maps (K, H, W) into ``labels`` (H, W) block by block, seam-free;
         ``scratch``: a path the head may create a scratch store at (the caller removes it).

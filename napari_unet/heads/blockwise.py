@@ -35,6 +35,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import watershed
 
+from napari_unet.config import MIN_SIZE
 from napari_unet.events import Progress
 from napari_unet.heads.watershed import interior_distance, interior_mask, split_markers
 
@@ -178,7 +179,7 @@ def grow_instances(probs: Any, seeds: Any, seed_map: np.ndarray, labels: Any, bl
 
 
 def instances_blockwise(probs: Any, labels: Any, scratch: Any, block: Size = 1024, halo: Size = 64,
-                        min_size: int = 10, fg_threshold: float = 0.5, seed_threshold: float | None = None,
+                        min_size: int = MIN_SIZE, fg_threshold: float = 0.5, seed_threshold: float | None = None,
                         split_height: float | None = None,
                         spacing: Sequence[float] | None = None) -> Generator[Progress, None, int]:
     """Instance labels (*S: (H, W) or (Z, Y, X)) into ``labels`` from probabilities (3, *S);

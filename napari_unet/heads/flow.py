@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+from napari_unet.config import MIN_SIZE
 from napari_unet.events import Progress
 from napari_unet.heads.base import ObjectMapHead
 from napari_unet.heads.flow_targets import flow_field, flow_targets, object_centres
@@ -81,10 +82,10 @@ class FlowHead(ObjectMapHead):
         sq = (logits[:, k + 1:k + 3] - FLOW_SCALE * flows) ** 2  # (B, 2, H, W)
         return 0.5 * (sq.mean(dim=1) * valid).sum() / valid.sum().clamp(min=1)
 
-    def instances(self, maps: np.ndarray, min_size: int = 10, **rule: Any) -> np.ndarray:
+    def instances(self, maps: np.ndarray, min_size: int = MIN_SIZE, **rule: Any) -> np.ndarray:
         return instances_from_flows(maps, min_size, **rule)
 
-    def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
+    def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = MIN_SIZE,
                             scratch: Path | None = None, **rule: Any) -> Generator[Progress, None, int]:
         return (yield from flows_blockwise(maps, labels, block, halo, min_size, **rule))
 
@@ -143,7 +144,7 @@ def flow_errors(labels: np.ndarray, flows: np.ndarray, max_side: int | None = CH
     return np.bincount(labels.ravel(), weights=sq.ravel(), minlength=n + 1) / np.maximum(counts, 1)
 
 
-def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: float = DEFAULT_RULE["prob_threshold"],
+def instances_from_flows(maps: np.ndarray, min_size: int = MIN_SIZE, prob_threshold: float = DEFAULT_RULE["prob_threshold"],
                          flow_threshold: float = DEFAULT_RULE["flow_threshold"], n_classes: int = 3) -> np.ndarray:
     """(K + 1 + 2, H, W) flow maps -> (H, W) instance labels (consecutive ids); see the module
     docstring. ``flow_threshold`` <= 0 skips the consistency check."""
@@ -172,7 +173,7 @@ def instances_from_flows(maps: np.ndarray, min_size: int = 10, prob_threshold: f
     return relabel_sequential(labels)
 
 
-def flows_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
+def flows_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = MIN_SIZE,
                     prob_threshold: float = DEFAULT_RULE["prob_threshold"],
                     flow_threshold: float = DEFAULT_RULE["flow_threshold"],
                     n_classes: int = 3) -> Generator[Progress, None, int]:

@@ -35,6 +35,7 @@ from typing import Any, Generator, Sequence
 import numpy as np
 import torch
 
+from napari_unet.config import MIN_SIZE
 from napari_unet.errors import UserError
 from napari_unet.events import Progress
 from napari_unet.heads.base import ObjectMapHead
@@ -76,10 +77,10 @@ class StarHead(ObjectMapHead):
         l1 = (rays - dist / DIST_SCALE).abs().mean(dim=1, keepdim=True)  # (B, 1, h, w)
         return (l1 * mask).sum() / mask.sum().clamp(min=1e-6)
 
-    def instances(self, maps: np.ndarray, min_size: int = 10, **rule: Any) -> np.ndarray:
+    def instances(self, maps: np.ndarray, min_size: int = MIN_SIZE, **rule: Any) -> np.ndarray:
         return instances_from_star(maps, min_size, **rule)
 
-    def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
+    def instances_blockwise(self, maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = MIN_SIZE,
                             scratch: Path | None = None, **rule: Any) -> Generator[Progress, None, int]:
         return (yield from star_blockwise(maps, labels, block, halo, min_size, **rule))
 
@@ -173,7 +174,7 @@ def greedy_polygon_nms(prob: np.ndarray, dist: np.ndarray, labels: np.ndarray, p
     return next_id
 
 
-def instances_from_star(maps: np.ndarray, min_size: int = 10, prob_threshold: float = 0.5,
+def instances_from_star(maps: np.ndarray, min_size: int = MIN_SIZE, prob_threshold: float = 0.5,
                         nms_threshold: float = 0.4, n_classes: int = 3) -> np.ndarray:
     """(K + 1 + R, H, W) star maps -> (H, W) instance labels (consecutive ids)."""
     # deferred: scikit-image loads at first use
@@ -192,7 +193,7 @@ def instances_from_star(maps: np.ndarray, min_size: int = 10, prob_threshold: fl
     return relabel_sequential(labels)
 
 
-def star_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = 10,
+def star_blockwise(maps: Any, labels: Any, block: int = 1024, halo: int = 64, min_size: int = MIN_SIZE,
                    prob_threshold: float = 0.5, nms_threshold: float = 0.4,
                    n_classes: int = 3) -> Generator[Progress, None, int]:
     """Star instances of maps (K + 1 + R, H, W) too large for memory into ``labels`` (H, W).

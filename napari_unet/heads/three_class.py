@@ -17,6 +17,7 @@ from typing import Any, Callable, Generator, Sequence
 import numpy as np
 import torch
 
+from napari_unet.config import MIN_SIZE
 from napari_unet.events import Progress
 from napari_unet.heads.base import Head
 
@@ -54,14 +55,14 @@ class ThreeClassHead(Head):
 
         return segmentation_loss(logits, classes, weights, cfg.loss.dice_weight, unannotated_pull(cfg))
 
-    def instances(self, maps: np.ndarray, min_size: int = 10, spacing: Sequence[float] | None = None,
+    def instances(self, maps: np.ndarray, min_size: int = MIN_SIZE, spacing: Sequence[float] | None = None,
                   **rule: Any) -> np.ndarray:
         # deferred: scikit-image loads at first use
         from napari_unet.heads.watershed import instances_from_probabilities
 
         return instances_from_probabilities(maps[:3], min_size, spacing=spacing, **rule)
 
-    def instances_blockwise(self, maps: Any, labels: Any, block: Any = 1024, halo: Any = 64, min_size: int = 10,
+    def instances_blockwise(self, maps: Any, labels: Any, block: Any = 1024, halo: Any = 64, min_size: int = MIN_SIZE,
                             scratch: Path | None = None, spacing: Sequence[float] | None = None,
                             **rule: Any) -> Generator[Progress, None, int]:
         """Seam-free watershed block by block (``heads.blockwise``), in 2D or 3D (``block`` and

@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
+from napari_unet.config import MIN_SIZE
 from napari_unet.data.targets import relabel_sequential
 
 SPLIT_SMOOTHING = 1.0  # Gaussian sigma (pixels) on the interior distance map before its maxima are taken
@@ -47,7 +48,7 @@ def interior_mask(probs: np.ndarray, seed_threshold: float | None = None) -> np.
 
 
 def instance_seeds(probs: np.ndarray, seed_threshold: float | None = None, split_height: float | None = None,
-                   min_size: int = 10, spacing: Spacing = None) -> np.ndarray:
+                   min_size: int = MIN_SIZE, spacing: Spacing = None) -> np.ndarray:
     """The seed labels of ``instances_from_probabilities`` (one region per object to grow)."""
     interior = interior_mask(probs, seed_threshold)
     with warnings.catch_warnings():  # skimage warns when an image holds a single object
@@ -63,7 +64,7 @@ def instance_seeds(probs: np.ndarray, seed_threshold: float | None = None, split
     return seeds
 
 
-def grow_seeds(probs: np.ndarray, seeds: np.ndarray, fg_threshold: float = 0.5, min_size: int = 10) -> np.ndarray:
+def grow_seeds(probs: np.ndarray, seeds: np.ndarray, fg_threshold: float = 0.5, min_size: int = MIN_SIZE) -> np.ndarray:
     """Instance labels: ``seeds`` grown over the foreground by a watershed on the boundary probability."""
     if not seeds.any():
         return np.zeros(probs.shape[1:], dtype=np.uint16)
@@ -76,7 +77,7 @@ def grow_seeds(probs: np.ndarray, seeds: np.ndarray, fg_threshold: float = 0.5, 
     return relabel_sequential(labels)
 
 
-def instances_from_probabilities(probs: np.ndarray, min_size: int = 10, fg_threshold: float = 0.5,
+def instances_from_probabilities(probs: np.ndarray, min_size: int = MIN_SIZE, fg_threshold: float = 0.5,
                                  seed_threshold: float | None = None, split_height: float | None = None,
                                  spacing: Spacing = None) -> np.ndarray:
     """(3, H, W) background/interior/boundary probabilities -> (H, W) instance labels.
