@@ -24,11 +24,12 @@ trained with ``napari-unet train PLANES/images PLANES/masks --time-limit 120 --o
 (which fine-tunes ``pretrained:nuclei``; ``--extra-2d "--init none"`` starts from scratch like the
 3D model), ``napari-unet predict`` labels every plane of the held-out volumes, and the planes are
 stitched into 3D objects by :func:`stitch_planes` (each object takes the id of the object of the
-plane below it that it overlaps with IoU >= ``--stitch-iou``, else a new id; Cellpose's
-``stitch_threshold`` rule). The stitched volumes are scored like the 3D model's, at 0.5 and at 0.1
-(the best of 0.5 / 0.4 / 0.3 / 0.2 / 0.1 / 0.05 for the mean AP of the *training* volumes' true
-planes, at z-scale 1 and 2: 0.5 splits each nucleus's thin caps off, IoU of two cross-sections
-near a pole being well under 0.5). Also printed:
+plane below it that it overlaps most, when the overlap reaches a threshold, else a new id; with
+IoU, Cellpose's ``stitch_threshold`` rule). The stitched volumes are scored like the 3D model's,
+for each rule of ``--stitch``: IoU 0.5; IoU 0.1 (the best of 0.5 / 0.4 / 0.3 / 0.2 / 0.1 / 0.05
+for the mean AP of the *training* volumes' true planes, at z-scale 1 and 2: 0.5 splits each
+nucleus's thin caps off, two cross-sections near a pole having an IoU well under 0.5); and
+intersection over the smaller area 0.7. Also printed:
 the 2D AP on the held-out planes (before stitching) and the 3D AP of the true planes stitched by
 the same rule (what the rule alone loses).
 """
@@ -140,13 +141,15 @@ def write_planes(folder: Path, planes: Path) -> list[str]:
     return names
 
 
-def stitch_planes(planes: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def stitch_planes(planes: np.ndarray, threshold: float = 0.5, overlap: str = "iou") -> np.ndarray:
     """2D labels per plane (Z, Y, X) -> 3D objects, plane by plane from z = 0.
 
-    An object of plane z takes the id of the object of plane z - 1 (already stitched) it has the
-    highest IoU with, when that IoU is at least ``threshold``; otherwise it gets a new id. With a
-    threshold of 0.5 or more, two objects of one plane can never take the same id (each would need
-    more than half of it). Ids of the result are consecutive.
+    An object of plane z takes the id of the object of plane z - 1 (already stitched) it overlaps
+    most, when that overlap is at least ``threshold``; otherwise it gets a new id. ``overlap``:
+    ``"iou"`` (intersection over union; with a threshold of 0.5 or more two objects of one plane
+    never take the same id) or ``"smaller"`` (intersection over the smaller of the two areas, so a
+    nucleus's small cap still joins the wider section next to it; two objects may then join one).
+    Ids of the result are consecutive.
     """
     planes = np.asarray(planes)
     out = np.zeros(planes.shape, np.int64)
@@ -160,10 +163,13 @@ def stitch_planes(planes: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         if z > 0 and out[z - 1].any():
             below = out[z - 1]
             both = (current > 0) & (below > 0)
-            pairs, overlap = np.unique(np.stack([current[both], below[both]]), axis=1, return_counts=True)
+            pairs, shared = np.unique(np.stack([current[both], below[both]]), axis=1, return_counts=True)
             area_now = np.bincount(current.ravel(), minlength=lut.size)
             area_below = np.bincount(below.ravel())
-            iou = overlap / (area_now[pairs[0]] + area_below[pairs[1]] - overlap)
+            if overlap == "iou":
+                iou = shared / (area_now[pairs[0]] + area_below[pairs[1]] - shared)
+            else:
+                iou = shared / np.minimum(area_now[pairs[0]], area_below[pairs[1]])
             best: dict[int, tuple[float, int]] = {}
             for a, b, v in zip(pairs[0], pairs[1], iou):
                 if v >= threshold and v > best.get(a, (0.0, 0))[0]:
@@ -254,8 +260,9 @@ def main() -> None:
                         help="also train the default 2D model on the planes, predict plane by plane and stitch")
     parser.add_argument("--skip-3d", action="store_true", help="with --compare-2d: only the 2D model")
     parser.add_argument("--extra-2d", default="", help="more train flags for the 2D model, e.g. '--init none'")
-    parser.add_argument("--stitch-iou", default="0.5,0.1",
-                        help="IoUs that link objects of adjacent planes, each scored (default: %(default)s)")
+    parser.add_argument("--stitch", default="iou:0.5,iou:0.1,smaller:0.7",
+                        help="rules that link objects of adjacent planes (overlap:threshold, overlap 'iou' or "
+                             "'smaller'; see stitch_planes), each scored (default: %(default)s)")
     args = parser.parse_args()
     out = Path(args.out)
     write_set(out / "train", args.train, args.seed, args.z_scale)
@@ -325,7 +332,7 @@ def train_2d(cli: list[str], out: Path, args: argparse.Namespace) -> None:
     load_after = os.getloadavg()
     predict_seconds = run([*cli, "predict", str(model), str(out / "test_planes/images"), "--out",
                            str(out / "pred2d"), "--overwrite", "--quiet"])
-    thresholds = [float(t) for t in args.stitch_iou.split(",")]
+    rules = [(kind, float(t)) for kind, t in (rule.split(":") for rule in args.stitch.split(","))]
     predicted, truths, planes = [], [], []
     for name in names:
         truth = read_mask(out / "test/masks" / f"{name}.tif")
@@ -335,12 +342,12 @@ def train_2d(cli: list[str], out: Path, args: argparse.Namespace) -> None:
         planes += [(predicted[-1][z], truths[-1][0][z]) for z in range(len(files))]
     flat = evaluate_instances(planes)
     print(f"2D AP@0.5 on the {len(planes)} held-out planes {flat['ap50']:.3f} (mean AP {flat['map']:.3f})")
-    for t in thresholds:
-        scores = evaluate_instances([(stitch_planes(p, t), truth) for p, (_, truth) in zip(predicted, truths)])
-        report(model, scores, f"2D slice by slice, stitched at IoU {t:g}", load_before[0], load_after[0],
+    for kind, t in rules:
+        scores = evaluate_instances([(stitch_planes(p, t, kind), truth) for p, (_, truth) in zip(predicted, truths)])
+        report(model, scores, f"2D slice by slice, stitched at {kind} {t:g}", load_before[0], load_after[0],
                predict_seconds, len(names))
-        ceiling = evaluate_instances([(stitch_planes(p, t), truth) for p, truth in truths])
-        print(f"  true planes stitched at IoU {t:g}: 3D AP@0.5 {ceiling['ap50']:.3f}, mean AP "
+        ceiling = evaluate_instances([(stitch_planes(p, t, kind), truth) for p, truth in truths])
+        print(f"  true planes stitched at {kind} {t:g}: 3D AP@0.5 {ceiling['ap50']:.3f}, mean AP "
               f"{ceiling['map']:.3f}", flush=True)
 
 if __name__ == "__main__":

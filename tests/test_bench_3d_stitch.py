@@ -52,3 +52,11 @@ def test_stitch_skips_empty_planes_as_a_break(b3):
     planes[2, :2, :2] = 1
     out = b3.stitch_planes(planes)
     assert out[0, 0, 0] == 1 and out[2, 0, 0] == 2
+
+
+def test_stitch_over_the_smaller_area_joins_a_cap(b3):
+    planes = np.zeros((2, 12, 12), np.uint16)
+    planes[0, 2:10, 2:10] = 1        # a wide section
+    planes[1, 5:7, 5:7] = 1          # the cap: IoU 4/64, all of it inside the section
+    assert b3.stitch_planes(planes, 0.5).max() == 2
+    assert b3.stitch_planes(planes, 0.7, "smaller").max() == 1
