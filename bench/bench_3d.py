@@ -1,7 +1,8 @@
 """Benchmark: 3D training with the default sizes, from the command line, on synthetic nuclei volumes.
 
 Run: ``.venv/bin/python bench/bench_3d.py [--out /tmp/bench3d] [--train 6] [--test 4] [--time-limit 120]
-[--z-scale 1] [--seed 0] [--extra "--seed 1"] [--compare-2d [--skip-3d] [--extra-2d "--init none"]]``;
+[--z-scale 1] [--seed 0] [--extra "--seed 1"] [--compare-2d [--skip-3d [--restitch]] [--extra-2d "--init none"]
+[--stitch iou:0.5,smaller:0.7]]``;
 ``--split 20 [--old-sizes]`` times 20 steps split into data and network (and one validation) instead
 of training.
 
@@ -263,10 +264,13 @@ def main() -> None:
     parser.add_argument("--stitch", default="iou:0.5,iou:0.1,smaller:0.7",
                         help="rules that link objects of adjacent planes (overlap:threshold, overlap 'iou' or "
                              "'smaller'; see stitch_planes), each scored (default: %(default)s)")
+    parser.add_argument("--restitch", action="store_true",
+                        help="with --compare-2d --skip-3d: only stitch and score the 2D predictions already in --out")
     args = parser.parse_args()
     out = Path(args.out)
-    write_set(out / "train", args.train, args.seed, args.z_scale)
-    write_set(out / "test", args.test, args.seed + 1000, args.z_scale)
+    if not args.restitch:
+        write_set(out / "train", args.train, args.seed, args.z_scale)
+        write_set(out / "test", args.test, args.seed + 1000, args.z_scale)
     if args.split:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI's entry point (torch not loaded yet)
         import torch
@@ -320,18 +324,23 @@ def train_2d(cli: list[str], out: Path, args: argparse.Namespace) -> None:
     from napari_unet.files.io import read_mask
     from napari_unet.metrics import evaluate_instances
 
-    for sub in ("planes", "test_planes", "pred2d"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    write_planes(out / "train", out / "planes")
-    names = write_planes(out / "test", out / "test_planes")
     model = out / "model2d"
-    train = [*cli, "train", str(out / "planes/images"), str(out / "planes/masks"),
-             "--time-limit", f"{args.time_limit:g}", "--out", str(model)]
-    load_before = os.getloadavg()
-    run([*train, *shlex.split(args.extra_2d)])
-    load_after = os.getloadavg()
-    predict_seconds = run([*cli, "predict", str(model), str(out / "test_planes/images"), "--out",
-                           str(out / "pred2d"), "--overwrite", "--quiet"])
+    if args.restitch:  # the planes, model and predictions of an earlier run in --out
+        names = sorted(f.stem for f in (out / "test/images").glob("*.tif"))
+        load_before = load_after = (float("nan"),)
+        predict_seconds = float("nan")
+    else:
+        for sub in ("planes", "test_planes", "pred2d"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        write_planes(out / "train", out / "planes")
+        names = write_planes(out / "test", out / "test_planes")
+        train = [*cli, "train", str(out / "planes/images"), str(out / "planes/masks"),
+                 "--time-limit", f"{args.time_limit:g}", "--out", str(model)]
+        load_before = os.getloadavg()
+        run([*train, *shlex.split(args.extra_2d)])
+        load_after = os.getloadavg()
+        predict_seconds = run([*cli, "predict", str(model), str(out / "test_planes/images"), "--out",
+                               str(out / "pred2d"), "--overwrite", "--quiet"])
     rules = [(kind, float(t)) for kind, t in (rule.split(":") for rule in args.stitch.split(","))]
     predicted, truths, planes = [], [], []
     for name in names:
