@@ -1,8 +1,10 @@
 """Benchmark: 3D training with the default sizes, from the command line, on synthetic nuclei volumes.
 
 Run: ``.venv/bin/python bench/bench_3d.py [--out /tmp/bench3d] [--train 6] [--test 4] [--time-limit 120]
-[--z-scale 1] [--seed 0] [--extra "--seed 1"]``; ``--split 20 [--old-sizes]`` times 20 steps split into
-data and network (and one validation) instead of training.
+[--z-scale 1] [--seed 0] [--extra "--seed 1"] [--compare-2d [--skip-3d [--restitch]] [--extra-2d "--init none"]
+[--stitch iou:0.5,smaller:0.7]]``;
+``--split 20 [--old-sizes]`` times 20 steps split into data and network (and one validation) instead
+of training.
 
 Data: ``--train`` + ``--test`` volumes of 32 x 96 x 96 voxels (``--z-scale 2``: 16 planes of twice
 the depth, the same tissue) holding crowded ellipsoid nuclei (radii 5-8 in z, 6-10 in y/x,
@@ -16,6 +18,21 @@ The training is the user's command, nothing else set:
 the held-out volumes' labels are scored with ``napari_unet.metrics.evaluate_instances`` (3D
 IoU matching, objects pooled). Prints the steps, seconds per step, the sizes chosen, the
 validation score and AP@0.5 / mean AP on the held-out volumes, with the machine's load.
+
+``--compare-2d`` then does what a user without a 3D model would: every plane of the training
+volumes becomes a 2D image/mask pair (ids made consecutive per plane), the default 2D model is
+trained with ``napari-unet train PLANES/images PLANES/masks --time-limit 120 --out DATA/model2d``
+(which fine-tunes ``pretrained:nuclei``; ``--extra-2d "--init none"`` starts from scratch like the
+3D model), ``napari-unet predict`` labels every plane of the held-out volumes, and the planes are
+stitched into 3D objects by :func:`stitch_planes` (each object takes the id of the object of the
+plane below it that it overlaps most, when the overlap reaches a threshold, else a new id; with
+IoU, Cellpose's ``stitch_threshold`` rule). The stitched volumes are scored like the 3D model's,
+for each rule of ``--stitch``: IoU 0.5; IoU 0.1 (the best of 0.5 / 0.4 / 0.3 / 0.2 / 0.1 / 0.05
+for the mean AP of the *training* volumes' true planes, at z-scale 1 and 2: 0.5 splits each
+nucleus's thin caps off, two cross-sections near a pole having an IoU well under 0.5); and
+intersection over the smaller area 0.7. Also printed:
+the 2D AP on the held-out planes (before stitching) and the 3D AP of the true planes stitched by
+the same rule (what the rule alone loses).
 """
 
 from __future__ import annotations
@@ -99,6 +116,74 @@ def write_set(folder: Path, count: int, seed: int, z_scale: float) -> None:
         write_image(folder / "masks" / f"v{i}.tif", mask)
 
 
+def consecutive(labels: np.ndarray) -> np.ndarray:
+    """The same objects with ids 1..n in order of their old ids (0 stays background)."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    if ids[0] != 0:
+        inverse = inverse + 1
+    return inverse.reshape(labels.shape).astype(np.uint16 if len(ids) < 65536 else np.uint32)
+
+
+def write_planes(folder: Path, planes: Path) -> list[str]:
+    """Each volume under ``folder/images`` (and ``folder/masks``, when there) written plane by plane
+    as 2D TIFFs ``<volume>_z<NN>.tif`` under ``planes/images`` (``planes/masks``, ids consecutive
+    per plane). Returns the volume names in order."""
+    from napari_unet.files.io import read_image, read_mask, write_image
+
+    names = []
+    for f in sorted((folder / "images").glob("*.tif")):
+        names.append(f.stem)
+        volume = read_image(f)
+        mask = read_mask(folder / "masks" / f.name) if (folder / "masks" / f.name).exists() else None
+        for z in range(volume.shape[0]):
+            write_image(planes / "images" / f"{f.stem}_z{z:02d}.tif", volume[z])
+            if mask is not None:
+                write_image(planes / "masks" / f"{f.stem}_z{z:02d}.tif", consecutive(mask[z]))
+    return names
+
+
+def stitch_planes(planes: np.ndarray, threshold: float = 0.5, overlap: str = "iou") -> np.ndarray:
+    """2D labels per plane (Z, Y, X) -> 3D objects, plane by plane from z = 0.
+
+    An object of plane z takes the id of the object of plane z - 1 (already stitched) it overlaps
+    most, when that overlap is at least ``threshold``; otherwise it gets a new id. ``overlap``:
+    ``"iou"`` (intersection over union; with a threshold of 0.5 or more two objects of one plane
+    never take the same id) or ``"smaller"`` (intersection over the smaller of the two areas, so a
+    nucleus's small cap still joins the wider section next to it; two objects may then join one).
+    Ids of the result are consecutive.
+    """
+    planes = np.asarray(planes)
+    out = np.zeros(planes.shape, np.int64)
+    next_id = 1
+    for z in range(planes.shape[0]):
+        current = planes[z].astype(np.int64)
+        ids = np.unique(current[current > 0])
+        if not len(ids):
+            continue
+        lut = np.zeros(int(current.max()) + 1, np.int64)
+        if z > 0 and out[z - 1].any():
+            below = out[z - 1]
+            both = (current > 0) & (below > 0)
+            pairs, shared = np.unique(np.stack([current[both], below[both]]), axis=1, return_counts=True)
+            area_now = np.bincount(current.ravel(), minlength=lut.size)
+            area_below = np.bincount(below.ravel())
+            if overlap == "iou":
+                iou = shared / (area_now[pairs[0]] + area_below[pairs[1]] - shared)
+            else:
+                iou = shared / np.minimum(area_now[pairs[0]], area_below[pairs[1]])
+            best: dict[int, tuple[float, int]] = {}
+            for a, b, v in zip(pairs[0], pairs[1], iou):
+                if v >= threshold and v > best.get(a, (0.0, 0))[0]:
+                    best[a] = (v, b)
+            for a, (_, b) in best.items():
+                lut[a] = b
+        for a in ids:
+            if not lut[a]:
+                lut[a], next_id = next_id, next_id + 1
+        out[z] = lut[current]
+    return consecutive(out)
+
+
 def run(cmd: list[str]) -> float:
     """Run a CLI command (printed), fail loudly; return its wall-clock seconds."""
     print("$", shlex.join(cmd), flush=True)
@@ -172,13 +257,20 @@ def main() -> None:
     parser.add_argument("--split", type=int, default=0, metavar="STEPS",
                         help="instead: time STEPS steps split into data and network, and one validation")
     parser.add_argument("--old-sizes", action="store_true", help="with --split: the former 3D default, 8 x 128³")
+    parser.add_argument("--compare-2d", action="store_true",
+                        help="also train the default 2D model on the planes, predict plane by plane and stitch")
+    parser.add_argument("--skip-3d", action="store_true", help="with --compare-2d: only the 2D model")
+    parser.add_argument("--extra-2d", default="", help="more train flags for the 2D model, e.g. '--init none'")
+    parser.add_argument("--stitch", default="iou:0.5,iou:0.1,smaller:0.7",
+                        help="rules that link objects of adjacent planes (overlap:threshold, overlap 'iou' or "
+                             "'smaller'; see stitch_planes), each scored (default: %(default)s)")
+    parser.add_argument("--restitch", action="store_true",
+                        help="with --compare-2d --skip-3d: only stitch and score the 2D predictions already in --out")
     args = parser.parse_args()
-    from napari_unet.files.io import read_mask
-    from napari_unet.metrics import evaluate_instances
-
     out = Path(args.out)
-    write_set(out / "train", args.train, args.seed, args.z_scale)
-    write_set(out / "test", args.test, args.seed + 1000, args.z_scale)
+    if not args.restitch:
+        write_set(out / "train", args.train, args.seed, args.z_scale)
+        write_set(out / "test", args.test, args.seed + 1000, args.z_scale)
     if args.split:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI's entry point (torch not loaded yet)
         import torch
@@ -187,6 +279,30 @@ def main() -> None:
         step_split(out / "train", args.split, (8, (128, 128, 128)) if args.old_sizes else None)
         return
     cli = [sys.executable, "-m", "napari_unet"]
+    if not args.skip_3d:
+        train_3d(cli, out, args)
+    if args.compare_2d:
+        train_2d(cli, out, args)
+
+
+def report(model: Path, scores: dict, label: str, load_before: float, load_after: float,
+           predict_seconds: float, count: int) -> None:
+    """One line: steps, seconds, sizes, held-out AP@0.5 and mean AP, load."""
+    meta = json.loads((model / "model.json").read_text())
+    training, cfg = meta["meta"]["training"] if "meta" in meta else meta["training"], meta["config"]
+    steps, seconds = training["steps"], training["seconds"]
+    print(f"{label}: steps {steps} in {seconds:.0f} s ({seconds / max(steps, 1):.2f} s/step); batch "
+          f"{cfg['batch_size']}, patch {cfg['patch_size']}; held-out AP@0.5 {scores['ap50']:.3f}, mean AP "
+          f"{scores['map']:.3f} on {count} volumes ({sum(r['n_gt'] for r in scores['per_image'])} nuclei); "
+          f"predict {predict_seconds:.0f} s (with start-up); load {load_before:.2f} before, {load_after:.2f} "
+          f"after training", flush=True)
+
+
+def train_3d(cli: list[str], out: Path, args: argparse.Namespace) -> None:
+    """The 3D model: the user's command, predicted and scored on the held-out volumes."""
+    from napari_unet.files.io import read_mask
+    from napari_unet.metrics import evaluate_instances
+
     model = out / "model"
     train = [*cli, "train", str(out / "train/images"), str(out / "train/masks"), "--dims", "3",
              "--time-limit", f"{args.time_limit:g}", "--out", str(model)]
@@ -194,19 +310,54 @@ def main() -> None:
     load_before = os.getloadavg()
     run([*train, *shlex.split(args.extra)])
     load_after = os.getloadavg()
-    meta = json.loads((model / "model.json").read_text())
-    training, cfg = meta["meta"]["training"] if "meta" in meta else meta["training"], meta["config"]
     predict_seconds = run([*cli, "predict", str(model), str(out / "test/images"), "--out", str(out / "pred"),
                            "--overwrite", "--quiet"])
     pairs = [(read_mask(out / "pred" / f"v{i}.tif"), read_mask(out / "test/masks" / f"v{i}.tif"))
              for i in range(args.test)]
-    scores = evaluate_instances(pairs)
-    steps, seconds = training["steps"], training["seconds"]
-    print(f"steps {steps} in {seconds:.0f} s ({seconds / max(steps, 1):.2f} s/step); batch {cfg['batch_size']}, "
-          f"patch {cfg['patch_size']}; held-out AP@0.5 {scores['ap50']:.3f}, mean AP {scores['map']:.3f} on "
-          f"{args.test} volumes ({sum(r['n_gt'] for r in scores['per_image'])} nuclei); predict {predict_seconds:.0f} s "
-          f"(with start-up); load {load_before[0]:.2f} before, {load_after[0]:.2f} after training")
+    report(model, evaluate_instances(pairs), "3D", load_before[0], load_after[0], predict_seconds, args.test)
 
+
+def train_2d(cli: list[str], out: Path, args: argparse.Namespace) -> None:
+    """The default 2D model on every plane, predicted plane by plane, stitched, scored in 3D."""
+    import shutil
+
+    from napari_unet.files.io import read_mask
+    from napari_unet.metrics import evaluate_instances
+
+    model = out / "model2d"
+    if args.restitch:  # the planes, model and predictions of an earlier run in --out
+        names = sorted(f.stem for f in (out / "test/images").glob("*.tif"))
+        load_before = load_after = (float("nan"),)
+        predict_seconds = float("nan")
+    else:
+        for sub in ("planes", "test_planes", "pred2d"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        write_planes(out / "train", out / "planes")
+        names = write_planes(out / "test", out / "test_planes")
+        train = [*cli, "train", str(out / "planes/images"), str(out / "planes/masks"),
+                 "--time-limit", f"{args.time_limit:g}", "--out", str(model)]
+        load_before = os.getloadavg()
+        run([*train, *shlex.split(args.extra_2d)])
+        load_after = os.getloadavg()
+        predict_seconds = run([*cli, "predict", str(model), str(out / "test_planes/images"), "--out",
+                               str(out / "pred2d"), "--overwrite", "--quiet"])
+    rules = [(kind, float(t)) for kind, t in (rule.split(":") for rule in args.stitch.split(","))]
+    predicted, truths, planes = [], [], []
+    for name in names:
+        truth = read_mask(out / "test/masks" / f"{name}.tif")
+        files = [f"{name}_z{z:02d}.tif" for z in range(truth.shape[0])]
+        predicted.append(np.stack([read_mask(out / "pred2d" / f) for f in files]))
+        truths.append((np.stack([read_mask(out / "test_planes/masks" / f) for f in files]), truth))
+        planes += [(predicted[-1][z], truths[-1][0][z]) for z in range(len(files))]
+    flat = evaluate_instances(planes)
+    print(f"2D AP@0.5 on the {len(planes)} held-out planes {flat['ap50']:.3f} (mean AP {flat['map']:.3f})")
+    for kind, t in rules:
+        scores = evaluate_instances([(stitch_planes(p, t, kind), truth) for p, (_, truth) in zip(predicted, truths)])
+        report(model, scores, f"2D slice by slice, stitched at {kind} {t:g}", load_before[0], load_after[0],
+               predict_seconds, len(names))
+        ceiling = evaluate_instances([(stitch_planes(p, t, kind), truth) for p, truth in truths])
+        print(f"  true planes stitched at {kind} {t:g}: 3D AP@0.5 {ceiling['ap50']:.3f}, mean AP "
+              f"{ceiling['map']:.3f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,62 @@
+"""bench/bench_3d.py's stitching of 2D labels into 3D objects (no data, no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def b3():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_3d", BENCH / "bench_3d.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_consecutive_keeps_objects(b3):
+    labels = np.array([[0, 7, 7], [3, 0, 12]])
+    assert b3.consecutive(labels).tolist() == [[0, 2, 2], [1, 0, 3]]
+    assert b3.consecutive(np.array([[5, 5]])).tolist() == [[1, 1]]
+
+
+def test_stitch_links_overlapping_objects_and_splits_the_rest(b3):
+    planes = np.zeros((3, 10, 10), np.uint16)
+    planes[0, 1:5, 1:5] = 4          # object A
+    planes[1, 1:5, 1:6] = 1          # A again (IoU 16/20)
+    planes[1, 6:9, 6:9] = 2          # new object B
+    planes[2, 1:3, 1:3] = 9          # touches A with IoU 4/20: a new object at 0.5, A at 0.1
+    planes[2, 6:9, 6:9] = 3          # B again
+    at_half = b3.stitch_planes(planes, 0.5)
+    assert at_half[0, 2, 2] == at_half[1, 2, 2] != at_half[2, 2, 2]
+    assert at_half[1, 7, 7] == at_half[2, 7, 7] != at_half[1, 2, 2]
+    assert len(np.unique(at_half[at_half > 0])) == 3 and at_half.max() == 3
+    low = b3.stitch_planes(planes, 0.1)
+    assert low[0, 2, 2] == low[1, 2, 2] == low[2, 2, 2]
+    assert low.max() == 2
+
+
+def test_stitch_skips_empty_planes_as_a_break(b3):
+    planes = np.zeros((3, 4, 4), np.uint16)
+    planes[0, :2, :2] = 1
+    planes[2, :2, :2] = 1
+    out = b3.stitch_planes(planes)
+    assert out[0, 0, 0] == 1 and out[2, 0, 0] == 2
+
+
+def test_stitch_over_the_smaller_area_joins_a_cap(b3):
+    planes = np.zeros((2, 12, 12), np.uint16)
+    planes[0, 2:10, 2:10] = 1        # a wide section
+    planes[1, 5:7, 5:7] = 1          # the cap: IoU 4/64, all of it inside the section
+    assert b3.stitch_planes(planes, 0.5).max() == 2
+    assert b3.stitch_planes(planes, 0.7, "smaller").max() == 1
