@@ -31,3 +31,21 @@ def write_pairs(root, pairs) -> tuple:
         write_image(images / f"n{i}.png", image)
         write_image(masks / f"n{i}.tif", mask)
     return images, masks
+
+
+def bench_module(name: str):
+    """Import ``bench/<name>.py`` as a module (with ``bench/`` on ``sys.path`` while it loads and is used);
+    a generator for a pytest fixture: yields the module, then takes ``bench/`` off the path."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(bench))

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def fc():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_few_clicks", BENCH / "bench_few_clicks.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from bench_module("bench_few_clicks")
 
 
 def discs(shape=(64, 80), centres=((12, 12), (12, 40), (40, 20), (44, 60), (20, 66)), radius=5) -> np.ndarray:

@@ -161,6 +161,11 @@ def hold_out_objects(pairs: Sequence[PreparedPair], fraction: float,
     return without_zones(pairs, zones), val, zones
 
 
+def count_held_out(val_pairs: Sequence[PreparedPair]) -> int:
+    """How many annotated objects ``val_pairs`` hold (the objects ``hold_out_objects`` set aside)."""
+    return sum(np.unique(p.truth[p.truth > 0]).size for p in val_pairs)
+
+
 def without_zones(pairs: Sequence[PreparedPair], zones: dict[str, np.ndarray]) -> list[PreparedPair]:
     """``pairs`` with the held-out ``zones`` (by image name, same shape) unannotated: ``IGNORE``, weight 0."""
     out = []

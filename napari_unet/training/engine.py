@@ -23,7 +23,7 @@ import torch
 from napari_unet import heads
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
-from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, hold_out_objects,
+from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, count_held_out, hold_out_objects,
                                       objects_brighter, objects_brighter_of, prepare_pairs,
                                       split_validation, without_zones)
 from napari_unet.arrays.normalize import has_nonfinite, prepare_image
@@ -309,7 +309,7 @@ class Trainer:
             return train_pairs, val_pairs, {}
         train_pairs, val_pairs, zones = hold_out_objects(prepared, cfg.validation_fraction, cfg.seed)
         if val_pairs:
-            held = sum(np.unique(p.truth[p.truth > 0]).size for p in val_pairs)
+            held = count_held_out(val_pairs)
             yield Message(f"validation on {held} held-out annotated object(s) "
                           "(too few images to hold out whole ones)")
         return train_pairs, val_pairs, zones
@@ -389,7 +389,7 @@ class Trainer:
                                             "so the starting model cannot be scored on it")}
         if not val_pairs:
             return {"record": guard.not_run("no validation images")}
-        if annotated and (why := guard.too_few_objects(sum(np.unique(p.truth[p.truth > 0]).size for p in val_pairs))):
+        if annotated and (why := guard.too_few_objects(count_held_out(val_pairs))):
             return {"record": guard.not_run(why)}
         began, kept = time.perf_counter(), {}
         metrics = validate(net, annotated or val_pairs, self.cfg, dtype, self._stop.is_set, kept)
