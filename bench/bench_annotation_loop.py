@@ -203,13 +203,12 @@ def main() -> None:
 
     import torch
 
-    from napari_unet.pretrained import resolve_init
-    from napari_unet.models.bundle import load_bundle
+    from napari_unet.workflows.model_spec import resolve_model
 
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     print(machine_description(), flush=True)
-    start = load_bundle(resolve_init("pretrained:nuclei"))
+    start = resolve_model("pretrained:nuclei")
     rule = dict(start.postprocess)
     held = set(start.meta["training"]["held_out"])
     candidates = [s for s in load_dsb("train") if s[0] in held or (args.from_scratch and args.whole_train)]

@@ -70,13 +70,12 @@ def _drive(gen):
 def segmentation_model(cache: Path, train: list, seconds: float):
     """The real-data segmentation model: the pretrained nuclei model if it is a trained one, else 120 s of core training."""
     from napari_unet.config import TrainConfig
-    from napari_unet.pretrained import resolve_init
     from napari_unet.models.bundle import load_bundle, save_bundle
+    from napari_unet.workflows.model_spec import resolve_model
     from napari_unet.training.engine import Trainer
 
     try:
-        folder = resolve_init("pretrained:nuclei")
-        bundle = load_bundle(folder) if folder else None
+        bundle = resolve_model("pretrained:nuclei")
     except Exception:  # absent or unreadable: train our own
         bundle = None
     if bundle is not None and float((bundle.meta.get("val_split") or {}).get("ap50", -1)) >= 0.5:

@@ -39,14 +39,15 @@ from napari_unet.cli import drive  # noqa: E402
 from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
 from napari_unet.inference.predict import predict_image  # noqa: E402
 from napari_unet.metrics import evaluate_instances  # noqa: E402
-from napari_unet.pretrained import fine_tune_config, resolve_init  # noqa: E402
-from napari_unet.models.bundle import ModelBundle, load_bundle  # noqa: E402
+from napari_unet.pretrained import fine_tune_config  # noqa: E402
+from napari_unet.models.bundle import ModelBundle  # noqa: E402
 from napari_unet.training.engine import Trainer  # noqa: E402
+from napari_unet.workflows.model_spec import resolve_model  # noqa: E402
 
 
 def few_images(n: int, seed: int) -> list[str]:
     """``n`` names (seeded) among the train-split images the shipped model held out."""
-    held = load_bundle(resolve_init("pretrained:nuclei")).meta["training"].get("held_out")
+    held = resolve_model("pretrained:nuclei").meta["training"].get("held_out")
     if not held:
         raise SystemExit("the shipped model records no held-out images; re-train it with scripts/train_pretrained.py")
     return sorted(np.random.default_rng(seed).choice(sorted(held), size=n, replace=False).tolist())
@@ -91,7 +92,7 @@ def main() -> None:
     few = [s for s in train_split if s[0] in names]
     print(f"{len(few)} images for the few-image runs: {', '.join(names)}", flush=True)
 
-    pretrained = load_bundle(resolve_init("pretrained:nuclei"))
+    pretrained = resolve_model("pretrained:nuclei")
     rows: dict[str, dict] = {"pretrained as-is": {"steps": 0, "train_s": 0.0, **score(pretrained, val, args.threads)}}
     print("pretrained as-is:", rows["pretrained as-is"], flush=True)
     tuning = f"{args.finetune_steps} steps" if args.finetune_steps else f"{args.finetune:.0f} s"

@@ -199,14 +199,13 @@ def main() -> None:
 
     import torch
 
-    from napari_unet.pretrained import resolve_model
-    from napari_unet.models.bundle import load_bundle
+    from napari_unet.workflows.model_spec import resolve_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine_description(), flush=True)
     start = time.perf_counter()
-    bundle = weak_model(args) if args.scratch_images else load_bundle(resolve_model(args.model))
+    bundle = weak_model(args) if args.scratch_images else resolve_model(args.model)
     val = load_dsb("val", args.val)
     rng = np.random.default_rng(args.seed)
     tiles: dict[str, list] = {}
