@@ -76,6 +76,8 @@ def fine_tune(start, pairs: list, args: argparse.Namespace, seed: int):
     from napari_unet.pretrained import fine_tune_config
     from napari_unet.training.engine import Trainer
 
+    # a Trainer of its own, not bench.common.train_as_user: no validation split and a scaled fine-tuning
+    # learning rate (--lr-scale) are settings no flag of `napari-unet train` gives
     cfg = TrainConfig(steps=args.steps, time_limit=None, threads=args.threads, seed=seed,
                       validation_fraction=0.0, preview_every=0, batch_size=8)
     if args.from_scratch:

@@ -164,6 +164,8 @@ def weak_model(args: argparse.Namespace):
     pick = np.random.default_rng(args.seed).choice(len(train), args.scratch_images, replace=False)
     pairs = [(train[int(i)][1], train[int(i)][2]) for i in pick]
     print(f"training from scratch on {[train[int(i)][0] for i in pick]} for {args.scratch_steps} steps", flush=True)
+    # a Trainer of its own, not bench.common.train_as_user: a deliberately weak model (few fixed steps,
+    # no validation split) whose errors the uncertainty has to find
     cfg = TrainConfig(steps=args.scratch_steps, time_limit=None, seed=args.seed, validation_fraction=0.0,
                       preview_every=0, threads=args.threads)
     return drive(Trainer(pairs, cfg).run(), "training", quiet=True)
