@@ -2,7 +2,7 @@
 
 CLI cases assert exit code 2, exactly one line on stderr and no traceback; an input file of a
 ``predict`` batch that cannot be read or predicted is one line of its own and exit code 1 (the
-other files are still predicted, tests/core/test_batch.py); inputs that are merely unusual (NaN
+other files are still predicted, tests/workflows/test_batch.py); inputs that are merely unusual (NaN
 pixels, constant images, other dtypes, colour, tiny or odd sizes) must work.
 docs/usage.md ("What happens with bad input") lists the same table.
 """

@@ -13,7 +13,7 @@ from napari_unet.training.engine import Trainer
 from napari_unet.training.finish import final_is_better
 from napari_unet.workflows.model_spec import resolve_model
 
-from test_training import run
+from helpers import run_trainer as run
 
 
 def touching_pair() -> tuple[np.ndarray, np.ndarray]:
