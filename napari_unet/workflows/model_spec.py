@@ -64,13 +64,10 @@ def batch_source(spec: str | os.PathLike, current: Any = None, device: Any = Non
     travels as an object, any other spec as its folder, which batch workers (remote ones too) load
     themselves. With a ``device`` the folder's model is also loaded here, once (the CLI: a folder
     that holds no model fails before any file is read)."""
-    # deferred: imports torch
-    from napari_unet.models.bundle import load_bundle
-
     if os.fspath(spec) == CURRENT:
         return CURRENT, resolve_model(spec, current)
     folder = model_path(spec)
-    return str(folder), (None if device is None else load_bundle(folder, device))
+    return str(folder), (None if device is None else resolve_model(folder, device=device))
 
 
 def start_model(spec: str | None, task: str, architecture: dict[str, int] | None = None, current: Any = None,
