@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, load_dsb, load_isbi, machine_description  # noqa: E402
+from common import REPO, load_dsb, load_isbi, machine_description, train_as_user  # noqa: E402
 
 from napari_unet.cli import drive  # noqa: E402
 from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
@@ -29,6 +29,7 @@ from napari_unet.heads.watershed import instances_from_probabilities  # noqa: E4
 from napari_unet.inference.predict import predict_image, predict_probabilities  # noqa: E402
 from napari_unet.metrics import evaluate_instances, evaluate_semantic  # noqa: E402
 from napari_unet.training.engine import Trainer  # noqa: E402
+from napari_unet.workflows.train_request import TrainRequest  # noqa: E402
 
 
 def drain(gen):
@@ -44,10 +45,15 @@ def classic_config() -> TrainConfig:
                        low_precision=False, batch_size=4, patch_size=256)
 
 
-def unet_dsb(train, val, seed: int, time_limit: float, base: TrainConfig | None = None) -> dict:
-    cfg = replace(base or TrainConfig(), time_limit=time_limit, seed=seed)
+def unet_dsb(train, val, seed: int, time_limit: float, setup: TrainRequest | TrainConfig = TrainRequest()) -> dict:
+    """``setup``: a ``TrainRequest`` trains as ``napari-unet train --init none`` does; a ``TrainConfig``
+    (the classic U-Net: settings no flag gives) gets a ``Trainer`` of its own."""
     start = time.perf_counter()
-    bundle = drain(Trainer([(im, m) for _, im, m in train], cfg, names=[n for n, _, _ in train]).run())
+    if isinstance(setup, TrainConfig):
+        cfg = replace(setup, time_limit=time_limit, seed=seed)
+        bundle = drain(Trainer([(im, m) for _, im, m in train], cfg, names=[n for n, _, _ in train]).run())
+    else:
+        bundle = drain(train_as_user(train, replace(setup, time_limit=time_limit, seed=seed)))
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     probs = [predict_probabilities(bundle, im, PredictConfig()) for _, im, _ in val]
@@ -71,8 +77,7 @@ def unet_dsb(train, val, seed: int, time_limit: float, base: TrainConfig | None 
 def unet_isbi(time_limit: float, seed: int = 0) -> dict:
     data = load_isbi()
     train, test = data[:25], data[25:]
-    cfg = replace(TrainConfig(task="semantic", n_classes=2), time_limit=time_limit, seed=seed)
-    bundle = drain(Trainer([(im, m) for _, im, m in train], cfg).run())
+    bundle = drain(train_as_user(train, TrainRequest(task="classes", time_limit=time_limit, seed=seed)))
     preds = [(predict_image(bundle, im).labels, (m > 0).astype(np.uint8)) for _, im, m in test]
     result = evaluate_semantic(preds)
     result["steps"] = bundle.meta["training"]["steps"]
@@ -93,8 +98,7 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=defaults.patch_size, help="U-Net patch size")
     parser.add_argument("--width", type=int, default=defaults.model.base_width, help="U-Net base width")
     args = parser.parse_args()
-    ours = replace(defaults, batch_size=args.batch, patch_size=args.patch,
-                   model=replace(defaults.model, base_width=args.width))
+    ours = TrainRequest(batch_size=args.batch, patch_size=args.patch, base_width=args.width)  # the CLI's flags
     print(machine_description(), flush=True)
     train, val = load_dsb("train"), load_dsb("val")
     print(f"dsb2018_fluo: {len(train)} train, {len(val)} val images", flush=True)

@@ -76,6 +76,8 @@ def fine_tune(start, pairs: list, args: argparse.Namespace, seed: int):
     from napari_unet.pretrained import fine_tune_config
     from napari_unet.training.engine import Trainer
 
+    # a Trainer of its own, not bench.common.train_as_user: no validation split and a scaled fine-tuning
+    # learning rate (--lr-scale) are settings no flag of `napari-unet train` gives
     cfg = TrainConfig(steps=args.steps, time_limit=None, threads=args.threads, seed=seed,
                       validation_fraction=0.0, preview_every=0, batch_size=8)
     if args.from_scratch:
@@ -203,13 +205,12 @@ def main() -> None:
 
     import torch
 
-    from napari_unet.pretrained import resolve_init
-    from napari_unet.models.bundle import load_bundle
+    from napari_unet.workflows.model_spec import resolve_model
 
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     print(machine_description(), flush=True)
-    start = load_bundle(resolve_init("pretrained:nuclei"))
+    start = resolve_model("pretrained:nuclei")
     rule = dict(start.postprocess)
     held = set(start.meta["training"]["held_out"])
     candidates = [s for s in load_dsb("train") if s[0] in held or (args.from_scratch and args.whole_train)]

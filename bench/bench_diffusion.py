@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import REPO, load_dsb, machine_description  # noqa: E402
+from bench.common import REPO, load_dsb, machine_description, train_as_user  # noqa: E402
 from napari_unet.diffusion.bundle import save_diffusion  # noqa: E402
 from napari_unet.diffusion.config import DiffusionConfig  # noqa: E402
 from napari_unet.diffusion.prompts import auto_tags  # noqa: E402
@@ -69,22 +69,19 @@ def _drive(gen):
 
 def segmentation_model(cache: Path, train: list, seconds: float):
     """The real-data segmentation model: the pretrained nuclei model if it is a trained one, else 120 s of core training."""
-    from napari_unet.config import TrainConfig
-    from napari_unet.pretrained import resolve_init
     from napari_unet.models.bundle import load_bundle, save_bundle
-    from napari_unet.training.engine import Trainer
+    from napari_unet.workflows.model_spec import resolve_model
+    from napari_unet.workflows.train_request import TrainRequest
 
     try:
-        folder = resolve_init("pretrained:nuclei")
-        bundle = load_bundle(folder) if folder else None
+        bundle = resolve_model("pretrained:nuclei")
     except Exception:  # absent or unreadable: train our own
         bundle = None
     if bundle is not None and float((bundle.meta.get("val_split") or {}).get("ap50", -1)) >= 0.5:
         return bundle, "pretrained:nuclei"
     if (cache / "model.json").is_file():
         return load_bundle(cache), f"core U-Net, {seconds:.0f} s on the train split (cached {cache})"
-    cfg = TrainConfig(time_limit=seconds, seed=0)
-    bundle = _drive(Trainer([(im, m) for _, im, m in train], cfg).run())
+    bundle = _drive(train_as_user(train, TrainRequest(time_limit=seconds, seed=0)))  # `train --init none`
     save_bundle(bundle, cache)
     return bundle, f"core U-Net, {seconds:.0f} s on the train split"
 

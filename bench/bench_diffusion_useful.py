@@ -99,6 +99,8 @@ def segmentation_ap(few: list, synthetic: list | None, ratio: float, val: list, 
     t0 = time.perf_counter()
     aps, dices = [], []
     for run in range(args.seg_seeds):
+        # a Trainer of its own, not bench.common.train_as_user: no validation split (few images, every
+        # object trains) and in-memory synthetic pairs at a fixed ratio, which no flag of `train` gives
         cfg = TrainConfig(steps=args.seg_steps, time_limit=None, validation_fraction=0.0, seed=seed + 1000 * run,
                           threads=1, synthetic_ratio=ratio, preview_every=0)
         bundle = _drive(Trainer([(im, m) for _, im, m in few], cfg, synthetic=synthetic).run())

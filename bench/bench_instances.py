@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, load_dsb, machine_description  # noqa: E402
+from common import REPO, load_dsb, machine_description, train_as_user  # noqa: E402
 from peers.peer_common import THREAD_VARIABLES  # noqa: E402
 
 from napari_unet import heads  # noqa: E402
@@ -41,14 +41,14 @@ from napari_unet.heads.watershed import instances_from_probabilities  # noqa: E4
 from napari_unet.inference.labels import labels_for  # noqa: E402
 from napari_unet.inference.predict import predict_probabilities  # noqa: E402
 from napari_unet.metrics import evaluate_instances  # noqa: E402
-from napari_unet.training.engine import Trainer  # noqa: E402
+from napari_unet.workflows.train_request import TrainRequest  # noqa: E402
 
 
-def run(train, val, head: str, budget: float, seed: int, base: TrainConfig, steps: int | None = None) -> dict:
-    """Train one model (``budget`` seconds, or ``steps`` optimiser steps) and score it on val; returns the row."""
-    cfg = replace(base, instance_head=head, time_limit=None if steps else budget, steps=steps, seed=seed)
-    bundle = drive(Trainer([(im, m) for _, im, m in train], cfg, names=[n for n, _, _ in train]).run(),
-                   "training", quiet=True)
+def run(train, val, head: str, budget: float, seed: int, base: TrainRequest, steps: int | None = None) -> dict:
+    """Train one model as ``napari-unet train --init none --instance-head HEAD`` does (``budget``
+    seconds, or ``steps`` optimiser steps) and score it on val; returns the row."""
+    request = replace(base, instance_head=head, time_limit=None if steps else budget, steps=steps, seed=seed)
+    bundle = drive(train_as_user(train, request), "training", quiet=True)
     maps = [predict_probabilities(bundle, im) for _, im, _ in val]
     start = time.perf_counter()
     labels = [labels_for(bundle, m) for m in maps]
@@ -143,7 +143,7 @@ def main() -> None:
     print(machine_description(), flush=True)
     train, val = load_dsb("train"), load_dsb("val", args.val_limit)
     print(f"dsb2018_fluo: {len(train)} train, {len(val)} val images", flush=True)
-    base = TrainConfig(validate_every=args.validate_every)
+    base = TrainRequest(validate_every=args.validate_every)
     rows: list[dict] = []
     out = Path(args.out)
     runs = [(0.0, n) for n in args.steps] if args.steps else [(b, None) for b in args.budgets]

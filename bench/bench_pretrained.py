@@ -27,26 +27,25 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, load_dsb, machine_description  # noqa: E402
+from common import REPO, load_dsb, machine_description, train_as_user  # noqa: E402
 
 from napari_unet.cli import drive  # noqa: E402
-from napari_unet.config import PredictConfig, TrainConfig  # noqa: E402
+from napari_unet.config import PredictConfig  # noqa: E402
 from napari_unet.inference.predict import predict_image  # noqa: E402
 from napari_unet.metrics import evaluate_instances  # noqa: E402
-from napari_unet.pretrained import fine_tune_config, resolve_init  # noqa: E402
-from napari_unet.models.bundle import ModelBundle, load_bundle  # noqa: E402
-from napari_unet.training.engine import Trainer  # noqa: E402
+from napari_unet.models.bundle import ModelBundle  # noqa: E402
+from napari_unet.workflows.model_spec import CURRENT, resolve_model  # noqa: E402
+from napari_unet.workflows.train_request import TrainRequest  # noqa: E402
 
 
 def few_images(n: int, seed: int) -> list[str]:
     """``n`` names (seeded) among the train-split images the shipped model held out."""
-    held = load_bundle(resolve_init("pretrained:nuclei")).meta["training"].get("held_out")
+    held = resolve_model("pretrained:nuclei").meta["training"].get("held_out")
     if not held:
         raise SystemExit("the shipped model records no held-out images; re-train it with scripts/train_pretrained.py")
     return sorted(np.random.default_rng(seed).choice(sorted(held), size=n, replace=False).tolist())
@@ -54,14 +53,13 @@ def few_images(n: int, seed: int) -> list[str]:
 
 def train(samples, seconds: float, init: ModelBundle | None, threads: int, seed: int, steps: int | None = None,
           guard: bool = True) -> tuple[ModelBundle, dict]:
-    """The engine with default settings for ``seconds`` or ``steps`` (data preparation excluded)."""
-    cfg = replace(TrainConfig(), time_limit=None if steps else seconds, steps=steps, seed=seed, threads=threads,
-                  preview_every=0.0, fine_tune_guard=guard)
-    if init is not None:
-        cfg = fine_tune_config(cfg, init)  # as `napari-unet train --init pretrained:nuclei` does
+    """Train as ``napari-unet train`` does (``--init none``, or fine-tuning ``init``: the loaded
+    ``pretrained:nuclei``) for ``seconds`` or ``steps`` (data preparation excluded)."""
+    request = TrainRequest(time_limit=None if steps else seconds, steps=steps, seed=seed, threads=threads,
+                           preview_every=0.0)
     start = time.perf_counter()
-    bundle = drive(Trainer([(im, m) for _, im, m in samples], cfg, init=init,
-                           names=[n for n, _, _ in samples]).run(), "training", quiet=True)
+    bundle = drive(train_as_user(samples, request, "none" if init is None else CURRENT, current=init,
+                                 fine_tune_guard=guard), "training", quiet=True)
     info = {"steps": bundle.meta["training"]["steps"], "train_s": round(time.perf_counter() - start, 1),
             "guard": bundle.meta["training"].get("fine_tune_guard")}
     return bundle, info
@@ -91,7 +89,7 @@ def main() -> None:
     few = [s for s in train_split if s[0] in names]
     print(f"{len(few)} images for the few-image runs: {', '.join(names)}", flush=True)
 
-    pretrained = load_bundle(resolve_init("pretrained:nuclei"))
+    pretrained = resolve_model("pretrained:nuclei")
     rows: dict[str, dict] = {"pretrained as-is": {"steps": 0, "train_s": 0.0, **score(pretrained, val, args.threads)}}
     print("pretrained as-is:", rows["pretrained as-is"], flush=True)
     tuning = f"{args.finetune_steps} steps" if args.finetune_steps else f"{args.finetune:.0f} s"

@@ -27,6 +27,7 @@ from napari_unet.training.engine import Trainer  # noqa: E402
 
 def stop_latency(pairs: list, cfg: TrainConfig, delay: float) -> tuple[float, int]:
     """(seconds from stop() to the end of run(), steps made) for one run stopped after ``delay`` s."""
+    # the engine itself, not bench.common.train_as_user: what is timed is Trainer.stop() to the end of run()
     trainer = Trainer(pairs, cfg, preview_image=pairs[0][0])
     asked: list[float] = []
     timer, steps, run = None, 0, trainer.run()

@@ -164,6 +164,8 @@ def weak_model(args: argparse.Namespace):
     pick = np.random.default_rng(args.seed).choice(len(train), args.scratch_images, replace=False)
     pairs = [(train[int(i)][1], train[int(i)][2]) for i in pick]
     print(f"training from scratch on {[train[int(i)][0] for i in pick]} for {args.scratch_steps} steps", flush=True)
+    # a Trainer of its own, not bench.common.train_as_user: a deliberately weak model (few fixed steps,
+    # no validation split) whose errors the uncertainty has to find
     cfg = TrainConfig(steps=args.scratch_steps, time_limit=None, seed=args.seed, validation_fraction=0.0,
                       preview_every=0, threads=args.threads)
     return drive(Trainer(pairs, cfg).run(), "training", quiet=True)
@@ -199,14 +201,13 @@ def main() -> None:
 
     import torch
 
-    from napari_unet.pretrained import resolve_model
-    from napari_unet.models.bundle import load_bundle
+    from napari_unet.workflows.model_spec import resolve_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine_description(), flush=True)
     start = time.perf_counter()
-    bundle = weak_model(args) if args.scratch_images else load_bundle(resolve_model(args.model))
+    bundle = weak_model(args) if args.scratch_images else resolve_model(args.model)
     val = load_dsb("val", args.val)
     rng = np.random.default_rng(args.seed)
     tiles: dict[str, list] = {}

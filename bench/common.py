@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: data loading, machine description, timing.
+"""Shared helpers for the benchmarks: data loading, machine description, timing, and
+``train_as_user`` (the training path of ``napari-unet train`` and the Train widget).
 
 Data lives in ``../shared/data`` relative to the repository root (the parent of ``bench/``);
 set ``NAPARI_UNET_DATA`` to point elsewhere.
@@ -25,6 +26,26 @@ ISBI = DATA / "isbi2012_em"
 DSB_OTHER = DATA / "dsb2018_other"
 
 Sample = tuple[str, np.ndarray, np.ndarray]
+
+
+def train_as_user(samples: list[Sample], request, init: str | None = "none", current=None, **bench_only):
+    """The events of a training run on ``samples`` as ``napari-unet train`` makes it (returns the
+    ``ModelBundle``): ``request`` (a ``TrainRequest``: the flags) through ``train_config_for`` and a
+    ``TrainRun`` from ``init`` (``none``: scratch, ``pretrained:nuclei``: fine-tuned as ``--init``
+    does; ``model_spec.CURRENT``: the loaded ``current``, as the Train widget's current model), so a
+    change of a default reaches the benches that use it. ``bench_only``: ``TrainConfig``
+    fields no flag sets (e.g. ``preview_every``, ``fine_tune_guard``)."""
+    # deferred: the peers' venvs import this module without napari_unet
+    from dataclasses import replace
+
+    from napari_unet.workflows.train_request import train_config_for
+    from napari_unet.workflows.train_run import TrainRun, asked_architecture
+
+    pairs, names = [(im, m) for _, im, m in samples], [n for n, _, _ in samples]
+    run = TrainRun(init, request.task, asked_architecture(request.depth, request.base_width, None), current=current)
+    run.start()  # as the CLI: the starting model before the data
+    cfg = replace(train_config_for(request, [im for im, _ in pairs], [m for _, m in pairs]), **bench_only)
+    return run.events(pairs, names, cfg)
 
 
 def _read_gray(path: Path) -> np.ndarray:

@@ -90,12 +90,11 @@ def make_trainer(args: argparse.Namespace, train: list[Sample], held: list[Sampl
         return Trainer.resuming(load_state(folder), pairs, **kwargs)
     cfg = replace(TrainConfig(), time_limit=args.time_limit, seed=args.seed, threads=args.threads,
                   validate_every=args.validate_every, preview_every=0.0, checkpoint_every=args.checkpoint_every)
-    init = None
-    if args.init:
-        from napari_unet.models.bundle import load_bundle
-        from napari_unet.pretrained import fine_tune_config, resolve_init
+    from napari_unet.pretrained import fine_tune_config
+    from napari_unet.workflows.model_spec import resolve_model
 
-        init = load_bundle(resolve_init(args.init))
+    init = resolve_model(args.init, required=False)  # None for no --init or "none"
+    if init is not None:
         cfg = fine_tune_config(cfg, init)
     return Trainer(pairs, replace(cfg, polarity="auto"), init=init, **kwargs)
 

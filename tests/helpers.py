@@ -15,6 +15,14 @@ def drain(gen):
         return stop.value
 
 
+def run_trainer(trainer):
+    """(the returned bundle, every event) of ``trainer.run()``."""
+    from napari_unet.events import run_to_end
+
+    events = []
+    return run_to_end(trainer.run(), events.append), events
+
+
 def tiny_bundle(**model) -> ModelBundle:
     """A seeded, untrained depth-2 width-4 instance model (``model``: more UNetConfig fields)."""
     torch.manual_seed(0)

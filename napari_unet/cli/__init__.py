@@ -23,12 +23,10 @@ from napari_unet.errors import UserError
 def cmd_predict(args: argparse.Namespace) -> int:
     from napari_unet.workflows.batch import BatchConfig, collect_inputs, predict_batch
     from napari_unet.config import PredictConfig
-    from napari_unet.pretrained import resolve_model
-    from napari_unet.models.bundle import load_bundle
     from napari_unet.runtime.device import resolve_device
+    from napari_unet.workflows.model_spec import batch_source
 
-    folder = resolve_model(args.model)
-    bundle = load_bundle(folder, resolve_device(args.device))
+    folder, bundle = batch_source(args.model, device=resolve_device(args.device))  # loaded once, here
     inputs = collect_inputs(args.inputs, recursive=args.recursive)
     if not inputs:
         raise UserError("no images found in the given inputs")
@@ -83,11 +81,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export_model(args: argparse.Namespace) -> int:
     from napari_unet.workflows.export import SUFFIXES, export_model
-    from napari_unet.pretrained import resolve_model
-    from napari_unet.models.bundle import load_bundle
+    from napari_unet.workflows.model_spec import model_path, resolve_model
 
-    folder = resolve_model(args.model)
-    bundle = load_bundle(folder)
+    folder = model_path(args.model)
+    bundle = resolve_model(folder)
     default_dir = Path(args.model) if Path(args.model).is_dir() else Path.cwd()  # never inside the package
     if args.format == "bioimageio":
         return _export_bioimageio(args, folder, bundle, Path(args.out) if args.out else default_dir / "model.zip")

@@ -1,9 +1,9 @@
 """Starting models shipped inside the package, by name.
 
 A starting model is an ordinary model folder (``model.safetensors`` + ``model.json`` +
-``MODEL_CARD.md``) under this package. ``resolve_init`` turns what a user typed
-(``pretrained:nuclei``, ``none`` or a model folder path) into a folder or ``None``; the CLI's
-``--init`` and ``predict`` and the Train widget all go through it. Only models whose training
+``MODEL_CARD.md``) under this package; ``model_folder(name)`` finds it. What a user typed
+(``pretrained:nuclei``, ``none``, a folder) is read by ``workflows.model_spec.model_path``, the
+one rule the CLI and the widgets share. Only models whose training
 data allows redistribution are shipped (the ISBI 2012 EM data is non-commercial: no EM model).
 
 Importing this module does not import torch.
@@ -60,35 +60,8 @@ def model_folder(name: str) -> Path:
     entry = REGISTRY.get(name)
     if entry is None or name not in available():
         names = ", ".join(PREFIX + n for n in available()) or "none shipped"
-        raise UserError(f"unknown starting model {PREFIX}{name!r}; available: {names}")
+        raise UserError(f"unknown starting model {PREFIX + name!r}; available: {names}")
     return entry.folder
-
-
-def resolve_init(spec: str | os.PathLike | None) -> Path | None:
-    """``None``/``"none"``/``""`` -> None; ``"pretrained:NAME"`` -> shipped folder; else an existing path.
-
-    Whether a path really holds a model is checked by ``load_bundle``.
-    """
-    if spec is None:
-        return None
-    text = os.fspath(spec).strip()
-    if text.lower() in ("", "none", "scratch"):
-        return None
-    if text.startswith(PREFIX):
-        return model_folder(text[len(PREFIX):])
-    path = Path(text).expanduser()
-    if not path.exists():
-        names = "".join(f", {PREFIX}{n}" for n in available())
-        raise UserError(f"no such model folder: {text} (starting models: none{names})")
-    return path  # load_bundle checks what the folder holds
-
-
-def resolve_model(spec: str | os.PathLike) -> Path:
-    """Like ``resolve_init`` but a model is required (``predict``): ``none`` is an error."""
-    folder = resolve_init(spec)
-    if folder is None:
-        raise UserError("a model is required: give a model folder or " + " / ".join(PREFIX + n for n in available()))
-    return folder
 
 
 def fine_tune_config(cfg: Any, init: Any) -> Any:

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator, Sequence
 
@@ -60,6 +61,27 @@ def steps_per_epoch(pairs: Sequence[PreparedPair], cfg: TrainConfig) -> int:
     """Batches needed to see every annotated pixel about once."""
     pixels = sum(int((p.target >= 0).sum()) for p in pairs)
     return max(1, math.ceil(pixels / (math.prod(patch_shape(cfg)) * cfg.batch_size)))
+
+
+@dataclass
+class Setup:
+    """What ``Trainer._setup`` hands the step loop."""
+
+    device: torch.device
+    dtype: torch.dtype | None  # low precision, or None for float32
+    channels_last: bool
+    train_pairs: list[PreparedPair]
+    val_pairs: list[PreparedPair]
+    zones: dict  # objects held out for validation, by image
+    sampler: object  # training patches (mixed with synthetic pairs when asked)
+    synthetic: PatchSampler | None
+    brighter: bool | None  # whether the annotated objects are brighter than their background
+    total_steps: int | None  # None: the time limit alone
+    start_model: object  # the starting model's score, for the fine-tune guard
+    setup_seconds: float
+    sitting: Sitting | None  # None once the run is finished (frees the optimiser)
+    pos: Position
+    start: float  # perf_counter when the steps begin (after the data preparation)
 
 
 class Trainer:
@@ -155,47 +177,13 @@ class Trainer:
         return net, fresh
 
     def run(self) -> Generator[object, None, ModelBundle]:
-        cfg = self.cfg
-        check_volume_config(cfg)
-        heads.check_head_dims(cfg.task, cfg.instance_head, cfg.model.dims)
-        setup_start = time.perf_counter()
-        rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
-        channels_last = dtype is not None and (cfg.model.dims == 2 or device.type == "cpu")  # 3D: measured on CPUs
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        n_bad = sum(has_nonfinite(image) for image, _ in self._pairs)
-        if n_bad:
-            yield Message(f"{n_bad} image(s) hold NaN/Inf pixels; they are replaced by the image median",
-                          level="warning")
-
-        prepared = prepare_pairs(self._pairs, cfg, self._names)
-        # unset batch/patch size: sized to the device (and in 3D to the volumes)
-        cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
-        yield run_setup(device, dtype, cfg.batch_size, patch_shape(cfg))
-        # zones: objects held out for validation, by image (one or two images)
-        train_pairs, val_pairs, zones = yield from self._split(prepared)
-        sampler, synthetic = yield from self._samplers(train_pairs, rng)
-        brighter = objects_brighter(train_pairs)
-        net, fresh = self._build(device, channels_last, brighter)
-        if self._init is not None:
-            yield Message(f"fine-tuning; re-initialised {len(fresh)} tensors that did not fit" if fresh else "fine-tuning")
-        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-
-        self._per_epoch = steps_per_epoch(train_pairs, cfg)
-        total_steps = step_budget(cfg, self._per_epoch)
-        if total_steps is None and cfg.time_limit is None:
-            raise ValueError("give at least one of steps, epochs or time_limit")
-
-        # The starting model never saw the annotations: with held-out objects (one or two images) it is
-        # scored on all of them, the fine-tuned model on the held-out ones only (a fair estimate each;
-        # the start's from five times the objects: two held-out objects alone made ties the rule).
-        start_model = yield from self._score_start(net, fresh, val_pairs, dtype, prepared if zones else None)
-        start = time.perf_counter()  # the time limit covers training, not data preparation
-        setup_seconds = start - setup_start
-        yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
-                      f"in {setup_seconds:.1f} s")
-        sitting = Sitting(net, optimizer, scaler, rng, generator, device)
-        pos = yield from self._position(sitting)  # step, best model so far...; restored when resuming
+        """Set up (``_setup``), step until the budget is spent or a stop, then finish the run."""
+        setup = yield from self._setup()
+        cfg, device, dtype, channels_last = self.cfg, setup.device, setup.dtype, setup.channels_last
+        train_pairs, val_pairs, zones, sampler = setup.train_pairs, setup.val_pairs, setup.zones, setup.sampler
+        sitting, pos, start, total_steps = setup.sitting, setup.pos, setup.start, setup.total_steps
+        net, optimizer, scaler, rng, generator = (sitting.net, sitting.optimizer, sitting.scaler, sitting.rng,
+                                                  sitting.generator)
         losses: list[float] = []
         last_report = last_val = last_preview = last_checkpoint = start
         start -= pos.seconds  # a resumed run's clock goes on from its earlier sittings (time limit, progress)
@@ -209,7 +197,7 @@ class Trainer:
             pending = self._take_pending()
             if pending is not None:  # new annotations: new patches, the held-out objects still out
                 train_pairs = without_zones(prepare_pairs(pending[0], cfg, pending[1]), zones)
-                sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), synthetic, rng)
+                sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), setup.synthetic, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.learning_rate, fraction_done())
@@ -256,20 +244,23 @@ class Trainer:
         if val_pairs and not stopped:  # a stopped run ends now: no final validation
             yield self._final_validation(net, val_pairs, dtype, pos, bool(zones), start)
         resume = self._snapshot(sitting, pos, finished, time.perf_counter() - start)  # before the best weights load
-        record = finish.guard_verdict(start_model, pos.best_metrics, len(val_pairs))
-        best_state, best_metrics, kept = finish.guarded(record, start_model, (pos.best_state, pos.best_metrics, pos.kept))
+        record = finish.guard_verdict(setup.start_model, pos.best_metrics, len(val_pairs))
+        best_state, best_metrics, kept = finish.guarded(record, setup.start_model,
+                                                        (pos.best_state, pos.best_metrics, pos.kept))
         if record is not None:
             yield finish.guard_message(record)
         if best_state is not None:
             net.load_state_dict(best_state)
         net.eval()
         del optimizer, scaler, sitting
+        setup.sitting = None
         release_cached_memory(device)  # the optimiser state and activations; the model stays
         elapsed = time.perf_counter() - start
-        meta = finish.run_meta(steps=step, seconds=elapsed, setup_seconds=setup_seconds, device=describe(device),
+        meta = finish.run_meta(steps=step, seconds=elapsed, setup_seconds=setup.setup_seconds, device=describe(device),
                                images=len(train_pairs), validation_images=len(val_pairs), stopped=stopped,
                                batch_size=pos.batch, validation=best_metrics, record=record,
-                               objects_brighter=brighter if brighter is not None else objects_brighter_of(self._init))
+                               objects_brighter=(setup.brighter if setup.brighter is not None
+                                                 else objects_brighter_of(self._init)))
         postprocess = yield from finish.post_processing(net, cfg, self._init, meta, val_pairs=val_pairs,
                                                         train_pairs=train_pairs, held_out_objects=bool(zones),
                                                         kept=kept, stopped=stopped, dtype=dtype)
@@ -278,6 +269,55 @@ class Trainer:
         bundle = ModelBundle(net, cfg, meta, resume)
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
+
+    def _setup(self) -> Generator[object, None, Setup]:
+        """Everything before the first step, in this order (the order the RNGs are drawn in, which a
+        resumed run repeats): seeds and device, the prepared pairs, batch and patch sized to the
+        device (``RunSetup``), the validation split, the samplers, the network and optimiser, the
+        starting model's score for the guard, then the position a resumed run restores."""
+        cfg = self.cfg
+        check_volume_config(cfg)
+        heads.check_head_dims(cfg.task, cfg.instance_head, cfg.model.dims)
+        setup_start = time.perf_counter()
+        rng, device, dtype = start_run(cfg.seed, cfg.threads, cfg.device, cfg.low_precision)
+        channels_last = dtype is not None and (cfg.model.dims == 2 or device.type == "cpu")  # 3D: measured on CPUs
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        n_bad = sum(has_nonfinite(image) for image, _ in self._pairs)
+        if n_bad:
+            yield Message(f"{n_bad} image(s) hold NaN/Inf pixels; they are replaced by the image median",
+                          level="warning")
+
+        prepared = prepare_pairs(self._pairs, cfg, self._names)
+        # unset batch/patch size: sized to the device (and in 3D to the volumes)
+        cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
+        yield run_setup(device, dtype, cfg.batch_size, patch_shape(cfg))
+        # zones: objects held out for validation, by image (one or two images)
+        train_pairs, val_pairs, zones = yield from self._split(prepared)
+        sampler, synthetic = yield from self._samplers(train_pairs, rng)
+        brighter = objects_brighter(train_pairs)
+        net, fresh = self._build(device, channels_last, brighter)
+        if self._init is not None:
+            yield Message(f"fine-tuning; re-initialised {len(fresh)} tensors that did not fit" if fresh else "fine-tuning")
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+        self._per_epoch = steps_per_epoch(train_pairs, cfg)
+        total_steps = step_budget(cfg, self._per_epoch)
+        if total_steps is None and cfg.time_limit is None:
+            raise ValueError("give at least one of steps, epochs or time_limit")
+
+        # The starting model never saw the annotations: with held-out objects (one or two images) it is
+        # scored on all of them, the fine-tuned model on the held-out ones only (a fair estimate each;
+        # the start's from five times the objects: two held-out objects alone made ties the rule).
+        start_model = yield from self._score_start(net, fresh, val_pairs, dtype, prepared if zones else None)
+        start = time.perf_counter()  # the time limit covers training, not data preparation
+        setup_seconds = start - setup_start
+        yield Message(f"prepared {len(train_pairs)} training and {len(val_pairs)} validation image(s) "
+                      f"in {setup_seconds:.1f} s")
+        sitting = Sitting(net, optimizer, scaler, rng, generator, device)
+        pos = yield from self._position(sitting)  # step, best model so far...; restored when resuming
+        return Setup(device, dtype, channels_last, train_pairs, val_pairs, zones, sampler, synthetic, brighter,
+                     total_steps, start_model, setup_seconds, sitting, pos, start)
 
     def _samplers(self, train_pairs: Sequence[PreparedPair],
                   rng: np.random.Generator) -> Generator[object, None, tuple[object, PatchSampler | None]]:

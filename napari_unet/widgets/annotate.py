@@ -17,6 +17,9 @@ from napari_unet.widgets._base import PluginWidget
 
 # the first is the default: painting a few objects must not teach the unpainted ones as background
 MODES = {TASK_LABELS[mode]: mode for mode in sorted(annotation.MODES, key=lambda mode: mode != "partial")}
+ANNOTATE_TASK_HELP = ("what the annotations hold, as the Train widget's task: instances (each object an id, "
+                      "unpainted = background), partial instances (unpainted = not annotated, 1 = background, "
+                      "2.. = objects) or sparse classes (scribbles: 1 = background, 2.. = classes)")
 REGION_HELP = ("Draw rectangles or polygons where every object is painted, then click "
                "'Mark region as fully annotated' again: their unpainted pixels become background")
 
@@ -31,9 +34,11 @@ class AnnotateWidget(PluginWidget):
         super().__init__(viewer, labels=False)
         viewer = self.viewer
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
-        self.mode = ComboBox(label="Mode", choices=list(MODES), value=list(MODES)[0])
+        # the task the annotations are for (a project's ``mode``): the Train widget's and train --task's setting
+        self.mode = ComboBox(label=SETTINGS["task"].label, choices=list(MODES), value=list(MODES)[0],
+                             tooltip=ANNOTATE_TASK_HELP)
         self.class_names = LineEdit(label="Classes", value="object",
-                                    tooltip="sparse mode: names of classes 2, 3, ... (1 is background)")
+                                    tooltip="sparse classes: names of classes 2, 3, ... (1 is background)")
         self.attach_button = PushButton(text="Create / attach annotations")
         self.next_id_button = PushButton(text="Next object id (N)")
         self.background_button = PushButton(text="Background brush (1)", visible=False)
@@ -127,7 +132,7 @@ class AnnotateWidget(PluginWidget):
         project = self.session.project
         if project.samples and project.mode != self.mode_key:
             show_warning(f"the training set holds {project.mode} annotations; "
-                         "save it and start a new viewer to switch modes")
+                         "save it and start a new viewer to switch tasks")
             self.mode.value = next((k for k, v in MODES.items() if v == project.mode), self.mode.value)
         project.mode = self.mode_key
         project.class_names = ["background", *[n.strip() for n in self.class_names.value.split(",") if n.strip()]]
@@ -199,7 +204,7 @@ class AnnotateWidget(PluginWidget):
         if labels is None:
             return
         if self.mode_key == "instances":
-            show_warning("in instances mode every unpainted pixel is background already")
+            show_warning("with the instances task every unpainted pixel is background already")
             return
         added = apply_regions(self.viewer, labels, regions_name(self.image.value))
         if added is None:

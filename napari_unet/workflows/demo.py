@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Generator
 
-from napari_unet.config import MC_SAMPLES_WHEN_ASKED, PredictConfig, TrainConfig
+from napari_unet.config import MC_SAMPLES_WHEN_ASKED, PredictConfig
 from napari_unet.data.samples import SHOWCASE, load_sample, training_samples
 from napari_unet.events import Message
 from napari_unet.files.io import write_image
 from napari_unet.workflows.overview import overview
+from napari_unet.workflows.train_request import TrainRequest, train_config_for
+from napari_unet.workflows.train_run import TrainRun
 
 
 def run_demo(out: Path, time_limit: float = 60.0, seed: int = 0) -> Generator[object, None, str]:
@@ -21,13 +22,14 @@ def run_demo(out: Path, time_limit: float = 60.0, seed: int = 0) -> Generator[ob
     from napari_unet.inference.predict import predict_image
     from napari_unet.metrics import evaluate_instances
     from napari_unet.models.bundle import save_bundle
-    from napari_unet.training.engine import Trainer
 
     samples = training_samples()
-    cfg = replace(TrainConfig(), time_limit=time_limit, seed=seed, validate_every=max(time_limit / 4, 5.0))
+    pairs, names = [(im, m) for _, im, m in samples], [n for n, _, _ in samples]
+    # a user's run from scratch (`train --init none`): the demo shows what training does on these images
+    request = TrainRequest(time_limit=time_limit, seed=seed, validate_every=max(time_limit / 4, 5.0))
+    cfg = train_config_for(request, [im for im, _ in pairs], [m for _, m in pairs])
     yield Message(f"training on {len(samples)} bundled images for {time_limit:.0f} s")
-    trainer = Trainer([(im, m) for _, im, m in samples], cfg, names=[n for n, _, _ in samples])
-    bundle = yield from trainer.run()
+    bundle = yield from TrainRun("none", request.task).events(pairs, names, cfg)
     model_dir = save_bundle(bundle, out / "model")
 
     image, truth = load_sample(SHOWCASE)

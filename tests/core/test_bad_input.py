@@ -2,7 +2,7 @@
 
 CLI cases assert exit code 2, exactly one line on stderr and no traceback; an input file of a
 ``predict`` batch that cannot be read or predicted is one line of its own and exit code 1 (the
-other files are still predicted, tests/core/test_batch.py); inputs that are merely unusual (NaN
+other files are still predicted, tests/workflows/test_batch.py); inputs that are merely unusual (NaN
 pixels, constant images, other dtypes, colour, tiny or odd sizes) must work.
 docs/usage.md ("What happens with bad input") lists the same table.
 """
@@ -26,6 +26,7 @@ from napari_unet.errors import UserError
 from napari_unet.files.io import read_image, read_mask
 from napari_unet.inference.predict import predict_image
 from napari_unet.models.bundle import ModelBundle, build_network, load_bundle, save_bundle
+from napari_unet.workflows.model_spec import batch_source, resolve_model
 
 RNG = np.random.default_rng(0)
 MASK = np.zeros((40, 40), np.uint16)
@@ -184,6 +185,31 @@ def test_wrong_model_folder(model, tmp_path, capsys, change, expected):
     if change == "diffusion":  # the same model as a starting point for training
         _one_line_exit_2(capsys, ["train", tmp_path, tmp_path, "--out", tmp_path / "m", "--init", folder,
                                   "--steps", "1", "--quiet"], expected)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("none", "a model is required"), ("pretrained:em", "unknown starting model 'pretrained:em'"),
+    ("missing", "no such model folder"), ("empty", "not a napari-unet model folder"),
+])
+def test_bad_model_spec_is_the_same_line_everywhere(dataset, tmp_path, capsys, spec, expected):
+    """``workflows.model_spec`` is the one rule: the widgets' call and each CLI command that takes
+    a model say the same line (train's ``--init none`` is a run from scratch, not an error)."""
+    (tmp_path / "empty").mkdir()
+    spec = {"missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty")}.get(spec, spec)
+    with pytest.raises(UserError, match=expected) as err:
+        resolve_model(spec)  # the Predict widget's worker; Batch export goes through batch_source
+    line = f"napari-unet: error: {err.value}"
+    commands = [["predict", spec, dataset / "images", "--out", tmp_path / "o", "--quiet"],
+                ["export-model", spec, "--out", tmp_path / "m.pt", "--quiet"]]
+    if spec != "none":
+        commands.append(["train", dataset / "images", dataset / "masks", "--out", tmp_path / "m", "--init", spec,
+                         "--steps", "1", "--quiet"])
+    for argv in commands:
+        _one_line_exit_2(capsys, argv, expected)
+        assert main([str(a) for a in argv]) == 2 and capsys.readouterr().err.strip() == line, argv[0]
+    if spec != str(tmp_path / "empty"):  # a folder is only opened by the batch's workers
+        with pytest.raises(UserError, match=expected):
+            batch_source(spec)
 
 
 PREDICT_CASES = [

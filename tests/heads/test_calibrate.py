@@ -9,11 +9,11 @@ from napari_unet.config import TrainConfig, UNetConfig
 from napari_unet.events import Message, ValidationReport
 from napari_unet.heads.calibrate import pooled_ap50, tune_thresholds
 from napari_unet.models.bundle import load_bundle, save_bundle
-from napari_unet.pretrained import resolve_init
 from napari_unet.training.engine import Trainer
 from napari_unet.training.finish import final_is_better
+from napari_unet.workflows.model_spec import resolve_model
 
-from test_training import run
+from helpers import run_trainer as run
 
 
 def touching_pair() -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +118,7 @@ def test_trained_model_carries_tuned_or_inherited_thresholds(small_pairs, tmp_pa
     assert load_bundle(save_bundle(bundle, tmp_path / "m")).postprocess == bundle.postprocess
 
     # fine-tuning without validation images keeps the starting model's thresholds
-    nuclei = load_bundle(resolve_init("pretrained:nuclei"))
+    nuclei = resolve_model("pretrained:nuclei")
     assert nuclei.postprocess
     tuned_cfg = replace(nuclei.config, steps=2, time_limit=None, batch_size=2, validation_fraction=0.0,
                         validate_every=1e9, threads=1)

@@ -131,6 +131,9 @@ def test_widgets_use_the_setting_labels_choices_and_defaults(make_napari_viewer)
     annotate = AnnotateWidget(viewer)
     assert annotate.min_size.label == SETTINGS["min_size"].label and annotate.min_size.value == ANNOTATE_MIN_SIZE
     assert all(TASK_LABELS[mode] == label for label, mode in MODES.items())
+    # its task control: the task setting's label, a choice of its tasks (dense classes are not painted)
+    assert annotate.mode.label == SETTINGS["task"].label and set(MODES.values()) < set(SETTINGS["task"].choices)
+    assert MODES[annotate.mode.value] == "partial"  # painting a few objects must not teach the rest as background
 
     export = ExportWidget(viewer)
     assert export.uncertainty.value is BatchConfig.uncertainty

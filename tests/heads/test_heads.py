@@ -24,6 +24,7 @@ from napari_unet.inference.predict import predict_image
 from napari_unet.metrics import evaluate_instances
 from napari_unet.models.bundle import load_bundle, save_bundle
 from napari_unet.training.engine import Trainer
+from napari_unet.workflows.model_spec import resolve_model
 
 PACKAGE = Path(__file__).resolve().parents[2] / "napari_unet"
 TINY = UNetConfig(depth=2, base_width=8)
@@ -191,10 +192,8 @@ def test_the_shipped_model_predicts_the_labels_it_predicted_before_heads(showcas
     they are identical; another CPU's float rounding may move a boundary pixel, hence the margin."""
     import imageio.v3 as iio
 
-    from napari_unet import pretrained
-
     reference = iio.imread(Path(__file__).parent / "data" / "pretrained_nuclei_labels.png")
-    labels = predict_image(load_bundle(pretrained.resolve_init("pretrained:nuclei")), showcase[0]).labels
+    labels = predict_image(resolve_model("pretrained:nuclei"), showcase[0]).labels
     assert labels.max() == reference.max() == 167
     assert (labels == reference).mean() > 0.9995
     assert evaluate_instances([(labels, reference)])["ap50"] == 1.0

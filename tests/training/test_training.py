@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers import run_trainer as run
 
 from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport, run_to_end
@@ -14,11 +15,6 @@ from napari_unet.training.checkpoint import load_compatible_weights
 from napari_unet.training.engine import Trainer, learning_rate
 
 TINY = UNetConfig(depth=2, base_width=8)
-
-
-def run(trainer):
-    events = []
-    return run_to_end(trainer.run(), events.append), events
 
 
 def test_losses_ignore_unannotated_pixels():

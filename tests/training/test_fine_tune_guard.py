@@ -17,6 +17,7 @@ from napari_unet.events import Message
 from napari_unet.models.bundle import load_bundle
 from napari_unet.training.engine import Trainer
 from napari_unet.training.guard import KEY, START, TUNED, guard_note
+from napari_unet.workflows.model_spec import resolve_model
 
 
 def _run(trainer: Trainer) -> tuple[object, list[str]]:
@@ -48,7 +49,7 @@ def test_cli_keeps_the_start_model_when_fine_tuning_is_sabotaged(tmp_path, small
     assert record["validation_images"] == 1
     saved_line = next(line for line in printed.splitlines() if line.startswith("saved model"))
     assert "kept the starting model" in saved_line
-    start = load_bundle(pretrained.resolve_init("pretrained:nuclei"))
+    start = resolve_model("pretrained:nuclei")
     assert _same_weights(load_bundle(out).net, start.net)  # the starting weights, under this run's record
     assert load_bundle(out).postprocess == start.postprocess  # and its own post-processing, not one re-tuned
 

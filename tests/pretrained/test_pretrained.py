@@ -17,30 +17,31 @@ from napari_unet.files.io import read_mask, write_image
 from napari_unet.metrics import evaluate_instances
 from napari_unet.models.bundle import load_bundle
 from napari_unet.training.engine import Trainer
+from napari_unet.workflows.model_spec import model_path, resolve_model
 
 
 @pytest.fixture(scope="module")
 def nuclei():
     torch.set_num_threads(2)
-    return load_bundle(pretrained.resolve_init("pretrained:nuclei"))
+    return resolve_model("pretrained:nuclei")
 
 
-def test_registry_and_resolve_init(tmp_path):
+def test_registry_and_model_specs(tmp_path):
     assert "nuclei" in pretrained.available()
-    folder = pretrained.resolve_init("pretrained:nuclei")
-    assert folder == pretrained.REGISTRY["nuclei"].folder and (folder / "model.json").is_file()
-    assert (folder / "MODEL_CARD.md").is_file()
-    for scratch in (None, "none", "None", ""):
-        assert pretrained.resolve_init(scratch) is None
-    assert pretrained.resolve_init(str(tmp_path)) == tmp_path
+    folder = model_path("pretrained:nuclei")
+    assert folder == pretrained.model_folder("nuclei") == pretrained.REGISTRY["nuclei"].folder
+    assert (folder / "model.json").is_file() and (folder / "MODEL_CARD.md").is_file()
+    for scratch in (None, "none", "None", "", "scratch"):
+        assert model_path(scratch, required=False) is None
+    assert model_path(str(tmp_path)) == tmp_path
     assert pretrained.default_init("instances") == "pretrained:nuclei"
     assert pretrained.default_init("semantic") == "none"
     with pytest.raises(UserError, match="available: pretrained:nuclei"):
-        pretrained.resolve_init("pretrained:em")
+        model_path("pretrained:em")
     with pytest.raises(UserError, match="no such model folder"):
-        pretrained.resolve_init(tmp_path / "missing")
+        model_path(tmp_path / "missing")
     with pytest.raises(UserError, match="a model is required"):
-        pretrained.resolve_model("none")
+        model_path("none")
 
 
 def test_shipped_model_is_small_default_architecture_float32(nuclei):

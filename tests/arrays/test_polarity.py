@@ -15,7 +15,7 @@ from napari_unet.data.samples import SHOWCASE, STAINED, load_sample
 from napari_unet.inference.large import ChannelsFirst, Normalized, sampled_percentiles
 from napari_unet.inference.predict import predict_image
 from napari_unet.metrics import evaluate_instances
-from napari_unet.models.bundle import load_bundle
+from napari_unet.workflows.model_spec import resolve_model
 
 
 def blobs(bright_objects: bool) -> np.ndarray:
@@ -29,7 +29,7 @@ def blobs(bright_objects: bool) -> np.ndarray:
 @pytest.fixture(scope="module")
 def nuclei():
     torch.set_num_threads(2)
-    return load_bundle(pretrained.resolve_init("pretrained:nuclei"))
+    return resolve_model("pretrained:nuclei")
 
 
 def test_auto_inverts_only_a_bright_background():
