@@ -20,6 +20,9 @@ from napari_unet.errors import UserError
 
 PREFIX = "pretrained:"
 FINE_TUNE_LR = 0.2  # fine-tuning learning rate relative to training from scratch (5e-3 -> 1e-3)
+# share of the fine-tuned weights in the returned model, the rest the start's: None = by how far the two
+# agree on the annotated images (``training.finish.keep_by_agreement``; docs/benchmarks.md, "Gentle fine-tuning")
+FINE_TUNE_KEEP = None
 HERE = Path(__file__).resolve().parent
 
 
@@ -96,7 +99,9 @@ def fine_tune_config(cfg: Any, init: Any) -> Any:
 
     Takes the starting model's architecture and normalisation percentiles, keeping this task's
     input channels (the Trainer re-initialises what then does not fit: first layer, head), and
-    scales the learning rate by ``FINE_TUNE_LR``: a trained network needs smaller steps. Not its
+    scales the learning rate by ``FINE_TUNE_LR``: a trained network needs smaller steps. The returned
+    weights are blended back towards the start (``FINE_TUNE_KEEP``): in the domain the start knows, ten
+    painted objects pulled it 0.02 below itself on other images. Not its
     ``polarity``: the fine-tuned model keeps the images as they are, and the Trainer inverts the
     first layer when the annotated objects are darker than their background
     (``checkpoint.transfer_input_layer``), which the user's annotations tell for sure.
@@ -105,7 +110,7 @@ def fine_tune_config(cfg: Any, init: Any) -> Any:
 
     model = replace(init.config.model, in_channels=cfg.model.in_channels)
     return replace(cfg, model=model, percentiles=init.config.percentiles,
-                   learning_rate=cfg.learning_rate * FINE_TUNE_LR)
+                   learning_rate=cfg.learning_rate * FINE_TUNE_LR, fine_tune_keep=FINE_TUNE_KEEP)
 
 
 def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = None) -> Path:
