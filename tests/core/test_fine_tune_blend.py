@@ -49,8 +49,9 @@ def test_returned_weights_lie_between_the_start_and_the_fine_tuned_ones(small_pa
 
 
 def test_fine_tuning_from_the_shipped_model_blends_by_agreement():
-    start = tiny_bundle()
-    assert pretrained.fine_tune_config(TrainConfig(), start).fine_tune_keep is None  # by agreement
+    shipped = load_bundle(pretrained.resolve_init("pretrained:nuclei"))
+    assert pretrained.fine_tune_config(TrainConfig(), shipped).fine_tune_keep is None  # by agreement
+    assert pretrained.fine_tune_config(TrainConfig(), tiny_bundle()).fine_tune_keep == 1.0  # a user's own model
     assert TrainConfig().fine_tune_keep == 1.0  # from scratch: nothing to blend towards
     assert [keep_by_agreement(a) for a in (0.0, 0.5, 1.0)] == [1.0, 0.75, 0.0]
 
