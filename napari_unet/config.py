@@ -235,6 +235,10 @@ class TrainConfig:
     # fraction of patches drawn from the Trainer's synthetic pairs (0..1); a request's default: SYNTHETIC_RATIO
     synthetic_ratio: float = setting("synthetic_ratio", 0.0)
     fine_tune_guard: bool = True  # fine-tuning: keep the starting model if it validates better (training.guard)
+    # fine-tuning: the returned weights are this share of the fine-tuned ones plus the rest of the
+    # starting model's (``training.checkpoint.blend_towards``); 1 = the fine-tuned weights as they are;
+    # None = chosen by how far the two agree on the annotated images (``training.finish.keep_by_agreement``)
+    fine_tune_keep: float | None = 1.0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ from napari_unet.errors import UserError
 
 PREFIX = "pretrained:"
 FINE_TUNE_LR = 0.2  # fine-tuning learning rate relative to training from scratch (5e-3 -> 1e-3)
+# share of the fine-tuned weights in the returned model, the rest the start's: None = by how far the two
+# agree on the annotated images (``training.finish.keep_by_agreement``; docs/benchmarks.md, "Gentle fine-tuning")
+FINE_TUNE_KEEP = None
 HERE = Path(__file__).resolve().parent
 
 
@@ -69,7 +72,11 @@ def fine_tune_config(cfg: Any, init: Any) -> Any:
 
     Takes the starting model's architecture and normalisation percentiles, keeping this task's
     input channels (the Trainer re-initialises what then does not fit: first layer, head), and
-    scales the learning rate by ``FINE_TUNE_LR``: a trained network needs smaller steps. Not its
+    scales the learning rate by ``FINE_TUNE_LR``: a trained network needs smaller steps. From a
+    shipped starting model (one with a record on a validation split, ``meta["val_split"]``, written
+    by ``install_bundle``) the returned weights are blended back towards it (``FINE_TUNE_KEEP``): in
+    the domain it knows, ten painted objects pulled it 0.02 below itself on other images. A user's
+    own model is not: a run that starts from it to learn a few corrections keeps them. Not its
     ``polarity``: the fine-tuned model keeps the images as they are, and the Trainer inverts the
     first layer when the annotated objects are darker than their background
     (``checkpoint.transfer_input_layer``), which the user's annotations tell for sure.
@@ -78,7 +85,8 @@ def fine_tune_config(cfg: Any, init: Any) -> Any:
 
     model = replace(init.config.model, in_channels=cfg.model.in_channels)
     return replace(cfg, model=model, percentiles=init.config.percentiles,
-                   learning_rate=cfg.learning_rate * FINE_TUNE_LR)
+                   learning_rate=cfg.learning_rate * FINE_TUNE_LR,
+                   fine_tune_keep=FINE_TUNE_KEEP if init.meta.get("val_split") else 1.0)
 
 
 def install_bundle(bundle: Any, name: str, figures: dict[str, float] | None = None) -> Path:

@@ -1,6 +1,9 @@
-"""Fine-tuning helper: copy the weights of a starting model that fit a new network."""
+"""Fine-tuning helpers: copy the weights of a starting model that fit a new network, and blend
+the fine-tuned weights back towards them at the end of a run."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
@@ -43,3 +46,27 @@ def transfer_input_layer(net: torch.nn.Module, start: torch.nn.Module, invert: b
             if conv.bias is not None:
                 conv.bias += constant
         conv.weight.copy_(weight)
+
+
+def blend_towards(net: torch.nn.Module, start: dict[str, torch.Tensor], keep: float,
+                  fresh: Sequence[str] = ()) -> int:
+    """Move ``net``'s weights to ``keep * fine-tuned + (1 - keep) * start`` in place; return how
+    many tensors were blended.
+
+    ``start``: the network's state before fine-tuning (after ``transfer_input_layer``). Every
+    floating-point tensor is blended, batch-norm running statistics included (they are averaged
+    like the weights they go with); ``fresh`` names (re-initialised for this task: the start holds
+    nothing for them) and integer buffers (``num_batches_tracked``) keep their fine-tuned values.
+    A straight line between two weights of one fine-tuning run stays in one basin: the blend
+    predicts between the two models (WiSE-FT, Wortsman et al. 2022), docs/benchmarks.md
+    ("Gentle fine-tuning").
+    """
+    skip = set(fresh)
+    blended = 0
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            if name in skip or name not in start or not value.is_floating_point():
+                continue
+            value.lerp_(start[name].to(value), 1.0 - keep)
+            blended += 1
+    return blended

@@ -10,6 +10,7 @@ step (``Trainer.stop()``), and new annotations can be swapped in while it runs
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -33,7 +34,7 @@ from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
 from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
 from napari_unet.training import finish, guard
-from napari_unet.training.checkpoint import load_compatible_weights, transfer_input_layer
+from napari_unet.training.checkpoint import blend_towards, load_compatible_weights, transfer_input_layer
 from napari_unet.runtime.device import (autocast, channels_last_format, describe, release_cached_memory, run_setup,
                                         start_run, with_device_sizes)
 from napari_unet.heads.losses import segmentation_loss
@@ -82,6 +83,9 @@ class Setup:
     sitting: Sitting | None  # None once the run is finished (frees the optimiser)
     pos: Position
     start: float  # perf_counter when the steps begin (after the data preparation)
+    prepared: list[PreparedPair]  # every annotated image (the blend's agreement is measured on them)
+    fresh: list[str]  # tensors re-initialised because they did not fit the starting model
+    blend_from: dict | None  # the starting weights a fine-tune is blended back towards (None: no blend)
 
 
 class Trainer:
@@ -184,6 +188,7 @@ class Trainer:
         sitting, pos, start, total_steps = setup.sitting, setup.pos, setup.start, setup.total_steps
         net, optimizer, scaler, rng, generator = (sitting.net, sitting.optimizer, sitting.scaler, sitting.rng,
                                                   sitting.generator)
+        prepared, fresh, blend_from = setup.prepared, setup.fresh, setup.blend_from
         losses: list[float] = []
         last_report = last_val = last_preview = last_checkpoint = start
         start -= pos.seconds  # a resumed run's clock goes on from its earlier sittings (time limit, progress)
@@ -251,6 +256,13 @@ class Trainer:
             yield finish.guard_message(record)
         if best_state is not None:
             net.load_state_dict(best_state)
+        blend = None if record is not None and record["kept"] == guard.START else self._blend(
+            net, blend_from, fresh, prepared, dtype)
+        if blend is not None:
+            keep, agree = blend
+            blend_towards(net, blend_from, keep, fresh)
+            told = "" if agree is None else f" (the two agree on {agree:.0%} of the objects on the annotated images)"
+            yield Message(f"returned weights: {keep:.0%} fine-tuned, {1 - keep:.0%} starting model{told}")
         net.eval()
         del optimizer, scaler, sitting
         setup.sitting = None
@@ -264,6 +276,10 @@ class Trainer:
         postprocess = yield from finish.post_processing(net, cfg, self._init, meta, val_pairs=val_pairs,
                                                         train_pairs=train_pairs, held_out_objects=bool(zones),
                                                         kept=kept, stopped=stopped, dtype=dtype)
+        if blend is not None:
+            meta["training"]["fine_tune_keep"] = round(blend[0], 4)
+            if blend[1] is not None:
+                meta["training"]["fine_tune_agreement"] = round(blend[1], 4)
         if postprocess:
             meta["postprocess"] = postprocess
         bundle = ModelBundle(net, cfg, meta, resume)
@@ -298,6 +314,8 @@ class Trainer:
         net, fresh = self._build(device, channels_last, brighter)
         if self._init is not None:
             yield Message(f"fine-tuning; re-initialised {len(fresh)} tensors that did not fit" if fresh else "fine-tuning")
+        # what the fine-tuned weights are blended back towards at the end (a resumed run: the same start)
+        blend_from = cpu_state_dict(net) if self._init is not None and cfg.fine_tune_keep != 1 else None
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
@@ -317,7 +335,25 @@ class Trainer:
         sitting = Sitting(net, optimizer, scaler, rng, generator, device)
         pos = yield from self._position(sitting)  # step, best model so far...; restored when resuming
         return Setup(device, dtype, channels_last, train_pairs, val_pairs, zones, sampler, synthetic, brighter,
-                     total_steps, start_model, setup_seconds, sitting, pos, start)
+                     total_steps, start_model, setup_seconds, sitting, pos, start, prepared, fresh, blend_from)
+
+    def _blend(self, net: torch.nn.Module, start: dict[str, torch.Tensor] | None, fresh: list[str],
+               pairs: Sequence[PreparedPair], dtype: torch.dtype | None) -> tuple[float, float | None] | None:
+        """(share of the fine-tuned weights, agreement or None) of the returned model, or None when
+        nothing is blended (``TrainConfig.fine_tune_keep``; None: ``finish.keep_by_agreement``, for an
+        instance model whose every tensor came from the start)."""
+        keep = self.cfg.fine_tune_keep
+        if start is None:
+            return None
+        if keep is not None:
+            return keep, None
+        if fresh or self.cfg.task != "instances" or not pairs:
+            return None  # the start's outputs mean something else here: it cannot be compared
+        start_net = copy.deepcopy(net)
+        start_net.load_state_dict(start)
+        agree = finish.agreement(net, start_net, self.cfg, pairs, dtype)
+        del start_net
+        return finish.keep_by_agreement(agree), agree
 
     def _samplers(self, train_pairs: Sequence[PreparedPair],
                   rng: np.random.Generator) -> Generator[object, None, tuple[object, PatchSampler | None]]:

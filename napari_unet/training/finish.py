@@ -21,6 +21,8 @@ from napari_unet.data.dataset import PreparedPair
 from napari_unet.events import Message
 from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate
 from napari_unet.inference import predict  # through the module, so a patched predictor is seen
+from napari_unet.inference.labels import labels_from_probabilities
+from napari_unet.metrics import evaluate_instances
 from napari_unet.training import guard
 
 KEEP_BEST_MIN_IMAGES = 3  # fewer validation images than this cannot show an earlier model better (instances)
@@ -75,6 +77,38 @@ def guard_message(record: dict) -> Message:
     """The guard's verdict for the user (a warning when the starting model stays)."""
     return Message(guard.guard_note({"training": {guard.KEY: record}}),
                    level="warning" if record["kept"] == guard.START else "info")
+
+
+def agreement(tuned: torch.nn.Module, start: torch.nn.Module, cfg: TrainConfig, pairs: Sequence[PreparedPair],
+              dtype: torch.dtype | None) -> float:
+    """How far the starting and the fine-tuned networks find the same objects on the annotated
+    images: AP@0.5 of the start's instances scored against the fine-tuned ones' (objects pooled;
+    the measure is symmetric). Every pixel counts, painted or not: 1 where the fine-tune changed
+    nothing the start did not already do, near 0 where the start found other objects."""
+    k = heads.n_output_channels(cfg)
+    spacing = anisotropic_spacing(cfg)
+    told = {} if spacing is None else {"spacing": spacing}
+
+    def labels(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+        probs = predict.predict_normalized(net, image, k, PredictConfig(), dtype)
+        return labels_from_probabilities(probs, cfg.task, head=cfg.instance_head, **told)
+
+    was = tuned.training, start.training
+    tuned.eval(), start.eval()
+    try:
+        found = [(labels(start, p.image), labels(tuned, p.image)) for p in pairs[:cfg.validation_max_images]]
+    finally:
+        tuned.train(was[0]), start.train(was[1])
+    return float(evaluate_instances(found)["ap50"])
+
+
+def keep_by_agreement(agree: float) -> float:
+    """The share of the fine-tuned weights in the returned model when the two networks agree on
+    ``agree`` (``agreement``) of the objects: ``1 - agree²``. Where the start already finds what
+    the fine-tune finds (its own kind of images) the returned model stays near the start, whose
+    record spans many images, not one; where they disagree (another kind of image) the fine-tune
+    is kept. Measured in docs/benchmarks.md ("Gentle fine-tuning")."""
+    return 1.0 - min(max(agree, 0.0), 1.0) ** 2
 
 
 def run_meta(*, steps: int, seconds: float, setup_seconds: float, device: str, images: int, validation_images: int,
