@@ -141,7 +141,8 @@ def test_noise_cannot_talk_auto_into_upscaling(nuclei):
     bundle, _, _ = nuclei
     noise = np.random.default_rng(0).normal(20, 6, (256, 256)).clip(0, 255).astype(np.uint8)
     pred = predict_image(bundle, noise, PredictConfig(diameter="auto"))
-    assert pred.sizing.factor == 1.0
+    assert pred.sizing.seen < pred.sizing.learned / size.DEAD_ZONE  # the first pass was fooled...
+    assert pred.sizing.factor == 1.0 and pred.sizing.how.startswith("not confirmed")  # ...and caught
 
 
 def test_a_given_diameter_is_a_fixed_factor_and_off_is_off(nuclei):
