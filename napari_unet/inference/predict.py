@@ -199,7 +199,7 @@ def confirmed(sizing: size.Sizing, scaled_labels: np.ndarray) -> size.Sizing:
     if sizing.how != size.AUTO:
         return sizing
     again, _ = size.diameter_of(scaled_labels > 0)
-    if again is not None and size.factor_for(sizing.learned, again) == 1:
+    if again is not None and size.factor_for(sizing.range or sizing.learned, again) == 1:
         return sizing
     return replace(sizing, how="not confirmed on the scaled image", factor=1.0)
 
@@ -264,9 +264,10 @@ def object_sizing(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig,
     seen, parts = size.diameter_of(first.labels > 0)
     if seen is None:
         return size.Sizing(f"too few objects to measure ({parts})", 1.0, learned), None if layout.is_stack else first
-    factor = size.factor_for(learned, seen)
+    span = size.learned_range(bundle.meta)
+    factor = size.factor_for(span, seen)
     why = size.AUTO if factor != 1 else "within the learned range"
-    return size.Sizing(why, factor, learned, seen), None if layout.is_stack else first
+    return size.Sizing(why, factor, learned, seen, span), None if layout.is_stack else first
 
 
 def output_path(out_dir: Path, image_path: Path, suffix: str = ".tif") -> Path:

@@ -44,6 +44,7 @@ class Sizing:
     factor: float = 1.0
     learned: float | None = None  # diameter (px) the model learned
     seen: float | None = None  # diameter (px) of the objects in the image: estimated (auto) or given
+    range: tuple[float, float] | None = None  # the learned diameters' 10th-90th percentiles (auto)
 
     @property
     def text(self) -> str:
@@ -127,12 +128,24 @@ def learned_diameter(meta: dict) -> float | None:
     return float(value) if value else None
 
 
-def factor_for(learned: float, seen: float, dead_zone: float = DEAD_ZONE) -> float:
-    """The factor that brings objects of diameter ``seen`` to ``learned``: 1 within the dead zone,
-    else clamped to [1/MAX_FACTOR, MAX_FACTOR]."""
-    factor = learned / seen
-    if max(factor, 1 / factor) < dead_zone:
+def learned_range(meta: dict) -> tuple[float, float] | None:
+    """The (10th, 90th percentile) diameters over a model's training images (one image: its own
+    diameter twice); None when ``meta`` records no size."""
+    learned = learned_diameter(meta)
+    if learned is None:
+        return None
+    low, high = (meta[KEY].get("range") or (learned, learned))
+    return float(min(low, learned)), float(max(high, learned))
+
+
+def factor_for(learned: float | tuple[float, float], seen: float, dead_zone: float = DEAD_ZONE) -> float:
+    """The factor that brings objects of diameter ``seen`` into the ``learned`` diameter or range
+    (low, high): 1 within the range widened by ``dead_zone``, else to its nearer end, clamped to
+    [1/MAX_FACTOR, MAX_FACTOR]. A model trained on images of many sizes keeps all of them."""
+    low, high = (learned, learned) if np.isscalar(learned) else learned
+    if low / dead_zone < seen < high * dead_zone:
         return 1.0
+    factor = (low if seen <= low / dead_zone else high) / seen
     return float(np.clip(factor, 1 / MAX_FACTOR, MAX_FACTOR))
 
 
