@@ -140,16 +140,25 @@ def test_nuclei_at_twice_the_magnification_are_found_whole_with_auto(nuclei):
     assert ap["auto"] >= 0.9 * ap["1x"], ap
 
 
-def test_noise_cannot_talk_auto_into_upscaling(nuclei):
+def test_auto_never_enlarges(nuclei):
     """An image of noise with hardly any objects: specks measured as tiny objects would ask for a
-    large upscale; the scaled prediction does not confirm it, so the image is predicted as it is."""
+    large upscale; auto only shrinks, so the image is predicted as it is."""
     from napari_unet.inference.predict import predict_image
 
     bundle, _, _ = nuclei
     noise = np.random.default_rng(0).normal(20, 6, (256, 256)).clip(0, 255).astype(np.uint8)
     pred = predict_image(bundle, noise, PredictConfig(diameter="auto"))
     assert pred.sizing.seen < pred.sizing.learned / size.DEAD_ZONE  # the first pass was fooled...
-    assert pred.sizing.factor == 1.0 and pred.sizing.how.startswith("not confirmed")  # ...and caught
+    assert pred.sizing.factor == 1.0 and pred.sizing.how.startswith("smaller than learned")
+
+
+def test_a_shrink_the_scaled_prediction_does_not_confirm_is_undone():
+    from napari_unet.inference.predict import confirmed
+
+    asked = size.Sizing(size.AUTO, 0.5, 16.0, 32.0, (16.0, 16.0))
+    assert confirmed(asked, discs(8)) == asked  # the scaled objects measure 16 px: the learned size
+    undone = confirmed(asked, discs(3))  # 6 px: the first estimate was wrong
+    assert undone.factor == 1.0 and undone.how.startswith("not confirmed")
 
 
 def test_a_given_diameter_is_a_fixed_factor_and_off_is_off(nuclei):
