@@ -194,8 +194,8 @@ def predict_image(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = P
 
 def confirmed(sizing: size.Sizing, scaled_labels: np.ndarray) -> size.Sizing:
     """An auto ``sizing`` whose scaled prediction holds objects of about the learned size; else
-    factor 1 (predict the image as it is): the first estimate was fooled, e.g. by noise predicted
-    as specks on an image with hardly any objects, which an upscaled image turns into thousands."""
+    factor 1 (predict the image as it is): the first estimate was fooled (e.g. by a few merged
+    clusters, or by noise predicted as specks on an image with hardly any objects)."""
     if sizing.how != size.AUTO:
         return sizing
     again, _ = size.diameter_of(scaled_labels > 0)
@@ -267,8 +267,8 @@ def object_sizing(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig,
         return size.Sizing(f"too few objects to measure ({parts})", 1.0, learned), None if layout.is_stack else first
     span = size.learned_range(bundle.meta)
     factor = size.factor_for(span, seen)
-    # auto only shrinks: enlarging objects seen smaller than learned lost AP@0.5 on the same
-    # magnification (stained K=10 seed 1: 0.509 -> 0.437; docs/benchmarks.md); a given diameter may
+    # auto only shrinks: enlarging objects seen smaller than learned lost AP@0.5 at the same
+    # magnification (stained K=10 seed 1: 0.509 -> 0.437; docs/experiments.md); a given diameter enlarges
     why = size.AUTO if factor < 1 else "smaller than learned: not enlarged" if factor > 1 else "within the learned range"
     return size.Sizing(why, min(factor, 1.0), learned, seen, span), None if layout.is_stack else first
 
