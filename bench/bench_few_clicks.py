@@ -286,10 +286,28 @@ def mc_epistemic(bundle, image: np.ndarray, samples: int = 8) -> np.ndarray:
     return predict_image(bundle, image, PredictConfig(mc_samples=samples)).uncertainty["epistemic"]
 
 
-def unet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:
+def unet_segmenter(bundle) -> Callable[[np.ndarray, str], np.ndarray]:
+    """``image, diameter -> labels`` through the package's prediction (``PredictConfig.diameter``)."""
+    from napari_unet.config import PredictConfig
     from napari_unet.inference.predict import predict_image
 
-    return lambda image: predict_image(bundle, image).labels
+    return lambda image, diameter: predict_image(bundle, image, PredictConfig(diameter=diameter)).labels
+
+
+def trained_bundle(image: np.ndarray, mask: np.ndarray, task: str, name: str, seed: int, args: argparse.Namespace,
+                   folder: Path | None):
+    """``train``'s bundle and messages; with ``--models`` the folder is reused when it exists (the
+    same trained model scored again, e.g. with another ``--diameter``), else written."""
+    from dataclasses import replace as dc_replace
+
+    from napari_unet.models.bundle import load_bundle, save_bundle
+
+    if folder is not None and (folder / "model.json").exists():
+        return load_bundle(folder), [f"reused {folder}"]
+    bundle, messages = train(image, mask, task, name, seed, args)
+    if folder is not None:
+        save_bundle(dc_replace(bundle, resume=None), folder)
+    return bundle, messages
 
 
 # ----------------------------------------------------------------------------- random forest
@@ -350,8 +368,9 @@ def score(segment: Callable[[np.ndarray], np.ndarray], images: Sequence[Sample])
 
 
 def run_condition(condition: str, annotated: Sample, scored: dict[str, list[Sample]], order: list[int],
-                  seed: int, args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
-    """Train (or fit) one condition; (what to record, its segmenter)."""
+                  seed: int, args: argparse.Namespace,
+                  dataset: str = "") -> tuple[dict[str, Any], Callable[[np.ndarray, str], np.ndarray]]:
+    """Train (or fit) one condition; (what to record, its segmenter: image, diameter -> labels)."""
     name, image, gt = annotated
     info: dict[str, Any] = {"steps": 0, "seconds": 0.0}
     began = time.perf_counter()
@@ -361,12 +380,14 @@ def run_condition(condition: str, annotated: Sample, scored: dict[str, list[Samp
     elif condition in RF_AT or condition == "rf-full":
         partial = condition in RF_AT
         mask = paint_objects(gt, order[:RF_AT[condition]]) if partial else gt
-        segment = fit_rf(image, mask, partial, seed)
+        forest = fit_rf(image, mask, partial, seed)
+        segment = lambda img, diameter: forest(img)  # noqa: E731  (no object-size rescaling)
         info.update(zip(("painted", "annotated_px"), painted(mask, "partial" if partial else "instances")))
         info["seconds"] = round(time.perf_counter() - began, 1)
     else:
         mask, task = mask_for(condition, gt, order)
-        bundle, messages = train(image, mask, task, name, seed, args)
+        folder = args.models / f"{dataset}-{condition}-s{seed}" if args.models else None
+        bundle, messages = trained_bundle(image, mask, task, name, seed, args, folder)
         training = bundle.meta["training"]
         info.update(zip(("painted", "annotated_px"), painted(mask, task)))
         info.update(steps=int(training["steps"]), seconds=float(training["seconds"]),
@@ -416,16 +437,18 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if condition in PARTIAL and not partial_ok:
                     continue
                 load = os.getloadavg()[0]
-                info, segment = run_condition(condition, annotated, scored, order, seed, args)
-                for mag, images in scored.items():
+                info, segment = run_condition(condition, annotated, scored, order, seed, args, dataset)
+                diameters = ["off"] if condition in RF_AT or condition == "rf-full" else args.diameter
+                for mag, images, diameter in [(m, i, d) for m, i in scored.items() for d in diameters]:
                     t0 = time.perf_counter()
-                    s = score(segment, images)
+                    s = score(lambda img: segment(img, diameter), images)
                     row = {"dataset": dataset, "condition": condition, "seed": seed, "magnification": mag,
+                           "diameter": diameter,
                            **s, **info, "order": args.order, "budget": budget, "image": name,
                            "n_scored": len(images), "score_s": round(time.perf_counter() - t0, 1),
                            "load1": round(load, 2), "commit": commit}
                     rows.append(row)
-                    print(f"  {dataset:11s} {condition:9s} seed {seed} {mag}: AP@0.5 {s['ap50']:.3f} "
+                    print(f"  {dataset:11s} {condition:9s} seed {seed} {mag} diameter {diameter}: AP@0.5 {s['ap50']:.3f} "
                           f"({s['n_pred']} pred / {s['n_gt']} gt), {info['steps']} steps, {info['seconds']:.0f} s, "
                           f"{info['painted']} objects painted, load {load:.1f}"
                           + (", the guard kept the starting model" if info.get("guard") == "start model" else ""),
@@ -441,9 +464,15 @@ def _key_order(rows: list[dict[str, Any]]) -> list[tuple]:
     seen: dict[tuple, None] = {}
     cond_rank = {c: i for i, c in enumerate(CONDITIONS)}
     for r in rows:
-        seen[(r["commit"], r["budget"], r["order"], r["dataset"], r["condition"], r["magnification"])] = None
+        seen[(r["commit"], r["budget"], r["order"], r["dataset"], r["condition"], r["magnification"],
+              diameter_of(r))] = None
     return sorted(seen, key=lambda k: (k[0], k[1], k[2], DATASETS.index(k[3]) if k[3] in DATASETS else 99,
-                                       cond_rank.get(k[4], 99), k[5]))
+                                       cond_rank.get(k[4], 99), k[5], k[6]))
+
+
+def diameter_of(row: dict[str, Any]) -> str:
+    """The ``--diameter`` a row was scored with (rows from before it existed: "off", no rescaling)."""
+    return str(row.get("diameter", "off"))
 
 
 def mean_ap(rows: list[dict[str, Any]], **match: Any) -> float | None:
@@ -452,17 +481,17 @@ def mean_ap(rows: list[dict[str, Any]], **match: Any) -> float | None:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'commit':12s} {'budget':>9s} {'order':11s} {'dataset':11s} {'condition':9s} {'mag':3s} "
+    head = (f"{'commit':12s} {'budget':>9s} {'order':11s} {'dataset':11s} {'condition':9s} {'mag':3s} {'diam':>5s} "
             f"{'AP@0.5 mean ± sd':>17s} {'n':>2s} {'steps mean [min-max]':>21s} {'train s':>7s} {'painted':>7s} "
             f"{'start kept':>10s}")
     lines = [head, "-" * len(head)]
     for key in _key_order(rows):
         sel = [r for r in rows if (r["commit"], r["budget"], r["order"], r["dataset"], r["condition"],
-                                   r["magnification"]) == key]
+                                   r["magnification"], diameter_of(r)) == key]
         ap = np.array([r["ap50"] for r in sel])
         steps = [r["steps"] for r in sel]
         sd = ap.std(ddof=1) if len(ap) > 1 else 0.0
-        lines.append(f"{key[0]:12s} {key[1]:>9s} {key[2]:11s} {key[3]:11s} {key[4]:9s} {key[5]:3s} "
+        lines.append(f"{key[0]:12s} {key[1]:>9s} {key[2]:11s} {key[3]:11s} {key[4]:9s} {key[5]:3s} {key[6]:>5s} "
                      f"{ap.mean():9.3f} ± {sd:.3f} {len(ap):2d} "
                      f"{np.mean(steps):8.0f} [{min(steps):4d}-{max(steps):4d}] "
                      f"{np.mean([r['seconds'] for r in sel]):7.0f} {np.mean([r['painted'] for r in sel]):7.1f} "
@@ -473,11 +502,12 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 def ratio_lines(rows: list[dict[str, Any]]) -> str:
     """The issue's ratios (of means over seeds), per commit/budget/order/data set."""
     lines = []
-    groups = sorted({(r["commit"], r["budget"], r["order"], r["dataset"]) for r in rows},
-                    key=lambda g: (g[0], g[1], g[2], DATASETS.index(g[3]) if g[3] in DATASETS else 99))
-    for commit, budget, order, dataset in groups:
-        sel = [r for r in rows
-               if (r["commit"], r["budget"], r["order"], r["dataset"]) == (commit, budget, order, dataset)]
+    groups = sorted({(r["commit"], r["budget"], r["order"], r["dataset"], diameter_of(r)) for r in rows
+                     if not r["condition"].startswith("rf")},
+                    key=lambda g: (g[0], g[1], g[2], DATASETS.index(g[3]) if g[3] in DATASETS else 99, g[4]))
+    for commit, budget, order, dataset, diameter in groups:
+        sel = [r for r in rows if (r["commit"], r["budget"], r["order"], r["dataset"]) == (commit, budget, order, dataset)
+               and (diameter_of(r) == diameter or r["condition"].startswith("rf"))]
         parts = []
 
         def ratio(label: str, a: float | None, b: float | None) -> None:
@@ -493,7 +523,7 @@ def ratio_lines(rows: list[dict[str, Any]]) -> str:
         ratio("full@2x/full@1x", mean_ap(sel, condition="full", magnification="2x"),
               mean_ap(sel, condition="full", magnification="1x"))
         if parts:
-            lines.append(f"{commit} {budget} {order} {dataset}: " + ", ".join(parts))
+            lines.append(f"{commit} {budget} {order} {dataset} diameter {diameter}: " + ", ".join(parts))
     return "\n".join(lines)
 
 
@@ -579,6 +609,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from napari_unet.config import PredictConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["stained"], choices=DATASETS)
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
@@ -593,6 +625,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="fine-tuned models are kept whatever the guard would say (what the guard costs or saves)")
     parser.add_argument("--unannotated-background", type=float, default=None, metavar="W",
                         help="LossConfig.unannotated_background of partial runs (default: the package's)")
+    parser.add_argument("--diameter", nargs="+", default=[str(PredictConfig.diameter)], metavar="D",
+                        help="PredictConfig.diameter(s) each U-Net is scored with: auto, off or pixels "
+                             "(default: the package's, %(default)s)")
+    parser.add_argument("--models", type=Path, default=None, metavar="DIR",
+                        help="save each trained model to DIR/<dataset>-<condition>-s<seed>/ and reuse it when "
+                             "there (score the same models again, e.g. with another --diameter)")
     parser.add_argument("--score-limit", type=int, default=16, help="images scored per data set")
     parser.add_argument("--json", type=Path, default=None, help=f"rows go here (default {RESULTS})")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="only print the tables of these files")

@@ -83,6 +83,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             UNCERTAINTY_KINDS),
     Setting("device", "Device", "auto: CUDA, then MPS, then the CPU", DEVICES),
     Setting("min_size", "Min size", "smallest object kept, pixels"),
+    Setting("diameter", "Object diameter",
+            "auto: measure the objects and scale the image so they come to the size the model learned; off: "
+            "predict the image as it is; a number: the objects' diameter in pixels"),
     Setting("checkpoint_every", "Checkpoint every (s)",
             "seconds between atomic saves of the model while training (0 = only at the end)"),
 )}
@@ -252,6 +255,9 @@ class PredictConfig:
     device: str = setting("device", "auto")
     mc_samples: int = setting("mc_samples", 0)  # >0: MC-dropout samples for uncertainty
     min_size: int = setting("min_size", MIN_SIZE)  # smallest instance kept, pixels
+    # "auto" | "off" | the objects' diameter in pixels: the image is scaled so its objects come to the size
+    # the model learned (``inference.size``; 2D models; docs/benchmarks.md, "Object size at prediction")
+    diameter: str | float = setting("diameter", "auto")
     threads: int | None = None
 
 

@@ -34,7 +34,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError("--workers must be >= 1 and --mc-samples >= 2")
     if args.min_size < 0:
         raise UserError("--min-size must be >= 0")
-    cfg = PredictConfig(tile_size=args.tile_size, device=args.device, min_size=args.min_size)
+    from napari_unet.inference.size import parse_diameter
+
+    cfg = PredictConfig(tile_size=args.tile_size, device=args.device, min_size=args.min_size,
+                        diameter=parse_diameter(args.diameter))
     bcfg = BatchConfig(format=args.format, probabilities=args.probabilities, uncertainty=args.uncertainty,
                        mc_samples=args.mc_samples, workers=args.workers, scheduler=args.scheduler,
                        overwrite=args.overwrite)
@@ -147,6 +150,9 @@ def _predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"{mc.help}; at least 2 for --uncertainty (default: %(default)s)")
     p.add_argument(*SETTINGS["min_size"].flags, type=int, default=pdef.min_size,
                    help=f"{SETTINGS['min_size'].help} (default: %(default)s)")
+    diameter = SETTINGS["diameter"]
+    p.add_argument(*diameter.flags, default=str(pdef.diameter), metavar="auto|off|PIXELS",
+                   help=f"{diameter.help} (default: %(default)s)")
     p.add_argument("--workers", type=int, default=bdef.workers,
                    help="files predicted in parallel (local threads; default: %(default)s)")
     p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler to run on")

@@ -19,7 +19,9 @@ from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Progress, relay
 from napari_unet.inference.labels import labels_for
-from napari_unet.inference.predict import Prediction, predict_probabilities
+from napari_unet.inference import size
+from napari_unet.inference.predict import (Prediction, confirmed, object_sizing, predict_probabilities, restore,
+                                           scaled_config, spatial_axes)
 from napari_unet.inference.uncertainty import check_uncertainty_kind, mc_uncertainty
 
 if TYPE_CHECKING:
@@ -28,12 +30,32 @@ if TYPE_CHECKING:
 
 def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(), *, rgb: bool = False,
                   uncertainty: str = "epistemic") -> Generator[object, None, "Prediction"]:
-    """Predict ``image``; with ``cfg.mc_samples`` > 0 also return the chosen uncertainty map."""
+    """Predict ``image``; with ``cfg.mc_samples`` > 0 also return the chosen uncertainty map. The
+    image is scaled so its objects come to the size the model learned (``cfg.diameter``, as
+    ``predict.predict_image`` does); ``Prediction.sizing`` says how."""
     image = np.asarray(image)
     if cfg.mc_samples > 0:
         check_uncertainty_kind(uncertainty, bundle.config)
     if image.ndim not in (2, 3, 4):
         raise UserError(f"cannot predict an array of shape {image.shape}: expected 2D, 2D + channels or a stack")
+    sizing, first = object_sizing(bundle, image, cfg, rgb)
+    pred = None
+    if sizing.factor != 1:
+        axes, shape = spatial_axes(bundle, image.shape, rgb)
+        scaled = yield from _predict_unscaled(bundle, size.rescale_image(image, sizing.factor, axes),
+                                              scaled_config(cfg, sizing.factor), rgb, uncertainty)
+        sizing = confirmed(sizing, scaled.labels)
+        pred = restore(scaled, shape) if sizing.factor != 1 else None
+    if pred is None:
+        pred = first if first is not None and cfg.mc_samples == 0 else \
+            (yield from _predict_unscaled(bundle, image, cfg, rgb, uncertainty))
+    pred.sizing = sizing
+    return pred
+
+
+def _predict_unscaled(bundle, image: np.ndarray, cfg: PredictConfig, rgb: bool,
+                      uncertainty: str) -> Generator[object, None, "Prediction"]:
+    """``predict_array`` on the image as it is."""
     mcfg = bundle.config.model
     slices = list(image) if array_layout(image.shape, rgb, mcfg.in_channels, mcfg.dims).is_stack else [image]
     passes = max(cfg.mc_samples, 1)

@@ -42,6 +42,7 @@ from napari_unet.training.state import (Position, Sitting, TrainingState, captur
                                         fraction_of, restore, resumed_config, step_budget)
 from napari_unet.arrays.volumes import anisotropic_spacing, check_volume_config, patch_shape, voxel_spacing
 from napari_unet.inference import predict  # through the module, so a patched predictor is seen
+from napari_unet.inference import size
 from napari_unet.inference.labels import labels_from_probabilities
 from napari_unet.inference.uncertainty import mc_uncertainty
 from napari_unet.models import enable_mc_dropout
@@ -201,7 +202,8 @@ class Trainer:
         while not self._stop.is_set() and fraction_done() < 1.0:
             pending = self._take_pending()
             if pending is not None:  # new annotations: new patches, the held-out objects still out
-                train_pairs = without_zones(prepare_pairs(pending[0], cfg, pending[1]), zones)
+                prepared = prepare_pairs(pending[0], cfg, pending[1])
+                train_pairs = without_zones(prepared, zones)
                 sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), setup.synthetic, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
             for group in optimizer.param_groups:
@@ -282,6 +284,9 @@ class Trainer:
                 meta["training"]["fine_tune_agreement"] = round(blend[1], 4)
         if postprocess:
             meta["postprocess"] = postprocess
+        learned = finish.object_size(cfg, prepared, self._init, record)
+        if learned is not None:
+            meta[size.KEY] = learned
         bundle = ModelBundle(net, cfg, meta, resume)
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle

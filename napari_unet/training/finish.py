@@ -21,6 +21,7 @@ from napari_unet.data.dataset import PreparedPair
 from napari_unet.events import Message
 from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate
 from napari_unet.inference import predict  # through the module, so a patched predictor is seen
+from napari_unet.inference import size
 from napari_unet.inference.labels import labels_from_probabilities
 from napari_unet.metrics import evaluate_instances
 from napari_unet.training import guard
@@ -121,6 +122,18 @@ def run_meta(*, steps: int, seconds: float, setup_seconds: float, device: str, i
     if record is not None:
         training[guard.KEY] = record
     return {"training": training, "validation": validation}
+
+
+def object_size(cfg: TrainConfig, pairs: Sequence[PreparedPair], init: Any = None,
+                record: dict | None = None) -> dict[str, Any] | None:
+    """``meta[size.KEY]`` of a 2D instance model: the size of every annotated object it was given
+    (held-out ones included; only the painted objects of partial masks); the starting model's
+    when the guard kept its weights; None for other models."""
+    if cfg.task != "instances" or cfg.model.dims != 2:
+        return None
+    if record is not None and record["kept"] == guard.START and init is not None:
+        return init.meta.get(size.KEY)
+    return size.learned_size([p.instances for p in pairs if p.instances is not None])
 
 
 def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dict, *,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox
 
 from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
                                          show_image, show_labels, show_uncertainty, uncertainty_name)
-from napari_unet.config import MC_SAMPLES_WHEN_ASKED, SETTINGS, SHAPE
+from napari_unet.config import MC_SAMPLES_WHEN_ASKED, SETTINGS, SHAPE, PredictConfig
 from napari_unet.widgets._base import PluginWidget
 from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
@@ -42,6 +42,8 @@ class PredictWidget(PluginWidget):
         # which uncertainty map is shown (``uncertainty`` is the switch of the CLI and the batch export)
         self.uncertainty_kind = ComboBox(label=kind.label, choices=list(kind.choices), value=kind.choices[0],
                                          tooltip=kind.help)
+        diameter = SETTINGS["diameter"]
+        self.diameter = LineEdit(label=diameter.label, value=str(PredictConfig.diameter), tooltip=diameter.help)
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
@@ -55,7 +57,7 @@ class PredictWidget(PluginWidget):
         self.suggest_button = PushButton(text="Suggest where to annotate")
         self.next_button = PushButton(text="Go to next region")
         self.extend([self.image, self.model, self.model_folder, self.model_package, self.mc_samples,
-                     self.uncertainty_kind,
+                     self.uncertainty_kind, self.diameter,
                      Container(widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status, Label(value="<b>Annotate next</b>"), self.scope, self.n_regions,
                      self.region_size,
@@ -123,11 +125,11 @@ class PredictWidget(PluginWidget):
         spec = self._model_spec()
         if spec is None:
             return
-        from napari_unet.config import PredictConfig
-
+        cfg, current = self._predict_config(), self.session.model
+        if cfg is None:
+            return
         layers = [self.viewer.layers[n] for n in missing]
         items = [(layer.name, np.asarray(layer.data), bool(layer.rgb)) for layer in layers]
-        cfg, current = PredictConfig(mc_samples=self.mc_samples.value, threads=gui_threads()), self.session.model
         self.status.value = f"uncertainty of {len(items)} training-set image(s)…"
         self.predict_button.enabled, self.cancel_button.enabled = False, True
         self.worker = run_in_thread(lambda: _uncertainty_events(spec, current, items, cfg, kind), self._on_event,
@@ -201,11 +203,23 @@ class PredictWidget(PluginWidget):
         current = [CURRENT] if self.session.model is not None else []
         return [*current, *pretrained_choices(), FOLDER, PACKAGE]
 
+    def _predict_config(self) -> PredictConfig | None:
+        """The ``PredictConfig`` of the controls; None (after a one-line warning) for a bad diameter."""
+        from napari.utils.notifications import show_warning
+
+        from napari_unet.errors import UserError
+        from napari_unet.inference.size import parse_diameter
+
+        try:
+            diameter = parse_diameter(self.diameter.value)
+        except UserError as exc:
+            show_warning(str(exc))
+            return None
+        return PredictConfig(mc_samples=self.mc_samples.value, diameter=diameter, threads=gui_threads())
+
     def start(self) -> None:
         """Predict the selected image in a worker thread."""
         from napari.utils.notifications import show_warning
-
-        from napari_unet.config import PredictConfig
 
         image = find_layer(self.viewer, self.image.value)
         if image is None:
@@ -216,8 +230,9 @@ class PredictWidget(PluginWidget):
         spec = self._model_spec()
         if spec is None:
             return
-        current = self.session.model
-        cfg = PredictConfig(mc_samples=self.mc_samples.value, threads=gui_threads())
+        current, cfg = self.session.model, self._predict_config()
+        if cfg is None:
+            return
         data, rgb, kind = np.asarray(image.data), bool(image.rgb), self.uncertainty_kind.value
         self._target = image
         self.progress.value = 0
@@ -256,6 +271,10 @@ class PredictWidget(PluginWidget):
         self.progress.value = 1000
         n = int(prediction.labels.max()) if task == "instances" else len(np.unique(prediction.labels))
         self.status.value = f"done: {n} {'objects' if task == 'instances' else 'classes'}"
+        sizing = prediction.sizing
+        if sizing is not None and sizing.how != "off":  # the estimated size and the factor used
+            self.status.value += f"; {sizing.text}"
+            self.status.tooltip = sizing.text
 
     _on_error = show_failure
 

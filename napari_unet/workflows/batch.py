@@ -107,6 +107,7 @@ def batch_key(model: str | Path, pcfg: PredictConfig, bcfg: BatchConfig, preload
 
     bundle = preloaded if preloaded is not None else load_bundle(model)
     settings = {"tile_size": pcfg.tile_size, "overlap": pcfg.overlap, "min_size": pcfg.min_size,
+                "diameter": pcfg.diameter,
                 "format": bcfg.format, "probabilities": bcfg.probabilities, "uncertainty": bcfg.uncertainty,
                 "mc_samples": bcfg.mc_samples if bcfg.uncertainty else 0, "large_pixels": bcfg.large_pixels}
     return run_key(bundle, settings)
@@ -185,6 +186,8 @@ def _finished_file(row: dict[str, Any], rows: list[dict[str, Any]], total: int,
     name = Path(row["file"]).name
     if row["status"] == "failed":
         yield Message(f"failed: {name}: {row['error']}", "error")
+    elif row.get("sizing"):
+        yield Message(f"{name}: {row['sizing']}")
     yield Progress(len(rows), total, time.perf_counter() - start, name)
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 OutputFormat = Literal["tif", "png", "ome-zarr"]
 SUFFIX = {"tif": ".tif", "png": ".png", "ome-zarr": ".ome.zarr"}
 SUMMARY_FIELDS = ["file", "status", "output", "objects", "mean_area", "foreground_fraction", "mean_uncertainty",
-                  "mean_object_uncertainty", "seconds", "error"]  # status: ok | failed (why: error)
+                  "mean_object_uncertainty", "scale", "seconds", "error"]  # scale: the object-size factor used  # status: ok | failed (why: error)
 # OSErrors of the destination (full disk, quota, read-only file system): they stop the whole run
 STOPPING_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS}
 
@@ -185,6 +185,8 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
             # predictive entropy of a single pass, over the class channels (not an instance head's own maps)
             uncertainty = entropy(pred.probabilities[:len(bundle.class_names)])
         row = summary_row(path, outputs[0], labels, bundle.task, uncertainty, time.perf_counter() - start)
+        if pred.sizing is not None:
+            row.update(scale=round(pred.sizing.factor, 3), sizing=pred.sizing.text)
     if key:
         write_record(root, rel, path, key, outputs, row)
     return row
@@ -199,6 +201,9 @@ def _predict_streamed(bundle: Any, path: Path, out: Path, pcfg: PredictConfig, b
     from napari_unet.inference.large import predict_large, streamed_summary
 
     cfg = replace(pcfg, mc_samples=bcfg.mc_samples if bcfg.uncertainty else 0)
+    if cfg.diameter not in ("auto", "off"):
+        raise UserError(f"{path.name} is streamed from disk (large), where a given object diameter is not applied; "
+                        "use diameter off (or auto: not measured there)")
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -224,8 +229,10 @@ def _predict_streamed(bundle: Any, path: Path, out: Path, pcfg: PredictConfig, b
     lazy_maps = open_ome_zarr(maps) if maps is not None else None
     row = {"mean_uncertainty": "", "mean_object_uncertainty": "",
            **streamed_summary(open_ome_zarr(labels), lazy_maps)}
-    row = {"file": str(path), "status": "ok", "output": str(labels), "objects": result.objects, **row,
+    row = {"file": str(path), "status": "ok", "output": str(labels), "objects": result.objects, **row, "scale": 1.0,
            "seconds": round(time.perf_counter() - start, 3), "error": ""}
+    if cfg.diameter == "auto":
+        row["sizing"] = "object size: not measured on an image streamed from disk; predicted as it is"
     return row, [f for f in finals if f is not None]
 
 

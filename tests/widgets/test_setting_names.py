@@ -8,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from napari_unet.cli import build_parser
@@ -37,6 +38,7 @@ CLI_SETTINGS = [
     (("train",), TrainConfig, "synthetic_ratio"), (("train",), TrainConfig, "checkpoint_every"),
     (("predict",), PredictConfig, "device"), (("predict",), PredictConfig, "mc_samples"),
     (("predict",), PredictConfig, "min_size"), (("predict",), BatchConfig, "uncertainty"),
+    (("predict",), PredictConfig, "diameter"),
     (("synth", "train"), None, "device"), (("synth", "generate"), None, "device"),
 ]
 
@@ -61,6 +63,7 @@ def test_cli_defaults_are_the_configs_or_a_named_difference(parser):
     # on purpose: the CLI saves its --out folder while it trains, a bare TrainConfig does not
     assert train["checkpoint_every"].default == CLI_CHECKPOINT_EVERY and TrainConfig.checkpoint_every is None
     assert predict["device"].default == PredictConfig.device and predict["min_size"].default == PredictConfig.min_size
+    assert predict["diameter"].default == str(PredictConfig.diameter)
     # on purpose: --uncertainty is a switch, so its samples default above PredictConfig's 0 (no uncertainty)
     assert predict["mc_samples"].default == BatchConfig.mc_samples == MC_SAMPLES_WHEN_ASKED
     assert PredictConfig.mc_samples == 0 and predict["uncertainty"].default is BatchConfig.uncertainty is False
@@ -84,7 +87,7 @@ def test_old_flags_still_parse(parser, tmp_path):
 def test_config_fields_carry_their_setting():
     for cls, names in ((TrainConfig, ("task", "sparse", "device", "synthetic_ratio", "checkpoint_every",
                                       "preview_mc_samples")),
-                       (PredictConfig, ("device", "mc_samples", "min_size")),
+                       (PredictConfig, ("device", "mc_samples", "min_size", "diameter")),
                        (BatchConfig, ("uncertainty", "mc_samples"))):
         for name in names:
             assert setting_of(cls, name) is SETTINGS[name]
@@ -127,6 +130,7 @@ def test_widgets_use_the_setting_labels_choices_and_defaults(make_napari_viewer)
     assert predict.mc_samples.label == SETTINGS["mc_samples"].label and predict.mc_samples.value == MC_SAMPLES_WHEN_ASKED
     kind = SETTINGS["uncertainty_kind"]
     assert predict.uncertainty_kind.label == kind.label and tuple(predict.uncertainty_kind.choices) == kind.choices
+    assert predict.diameter.label == SETTINGS["diameter"].label and predict.diameter.value == str(PredictConfig.diameter)
 
     annotate = AnnotateWidget(viewer)
     assert annotate.min_size.label == SETTINGS["min_size"].label and annotate.min_size.value == ANNOTATE_MIN_SIZE
@@ -137,3 +141,20 @@ def test_widgets_use_the_setting_labels_choices_and_defaults(make_napari_viewer)
 
     export = ExportWidget(viewer)
     assert export.uncertainty.value is BatchConfig.uncertainty
+
+
+def test_the_predict_widget_refuses_a_bad_diameter_in_one_line(make_napari_viewer, monkeypatch):
+    """A negative diameter: one notification, no prediction started; a number is passed on."""
+    from napari_unet.widgets import predict as predict_module
+    from napari_unet.widgets.predict import PredictWidget
+
+    warnings = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    widget = PredictWidget(viewer)
+    widget.image.value, widget.diameter.value = "img", "-5"
+    widget.start()
+    assert widget.worker is None and len(warnings) == 1 and "\n" not in warnings[0] and "positive" in warnings[0]
+    widget.diameter.value = "24"
+    assert widget._predict_config().diameter == 24.0 and predict_module.PredictConfig is PredictConfig

@@ -1,0 +1,180 @@
+"""Object size: the size a model learned, the size of the objects in front of it, and the rescaling
+that brings the second to the first (what Cellpose's ``diameter`` does).
+
+The size statistic is measured on a *foreground* (a boolean mask: the annotated objects of the
+training masks, or the union of a prediction's labels), never on instances: a model shown objects
+twice the size it learned shatters them into pieces of about its own size, but the pieces still
+cover the objects, so their union keeps the true size. Per connected part of the foreground the
+widest inscribed disc (the maximum of the Euclidean distance transform) is taken; the diameter is
+twice the area-weighted median of these radii over the parts (a speck
+of noise weighs its few pixels, a nucleus its area). Touching objects merge into one part whose widest
+disc is that of its largest object, in the training masks as in a prediction.
+
+``Sizing`` is what a prediction used: the learned and seen diameters and the factor the image was
+scaled by (1: predicted as it is). ``rescale_image`` and ``restore`` move an image to the learned
+size and a prediction back to the image's grid (maps linearly, labels nearest, ids kept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_unet.errors import UserError
+
+AUTO, OFF = "auto", "off"
+DIAMETER_CHOICES = (AUTO, OFF)  # or a number: the objects' diameter in pixels
+MAX_FACTOR = 4.0  # the factor is clamped to [1/MAX_FACTOR, MAX_FACTOR]
+# no rescale when the seen size is within this factor of the learned one: the zoom augmentation
+# (log-uniform over [1/2, 2]) covers it (docs/benchmarks.md, "Object size at prediction")
+DEAD_ZONE = 1.3
+MIN_PARTS = 3  # fewer foreground parts than this: too few objects to measure; predict as it is
+KEY = "object_size"  # the model.json ``meta`` entry of the learned size
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How a prediction treated object size. ``factor``: the image was scaled by it before the
+    network (1: not scaled); ``how``: "off", "given", "auto", or why auto left it at 1."""
+
+    how: str
+    factor: float = 1.0
+    learned: float | None = None  # diameter (px) the model learned
+    seen: float | None = None  # diameter (px) of the objects in the image: estimated (auto) or given
+    range: tuple[float, float] | None = None  # the learned diameters' 10th-90th percentiles (auto)
+
+    @property
+    def text(self) -> str:
+        """One line for a status bar or a terminal."""
+        if self.how == OFF or self.learned is None:
+            return f"object size: {self.how}"
+        seen = f"{self.seen:.1f} px" if self.seen is not None else "not measured"
+        what = "given" if self.how == "given" else "estimated"
+        scaled = f"image scaled x{self.factor:.2f}" if self.factor != 1 else "image not scaled"
+        why = f" ({self.how})" if self.how not in ("given", AUTO) else ""
+        return f"object size: {what} {seen}, learned {self.learned:.1f} px; {scaled}{why}"
+
+
+def parse_diameter(value: Any) -> str | float:
+    """"auto", "off" or a positive diameter in pixels; ``UserError`` otherwise."""
+    if isinstance(value, str) and value.strip().lower() in DIAMETER_CHOICES:
+        return value.strip().lower()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"diameter must be auto, off or a number of pixels, not {value!r}") from None
+    if not np.isfinite(number) or number <= 0:
+        raise UserError(f"diameter must be a positive number of pixels (or auto / off), not {value!r}")
+    return number
+
+
+def part_radii(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(radius of the widest inscribed disc, area) of each connected part of a 2D foreground, or of
+    each plane's parts for a (Z, H, W) stack; the image border counts as background."""
+    fg = np.asarray(foreground, bool)
+    planes = fg[None] if fg.ndim == 2 else fg.reshape(-1, *fg.shape[-2:])
+    radii, areas = [np.zeros(0)], [np.zeros(0)]
+    for plane in planes:
+        if not plane.any():
+            continue
+        edt = ndi.distance_transform_edt(np.pad(plane, 1))[1:-1, 1:-1]
+        parts, n = ndi.label(plane)
+        radii.append(np.asarray(ndi.maximum(edt, parts, np.arange(1, n + 1)), float))
+        areas.append(np.bincount(parts.ravel(), minlength=n + 1)[1:].astype(float))
+    return np.concatenate(radii), np.concatenate(areas)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below which half the total weight lies."""
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
+
+
+def diameter_of(foreground: np.ndarray) -> tuple[float | None, int]:
+    """(twice the part radius at the area-weighted median, parts) of a foreground: a speck of noise
+    weighs its few pixels; None when it has under ``MIN_PARTS`` parts."""
+    radii, areas = part_radii(foreground)
+    if radii.size < MIN_PARTS:
+        return None, int(radii.size)
+    return 2.0 * weighted_median(radii, areas), int(radii.size)
+
+
+def learned_size(instance_masks: Sequence[np.ndarray]) -> dict[str, Any] | None:
+    """The ``meta[KEY]`` of a model trained on these instance masks (> 0: an annotated object; only
+    the painted objects of partial masks): the median over the masks of each one's diameter as
+    ``diameter_of`` measures it (a training set of many kinds of images has one typical size, not
+    the size of its largest objects), the 10th and 90th percentiles, and the parts measured."""
+    diameters, parts = [], 0
+    for mask in instance_masks:
+        radii, areas = part_radii(np.asarray(mask) > 0)
+        if radii.size:
+            diameters.append(2.0 * weighted_median(radii, areas))
+            parts += radii.size
+    if not diameters:
+        return None
+    low, mid, high = np.percentile(diameters, [10, 50, 90])
+    return {"diameter": round(float(mid), 2), "range": [round(float(low), 2), round(float(high), 2)],
+            "images": len(diameters), "parts": int(parts)}
+
+
+def learned_diameter(meta: dict) -> float | None:
+    """The diameter a model folder's ``meta`` records, None when it records none."""
+    entry = meta.get(KEY) or {}
+    value = entry.get("diameter") if isinstance(entry, dict) else None
+    return float(value) if value else None
+
+
+def learned_range(meta: dict) -> tuple[float, float] | None:
+    """The (10th, 90th percentile) diameters over a model's training images (one image: its own
+    diameter twice); None when ``meta`` records no size."""
+    learned = learned_diameter(meta)
+    if learned is None:
+        return None
+    low, high = (meta[KEY].get("range") or (learned, learned))
+    return float(min(low, learned)), float(max(high, learned))
+
+
+def factor_for(learned: float | tuple[float, float], seen: float, dead_zone: float = DEAD_ZONE) -> float:
+    """The factor that brings objects of diameter ``seen`` into the ``learned`` diameter or range
+    (low, high): 1 within the range widened by ``dead_zone``, else to its nearer end, clamped to
+    [1/MAX_FACTOR, MAX_FACTOR]. A model trained on images of many sizes keeps all of them."""
+    low, high = (learned, learned) if np.isscalar(learned) else learned
+    if low / dead_zone < seen < high * dead_zone:
+        return 1.0
+    factor = (low if seen <= low / dead_zone else high) / seen
+    return float(np.clip(factor, 1 / MAX_FACTOR, MAX_FACTOR))
+
+
+def scaled_shape(shape: Sequence[int], factor: float) -> tuple[int, ...]:
+    return tuple(max(1, int(round(n * factor))) for n in shape)
+
+
+def rescale_image(image: np.ndarray, factor: float, axes: Sequence[int]) -> np.ndarray:
+    """``image`` resized by ``factor`` along its spatial ``axes`` (linear; a Gaussian low-pass first
+    when shrinking), in float32."""
+    image = np.asarray(image, np.float32)
+    if factor < 1:
+        sigma = [(1 / factor - 1) / 2 if a in axes else 0.0 for a in range(image.ndim)]
+        image = ndi.gaussian_filter(image, sigma, mode="nearest")
+    zoom = [1.0] * image.ndim
+    for a in axes:
+        zoom[a] = scaled_shape([image.shape[a]], factor)[0] / image.shape[a]
+    return ndi.zoom(image, zoom, order=1, mode="nearest", grid_mode=True)
+
+
+def resize_maps(maps: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Maps (..., h, w) resized linearly to (..., *shape)."""
+    zoom = [1.0] * (maps.ndim - 2) + [t / s for t, s in zip(shape, maps.shape[-2:])]
+    return ndi.zoom(np.asarray(maps, np.float32), zoom, order=1, mode="nearest", grid_mode=True)
+
+
+def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Labels (..., h, w) resized to (..., *shape) by nearest neighbour (ids kept)."""
+    h, w = labels.shape[-2:]
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.intp), w - 1)
+    return labels[..., rows[:, None], cols[None, :]]
