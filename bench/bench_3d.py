@@ -4,7 +4,8 @@ Run: ``.venv/bin/python bench/bench_3d.py [--out /tmp/bench3d] [--train 6] [--te
 [--z-scale 1] [--seed 0] [--extra "--seed 1"] [--compare-2d [--skip-3d [--restitch]] [--extra-2d "--init none"]
 [--stitch iou:0.5,smaller:0.7]]``;
 ``--split 20 [--old-sizes]`` times 20 steps split into data and network (and one validation) instead
-of training.
+of training. ``--peers stardist [--train-seed 1] [--threads 1] [--json bench/results/x.json]``: also
+StarDist 3D (see below).
 
 Data: ``--train`` + ``--test`` volumes of 32 x 96 x 96 voxels (``--z-scale 2``: 16 planes of twice
 the depth, the same tissue) holding crowded ellipsoid nuclei (radii 5-8 in z, 6-10 in y/x,
@@ -33,6 +34,12 @@ nucleus's thin caps off, two cross-sections near a pole having an IoU well under
 intersection over the smaller area 0.7. Also printed:
 the 2D AP on the held-out planes (before stitching) and the 3D AP of the true planes stitched by
 the same rule (what the rule alone loses).
+
+``--peers stardist`` then trains StarDist 3D from scratch on the same training volumes for the same
+``--time-limit`` and threads, in its own venv (``bench/peers/setup.sh stardist``;
+``bench/peers/train_stardist3d.py``: the 3D example's configuration with the anisotropy of
+``--z-scale``), and scores its labels of the same held-out volumes with the same
+``evaluate_instances``. ``--train-seed`` is our training seed (``train --seed``) and the peer's.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SHAPE = (32, 96, 96)  # (Z, Y, X) at z-scale 1
+PEERS_DIR = REPO / "bench" / "peers"
+PEERS = {"stardist": ("StarDist 3D", "train_stardist3d.py")}  # name -> (label, script in PEERS_DIR)
 
 
 def nuclei_volume(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE, n: int = 60,
@@ -266,7 +275,18 @@ def main() -> None:
                              "'smaller'; see stitch_planes), each scored (default: %(default)s)")
     parser.add_argument("--restitch", action="store_true",
                         help="with --compare-2d --skip-3d: only stitch and score the 2D predictions already in --out")
+    parser.add_argument("--peers", nargs="*", default=[], choices=list(PEERS),
+                        help="peers trained and scored beside the 3D model on the same volumes (venvs from "
+                             "bench/peers/setup.sh)")
+    parser.add_argument("--train-seed", type=int, default=None, help="our training seed (train --seed) and the peers'")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)),
+                        help="threads of every training and prediction (default: $OMP_NUM_THREADS, else 2)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the scored rows here")
     args = parser.parse_args()
+    missing = [p for p in args.peers if not peer_ready(p)]
+    if missing:
+        sys.exit(f"no venv for {', '.join(missing)}: run bash bench/peers/setup.sh {' '.join(missing)}")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the CLI runs below and the peers inherit it
     out = Path(args.out)
     if not args.restitch:
         write_set(out / "train", args.train, args.seed, args.z_scale)
@@ -279,15 +299,23 @@ def main() -> None:
         step_split(out / "train", args.split, (8, (128, 128, 128)) if args.old_sizes else None)
         return
     cli = [sys.executable, "-m", "napari_unet"]
+    rows = []
     if not args.skip_3d:
-        train_3d(cli, out, args)
+        rows.append(train_3d(cli, out, args))
     if args.compare_2d:
         train_2d(cli, out, args)
+    for peer in args.peers:
+        row = run_peer(peer, out, args)
+        if row is not None:
+            rows.append(row)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2))
 
 
 def report(model: Path, scores: dict, label: str, load_before: float, load_after: float,
-           predict_seconds: float, count: int) -> None:
-    """One line: steps, seconds, sizes, held-out AP@0.5 and mean AP, load."""
+           predict_seconds: float, count: int) -> dict:
+    """One line: steps, seconds, sizes, held-out AP@0.5 and mean AP, load. Returns them as a row."""
     meta = json.loads((model / "model.json").read_text())
     training, cfg = meta["meta"]["training"] if "meta" in meta else meta["training"], meta["config"]
     steps, seconds = training["steps"], training["seconds"]
@@ -296,10 +324,13 @@ def report(model: Path, scores: dict, label: str, load_before: float, load_after
           f"{scores['map']:.3f} on {count} volumes ({sum(r['n_gt'] for r in scores['per_image'])} nuclei); "
           f"predict {predict_seconds:.0f} s (with start-up); load {load_before:.2f} before, {load_after:.2f} "
           f"after training", flush=True)
+    return {"model": label, "steps": steps, "train_s": seconds, "batch": cfg["batch_size"],
+            "patch": cfg["patch_size"], "ap50": scores["ap50"], "map": scores["map"],
+            "load_before": load_before, "load_after": load_after, "predict_s": predict_seconds}
 
 
-def train_3d(cli: list[str], out: Path, args: argparse.Namespace) -> None:
-    """The 3D model: the user's command, predicted and scored on the held-out volumes."""
+def train_3d(cli: list[str], out: Path, args: argparse.Namespace) -> dict:
+    """The 3D model: the user's command, predicted and scored on the held-out volumes; its row."""
     from napari_unet.files.io import read_mask
     from napari_unet.metrics import evaluate_instances
 
@@ -307,6 +338,7 @@ def train_3d(cli: list[str], out: Path, args: argparse.Namespace) -> None:
     train = [*cli, "train", str(out / "train/images"), str(out / "train/masks"), "--dims", "3",
              "--time-limit", f"{args.time_limit:g}", "--out", str(model)]
     train += ["--z-scale", f"{args.z_scale:g}"] if args.z_scale != 1 else []
+    train += ["--seed", str(args.train_seed)] if args.train_seed is not None else []
     load_before = os.getloadavg()
     run([*train, *shlex.split(args.extra)])
     load_after = os.getloadavg()
@@ -314,7 +346,49 @@ def train_3d(cli: list[str], out: Path, args: argparse.Namespace) -> None:
                            "--overwrite", "--quiet"])
     pairs = [(read_mask(out / "pred" / f"v{i}.tif"), read_mask(out / "test/masks" / f"v{i}.tif"))
              for i in range(args.test)]
-    report(model, evaluate_instances(pairs), "3D", load_before[0], load_after[0], predict_seconds, args.test)
+    row = report(model, evaluate_instances(pairs), "3D", load_before[0], load_after[0], predict_seconds, args.test)
+    return {**row, "z_scale": args.z_scale, "data_seed": args.seed, "train_seed": args.train_seed,
+            "threads": args.threads}
+
+
+def peer_ready(peer: str) -> bool:
+    """Whether bench/peers/setup.sh finished the peer's venv."""
+    return (PEERS_DIR / f".venv-{peer}" / ".complete").exists()
+
+
+def run_peer(peer: str, out: Path, args: argparse.Namespace) -> dict | None:
+    """Train and predict with a peer in its venv on the volumes under ``out``; score its labels of the
+    held-out volumes like ours. The row, or None if it failed (its log is under ``out/<peer>``)."""
+    from napari_unet.files.io import read_mask
+    from napari_unet.metrics import evaluate_instances
+
+    folder = out / peer
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [str(PEERS_DIR / f".venv-{peer}" / "bin" / "python"), str(PEERS_DIR / PEERS[peer][1]),
+           "--data", str(out), "--z-scale", f"{args.z_scale:g}", "--budget", f"{args.time_limit:g}",
+           "--seed", str(args.train_seed or 0), "--threads", str(args.threads), "--out", str(folder)]
+    print("$", shlex.join(cmd), flush=True)
+    load_before = os.getloadavg()[0]
+    with (folder / "log.txt").open("w") as log:  # Keras progress bars
+        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            print(f"{PEERS[peer][0]} failed, no row; see {folder / 'log.txt'}", flush=True)
+            return None
+    result = json.loads((folder / "result.json").read_text())
+    with np.load(folder / "labels.npz") as labels:
+        names = sorted(labels.files)
+        scores = evaluate_instances([(labels[n], read_mask(out / "test/masks" / f"{n}.tif")) for n in names])
+    print(f"{PEERS[peer][0]}: steps {result['steps']} in {result['train_s']:.0f} s "
+          f"({result['train_s'] / max(result['steps'], 1):.2f} s/step); batch {result['batch']}, patch "
+          f"{result['patch']}, grid {result['grid']}; held-out AP@0.5 {scores['ap50']:.3f}, mean AP "
+          f"{scores['map']:.3f} on {len(names)} volumes; thresholds {result['thresholds']} "
+          f"({result['thresholds_s']:.0f} s); predict {result['predict_s_per_image']:.1f} s/volume; load "
+          f"{load_before:.2f} before", flush=True)
+    return {"model": PEERS[peer][0], "steps": result["steps"], "train_s": result["train_s"],
+            "batch": result["batch"], "patch": result["patch"], "grid": result["grid"],
+            "ap50": scores["ap50"], "map": scores["map"], "load_before": load_before,
+            "predict_s": result["predict_s_per_image"], "thresholds": result["thresholds"],
+            "z_scale": args.z_scale, "data_seed": args.seed, "train_seed": args.train_seed,
+            "threads": args.threads, "versions": result["versions"]}
 
 
 def train_2d(cli: list[str], out: Path, args: argparse.Namespace) -> None:

@@ -23,15 +23,18 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
                     "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    """``--budget SECONDS --seed N --threads T --out DIR``; also sets the thread variables (before any
-    numerical library is imported by the caller)."""
+def parse_args(description: str, more: Callable[[argparse.ArgumentParser], None] | None = None,
+               argv: list[str] | None = None) -> argparse.Namespace:
+    """``--budget SECONDS --seed N --threads T --out DIR`` (and the arguments ``more`` adds); also sets
+    the thread variables (before any numerical library is imported by the caller)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--budget", type=float, required=True, help="training seconds (fit time only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True, help="folder for labels.npz and result.json")
-    args = parser.parse_args()
+    if more is not None:
+        more(parser)
+    args = parser.parse_args(argv)
     for name in THREAD_VARIABLES:
         os.environ[name] = str(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -94,14 +94,16 @@ def _channel_axis(shape: tuple[int, ...], model_channels: int | None, dims: int)
     return None
 
 
-def annotated_planes(name: str, image: np.ndarray, labels: np.ndarray,
-                     dims: int = 2) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def annotated_planes(name: str, image: np.ndarray, labels: np.ndarray, dims: int = 2,
+                     zero_unannotated: bool = False) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, image, labels) training pairs of one annotated array: a 2D pair as is; a stack
     (Z, H, W) with (Z, H, W) labels (for a 2D model) as its annotated slices, named ``name[z]``;
-    for a 3D model a volume as its annotated z-range (``volumes.annotated_z_range``)."""
+    for a 3D model a volume as its annotated z-range (``volumes.annotated_z_range``), or whole when
+    ``zero_unannotated`` (partial annotations and scribbles: 0 is "not annotated" on every plane,
+    so a few painted planes keep the planes around them as context and nothing is taught there)."""
     image, labels = np.asarray(image), np.asarray(labels)
     if dims == 3 and labels.ndim == 3 and image.shape[:3] == labels.shape:
-        planes = annotated_z_range(labels)
+        planes = slice(None) if zero_unannotated else annotated_z_range(labels)
         yield name, image[planes], labels[planes]
         return
     if dims == 2 and labels.ndim == 3 and image.shape[:3] == labels.shape:

@@ -81,8 +81,9 @@ def z_scale_of(scale: Sequence[float]) -> float:
 def annotated_z_range(labels: np.ndarray) -> slice:
     """The z-range from the first to the last plane of a (Z, Y, X) annotation holding a label.
 
-    A 3D model trains on this slab only: planes outside it were never annotated, while 0
-    inside it means background (annotate every plane of the range).
+    A 3D model trains on this slab only when 0 means background (annotate every plane of the
+    range): planes outside it were never annotated. With partial annotations or scribbles 0 is
+    "not annotated" anyway and the whole volume trains (``layout.annotated_planes``).
     """
     planes = np.flatnonzero(np.asarray(labels).reshape(labels.shape[0], -1).any(axis=1))
     if planes.size == 0:

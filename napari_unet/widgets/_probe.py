@@ -14,7 +14,7 @@ class LoopProbe:
         from qtpy.QtCore import QTimer
 
         self.gaps: list[float] = []
-        self._last = time.perf_counter()
+        self._last = self.started = time.perf_counter()
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
@@ -26,7 +26,7 @@ class LoopProbe:
 
     def start(self) -> "LoopProbe":
         self.gaps = []
-        self._last = time.perf_counter()
+        self._last = self.started = time.perf_counter()
         self.timer.start()
         return self
 

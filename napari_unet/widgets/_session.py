@@ -87,12 +87,15 @@ class Session:
         self._timer.start()
         self.annotations_edited.emit(name)
 
-    def training_pairs(self, volumes: bool = False) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    def training_pairs(self, volumes: bool = False, zero_unannotated: bool = False,
+                       ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
         """Copies of all (image, labels) pairs, safe to hand to a worker thread; ``volumes``: 3D
-        annotations stay whole (their annotated planes) instead of being split into 2D slices."""
+        annotations stay whole (their annotated planes, or with ``zero_unannotated`` the whole
+        volume: ``arrays.layout.annotated_planes``) instead of being split into 2D slices."""
         pairs, names = [], []
         for sample in self.project.samples.values():
-            for name, image, labels in annotated_planes(sample.name, sample.image, sample.labels, 3 if volumes else 2):
+            for name, image, labels in annotated_planes(sample.name, sample.image, sample.labels, 3 if volumes else 2,
+                                                         zero_unannotated):
                 pairs.append((image, np.array(labels, copy=True)))
                 names.append(name)
         return pairs, names

@@ -13,7 +13,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 from napari_unet.arrays.layout import array_layout
 from napari_unet.config import (LIVE_UNCERTAINTY_MC, SETTINGS, SYNTHETIC_RATIO, TASK_LABELS, USER_TASKS,
                                 AugmentConfig, LossConfig, TrainConfig, UNetConfig)
-from napari_unet.workflows.classes import config_task
+from napari_unet.workflows.classes import config_task, zero_is_unannotated
 from napari_unet.workflows.model_spec import CURRENT
 from napari_unet.workflows.train_run import TrainRun, asked_architecture
 from napari_unet.widgets._layers import (annotations_name, find_layer, layers_of_type, prediction_name,
@@ -58,6 +58,7 @@ class TrainWidget(PluginWidget):
         self.run: TrainRun | None = None
         self._trained = None  # the model this widget's last run returned (Resume keeps its plot)
         self._volumes = False  # the running (or last) run trains a 3D model
+        self._zero_unannotated = False  # ...on masks where 0 is "not annotated" (whole volumes train)
         self._plane: tuple[int, int] | None = None  # 3D current-slice preview: (z, its index in the slab)
         self._preview_target = None
         self.previews = 0
@@ -92,7 +93,8 @@ class TrainWidget(PluginWidget):
                                                         for name in heads.names()))
         self.dims = ComboBox(label="Model", choices=[SLICES, VOLUME], value=SLICES, visible=False, enabled=False,
                              tooltip="3D image: a 2D model trained on its annotated slices, or a 3D U-Net on the "
-                                     "annotated z-range (annotate every plane of it; z-scale from the layer's scale)")
+                                     "annotated z-range (annotate every plane of it; with partial instances or scribbles "
+                                     "a few painted planes are enough; z-scale from the layer's scale)")
         self.preview_volume = CheckBox(text="Preview the whole volume", value=False, visible=False,
                                        tooltip="off: only the current slice is previewed (cheap)")
 
@@ -269,14 +271,21 @@ class TrainWidget(PluginWidget):
             return data
         return data[min(self.viewer.dims.current_step[0], data.shape[0] - 1)]
 
-    def _gather(self, volumes: bool | None = None) -> tuple[list, list[str]]:
+    def _gather(self, volumes: bool | None = None, zero_unannotated: bool | None = None) -> tuple[list, list[str]]:
         """The training set plus the selected image/annotation pair (added to the set); ``volumes``:
-        3D samples whole (default: as the settings ask)."""
+        3D samples whole (default: as the settings ask); ``zero_unannotated``: 0 means "not
+        annotated" (default: as the task says)."""
         image, labels = find_layer(self.viewer, self.image.value), find_layer(self.viewer, self.labels.value)
         if image is not None and labels is not None and image.name not in self.session.project.samples:
             self.session.project.mode = TASKS[self.task.value]  # a project's mode is the user task
             self.session.attach(image, labels)
-        return self.session.training_pairs(volumes=self._volume_mode() if volumes is None else volumes)
+        return self.session.training_pairs(volumes=self._volume_mode() if volumes is None else volumes,
+                                           zero_unannotated=self._unannotated_zero() if zero_unannotated is None
+                                           else zero_unannotated)
+
+    def _unannotated_zero(self) -> bool:
+        """Whether 0 in the annotations means "not annotated": the task's rule (``workflows.classes``)."""
+        return zero_is_unannotated(TASKS[self.task.value])
 
     def request(self) -> Any:
         """The ``TrainRequest`` the current settings describe."""
@@ -327,8 +336,9 @@ class TrainWidget(PluginWidget):
         if self.worker is not None:
             return
         volumes = self._volume_mode() if resume is None else resume.config.model.dims == 3
+        zero = self._unannotated_zero() if resume is None else bool(resume.config.sparse)
         try:
-            pairs, names = self._gather(volumes)
+            pairs, names = self._gather(volumes, zero)
             if not pairs:
                 raise UserError("nothing to train on: pick an image and its annotations (or use Annotate)")
             cfg = self.config(pairs) if resume is None else None
@@ -336,7 +346,7 @@ class TrainWidget(PluginWidget):
             show_warning(str(exc))
             return
         image = find_layer(self.viewer, self.image.value)
-        self._volumes = volumes
+        self._volumes, self._zero_unannotated = volumes, zero
         self.run = self._train_run(cfg)
         self.run.preview = None if image is None else self._preview_data(image)
         self._preview_target = image
@@ -382,7 +392,7 @@ class TrainWidget(PluginWidget):
     def _push_annotations(self) -> None:
         if self._edited and self.run is not None:
             self._edited = False
-            pairs, names = self.session.training_pairs(volumes=self._volumes)
+            pairs, names = self.session.training_pairs(volumes=self._volumes, zero_unannotated=self._zero_unannotated)
             if pairs:
                 self.run.update_pairs(pairs, names)
 

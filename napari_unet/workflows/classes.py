@@ -51,6 +51,12 @@ def user_task(task: str, sparse: bool = False) -> str:
     raise UserError(f"unknown task {task!r}; expected one of {', '.join(USER_TASKS)}")
 
 
+def zero_is_unannotated(task: str) -> bool:
+    """Whether 0 in a mask of this user task means "not annotated" (partial instances, scribbles)
+    rather than background."""
+    return user_task(task) in ("partial", "sparse")
+
+
 def config_task(task: str) -> str:
     """``TrainConfig.task`` ("instances" | "semantic") of a user task."""
     return "instances" if user_task(task) in INSTANCE_TASKS else "semantic"

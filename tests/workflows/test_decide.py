@@ -14,7 +14,7 @@ from napari_unet.cli import build_parser, train_request
 from napari_unet.config import AugmentConfig, LossConfig, TrainConfig, UNetConfig
 from napari_unet.diffusion.auto_prompts import auto_prompts
 from napari_unet.errors import UserError
-from napari_unet.workflows.classes import task_and_classes, user_task
+from napari_unet.workflows.classes import task_and_classes, user_task, zero_is_unannotated
 from napari_unet.workflows.model_spec import CURRENT, batch_source, resolve_model, start_model
 from napari_unet.workflows.train_request import TrainRequest, train_config_for
 
@@ -52,6 +52,15 @@ def test_stack_annotations_become_their_annotated_planes():
     labels[2, 1, 1] = 1
     assert [name for name, *_ in annotated_planes("s", image, labels)] == ["s[2]"]
     assert [name for name, *_ in annotated_planes("v", image, labels, dims=3)] == ["v"]
+
+
+def test_a_3d_model_trains_on_the_annotated_slab_or_on_the_whole_volume_of_partial_annotations():
+    image, labels = np.zeros((10, 8, 8)), np.zeros((10, 8, 8), np.uint16)
+    labels[3, 1, 1], labels[6, 2, 2] = 1, 2  # two painted planes
+    (_, slab, slab_labels), = annotated_planes("v", image, labels, dims=3)  # 0 = background: planes 3-6
+    assert slab.shape == slab_labels.shape == (4, 8, 8) and slab_labels[0, 1, 1] == 1
+    (_, whole, whole_labels), = annotated_planes("v", image, labels, dims=3, zero_unannotated=True)
+    assert whole.shape == (10, 8, 8) and (whole_labels == labels).all()  # 0 = not annotated: every plane
 
 
 @pytest.mark.parametrize("values, task, expected", [
@@ -144,3 +153,9 @@ def test_auto_prompts_take_shapes_from_given_masks_first():
         args = dict(count=2, size=32) | kwargs
         with pytest.raises(UserError, match=message):
             auto_prompts(None, args.pop("count"), args.pop("size"), **args)
+
+
+@pytest.mark.parametrize("task, zero_unannotated", [("instances", False), ("partial", True), ("classes", False),
+                                                    ("sparse", True), ("semantic", False)])
+def test_zero_means_not_annotated_in_partial_annotations_and_scribbles(task, zero_unannotated):
+    assert zero_is_unannotated(task) is zero_unannotated
