@@ -41,19 +41,22 @@ def write_pairs(root, pairs) -> tuple:
     return images, masks
 
 
-def bench_module(name: str):
-    """Import ``bench/<name>.py`` as a module (with ``bench/`` on ``sys.path`` while it loads and is used);
-    a generator for a pytest fixture: yields the module, then takes ``bench/`` off the path."""
+def bench_module(name: str, folder: str = "bench"):
+    """Import ``<folder>/<name>.py`` (``bench/`` or ``bench/peers``) as a module, with its folder on
+    ``sys.path`` while it loads and is used; a generator for a pytest fixture: yields the module, then
+    takes the folder off the path. ``module.imported`` names the modules its loading imported."""
     import importlib.util
     import sys
     from pathlib import Path
 
-    bench = Path(__file__).resolve().parent.parent / "bench"
+    bench = Path(__file__).resolve().parent.parent / folder
     sys.path.insert(0, str(bench))
     try:
         spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        before = set(sys.modules)
         spec.loader.exec_module(module)
+        module.imported = set(sys.modules) - before
         yield module
     finally:
         sys.path.remove(str(bench))

@@ -3,29 +3,19 @@ peer itself runs only in its own venv, from bench/bench_3d.py --peers)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-PEERS = Path(__file__).resolve().parent.parent / "bench" / "peers"
+from helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def peer():
-    sys.path.insert(0, str(PEERS))
-    try:
-        spec = importlib.util.spec_from_file_location("train_stardist3d", PEERS / "train_stardist3d.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(PEERS))
+    yield from bench_module("train_stardist3d", folder="bench/peers")
 
 
 def test_grid_and_patch_follow_the_3d_example_within_the_volumes(peer):
-    assert "tensorflow" not in sys.modules and "stardist" not in sys.modules  # imported in main() only
+    heavy = {name for name in peer.imported if name.split(".")[0] in ("tensorflow", "stardist", "csbdeep")}
+    assert not heavy  # imported in main() only
     assert peer.grid_for((1.0, 1.0, 1.0)) == (2, 2, 2)
     assert peer.grid_for((2.0, 1.0, 1.0)) == (1, 2, 2)  # no subsampling along the coarse z
     assert peer.patch_for([(32, 96, 96)] * 5, (2, 2, 2)) == (32, 96, 96)  # 48 planes wanted, 32 there
