@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import Container
+from magicgui.widgets import Container, LineEdit
+
+from napari_unet.config import SETTINGS, PredictConfig
 
 from napari_unet.widgets._layers import annotations_name, find_layer
 from napari_unet.widgets._session import session_for, unwrap
@@ -51,3 +53,23 @@ def obvious_image(viewer: Any, names: list[str]) -> str | None:
             return name
     annotated = [n for n in names if find_layer(viewer, annotations_name(n)) is not None]
     return (annotated or names)[0]
+
+
+def diameter_control() -> LineEdit:
+    """The *Object diameter* field of the Predict and Batch export widgets (``auto``, ``off`` or pixels)."""
+    setting = SETTINGS["diameter"]
+    return LineEdit(label=setting.label, value=str(PredictConfig.diameter), tooltip=setting.help)
+
+
+def read_diameter(control: LineEdit) -> str | float | None:
+    """The diameter ``control`` holds, or None after a one-line warning when it is not one."""
+    from napari.utils.notifications import show_warning
+
+    from napari_unet.errors import UserError
+    from napari_unet.inference.size import parse_diameter
+
+    try:
+        return parse_diameter(control.value)
+    except UserError as exc:
+        show_warning(str(exc))
+        return None

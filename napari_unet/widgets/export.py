@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Table
 
 from napari_unet.config import SETTINGS
-from napari_unet.widgets._base import PluginWidget
+from napari_unet.widgets._base import PluginWidget, diameter_control, read_diameter
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import FOLDER, gui_threads, pretrained_choices
 from napari_unet.workflows.batch_file import BatchConfig
@@ -35,6 +35,7 @@ class ExportWidget(PluginWidget):
         self.probabilities = CheckBox(text="Also write probabilities", value=False)
         self.uncertainty = CheckBox(text="Also write MC-dropout uncertainty", value=BatchConfig.uncertainty,
                                     tooltip=f"{SETTINGS['uncertainty'].help} ({BatchConfig.mc_samples} MC samples)")
+        self.diameter = diameter_control()
         self.overwrite = CheckBox(text="Predict files already done again", value=False,
                                   tooltip="off: files an earlier export completed in the output folder are skipped")
         self.run_button = PushButton(text="Export")
@@ -44,7 +45,7 @@ class ExportWidget(PluginWidget):
         self.table = Table(value=_table([]))
         self._counts: dict = {}  # Finished.summary of the last run (images, failed, skipped)
         self.extend([self.model, self.model_folder, self.inputs, self.recursive, self.output, self.format,
-                     self.probabilities, self.uncertainty, self.overwrite,
+                     self.probabilities, self.uncertainty, self.diameter, self.overwrite,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status, self.table])
         self.model.changed.connect(lambda v: setattr(self.model_folder, "visible", v == FOLDER))
@@ -68,6 +69,9 @@ class ExportWidget(PluginWidget):
 
         if self.worker is not None:
             return
+        diameter = read_diameter(self.diameter)
+        if diameter is None:
+            return
         choice = self.model.value
         if choice == FOLDER:
             choice = str(self.model_folder.value)
@@ -81,7 +85,7 @@ class ExportWidget(PluginWidget):
             return
         bcfg = BatchConfig(format=self.format.value, probabilities=self.probabilities.value,
                            uncertainty=self.uncertainty.value, overwrite=self.overwrite.value)
-        pcfg = PredictConfig(threads=gui_threads())
+        pcfg = PredictConfig(diameter=diameter, threads=gui_threads())
         out = self.output.value
 
         def events():

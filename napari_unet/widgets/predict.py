@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 
 from napari_unet.widgets._layers import (find_layer, layers_of_type, prediction_name, probability_name,
                                          show_image, show_labels, show_uncertainty, uncertainty_name)
 from napari_unet.config import MC_SAMPLES_WHEN_ASKED, SETTINGS, SHAPE, PredictConfig
-from napari_unet.widgets._base import PluginWidget
+from napari_unet.widgets._base import PluginWidget, diameter_control, read_diameter
 from napari_unet.widgets._next_regions import RegionTour
 from napari_unet.widgets._worker import format_seconds, on_close, run_in_thread, show_failure, unless_closed
 from napari_unet.widgets.train import FOLDER, _fixed_height, gui_threads, pretrained_choices
@@ -42,8 +42,7 @@ class PredictWidget(PluginWidget):
         # which uncertainty map is shown (``uncertainty`` is the switch of the CLI and the batch export)
         self.uncertainty_kind = ComboBox(label=kind.label, choices=list(kind.choices), value=kind.choices[0],
                                          tooltip=kind.help)
-        diameter = SETTINGS["diameter"]
-        self.diameter = LineEdit(label=diameter.label, value=str(PredictConfig.diameter), tooltip=diameter.help)
+        self.diameter = diameter_control()
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
@@ -205,15 +204,8 @@ class PredictWidget(PluginWidget):
 
     def _predict_config(self) -> PredictConfig | None:
         """The ``PredictConfig`` of the controls; None (after a one-line warning) for a bad diameter."""
-        from napari.utils.notifications import show_warning
-
-        from napari_unet.errors import UserError
-        from napari_unet.inference.size import parse_diameter
-
-        try:
-            diameter = parse_diameter(self.diameter.value)
-        except UserError as exc:
-            show_warning(str(exc))
+        diameter = read_diameter(self.diameter)
+        if diameter is None:
             return None
         return PredictConfig(mc_samples=self.mc_samples.value, diameter=diameter, threads=gui_threads())
 

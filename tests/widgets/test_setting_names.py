@@ -141,6 +141,7 @@ def test_widgets_use_the_setting_labels_choices_and_defaults(make_napari_viewer)
 
     export = ExportWidget(viewer)
     assert export.uncertainty.value is BatchConfig.uncertainty
+    assert export.diameter.label == SETTINGS["diameter"].label and export.diameter.value == str(PredictConfig.diameter)
 
 
 def test_the_predict_widget_refuses_a_bad_diameter_in_one_line(make_napari_viewer, monkeypatch):
@@ -158,3 +159,32 @@ def test_the_predict_widget_refuses_a_bad_diameter_in_one_line(make_napari_viewe
     assert widget.worker is None and len(warnings) == 1 and "\n" not in warnings[0] and "positive" in warnings[0]
     widget.diameter.value = "24"
     assert widget._predict_config().diameter == 24.0 and predict_module.PredictConfig is PredictConfig
+
+
+def test_the_batch_export_widget_refuses_a_bad_diameter_and_passes_a_given_one(make_napari_viewer, monkeypatch,
+                                                                               tmp_path):
+    """The same field in the Batch export widget: a bad value is one notification and no run; a
+    number reaches the batch's ``PredictConfig``."""
+    from napari_unet.files.io import write_image
+    from napari_unet.widgets import export as export_module
+    from napari_unet.widgets.export import ExportWidget
+
+    warnings, runs = [], []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
+    monkeypatch.setattr(export_module, "run_in_thread", lambda events, *handlers: runs.append(events))
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "a.tif", np.zeros((32, 32), np.float32))
+    widget = ExportWidget(make_napari_viewer())
+    widget.model.value, widget.inputs.value, widget.output.value = "pretrained:nuclei", tmp_path / "in", tmp_path / "out"
+    widget.diameter.value = "off-ish"
+    widget.start()
+    assert widget.worker is None and not runs and len(warnings) == 1 and "\n" not in warnings[0]
+    seen = []
+    monkeypatch.setattr("napari_unet.workflows.batch.predict_batch",
+                        lambda model, inputs, out, pcfg, bcfg, preloaded=None: seen.append(pcfg) or iter(()))
+    widget.diameter.value = "24"
+    widget.start()
+    assert len(runs) == 1
+    for _ in runs[0]():
+        pass
+    assert seen[0].diameter == 24.0
