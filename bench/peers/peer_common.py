@@ -75,3 +75,50 @@ def write_outputs(out: Path, labels: dict[str, np.ndarray], result: dict) -> Non
 def load_splits() -> tuple[list[Sample], list[Sample]]:
     """The dsb2018_fluo train and val splits, as our heads load them."""
     return load_dsb("train"), load_dsb("val")
+
+
+def stardist_budget(args: argparse.Namespace):
+    """Set up a StarDist (TensorFlow) run: ``args.threads`` threads, every random seed from
+    ``args.seed``; returns a Keras callback that stops ``fit`` after the batch that spends
+    ``args.budget`` seconds and counts ``steps`` and ``seconds`` (TensorFlow is imported here, in
+    the StarDist venv only)."""
+    import random
+
+    import tensorflow as tf
+    from csbdeep.utils.tf import keras_import
+
+    Callback = keras_import("callbacks", "Callback")
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    tf.random.set_seed(args.seed)
+
+    class Budget(Callback):
+        """Stops ``fit`` after the batch that spends the budget; counts steps and fit seconds."""
+
+        def on_train_begin(self, logs=None):
+            self.start, self.steps = time.perf_counter(), 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if time.perf_counter() - self.start >= args.budget:
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            self.seconds = time.perf_counter() - self.start
+
+    return Budget()
+
+
+def stardist_result(args: argparse.Namespace, budget, model, peer: str, **fields) -> dict:
+    """The ``result.json`` of a StarDist run: the budget, seed and threads asked, the steps and fit
+    seconds spent (``budget``: ``stardist_budget``'s callback), the thresholds StarDist chose, the
+    versions, then ``fields``."""
+    import stardist
+    import tensorflow as tf
+
+    return {"peer": peer, "budget": args.budget, "seed": args.seed, "threads": args.threads,
+            "steps": budget.steps, "train_s": budget.seconds,
+            "thresholds": {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)},
+            **fields, "versions": {"tensorflow": tf.__version__, "stardist": stardist.__version__}}

@@ -14,10 +14,10 @@ Writes ``DIR/labels.npz`` (val labels by image name) and ``DIR/result.json``.
 
 from __future__ import annotations
 
-import random
 import time
 
-from peer_common import load_splits, parse_args, predict_split, split_held_back, write_outputs
+from peer_common import (load_splits, parse_args, predict_split, split_held_back, stardist_budget, stardist_result,
+                         write_outputs)
 
 N_HELD_BACK = 15
 STEPS_PER_EPOCH = 100  # StarDist's default
@@ -26,32 +26,11 @@ STEPS_PER_EPOCH = 100  # StarDist's default
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     import numpy as np
-    import tensorflow as tf
     from csbdeep.utils import normalize
-    from csbdeep.utils.tf import keras_import
     from stardist import fill_label_holes
     from stardist.models import Config2D, StarDist2D
 
-    Callback = keras_import("callbacks", "Callback")
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    tf.random.set_seed(args.seed)
-
-    class Budget(Callback):
-        """Stops ``fit`` after the batch that spends the budget; counts steps and fit seconds."""
-
-        def on_train_begin(self, logs=None):
-            self.start, self.steps = time.perf_counter(), 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.steps += 1
-            if time.perf_counter() - self.start >= args.budget:
-                self.model.stop_training = True
-
-        def on_train_end(self, logs=None):
-            self.seconds = time.perf_counter() - self.start
+    budget = stardist_budget(args)  # threads, seeds, and the callback that ends fit
 
     def prepare(image: np.ndarray) -> np.ndarray:
         return normalize(image, 1, 99.8, axis=(0, 1)).astype(np.float32)  # (H, W) float32
@@ -65,7 +44,6 @@ def main() -> None:
                     train_batch_size=4, train_tensorboard=False, train_steps_per_epoch=STEPS_PER_EPOCH)
     model = StarDist2D(conf, name="stardist", basedir=str(args.out))
     model.prepare_for_training()
-    budget = Budget()
     model.callbacks.append(budget)
     epochs = 10 ** 6 // STEPS_PER_EPOCH  # far more than any budget allows; the callback stops it
     start = time.perf_counter()
@@ -89,15 +67,10 @@ def main() -> None:
         return labels, time.perf_counter() - nms_start
 
     labels, predict_s, post_s = predict_split(val, predict)
-    write_outputs(args.out, labels, {
-        "peer": "StarDist", "budget": args.budget, "seed": args.seed, "threads": args.threads,
-        "steps": budget.steps, "train_s": budget.seconds, "train_call_s": train_call_s,
-        "thresholds_s": thresholds_s, "thresholds": {"prob": float(model.thresholds.prob),
-                                                     "nms": float(model.thresholds.nms)},
-        "predict_s_per_image": predict_s, "post_s_per_image": post_s,
-        "n_fit": len(fit), "n_held_back": len(held), "n_val": len(val),
-        "versions": {"tensorflow": tf.__version__, "stardist": __import__("stardist").__version__},
-    })
+    write_outputs(args.out, labels, stardist_result(
+        args, budget, model, "StarDist", train_call_s=train_call_s, thresholds_s=thresholds_s,
+        predict_s_per_image=predict_s, post_s_per_image=post_s, n_fit=len(fit), n_held_back=len(held),
+        n_val=len(val)))
     print(f"StarDist {args.budget:.0f} s seed {args.seed}: {budget.steps} steps in {budget.seconds:.0f} s fit, "
           f"predict {predict_s:.2f} s/image (NMS {post_s:.3f})", flush=True)
 

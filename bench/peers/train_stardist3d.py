@@ -20,11 +20,10 @@ spends the budget. Writes ``DIR/labels.npz`` (held-out labels by volume name) an
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from pathlib import Path
 
-from peer_common import parse_args, split_held_back, write_outputs
+from peer_common import parse_args, split_held_back, stardist_budget, stardist_result, write_outputs
 
 N_HELD_BACK = 1
 STEPS_PER_EPOCH = 100  # StarDist's default
@@ -67,32 +66,11 @@ def read_set(folder: Path, masks: bool) -> list[tuple[str, object, object]]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], more_arguments, argv)
     import numpy as np
-    import tensorflow as tf
     from csbdeep.utils import normalize
-    from csbdeep.utils.tf import keras_import
     from stardist import Rays_GoldenSpiral, fill_label_holes
     from stardist.models import Config3D, StarDist3D
 
-    Callback = keras_import("callbacks", "Callback")
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    tf.random.set_seed(args.seed)
-
-    class Budget(Callback):
-        """Stops ``fit`` after the batch that spends the budget; counts steps and fit seconds."""
-
-        def on_train_begin(self, logs=None):
-            self.start, self.steps = time.perf_counter(), 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.steps += 1
-            if time.perf_counter() - self.start >= args.budget:
-                self.model.stop_training = True
-
-        def on_train_end(self, logs=None):
-            self.seconds = time.perf_counter() - self.start
+    budget = stardist_budget(args)  # threads, seeds, and the callback that ends fit
 
     def prepare(volume: np.ndarray) -> np.ndarray:
         return normalize(volume, 1, 99.8, axis=(0, 1, 2)).astype(np.float32)  # (Z, Y, X) float32
@@ -120,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
                     train_tensorboard=False, train_steps_per_epoch=STEPS_PER_EPOCH)
     model = StarDist3D(conf, name="stardist3d", basedir=str(args.out))
     model.prepare_for_training()
-    budget = Budget()
     model.callbacks.append(budget)
     epochs = 10 ** 6 // STEPS_PER_EPOCH  # far more than any budget allows; the callback stops it
     start = time.perf_counter()
@@ -145,16 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         labels[name] = lab.astype(np.int32)
         post += time.perf_counter() - nms_start
     predict_s = (time.perf_counter() - start) / len(test)
-    write_outputs(args.out, labels, {
-        "peer": "StarDist 3D", "budget": args.budget, "seed": args.seed, "threads": args.threads,
-        "z_scale": args.z_scale, "anisotropy": anisotropy, "grid": grid, "patch": patch, "batch": EXAMPLE_BATCH,
-        "n_rays": N_RAYS, "steps": budget.steps, "train_s": budget.seconds, "train_call_s": train_call_s,
-        "thresholds_s": thresholds_s, "thresholds": {"prob": float(model.thresholds.prob),
-                                                     "nms": float(model.thresholds.nms)},
-        "predict_s_per_image": predict_s, "post_s_per_image": post / len(test),
-        "n_fit": len(fit), "n_held_back": len(held), "n_test": len(test),
-        "versions": {"tensorflow": tf.__version__, "stardist": __import__("stardist").__version__},
-    })
+    write_outputs(args.out, labels, stardist_result(
+        args, budget, model, "StarDist 3D", z_scale=args.z_scale, anisotropy=anisotropy, grid=grid, patch=patch,
+        batch=EXAMPLE_BATCH, n_rays=N_RAYS, train_call_s=train_call_s, thresholds_s=thresholds_s,
+        predict_s_per_image=predict_s, post_s_per_image=post / len(test), n_fit=len(fit), n_held_back=len(held),
+        n_test=len(test)))
     print(f"StarDist 3D {args.budget:.0f} s seed {args.seed}: {budget.steps} steps in {budget.seconds:.0f} s fit, "
           f"{EXAMPLE_BATCH} x {patch}, grid {grid}; predict {predict_s:.2f} s/volume", flush=True)
 
