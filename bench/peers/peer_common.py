@@ -122,3 +122,16 @@ def stardist_result(args: argparse.Namespace, budget, model, peer: str, **fields
             "steps": budget.steps, "train_s": budget.seconds,
             "thresholds": {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)},
             **fields, "versions": {"tensorflow": tf.__version__, "stardist": stardist.__version__}}
+
+
+def stardist_predict(model, image: np.ndarray) -> tuple[np.ndarray, float]:
+    """(labels, seconds of its non-maximum suppression) of a StarDist model on a prepared image or
+    volume; StarDist's own generator marks where the suppression (its post-processing) starts."""
+    nms_start = None
+    for item in model._predict_instances_generator(image, show_tile_progress=False):
+        if isinstance(item, str):
+            if item == "nms":
+                nms_start = time.perf_counter()
+            continue
+        labels, _ = item
+    return labels, time.perf_counter() - nms_start

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 
-from peer_common import (load_splits, parse_args, predict_split, split_held_back, stardist_budget, stardist_result,
-                         write_outputs)
+from peer_common import (load_splits, parse_args, predict_split, split_held_back, stardist_budget, stardist_predict,
+                         stardist_result, write_outputs)
 
 N_HELD_BACK = 15
 STEPS_PER_EPOCH = 100  # StarDist's default
@@ -55,18 +55,7 @@ def main() -> None:
     thresholds_s = time.perf_counter() - start
     print(f"trained {budget.steps} steps in {budget.seconds:.0f} s; predicting {len(val)} val images", flush=True)
 
-    def predict(image: np.ndarray) -> tuple[np.ndarray, float]:
-        # StarDist's own generator marks where its NMS (the post-processing) starts.
-        nms_start = None
-        for item in model._predict_instances_generator(prepare(image), show_tile_progress=False):
-            if isinstance(item, str):
-                if item == "nms":
-                    nms_start = time.perf_counter()
-                continue
-            labels, _ = item
-        return labels, time.perf_counter() - nms_start
-
-    labels, predict_s, post_s = predict_split(val, predict)
+    labels, predict_s, post_s = predict_split(val, lambda image: stardist_predict(model, prepare(image)))
     write_outputs(args.out, labels, stardist_result(
         args, budget, model, "StarDist", train_call_s=train_call_s, thresholds_s=thresholds_s,
         predict_s_per_image=predict_s, post_s_per_image=post_s, n_fit=len(fit), n_held_back=len(held),

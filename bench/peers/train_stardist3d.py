@@ -23,7 +23,8 @@ import argparse
 import time
 from pathlib import Path
 
-from peer_common import parse_args, split_held_back, stardist_budget, stardist_result, write_outputs
+from peer_common import (parse_args, split_held_back, stardist_budget, stardist_predict, stardist_result,
+                         write_outputs)
 
 N_HELD_BACK = 1
 STEPS_PER_EPOCH = 100  # StarDist's default
@@ -112,15 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     labels, post = {}, 0.0
     start = time.perf_counter()
     for name, volume, _ in test:
-        nms_start = None  # StarDist's own generator marks where its NMS (the post-processing) starts
-        for item in model._predict_instances_generator(prepare(volume), show_tile_progress=False):
-            if isinstance(item, str):
-                if item == "nms":
-                    nms_start = time.perf_counter()
-                continue
-            lab, _ = item
+        lab, nms_s = stardist_predict(model, prepare(volume))
         labels[name] = lab.astype(np.int32)
-        post += time.perf_counter() - nms_start
+        post += nms_s
     predict_s = (time.perf_counter() - start) / len(test)
     write_outputs(args.out, labels, stardist_result(
         args, budget, model, "StarDist 3D", z_scale=args.z_scale, anisotropy=anisotropy, grid=grid, patch=patch,
