@@ -19,9 +19,7 @@ from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Progress, relay
 from napari_unet.inference.labels import labels_for
-from napari_unet.inference import size
-from napari_unet.inference.predict import (Prediction, confirmed, object_sizing, predict_probabilities, restore,
-                                           scaled_config, spatial_axes)
+from napari_unet.inference.predict import Prediction, predict_probabilities, sized
 from napari_unet.inference.uncertainty import check_uncertainty_kind, mc_uncertainty
 
 if TYPE_CHECKING:
@@ -38,19 +36,8 @@ def predict_array(bundle, image: np.ndarray, cfg: PredictConfig = PredictConfig(
         check_uncertainty_kind(uncertainty, bundle.config)
     if image.ndim not in (2, 3, 4):
         raise UserError(f"cannot predict an array of shape {image.shape}: expected 2D, 2D + channels or a stack")
-    sizing, first = object_sizing(bundle, image, cfg, rgb)
-    pred = None
-    if sizing.factor != 1:
-        axes, shape = spatial_axes(bundle, image.shape, rgb)
-        scaled = yield from _predict_unscaled(bundle, size.rescale_image(image, sizing.factor, axes),
-                                              scaled_config(cfg, sizing.factor), rgb, uncertainty)
-        sizing = confirmed(sizing, scaled.labels)
-        pred = restore(scaled, shape) if sizing.factor != 1 else None
-    if pred is None:
-        pred = first if first is not None and cfg.mc_samples == 0 else \
-            (yield from _predict_unscaled(bundle, image, cfg, rgb, uncertainty))
-    pred.sizing = sizing
-    return pred
+    return (yield from sized(bundle, image, cfg, rgb,
+                             lambda img, c: _predict_unscaled(bundle, img, c, rgb, uncertainty)))
 
 
 def _predict_unscaled(bundle, image: np.ndarray, cfg: PredictConfig, rgb: bool,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Generator, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from napari_unet.arrays.layout import array_layout
 from napari_unet.arrays.normalize import has_nonfinite, prepare_image
 from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
-from napari_unet.events import Finished, Message, Progress
+from napari_unet.events import Finished, Message, Progress, run_to_end
 from napari_unet.files.io import labels_dtype, read_image, write_image
 from napari_unet.inference import size
 from napari_unet.inference.labels import labels_for
@@ -178,16 +178,28 @@ def predict_image(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig = P
     """Probabilities, labels and (with ``cfg.mc_samples`` > 0) MC-dropout uncertainty, with the
     image scaled so its objects come to the size the model learned (``cfg.diameter``,
     ``object_sizing``); the arrays are on the image's grid."""
+    def unscaled(img: np.ndarray, c: PredictConfig) -> Generator[object, None, Prediction]:
+        return predict_unscaled(bundle, img, c)
+        yield  # a generator without events, for ``sized``
+
+    return run_to_end(sized(bundle, image, cfg, rgb, unscaled))
+
+
+def sized(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig, rgb: bool,
+          unscaled: Callable[[np.ndarray, PredictConfig], Generator[object, None, Prediction]],
+          ) -> Generator[object, None, Prediction]:
+    """The object-size path of every in-memory prediction: measure (``object_sizing``), predict the
+    scaled image with ``unscaled`` (a generator of events returning a ``Prediction``), keep it
+    only when it is ``confirmed``, and bring it back to the image's grid; else the image as it is."""
     sizing, first = object_sizing(bundle, image, cfg, rgb)
     pred = None
     if sizing.factor != 1:
         axes, shape = spatial_axes(bundle, image.shape, rgb)
-        scaled = predict_unscaled(bundle, size.rescale_image(image, sizing.factor, axes),
-                                  scaled_config(cfg, sizing.factor))
+        scaled = yield from unscaled(size.rescale_image(image, sizing.factor, axes), scaled_config(cfg, sizing.factor))
         sizing = confirmed(sizing, scaled.labels)
         pred = restore(scaled, shape) if sizing.factor != 1 else None
     if pred is None:
-        pred = first if first is not None and cfg.mc_samples == 0 else predict_unscaled(bundle, image, cfg)
+        pred = first if first is not None and cfg.mc_samples == 0 else (yield from unscaled(image, cfg))
     pred.sizing = sizing
     return pred
 

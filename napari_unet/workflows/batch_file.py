@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 OutputFormat = Literal["tif", "png", "ome-zarr"]
 SUFFIX = {"tif": ".tif", "png": ".png", "ome-zarr": ".ome.zarr"}
 SUMMARY_FIELDS = ["file", "status", "output", "objects", "mean_area", "foreground_fraction", "mean_uncertainty",
-                  "mean_object_uncertainty", "scale", "seconds", "error"]  # scale: the object-size factor used  # status: ok | failed (why: error)
+                  "mean_object_uncertainty", "scale", "seconds", "error"]
+# scale: the object-size factor the image was predicted at; status: ok | failed (why: error)
 # OSErrors of the destination (full disk, quota, read-only file system): they stop the whole run
 STOPPING_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS}
 
