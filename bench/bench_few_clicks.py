@@ -26,6 +26,11 @@ background, 2.. = objects, trained with ``TrainRequest(task="partial")``):
   ``K=10`` / ``K=5`` / ``K=20`` / ``K=50`` (objects vs rings) or on the whole image; no U-Net.
 * ``as-is``: the starting model ``pretrained:nuclei``, no training.
 
+``--start-rule`` scores the U-Nets with the starting model's post-processing as it is (before
+fine-tunes scaled its split height to the painted objects' size); ``--train-scale start`` trains
+and scores them with the annotated image scaled so its painted objects have the starting model's
+learned size (tried on EM, dropped). Both label the rows' commit.
+
 Data sets: ``stained`` (dsb2018_other stained-colour: annotate a train image, score the val
 split), ``brightfield`` (dsb2018_other brightfield-grey, same), ``em`` (isbi2012_em: instances =
 4-connected components of the cell interiors; annotate one of sections 0-4, score sections
@@ -386,6 +391,9 @@ def run_condition(condition: str, annotated: Sample, scored: dict[str, list[Samp
         info["seconds"] = round(time.perf_counter() - began, 1)
     else:
         mask, task = mask_for(condition, gt, order)
+        factor = train_factor(mask, task, args.train_scale)
+        if factor != 1:
+            image, mask = scaled_pair(image, mask, factor)
         folder = args.models / f"{dataset}-{condition}-s{seed}" if args.models else None
         bundle, messages = trained_bundle(image, mask, task, name, seed, args, folder)
         training = bundle.meta["training"]
@@ -394,8 +402,51 @@ def run_condition(condition: str, annotated: Sample, scored: dict[str, list[Samp
                     setup_seconds=training.get("setup_seconds"), task=task,
                     guard=(training.get("fine_tune_guard") or {}).get("kept"),  # None: the guard did not run
                     messages=messages)
-        segment = unet_segmenter(bundle)
+        info["train_factor"] = round(factor, 3)
+        if args.start_rule:  # the post-processing fine-tunes carried before it followed the object size
+            bundle = replace(bundle, meta={**bundle.meta, "postprocess": dict(starting_model("instances").postprocess)})
+        segment = unet_segmenter(bundle) if factor == 1 else scaled_segmenter(bundle, factor)
     return info, segment
+
+
+def train_factor(mask: np.ndarray, task: str, how: str) -> float:
+    """``--train-scale``: the factor the annotated image is trained at (1: as it is). ``start``: the
+    one that brings the painted objects to the starting model's learned size (``size.factor_for``).
+    Tried on EM and dropped (docs/experiments.md, "EM cells: training at the start's object size")."""
+    from napari_unet.inference import size
+
+    if how == "off":
+        return 1.0
+    if how != "start":
+        return float(how)
+    objects = np.where(mask >= 2, mask, 0) if task == "partial" else mask
+    painted_size = size.learned_size([objects])
+    learned = size.learned_diameter(starting_model("instances").meta)
+    return size.factor_for(learned, painted_size["diameter"]) if painted_size and learned else 1.0
+
+
+def scaled_pair(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    from napari_unet.inference import size
+
+    scaled = size.rescale_image(image, factor, [0, 1])
+    if image.dtype == np.uint8:
+        scaled = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    return scaled, size.resize_labels(mask, scaled.shape[:2])
+
+
+def scaled_segmenter(bundle, factor: float) -> Callable[[np.ndarray, str], np.ndarray]:
+    """A model trained at ``factor``: every image predicted scaled by it (diameter off), labels back."""
+    from napari_unet.config import PredictConfig
+    from napari_unet.inference import size
+    from napari_unet.inference.predict import predict_image
+
+    def segment(image: np.ndarray, diameter: str) -> np.ndarray:
+        small, _ = scaled_pair(image, np.zeros(image.shape[:2], np.uint16), factor)
+        cfg = PredictConfig(diameter="off")
+        labels = predict_image(bundle, small, replace(cfg, min_size=int(round(cfg.min_size * factor**2)))).labels
+        return size.resize_labels(labels, image.shape[:2])
+
+    return segment
 
 
 def save(rows: list[dict[str, Any]], out: Path, header: dict[str, Any]) -> None:
@@ -413,6 +464,10 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     commit = package_commit() + ("-noguard" if args.no_guard else "")  # its own group in the tables
     if args.unannotated_background is not None:
         commit += f"-ubg{args.unannotated_background:g}"
+    if args.train_scale != "off":
+        commit += f"-scale{args.train_scale}"
+    if args.start_rule:
+        commit += "-startrule"
     partial_ok = partial_supported()
     budget = f"{args.steps} steps" if args.steps else f"{args.seconds:g} s"
     header = {"machine": machine_description(), "package": str(Path(napari_unet.__file__).parent), "commit": commit,
@@ -631,6 +686,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", type=Path, default=None, metavar="DIR",
                         help="save each trained model to DIR/<dataset>-<condition>-s<seed>/ and reuse it when "
                              "there (score the same models again, e.g. with another --diameter)")
+    parser.add_argument("--train-scale", default="off", metavar="HOW",
+                        help="train (and score) the U-Net with the annotated image scaled: off, start (its painted "
+                             "objects to the starting model's learned size) or a factor; tried and dropped")
+    parser.add_argument("--start-rule", action="store_true",
+                        help="score U-Nets with the starting model's post-processing as it is (no split height "
+                             "scaled to the objects' size: the default before it)")
     parser.add_argument("--score-limit", type=int, default=16, help="images scored per data set")
     parser.add_argument("--json", type=Path, default=None, help=f"rows go here (default {RESULTS})")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="only print the tables of these files")

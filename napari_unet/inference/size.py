@@ -33,6 +33,7 @@ MAX_FACTOR = 4.0  # the factor is clamped to [1/MAX_FACTOR, MAX_FACTOR]
 DEAD_ZONE = 1.3
 MIN_PARTS = 3  # fewer foreground parts than this: too few objects to measure; predict as it is
 KEY = "object_size"  # the model.json ``meta`` entry of the learned size
+LENGTH_KEYS = ("split_height",)  # post-processing settings measured in pixels: they follow the object size
 
 
 @dataclass(frozen=True)
@@ -178,3 +179,21 @@ def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.intp), h - 1)
     cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.intp), w - 1)
     return labels[..., rows[:, None], cols[None, :]]
+
+
+def rule_for_size(rule: dict[str, Any], learned: float | None, start: float | None,
+                  dead_zone: float = DEAD_ZONE) -> tuple[dict[str, Any], float]:
+    """(a starting model's post-processing ``rule`` for a model fine-tuned on objects of diameter
+    ``learned``, the factor its lengths were scaled by). The rule's lengths (``LENGTH_KEYS``: the
+    3-class head's split height, in pixels) were chosen for objects of diameter ``start``; they
+    are scaled by ``learned / start`` (clamped to [1/MAX_FACTOR, MAX_FACTOR]) when that ratio is
+    outside [1/dead_zone, dead_zone], else kept. A split height of 1 px that separates touching
+    nuclei of 16 px shatters cells of 50 px at every bay of their outline (isbi2012 EM;
+    docs/benchmarks.md, "Post-processing at the objects' size")."""
+    if not learned or not start or not any(rule.get(k) for k in LENGTH_KEYS):
+        return rule, 1.0
+    ratio = learned / start
+    if 1 / dead_zone <= ratio <= dead_zone:
+        return rule, 1.0
+    ratio = float(np.clip(ratio, 1 / MAX_FACTOR, MAX_FACTOR))
+    return {k: round(v * ratio, 2) if k in LENGTH_KEYS and v else v for k, v in rule.items()}, ratio

@@ -275,16 +275,16 @@ class Trainer:
                                batch_size=pos.batch, validation=best_metrics, record=record,
                                objects_brighter=(setup.brighter if setup.brighter is not None
                                                  else objects_brighter_of(self._init)))
+        learned = finish.object_size(cfg, prepared, self._init, record)
         postprocess = yield from finish.post_processing(net, cfg, self._init, meta, val_pairs=val_pairs,
                                                         train_pairs=train_pairs, held_out_objects=bool(zones),
-                                                        kept=kept, stopped=stopped, dtype=dtype)
+                                                        kept=kept, stopped=stopped, dtype=dtype, learned=learned)
         if blend is not None:
             meta["training"]["fine_tune_keep"] = round(blend[0], 4)
             if blend[1] is not None:
                 meta["training"]["fine_tune_agreement"] = round(blend[1], 4)
         if postprocess:
             meta["postprocess"] = postprocess
-        learned = finish.object_size(cfg, prepared, self._init, record)
         if learned is not None:
             meta[size.KEY] = learned
         bundle = ModelBundle(net, cfg, meta, resume)

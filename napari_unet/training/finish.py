@@ -138,13 +138,22 @@ def object_size(cfg: TrainConfig, pairs: Sequence[PreparedPair], init: Any = Non
 
 def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dict, *,
                     val_pairs: Sequence[PreparedPair], train_pairs: Sequence[PreparedPair], held_out_objects: bool,
-                    kept: dict, stopped: bool, dtype: torch.dtype | None) -> Generator[object, None, dict]:
-    """The post-processing the model carries: the starting model's (same head), or thresholds
+                    kept: dict, stopped: bool, dtype: torch.dtype | None,
+                    learned: dict | None = None) -> Generator[object, None, dict]:
+    """The post-processing the model carries: the starting model's (same head; its lengths
+    scaled to the object size ``learned`` on this run, ``size.rule_for_size``), or thresholds
     tuned on this run's images; records the tuning time in ``meta``."""
     same_head = init is not None and (init.task, init.config.instance_head) == (cfg.task, cfg.instance_head)
     postprocess = init.postprocess if same_head else {}
     head, whole_images = heads.of(cfg), bool(val_pairs) and not held_out_objects
     if not _tunes(meta, head, whole_images, kept, stopped, bool(val_pairs)):
+        if postprocess and learned is not None:
+            postprocess, ratio = size.rule_for_size(postprocess, size.learned_diameter({size.KEY: learned}),
+                                                    size.learned_diameter(init.meta))
+            if ratio != 1:
+                meta["training"]["rule_scaled"] = round(ratio, 3)
+                yield Message(f"the starting model's split height scaled x{ratio:.2f} to the objects' size "
+                              f"({postprocess['split_height']} px)")
         return postprocess
     # Thresholds are chosen on whole held-out images. A head that ``tunes_in_sample`` (star,
     # flow) with none (one or two annotated images, validated on a few held-out objects at

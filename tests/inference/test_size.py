@@ -200,3 +200,41 @@ def test_cli_predict_takes_the_diameter_and_prints_what_it_used(nuclei, tmp_path
                  "--diameter", "-4", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "diameter must be a positive number" in err[0]
+
+
+def test_the_split_height_follows_the_object_size():
+    rule = {"fg_threshold": 0.7, "seed_threshold": 0.6, "split_height": 1.0}
+    assert size.rule_for_size(rule, 18.0, 15.6) == (rule, 1.0)  # within the dead zone: kept
+    scaled, ratio = size.rule_for_size(rule, 46.8, 15.6)
+    assert ratio == pytest.approx(3.0) and scaled == {**rule, "split_height": 3.0}  # only the length moves
+    assert size.rule_for_size(rule, 4.0, 16.0)[0]["split_height"] == 0.25
+    assert size.rule_for_size(rule, 500.0, 15.6)[1] == size.MAX_FACTOR
+    assert size.rule_for_size({**rule, "split_height": None}, 46.8, 15.6)[1] == 1.0  # no split: nothing to scale
+    assert size.rule_for_size(rule, None, 15.6) == (rule, 1.0)
+
+
+def test_a_fine_tune_on_large_objects_carries_a_split_height_at_their_size(nuclei):
+    from napari_unet.events import Message, run_to_end
+    from napari_unet.pretrained import fine_tune_config
+    from napari_unet.training.engine import Trainer
+
+    start = nuclei[0]
+    cfg = TrainConfig(task="instances", steps=2, time_limit=None, batch_size=2, patch_size=64, seed=0,
+                      preview_every=0, threads=1, validation_fraction=0.0)
+    cfg = fine_tune_config(cfg, start)
+
+    def fine_tune(radius: float) -> tuple:
+        labels = discs(radius, shape=(192, 192), n=9)
+        told: list[str] = []
+        bundle = run_to_end(Trainer([(np.where(labels > 0, 200, 20).astype(np.uint8), labels)], cfg, init=start).run(),
+                            lambda e: told.append(e.text) if isinstance(e, Message) else None)
+        return bundle, told
+
+    big, told = fine_tune(22)  # diameter ~44: about 2.8x the 15.6 px the start learned
+    ratio = big.meta[size.KEY]["diameter"] / size.learned_diameter(start.meta)
+    assert ratio > size.DEAD_ZONE
+    assert big.postprocess["split_height"] == pytest.approx(start.postprocess["split_height"] * ratio, abs=0.01)
+    assert big.meta["training"]["rule_scaled"] == pytest.approx(ratio, abs=1e-3)
+    assert any("split height scaled" in t for t in told)
+    same, _ = fine_tune(8)  # diameter ~16: the start's own size, its rule kept as it is
+    assert same.postprocess == start.postprocess and "rule_scaled" not in same.meta["training"]
