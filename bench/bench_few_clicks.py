@@ -472,6 +472,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             for condition in args.conditions:
                 if condition in PARTIAL and not partial_ok:
                     continue
+                if condition == "fix-10" and not fix_order:  # a start with no mistake here: nothing to correct
+                    continue
                 load = os.getloadavg()[0]
                 info, segment = run_condition(condition, annotated, scored,
                                               fix_order if condition == "fix-10" else order, seed, args, dataset)
