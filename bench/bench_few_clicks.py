@@ -25,6 +25,11 @@ background, 2.. = objects, trained with ``TrainRequest(task="partial")``):
   ``reference_rf.py`` (3 classes, interior seeds grown over the foreground) fitted on the pixels of
   ``K=10`` / ``K=5`` / ``K=20`` / ``K=50`` (objects vs rings) or on the whole image; no U-Net.
 * ``as-is``: the starting model ``pretrained:nuclei``, no training.
+* ``fix-10``: corrections by the object: up to 10 of the objects the starting model gets wrong on the
+  annotated image (no predicted object matches them at IoU > 0.5), in the random order, painted with
+  their rings (partial). Its rows also record ``fixed_found``: the share of those objects the trained
+  model gets right on the annotated image itself (the start: 0 by construction), i.e. whether the
+  corrections survive training and the gentle blend (``--no-blend``: fine-tunes keep their own weights).
 
 ``--start-rule`` scores the U-Nets with the starting model's post-processing as it is (before
 fine-tunes scaled its split height to the painted objects' size); ``--train-scale start`` trains
@@ -74,8 +79,8 @@ RESULTS = REPO / "bench" / "results" / "few_clicks.json"
 K_VALUES = (5, 10, 20, 50)
 RF_AT = {"rf-5": 5, "rf": 10, "rf-20": 20, "rf-50": 50}  # the forest on the strokes of K objects
 RF_OF_K = {k: c for c, k in RF_AT.items()}
-CONDITIONS = (*(f"K={k}" for k in K_VALUES), "region", "full", "naive-10", *RF_AT, "rf-full", "as-is")
-PARTIAL = {f"K={k}" for k in K_VALUES} | {"region"}  # trained with TrainRequest(task="partial")
+CONDITIONS = (*(f"K={k}" for k in K_VALUES), "region", "full", "naive-10", "fix-10", *RF_AT, "rf-full", "as-is")
+PARTIAL = {f"K={k}" for k in K_VALUES} | {"region", "fix-10"}  # trained with TrainRequest(task="partial")
 DATASETS = ("stained", "brightfield", "em", "fluo", "fluo-360")
 RING = (2, 5)  # background stroke: pixels this far (px, inclusive) from the object, in no object
 MIN_SIZE = 10  # objects smaller than this are never picked for painting (too small to see)
@@ -102,6 +107,23 @@ def ranked_order(gt: np.ndarray, score: np.ndarray) -> list[int]:
     ids = pickable(gt)
     means = ndi.mean(score, labels=gt, index=ids)
     return [int(ids[i]) for i in np.argsort(-np.asarray(means), kind="stable")]
+
+
+def missed_by(gt: np.ndarray, labels: np.ndarray, order: Sequence[int]) -> list[int]:
+    """The objects of ``order`` that ``labels`` (a model's prediction) gets wrong: no predicted object
+    matches them at IoU > 0.5 (missed, merged with a neighbour or cut in pieces), in ``order``'s order."""
+    from napari_unet.metrics import match_instances
+
+    iou, _, gt_ids = match_instances(labels, gt, return_ids=True)
+    best = dict(zip(gt_ids.tolist(), iou.max(axis=0).tolist() if iou.size else [0.0] * len(gt_ids)))
+    return [i for i in order if best.get(i, 0.0) <= 0.5]
+
+
+def found_share(labels: np.ndarray, gt: np.ndarray, ids: Sequence[int]) -> float | None:
+    """Share of the objects ``ids`` of ``gt`` that ``labels`` matches at IoU > 0.5 (None: no ids)."""
+    if not ids:
+        return None
+    return 1.0 - len(missed_by(gt, labels, ids)) / len(ids)
 
 
 def ring_of(gt: np.ndarray, obj: int, ring: tuple[int, int] = RING) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -156,6 +178,8 @@ def mask_for(condition: str, gt: np.ndarray, order: Sequence[int]) -> tuple[np.n
     """The mask the annotator paints for ``condition`` and the user task it is trained as."""
     if condition.startswith("K="):
         return paint_objects(gt, order[:int(condition[2:])]), "partial"
+    if condition == "fix-10":  # ``order``: the objects the starting model gets wrong (``missed_by``)
+        return paint_objects(gt, order[:10]), "partial"
     if condition == "region":
         return paint_region(gt, quarter(gt.shape)), "partial"
     if condition == "naive-10":
@@ -275,6 +299,8 @@ def train(image: np.ndarray, mask: np.ndarray, task: str, name: str, seed: int, 
         cfg = fine_tune_config(cfg, init)
     if args.no_guard:
         cfg = replace(cfg, fine_tune_guard=False)
+    if args.no_blend:
+        cfg = replace(cfg, fine_tune_keep=1.0)
     if args.unannotated_background is not None:
         cfg = replace(cfg, loss=replace(cfg.loss, unannotated_background=args.unannotated_background))
     messages: list[str] = []
@@ -406,6 +432,10 @@ def run_condition(condition: str, annotated: Sample, scored: dict[str, list[Samp
         if args.start_rule:  # the post-processing fine-tunes carried before it followed the object size
             bundle = replace(bundle, meta={**bundle.meta, "postprocess": dict(starting_model("instances").postprocess)})
         segment = unet_segmenter(bundle) if factor == 1 else scaled_segmenter(bundle, factor)
+        if condition == "fix-10":  # are the corrections still there after training (and the blend)?
+            fixed = order[:10]
+            info.update(fixed_found=found_share(segment(annotated[1], "off"), gt, fixed), fixed=len(fixed),
+                        fine_tune_keep=training.get("fine_tune_keep"))
     return info, segment
 
 
@@ -461,7 +491,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    commit = package_commit() + ("-noguard" if args.no_guard else "")  # its own group in the tables
+    commit = package_commit() + ("-noguard" if args.no_guard else "") + ("-noblend" if args.no_blend else "")
+    # (each variant its own group in the tables)
     if args.unannotated_background is not None:
         commit += f"-ubg{args.unannotated_background:g}"
     if args.train_scale != "off":
@@ -488,11 +519,19 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                 order = ranked_order(gt, mc_epistemic(starting_model("instances"), image))
             else:
                 order = random_order(gt, seed)
+            fix_order = None
+            if "fix-10" in args.conditions:  # the annotator corrects what the starting model gets wrong
+                start = unet_segmenter(starting_model("instances"))(image, "off")
+                fix_order = missed_by(gt, start, order)
+                print(f"  the starting model gets {len(fix_order)} of the {len(order)} objects wrong", flush=True)
             for condition in args.conditions:
                 if condition in PARTIAL and not partial_ok:
                     continue
+                if condition == "fix-10" and not fix_order:  # a start with no mistake here: nothing to correct
+                    continue
                 load = os.getloadavg()[0]
-                info, segment = run_condition(condition, annotated, scored, order, seed, args, dataset)
+                info, segment = run_condition(condition, annotated, scored,
+                                              fix_order if condition == "fix-10" else order, seed, args, dataset)
                 diameters = ["off"] if condition in RF_AT or condition == "rf-full" else args.diameter
                 for mag, images, diameter in [(m, i, d) for m, i in scored.items() for d in diameters]:
                     t0 = time.perf_counter()
@@ -506,7 +545,9 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                     print(f"  {dataset:11s} {condition:9s} seed {seed} {mag} diameter {diameter}: AP@0.5 {s['ap50']:.3f} "
                           f"({s['n_pred']} pred / {s['n_gt']} gt), {info['steps']} steps, {info['seconds']:.0f} s, "
                           f"{info['painted']} objects painted, load {load:.1f}"
-                          + (", the guard kept the starting model" if info.get("guard") == "start model" else ""),
+                          + (", the guard kept the starting model" if info.get("guard") == "start model" else "")
+                          + (f", corrected objects found {info['fixed_found']:.2f} of {info['fixed']}, keep "
+                             f"{info['fine_tune_keep']}" if info.get("fixed_found") is not None else ""),
                           flush=True)
                 save(rows, out, header)
     print(f"\nwrote {out}")
@@ -612,6 +653,12 @@ def print_tables(rows: list[dict[str, Any]], baseline: str | None = None) -> Non
     if ratios:
         print("\nratios of mean AP@0.5 (1x unless marked)")
         print(ratios)
+    fixes = [r for r in rows if r.get("fixed_found") is not None and r["magnification"] == "1x"]
+    if fixes:
+        print("\ncorrections kept: share of the corrected objects the trained model gets right on the annotated image")
+        for r in sorted(fixes, key=lambda r: (r["commit"], r["dataset"], r["seed"])):
+            print(f"  {r['commit']:16s} {r['dataset']:11s} seed {r['seed']}: {r['fixed_found']:.2f} of {r['fixed']}, "
+                  f"fine_tune_keep {r['fine_tune_keep']}, AP@0.5 on the others {r['ap50']:.3f}")
     if baseline:
         print(f"\nagainst today's figure: mean AP@0.5 / mean AP@0.5 of full at {baseline}")
         print(baseline_lines(rows, baseline) or "(no rows of that commit)")
@@ -678,6 +725,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-guard", action="store_true",
                         help="fine-tuned models are kept whatever the guard would say (what the guard costs or saves)")
+    parser.add_argument("--no-blend", action="store_true",
+                        help="fine-tunes keep their own weights (TrainConfig.fine_tune_keep = 1: no blend back "
+                             "towards the start)")
     parser.add_argument("--unannotated-background", type=float, default=None, metavar="W",
                         help="LossConfig.unannotated_background of partial runs (default: the package's)")
     parser.add_argument("--diameter", nargs="+", default=[str(PredictConfig.diameter)], metavar="D",
