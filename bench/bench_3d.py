@@ -5,7 +5,8 @@ Run: ``.venv/bin/python bench/bench_3d.py [--out /tmp/bench3d] [--train 6] [--te
 [--stitch iou:0.5,smaller:0.7]]``;
 ``--split 20 [--old-sizes]`` times 20 steps split into data and network (and one validation) instead
 of training. ``--peers stardist [--train-seed 1] [--threads 1] [--json bench/results/x.json]``: also
-StarDist 3D (see below).
+StarDist 3D (see below). ``--volume IMAGE LABELS``: a real annotated volume instead (trained on its top
+half, scored on its bottom half).
 
 Data: ``--train`` + ``--test`` volumes of 32 x 96 x 96 voxels (``--z-scale 2``: 16 planes of twice
 the depth, the same tissue) holding crowded ellipsoid nuclei (radii 5-8 in z, 6-10 in y/x,
@@ -123,6 +124,20 @@ def write_set(folder: Path, count: int, seed: int, z_scale: float) -> None:
         image, mask = nuclei_volume(rng, z_scale=z_scale)
         write_image(folder / "images" / f"v{i}.tif", image)
         write_image(folder / "masks" / f"v{i}.tif", mask)
+
+
+def write_halves(folder: Path, image_path: Path, labels_path: Path) -> None:
+    """A real annotated volume split at its middle row: the top half to ``folder/train``, the bottom half
+    to ``folder/test`` (one volume each, ``v0.tif``; objects the cut leaves under 20 voxels dropped)."""
+    from napari_unet.files.io import read_image, read_mask, write_image
+
+    image, labels = np.asarray(read_image(image_path)), np.asarray(read_mask(labels_path))
+    if image.shape != labels.shape or image.ndim != 3:
+        sys.exit(f"--volume: a (Z, Y, X) image and labels of the same shape, not {image.shape} and {labels.shape}")
+    middle = image.shape[1] // 2
+    for split, rows in (("train", slice(None, middle)), ("test", slice(middle, None))):
+        write_image(folder / split / "images" / "v0.tif", image[:, rows])
+        write_image(folder / split / "masks" / "v0.tif", relabel(labels[:, rows]))
 
 
 def consecutive(labels: np.ndarray) -> np.ndarray:
@@ -262,6 +277,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=120.0)
     parser.add_argument("--z-scale", type=float, default=1.0, help="voxel depth of the data and the flag")
     parser.add_argument("--seed", type=int, default=0, help="data seed (the test volumes use seed + 1000)")
+    parser.add_argument("--volume", nargs=2, type=Path, metavar=("IMAGE", "LABELS"),
+                        help="a real annotated (Z, Y, X) volume instead of the synthetic ones: trained on its top "
+                             "half, scored on its bottom half (see docs/benchmarks.md for the cells3d volume)")
     parser.add_argument("--extra", default="", help="more train flags, e.g. '--steps 300'")
     parser.add_argument("--split", type=int, default=0, metavar="STEPS",
                         help="instead: time STEPS steps split into data and network, and one validation")
@@ -288,7 +306,11 @@ def main() -> None:
         sys.exit(f"no venv for {', '.join(missing)}: run bash bench/peers/setup.sh {' '.join(missing)}")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the CLI runs below and the peers inherit it
     out = Path(args.out)
-    if not args.restitch:
+    if args.volume is not None:
+        args.train = args.test = 1
+        if not args.restitch:
+            write_halves(out, *args.volume)
+    elif not args.restitch:
         write_set(out / "train", args.train, args.seed, args.z_scale)
         write_set(out / "test", args.test, args.seed + 1000, args.z_scale)
     if args.split:
