@@ -208,6 +208,38 @@ def stitch_planes(planes: np.ndarray, threshold: float = 0.5, overlap: str = "io
     return consecutive(out)
 
 
+def error_breakdown(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, int]:
+    """What went wrong, over (predicted, true) label volumes: true objects ``matched`` at IoU > 0.5;
+    of the others ``merged`` (one predicted object holds over 20 % of it and over 20 % of another true
+    object), ``split`` (two or more predicted objects each hold over 20 % of it) or ``missed``;
+    ``false``: predicted objects matching none."""
+    from napari_unet.metrics import contingency
+
+    out = dict(matched=0, merged=0, split=0, missed=0, false=0)
+    for pred, truth in pairs:
+        _, ids_t, r, c, n = contingency(pred, truth)
+        size_t = np.bincount(c, weights=n, minlength=len(ids_t))
+        size_p = np.bincount(r, weights=n, minlength=int(r.max()) + 1)
+        both = (r > 0) & (c > 0)
+        r, c, n = r[both], c[both], n[both].astype(np.float64)
+        iou = n / (size_p[r] + size_t[c] - n)
+        good_t, good_p = set(c[iou > 0.5].tolist()), set(r[iou > 0.5].tolist())
+        held = n > 0.2 * size_t[c]  # this predicted object holds over 20 % of that true one
+        for t in range(1, len(ids_t)):
+            if t in good_t:
+                out["matched"] += 1
+                continue
+            holders = r[held & (c == t)]
+            if len(holders) >= 2:
+                out["split"] += 1
+            elif len(holders) == 1 and np.any(held & (r == holders[0]) & (c != t)):
+                out["merged"] += 1
+            else:
+                out["missed"] += 1
+        out["false"] += len(set(np.unique(pred[pred > 0]).tolist()) - good_p)
+    return out
+
+
 def run(cmd: list[str]) -> float:
     """Run a CLI command (printed), fail loudly; return its wall-clock seconds."""
     print("$", shlex.join(cmd), flush=True)
@@ -369,7 +401,10 @@ def train_3d(cli: list[str], out: Path, args: argparse.Namespace) -> dict:
     pairs = [(read_mask(out / "pred" / f"v{i}.tif"), read_mask(out / "test/masks" / f"v{i}.tif"))
              for i in range(args.test)]
     row = report(model, evaluate_instances(pairs), "3D", load_before[0], load_after[0], predict_seconds, args.test)
-    return {**row, "z_scale": args.z_scale, "data_seed": args.seed, "train_seed": args.train_seed,
+    errors = error_breakdown(pairs)
+    print("  true objects " + ", ".join(f"{k} {v}" for k, v in errors.items() if k != "false")
+          + f"; predicted objects matching none {errors['false']}", flush=True)
+    return {**row, "errors": errors, "z_scale": args.z_scale, "data_seed": args.seed, "train_seed": args.train_seed,
             "threads": args.threads}
 
 
