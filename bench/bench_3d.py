@@ -5,7 +5,8 @@ Run: ``.venv/bin/python bench/bench_3d.py [--out /tmp/bench3d] [--train 6] [--te
 [--stitch iou:0.5,smaller:0.7]]``;
 ``--split 20 [--old-sizes]`` times 20 steps split into data and network (and one validation) instead
 of training. ``--peers stardist [--train-seed 1] [--threads 1] [--json bench/results/x.json]``: also
-StarDist 3D (see below).
+StarDist 3D (see below). ``--volume IMAGE LABELS``: a real annotated volume instead (trained on its top
+half, scored on its bottom half).
 
 Data: ``--train`` + ``--test`` volumes of 32 x 96 x 96 voxels (``--z-scale 2``: 16 planes of twice
 the depth, the same tissue) holding crowded ellipsoid nuclei (radii 5-8 in z, 6-10 in y/x,
@@ -125,6 +126,20 @@ def write_set(folder: Path, count: int, seed: int, z_scale: float) -> None:
         write_image(folder / "masks" / f"v{i}.tif", mask)
 
 
+def write_halves(folder: Path, image_path: Path, labels_path: Path) -> None:
+    """A real annotated volume split at its middle row: the top half to ``folder/train``, the bottom half
+    to ``folder/test`` (one volume each, ``v0.tif``; objects the cut leaves under 20 voxels dropped)."""
+    from napari_unet.files.io import read_image, read_mask, write_image
+
+    image, labels = np.asarray(read_image(image_path)), np.asarray(read_mask(labels_path))
+    if image.shape != labels.shape or image.ndim != 3:
+        sys.exit(f"--volume: a (Z, Y, X) image and labels of the same shape, not {image.shape} and {labels.shape}")
+    middle = image.shape[1] // 2
+    for split, rows in (("train", slice(None, middle)), ("test", slice(middle, None))):
+        write_image(folder / split / "images" / "v0.tif", image[:, rows])
+        write_image(folder / split / "masks" / "v0.tif", relabel(labels[:, rows]))
+
+
 def consecutive(labels: np.ndarray) -> np.ndarray:
     """The same objects with ids 1..n in order of their old ids (0 stays background)."""
     ids, inverse = np.unique(labels, return_inverse=True)
@@ -191,6 +206,38 @@ def stitch_planes(planes: np.ndarray, threshold: float = 0.5, overlap: str = "io
                 lut[a], next_id = next_id, next_id + 1
         out[z] = lut[current]
     return consecutive(out)
+
+
+def error_breakdown(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, int]:
+    """What went wrong, over (predicted, true) label volumes: true objects ``matched`` at IoU > 0.5;
+    of the others ``merged`` (one predicted object holds over 20 % of it and over 20 % of another true
+    object), ``split`` (two or more predicted objects each hold over 20 % of it) or ``missed``;
+    ``false``: predicted objects matching none."""
+    from napari_unet.metrics import contingency
+
+    out = dict(matched=0, merged=0, split=0, missed=0, false=0)
+    for pred, truth in pairs:
+        _, ids_t, r, c, n = contingency(pred, truth)
+        size_t = np.bincount(c, weights=n, minlength=len(ids_t))
+        size_p = np.bincount(r, weights=n, minlength=int(r.max()) + 1)
+        both = (r > 0) & (c > 0)
+        r, c, n = r[both], c[both], n[both].astype(np.float64)
+        iou = n / (size_p[r] + size_t[c] - n)
+        good_t, good_p = set(c[iou > 0.5].tolist()), set(r[iou > 0.5].tolist())
+        held = n > 0.2 * size_t[c]  # this predicted object holds over 20 % of that true one
+        for t in range(1, len(ids_t)):
+            if t in good_t:
+                out["matched"] += 1
+                continue
+            holders = r[held & (c == t)]
+            if len(holders) >= 2:
+                out["split"] += 1
+            elif len(holders) == 1 and np.any(held & (r == holders[0]) & (c != t)):
+                out["merged"] += 1
+            else:
+                out["missed"] += 1
+        out["false"] += len(set(np.unique(pred[pred > 0]).tolist()) - good_p)
+    return out
 
 
 def run(cmd: list[str]) -> float:
@@ -262,6 +309,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=120.0)
     parser.add_argument("--z-scale", type=float, default=1.0, help="voxel depth of the data and the flag")
     parser.add_argument("--seed", type=int, default=0, help="data seed (the test volumes use seed + 1000)")
+    parser.add_argument("--volume", nargs=2, type=Path, metavar=("IMAGE", "LABELS"),
+                        help="a real annotated (Z, Y, X) volume instead of the synthetic ones: trained on its top "
+                             "half, scored on its bottom half (see docs/benchmarks.md for the cells3d volume)")
     parser.add_argument("--extra", default="", help="more train flags, e.g. '--steps 300'")
     parser.add_argument("--split", type=int, default=0, metavar="STEPS",
                         help="instead: time STEPS steps split into data and network, and one validation")
@@ -288,7 +338,11 @@ def main() -> None:
         sys.exit(f"no venv for {', '.join(missing)}: run bash bench/peers/setup.sh {' '.join(missing)}")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the CLI runs below and the peers inherit it
     out = Path(args.out)
-    if not args.restitch:
+    if args.volume is not None:
+        args.train = args.test = 1
+        if not args.restitch:
+            write_halves(out, *args.volume)
+    elif not args.restitch:
         write_set(out / "train", args.train, args.seed, args.z_scale)
         write_set(out / "test", args.test, args.seed + 1000, args.z_scale)
     if args.split:
@@ -347,7 +401,10 @@ def train_3d(cli: list[str], out: Path, args: argparse.Namespace) -> dict:
     pairs = [(read_mask(out / "pred" / f"v{i}.tif"), read_mask(out / "test/masks" / f"v{i}.tif"))
              for i in range(args.test)]
     row = report(model, evaluate_instances(pairs), "3D", load_before[0], load_after[0], predict_seconds, args.test)
-    return {**row, "z_scale": args.z_scale, "data_seed": args.seed, "train_seed": args.train_seed,
+    errors = error_breakdown(pairs)
+    print("  true objects " + ", ".join(f"{k} {v}" for k, v in errors.items() if k != "false")
+          + f"; predicted objects matching none {errors['false']}", flush=True)
+    return {**row, "errors": errors, "z_scale": args.z_scale, "data_seed": args.seed, "train_seed": args.train_seed,
             "threads": args.threads}
 
 

@@ -1,4 +1,4 @@
-"""bench/bench_3d.py's stitching of 2D labels into 3D objects (no data, no training)."""
+"""bench/bench_3d.py's helpers: stitching 2D labels into 3D objects, the error breakdown, a real volume's halves (no training)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,30 @@ def test_stitch_over_the_smaller_area_joins_a_cap(b3):
     planes[1, 5:7, 5:7] = 1          # the cap: IoU 4/64, all of it inside the section
     assert b3.stitch_planes(planes, 0.5).max() == 2
     assert b3.stitch_planes(planes, 0.7, "smaller").max() == 1
+
+
+def test_error_breakdown_names_each_kind_of_error(b3):
+    truth = np.zeros((4, 20, 40), np.uint16)
+    truth[:, 2:8, 2:8] = 1  # matched
+    truth[:, 2:8, 10:16], truth[:, 2:8, 16:22] = 2, 3  # merged into one predicted object
+    truth[:, 10:18, 2:18] = 4  # split in two
+    truth[:, 12:16, 30:34] = 5  # missed
+    pred = np.zeros_like(truth)
+    pred[:, 2:8, 2:8] = 1
+    pred[:, 2:8, 10:22] = 2
+    pred[:, 10:18, 2:10], pred[:, 10:18, 10:18] = 3, 4
+    pred[:, 0:2, 36:40] = 5  # matches nothing
+    assert b3.error_breakdown([(pred, truth)]) == {"matched": 1, "merged": 2, "split": 1, "missed": 1, "false": 4}
+
+
+def test_volume_halves_train_on_top_and_score_on_bottom(b3, tmp_path):
+    from napari_unet.files.io import read_mask, write_image
+
+    labels = np.zeros((6, 40, 30), np.uint16)
+    labels[:, 5:12, 5:12], labels[:, 25:35, 10:20] = 1, 2
+    write_image(tmp_path / "img.tif", (labels * 100).astype(np.uint16))
+    write_image(tmp_path / "lab.tif", labels)
+    b3.write_halves(tmp_path / "out", tmp_path / "img.tif", tmp_path / "lab.tif")
+    top, bottom = read_mask(tmp_path / "out/train/masks/v0.tif"), read_mask(tmp_path / "out/test/masks/v0.tif")
+    assert top.shape == bottom.shape == (6, 20, 30)
+    assert np.unique(top).tolist() == [0, 1] and np.unique(bottom).tolist() == [0, 1]

@@ -87,7 +87,12 @@ def main(argv: list[str] | None = None) -> None:
         return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
     train, test = read_set(args.data / "train", True), read_set(args.data / "test", False)
-    fit, held = split_held_back(train, N_HELD_BACK, args.seed)
+    if len(train) == 1:  # one annotated volume (bench_3d --volume): its left half fits, its right half is held back
+        name, volume, labels = train[0]
+        half = volume.shape[2] // 2
+        fit, held = [(name, volume[..., :half], labels[..., :half])], [(name, volume[..., half:], labels[..., half:])]
+    else:
+        fit, held = split_held_back(train, N_HELD_BACK, args.seed)
     x_fit, y_fit = [prepare(v) for _, v, _ in fit], [fill_label_holes(m) for _, _, m in fit]
     x_held, y_held = [prepare(v) for _, v, _ in held], [fill_label_holes(m) for _, _, m in held]
 
