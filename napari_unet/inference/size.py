@@ -108,18 +108,26 @@ def learned_size(instance_masks: Sequence[np.ndarray]) -> dict[str, Any] | None:
     """The ``meta[KEY]`` of a model trained on these instance masks (> 0: an annotated object; only
     the painted objects of partial masks): the median over the masks of each one's diameter as
     ``diameter_of`` measures it (a training set of many kinds of images has one typical size, not
-    the size of its largest objects), the 10th and 90th percentiles, and the parts measured."""
-    diameters, parts = [], 0
+    the size of its largest objects), the range it learned, and the parts measured.
+
+    The range spans the 10th to 90th percentile of the masks' diameters and of the single objects'
+    diameters, whichever is wider: a model trained on one image learned the sizes of its objects,
+    not one size. (With the masks' percentiles alone, one image gave a range of one value and
+    ``auto`` shrank images of the very magnification it was trained at: stained K=20 0.489 against
+    0.540, docs/benchmarks.md, "Object size at prediction".)"""
+    diameters, objects = [], [np.zeros(0)]
     for mask in instance_masks:
         radii, areas = part_radii(np.asarray(mask) > 0)
         if radii.size:
             diameters.append(2.0 * weighted_median(radii, areas))
-            parts += radii.size
+            objects.append(2.0 * radii)
     if not diameters:
         return None
     low, mid, high = np.percentile(diameters, [10, 50, 90])
+    single = np.concatenate(objects)
+    low, high = min(low, float(np.percentile(single, 10))), max(high, float(np.percentile(single, 90)))
     return {"diameter": round(float(mid), 2), "range": [round(float(low), 2), round(float(high), 2)],
-            "images": len(diameters), "parts": int(parts)}
+            "images": len(diameters), "parts": int(single.size)}
 
 
 def learned_diameter(meta: dict) -> float | None:
@@ -130,8 +138,8 @@ def learned_diameter(meta: dict) -> float | None:
 
 
 def learned_range(meta: dict) -> tuple[float, float] | None:
-    """The (10th, 90th percentile) diameters over a model's training images (one image: its own
-    diameter twice); None when ``meta`` records no size."""
+    """The (low, high) diameters a model learned (``learned_size``'s range, widened to hold its
+    diameter); None when ``meta`` records no size."""
     learned = learned_diameter(meta)
     if learned is None:
         return None

@@ -238,3 +238,16 @@ def test_a_fine_tune_on_large_objects_carries_a_split_height_at_their_size(nucle
     assert any("split height scaled" in t for t in told)
     same, _ = fine_tune(8)  # diameter ~16: the start's own size, its rule kept as it is
     assert same.postprocess == start.postprocess and "rule_scaled" not in same.meta["training"]
+
+
+def test_one_annotated_image_learns_the_range_of_its_objects_sizes():
+    """One image of small and large discs: the learned range spans both sizes (not the image's one
+    median twice), so ``auto`` leaves images at that magnification alone and still shrinks 2x ones."""
+    mixed = discs(5, n=6).astype(np.uint16)
+    large = discs(9, n=6, seed=1)
+    mixed[:, 128:] = np.where(large[:, :128] > 0, large[:, :128] + 100, 0)
+    learned = size.learned_size([mixed])
+    low, high = size.learned_range({size.KEY: learned})
+    assert low <= 11 and high >= 17, learned
+    assert size.factor_for((low, high), 16) == 1.0 and size.factor_for((low, high), 10) == 1.0
+    assert size.factor_for((low, high), 2 * high * size.DEAD_ZONE) < 1.0
