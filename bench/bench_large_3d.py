@@ -1,7 +1,8 @@
 """3D streaming: a (Z, Y, X) Zarr volume predicted to OME-Zarr labels by a 3D model, peak memory and time.
 
     .venv/bin/python bench/bench_large_3d.py [--shapes 128x128x128,512x128x128,64x512x512] [--threads 2]
-                                             [--z-scale 2] [--tile 128] [--model DIR [--train SECONDS]]
+                                             [--z-scale 2] [--tile 0] [--model DIR [--train SECONDS]]
+                                             [--halos 96,64,48,32,16 [--halo-shape 192x160x160] [--seeds 0,1]]
 
 For each shape a uint16 Zarr volume of synthetic nuclei (``bench_3d.nuclei_volume``, one 64 x 128 x 128
 block tiled to the shape) is streamed by ``inference.large.predict_large`` in a child process with the
@@ -12,8 +13,8 @@ not depend on them, the instances (and so the post-processing's work) do. The ch
 
 - ``model``: its RSS with the model loaded (the baseline);
 - ``one tile``: the peak above the baseline of one forward pass on the largest tile input the run
-  reads (``--tile`` voxels per axis plus the network's halo, clipped to the volume): the network's
-  own working memory, which whole-volume prediction needs as well;
+  reads (the tile, by default sized by memory, plus the halo, clipped to the volume): the network's
+  own working memory, which in-memory prediction of the volume needs as well;
 - ``stream``: the peak above the baseline over the whole streamed prediction (tiles, blending,
   writing, block-wise instances), and the seconds it took.
 
@@ -65,7 +66,7 @@ else:
     bundle = load_bundle(sys.argv[6])
 image = zarr.open(sys.argv[1], mode="r")
 pcfg = PredictConfig(volume_tile_size=int(sys.argv[5]))
-spec, allowed = tile_geometry(bundle.net, replace(pcfg, overlap=VOLUME_OVERLAP))
+spec, allowed = tile_geometry(bundle.net, replace(pcfg, overlap=VOLUME_OVERLAP), image.shape)
 tile_in = [min(allowed(min(n, spec.tile)) + 2 * spec.context, n) for n in image.shape]
 base = kib("VmRSS")
 reset_peak()
@@ -86,8 +87,8 @@ for event in predict_large(bundle, image, sys.argv[2], pcfg):
         objects = event.summary["objects"]
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "base_kib": base, "tile_peak_kib": tile_peak, "tile_seconds": tile_seconds,
-                  "tile_input": tile_in, "stream_peak_kib": kib("VmHWM"), "base2_kib": base2, "tiles": tiles,
-                  "objects": objects}))
+                  "tile_input": tile_in, "tile": spec.tile, "stream_peak_kib": kib("VmHWM"), "base2_kib": base2,
+                  "tiles": tiles, "objects": objects}))
 """
 
 
@@ -126,7 +127,7 @@ def bench(shape: tuple[int, int, int], threads: int, z_scale: float, tile: int, 
         shutil.rmtree(work, ignore_errors=True)
     gib = 2**20
     mvox = np.prod(shape) / 1e6
-    print(f"{'x'.join(map(str, shape))} ({mvox:.1f} Mvoxels), {r['tiles']} tiles, {r['objects']} objects: "
+    print(f"{'x'.join(map(str, shape))} ({mvox:.1f} Mvoxels), {r['tiles']} tiles of {r['tile']}, {r['objects']} objects: "
           f"{r['seconds']:.0f} s ({mvox / r['seconds']:.3f} Mvoxels/s); model {r['base_kib'] / gib:.2f} GiB; "
           f"one tile {'x'.join(map(str, r['tile_input']))} {(r['tile_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
           f"({r['tile_seconds']:.1f} s); stream peak {(r['stream_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
@@ -198,18 +199,78 @@ def compare(shape: tuple[int, int, int], threads: int, z_scale: float, block: np
           flush=True)
 
 
+def halos(values: list[int], shape: tuple[int, int, int], tile: int, threads: int, z_scale: float, model: str,
+          seeds: list[int]) -> None:
+    """How a 3D tile's halo changes the prediction: fresh nuclei volumes of ``shape`` (at z-scale 1,
+    ``bench_3d.nuclei_volume``, one per seed) predicted whole (one tile) and in ``tile``-voxel tiles
+    with each halo; per halo the largest and mean absolute probability difference and the
+    instances (the model's post-processing) matched to the whole-volume ones by IoU."""
+    import torch
+    from scipy import ndimage as ndi
+
+    from bench_3d import nuclei_volume
+    from napari_unet.config import PredictConfig
+    from napari_unet.inference.labels import labels_for
+    from napari_unet.inference.predict import predict_probabilities, tile_geometry
+    from napari_unet.models.bundle import load_bundle
+
+    torch.set_num_threads(threads)
+    bundle = load_bundle(model)
+    n = int(120 * np.prod(shape) / (64 * 128 * 128))
+    for seed in seeds:
+        image, _ = nuclei_volume(np.random.default_rng(100 + seed), shape=shape, n=n, z_scale=z_scale)
+        t = time.perf_counter()
+        whole_p = predict_probabilities(bundle, image, PredictConfig(volume_tile_size=1024, volume_context=1024))
+        whole_s = time.perf_counter() - t
+        whole = labels_for(bundle, whole_p, 10)
+        print(f"halo: volume {'x'.join(map(str, image.shape))} (seed {seed}), whole {whole_s:.0f} s, "
+              f"{int(whole.max())} objects", flush=True)
+        for halo in values:
+            cfg = PredictConfig(volume_tile_size=tile, volume_context=halo, overlap=16)
+            spec, _ = tile_geometry(bundle.net, cfg, image.shape)
+            t = time.perf_counter()
+            probs = predict_probabilities(bundle, image, cfg)
+            seconds = time.perf_counter() - t
+            labels = labels_for(bundle, probs, 10)
+            diff = np.abs(probs - whole_p)
+            ious, same = [], 0
+            for i, box in enumerate(ndi.find_objects(whole), start=1):
+                if box is None:
+                    continue
+                inside = whole[box] == i
+                ids, counts = np.unique(labels[box][inside], return_counts=True)
+                best = ids[np.argmax(counts)]
+                if best == 0:
+                    ious.append(0.0)
+                    continue
+                other = labels == best
+                ious.append(float(np.sum((whole == i) & other) / np.sum((whole == i) | other)))
+                same += int(ious[-1] == 1.0)
+            ious = np.array(ious)
+            print(f"halo {halo} (read {spec.context}), tiles of {spec.tile}: {seconds:.0f} s; prob diff max "
+                  f"{diff.max():.4f} mean {diff.mean():.6f}; {int(labels.max())} vs {int(whole.max())} objects; "
+                  f"matched IoU > 0.5 {np.mean(ious > 0.5):.4f}, > 0.9 {np.mean(ious > 0.9):.4f}, mean IoU "
+                  f"{ious.mean():.4f}, identical voxel for voxel {same}/{len(ious)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="128x128x128,512x128x128,64x512x512")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--z-scale", type=float, default=2.0)
-    parser.add_argument("--tile", type=int, default=128, help="3D tile side (PredictConfig.volume_tile_size)")
+    parser.add_argument("--tile", type=int, default=0,
+                        help="3D tile side (PredictConfig.volume_tile_size; default 0: sized by memory)")
     parser.add_argument("--model", default="random", help="a 3D model folder (default: random weights)")
     parser.add_argument("--compare", default="", help="also stream a volume of this shape in 32-voxel blocks and "
                         "match its instances with the whole-volume prediction's, e.g. 64x128x128")
     parser.add_argument("--train", type=float, default=0,
                         help="train a 3D model first for this many seconds (bench_3d's data and command) into "
                              "--model, unless that folder holds one already")
+    parser.add_argument("--halos", default="", help="compare tiled with whole-volume prediction for these halos, "
+                        "e.g. 96,64,48,32,16 (needs --model)")
+    parser.add_argument("--halo-shape", default="192x160x160", help="--halos volumes (z at z-scale 1)")
+    parser.add_argument("--halo-tile", type=int, default=64, help="--halos tile side")
+    parser.add_argument("--seeds", default="0", help="--halos volumes, one per seed")
     args = parser.parse_args()
     print(machine_description())
     if args.train and not (Path(args.model) / "model.json").is_file():
@@ -225,6 +286,9 @@ def main() -> None:
     for text in filter(None, args.shapes.split(",")):
         shape = tuple(int(v) for v in text.lower().split("x"))
         bench(shape, args.threads, args.z_scale, args.tile, block, args.model)  # type: ignore[arg-type]
+    if args.halos:
+        halos([int(v) for v in args.halos.split(",")], tuple(int(v) for v in args.halo_shape.split("x")),
+              args.halo_tile, args.threads, args.z_scale, args.model, [int(v) for v in args.seeds.split(",")])
     if args.compare:
         shape = tuple(int(v) for v in args.compare.lower().split("x"))
         compare(shape, args.threads, args.z_scale, block, args.model)  # type: ignore[arg-type]

@@ -9,7 +9,9 @@ be on the whole image:
 - ``same`` networks (``context`` > 0): each tile reads a halo of ``context`` pixels from its
   neighbours (clipped at the image border, where the network pads exactly as it would on the
   whole image); the halo is cropped from the output. With ``context`` at least the network's
-  receptive radius, the tile's output equals the whole-image output.
+  receptive radius, the tile's output equals the whole-image output. 3D networks read less
+  (``PredictConfig.volume_context``, measured to keep the whole volume's instances), so that a
+  tile's forward pass fits in memory.
 
 Tile starts are multiples of ``align`` (the network's total down-sampling 2**depth), so max
 pooling sees the same grid in every tile. The image is read lazily per tile: any array with
