@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_large_3d.py [--shapes 128x128x128,512x128x128,64x512x512] [--threads 2]
                                              [--z-scale 2] [--tile 0] [--model DIR [--train SECONDS]]
                                              [--halos 96,64,48,32,16 [--halo-shape 192x160x160] [--seeds 0,1]]
+                                             [--forward 8:4:64,8:4:96,16:4:96]
 
 For each shape a uint16 Zarr volume of synthetic nuclei (``bench_3d.nuclei_volume``, one 64 x 128 x 128
 block tiled to the shape) is streamed by ``inference.large.predict_large`` in a child process with the
@@ -92,6 +93,44 @@ print(json.dumps({"seconds": seconds, "base_kib": base, "tile_peak_kib": tile_pe
 """
 
 
+FORWARD = r"""
+import json, sys, time, torch, numpy as np
+torch.set_num_threads(1)
+from napari_unet.config import TrainConfig, UNetConfig
+from napari_unet.models.bundle import build_network
+from napari_unet.inference.predict import network_forward
+from napari_unet.runtime.device import low_precision_dtype
+
+def kib(key):
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
+
+width, depth, side = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+net = build_network(TrainConfig(model=UNetConfig(dims=3, depth=depth, base_width=width))).eval()
+dtype = low_precision_dtype(torch.device("cpu"), None)
+network_forward(net, np.zeros((1, 1, 16, 32, 32), np.float32), dtype)  # warm up
+x = np.random.default_rng(0).random((1, 1, side, side, side)).astype(np.float32)
+base = kib("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+t = time.perf_counter()
+network_forward(net, x, dtype)
+print(json.dumps({"seconds": time.perf_counter() - t, "peak_kib": kib("VmHWM") - base}))
+"""
+
+
+def forward_memory(entries: list[str]) -> None:
+    """Peak RSS above the model of one bf16 CPU forward pass (one thread) of a 3D U-Net of each
+    ``width:depth:side`` on a side-cubed input, per input voxel (``config.VOLUME_FORWARD_BYTES``)."""
+    for entry in entries:
+        width, depth, side = (int(v) for v in entry.split(":"))
+        out = subprocess.run([sys.executable, "-c", FORWARD, str(width), str(depth), str(side)], stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"forward width {width}, depth {depth}, input {side}^3: {r['peak_kib'] / 1024:.0f} MiB above the model, "
+              f"{r['peak_kib'] * 1024 / side**3:.0f} bytes per input voxel, {r['seconds']:.2f} s", flush=True)
+
+
 def source_block(z_scale: float) -> np.ndarray:
     """A 64 x 128 x 128 (at z-scale 1) uint16 block of crowded synthetic nuclei."""
     from bench_3d import nuclei_volume
@@ -127,7 +166,8 @@ def bench(shape: tuple[int, int, int], threads: int, z_scale: float, tile: int, 
         shutil.rmtree(work, ignore_errors=True)
     gib = 2**20
     mvox = np.prod(shape) / 1e6
-    print(f"{'x'.join(map(str, shape))} ({mvox:.1f} Mvoxels), {r['tiles']} tiles of {r['tile']}, {r['objects']} objects: "
+    print(f"{'x'.join(map(str, shape))} ({mvox:.1f} Mvoxels), {r['tiles']} tiles of {r['tile']}, "
+          f"{r['objects']} objects: "
           f"{r['seconds']:.0f} s ({mvox / r['seconds']:.3f} Mvoxels/s); model {r['base_kib'] / gib:.2f} GiB; "
           f"one tile {'x'.join(map(str, r['tile_input']))} {(r['tile_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
           f"({r['tile_seconds']:.1f} s); stream peak {(r['stream_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
@@ -271,8 +311,12 @@ def main() -> None:
     parser.add_argument("--halo-shape", default="192x160x160", help="--halos volumes (z at z-scale 1)")
     parser.add_argument("--halo-tile", type=int, default=64, help="--halos tile side")
     parser.add_argument("--seeds", default="0", help="--halos volumes, one per seed")
+    parser.add_argument("--forward", default="", help="measure one forward pass's memory per input voxel for "
+                        "these width:depth:side entries, e.g. 8:4:64,8:4:96,16:4:96")
     args = parser.parse_args()
     print(machine_description())
+    if args.forward:
+        forward_memory(args.forward.split(","))
     if args.train and not (Path(args.model) / "model.json").is_file():
         from bench_3d import run, write_set
 

@@ -197,9 +197,10 @@ CUDA_VOLUME_SIZES: tuple[tuple[float, int, int], ...] = ((40.0, 128, 4 * 128**3)
 MAX_VOLUME_BATCH = 16  # volumes much smaller than the patch budget: at most this many patches per step
 # 3D prediction tiles are sized by memory (``runtime.sizes.volume_tile``): the largest tile whose forward
 # pass, on its input of tile + 2 * halo voxels per axis (clipped to the volume), fits the device's budget.
-# Forward memory per input voxel: VOLUME_FORWARD_BYTES[0] + VOLUME_FORWARD_BYTES[1] * base width (bf16 on a
-# CPU, any depth; measured 118 / 170 / 288 bytes at width 4 / 8 / 16, docs/benchmarks.md "3D streaming").
-VOLUME_FORWARD_BYTES: tuple[float, float] = (64.0, 14.0)
+# Forward memory per input voxel: VOLUME_FORWARD_BYTES[0] + VOLUME_FORWARD_BYTES[1] * base width (bf16 on
+# a CPU, any depth; measured 117-118 / 144-184 / 254-288 bytes at width 4 / 8 / 16: docs/benchmarks.md,
+# "3D streaming").
+VOLUME_FORWARD_BYTES: tuple[float, float] = (64.0, 16.0)
 CPU_VOLUME_FORWARD_GB = 1.0  # CPU: one tile's forward pass; a whole stream then stays under 2 GB above the model
 CUDA_VOLUME_FORWARD_SHARE = 0.5  # CUDA: this share of the card's free memory (fp32 activations counted twice)
 MAX_VOLUME_TILE = 256  # a tile's side at most (its blending buffers grow with tile x tile x X on the host)
