@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_large_3d.py [--shapes 128x128x128,512x128x128,64x512x512] [--threads 2]
                                              [--z-scale 2] [--tile 0] [--model DIR [--train SECONDS]]
                                              [--halos 96,64,48,32,16 [--halo-shape 192x160x160] [--seeds 0,1]]
-                                             [--forward 8:4:64,8:4:96,16:4:96]
+                                             [--forward 8:4:64,8:4:96,16:4:96] [--sketch 256x1024x1024]
 
 For each shape a uint16 Zarr volume of synthetic nuclei (``bench_3d.nuclei_volume``, one 64 x 128 x 128
 block tiled to the shape) is streamed by ``inference.large.predict_large`` in a child process with the
@@ -129,6 +129,61 @@ def forward_memory(entries: list[str]) -> None:
         r = json.loads(out.strip().splitlines()[-1])
         print(f"forward width {width}, depth {depth}, input {side}^3: {r['peak_kib'] / 1024:.0f} MiB above the model, "
               f"{r['peak_kib'] * 1024 / side**3:.0f} bytes per input voxel, {r['seconds']:.2f} s", flush=True)
+
+
+SKETCH = r"""
+import json, sys, numpy as np, torch
+torch.set_num_threads(1)
+from napari_unet.config import PredictConfig
+from napari_unet.models.bundle import load_bundle
+from napari_unet.inference.predict import network_forward, tile_geometry
+from napari_unet.inference.tiling import Block, iter_tiled_blocks
+from napari_unet.runtime.device import low_precision_dtype
+
+def kib(key):
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
+
+class Lazy:  # a volume read as random voxels, box by box
+    def __init__(self, shape):
+        self.shape = (1, *shape)
+    def __getitem__(self, key):
+        return np.random.default_rng(0).random([s.stop - s.start for s in key[1:]], np.float32)[None]
+
+shape, tile, real = tuple(int(v) for v in sys.argv[1].split("x")), int(sys.argv[2]), int(sys.argv[4])
+net = load_bundle(sys.argv[3]).net.eval()
+dtype = low_precision_dtype(torch.device("cpu"), None)
+spec, allowed = tile_geometry(net, PredictConfig(volume_tile_size=tile, overlap=16), shape)
+network_forward(net, np.zeros((1, 1, 16, 32, 32), np.float32), dtype)
+count, ran = [0], [0]
+def fn(batch):  # the real network on every 7th tile once the first z-row is done (all buffers resident)
+    count[0] += 1
+    if ran[0] < real and count[0] > first_row and count[0] % 7 == 0:
+        ran[0] += 1
+        return network_forward(net, batch, dtype)
+    return np.full((batch.shape[0], 3, *batch.shape[2:]), 0.3, np.float32)
+from napari_unet.inference.tiling import _plan
+plans = _plan(shape, spec, allowed)[0]
+first_row = len(plans[1][1]) * len(plans[2][1])
+base = kib("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+for item in iter_tiled_blocks(fn, Lazy(shape), 3, spec, allowed):
+    if isinstance(item, Block):
+        item.data.astype(np.float16)  # what predict_large writes
+print(json.dumps({"tile": spec.tile, "tiles": count[0], "real": ran[0], "peak_kib": kib("VmHWM") - base}))
+"""
+
+
+def sketch(shape: str, tile: int, model: str, real: int = 6) -> None:
+    """The tiling's own peak with one real forward pass at a time: ``iter_tiled_blocks`` over a lazy
+    volume of ``shape``, the real network on ``real`` tiles after the first z-row (every buffer
+    resident by then), a constant stand-in elsewhere; no reading, writing or post-processing, so
+    minutes instead of an hour."""
+    out = subprocess.run([sys.executable, "-c", SKETCH, shape, str(tile), model, str(real)], stdout=subprocess.PIPE,
+                         text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    print(f"sketch {shape}: tiles of {r['tile']} ({r['tiles']}, {r['real']} through the network): peak "
+          f"{r['peak_kib'] / 2**20:.2f} GiB above the model", flush=True)
 
 
 def source_block(z_scale: float) -> np.ndarray:
@@ -311,12 +366,16 @@ def main() -> None:
     parser.add_argument("--halo-shape", default="192x160x160", help="--halos volumes (z at z-scale 1)")
     parser.add_argument("--halo-tile", type=int, default=64, help="--halos tile side")
     parser.add_argument("--seeds", default="0", help="--halos volumes, one per seed")
+    parser.add_argument("--sketch", default="", help="the tiling's peak with a few real forward passes on "
+                        "volumes of these shapes, e.g. 256x1024x1024 (needs --model; minutes)")
     parser.add_argument("--forward", default="", help="measure one forward pass's memory per input voxel for "
                         "these width:depth:side entries, e.g. 8:4:64,8:4:96,16:4:96")
     args = parser.parse_args()
     print(machine_description())
     if args.forward:
         forward_memory(args.forward.split(","))
+    for text in filter(None, args.sketch.split(",")):
+        sketch(text, args.tile, args.model)
     if args.train and not (Path(args.model) / "model.json").is_file():
         from bench_3d import run, write_set
 

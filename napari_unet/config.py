@@ -201,7 +201,7 @@ MAX_VOLUME_BATCH = 16  # volumes much smaller than the patch budget: at most thi
 # a CPU, any depth; measured 117-118 / 144-184 / 254-288 bytes at width 4 / 8 / 16: docs/benchmarks.md,
 # "3D streaming").
 VOLUME_FORWARD_BYTES: tuple[float, float] = (64.0, 16.0)
-CPU_VOLUME_FORWARD_GB = 1.0  # CPU: one tile's forward pass; a whole stream then stays under 2 GB above the model
+CPU_VOLUME_FORWARD_GB = 0.75  # CPU: one tile's forward pass, leaving room for the stream's buffers (2 GB target)
 CUDA_VOLUME_FORWARD_SHARE = 0.5  # CUDA: this share of the card's free memory (fp32 activations counted twice)
 MAX_VOLUME_TILE = 256  # a tile's side at most (its blending buffers grow with tile x tile x X on the host)
 # voxels of context each 3D tile reads around it (at most the network's receptive radius, 96 for depth 4):
