@@ -1,7 +1,9 @@
 """3D streaming: a (Z, Y, X) Zarr volume predicted to OME-Zarr labels by a 3D model, peak memory and time.
 
     .venv/bin/python bench/bench_large_3d.py [--shapes 128x128x128,512x128x128,64x512x512] [--threads 2]
-                                             [--z-scale 2] [--tile 128] [--model DIR [--train SECONDS]]
+                                             [--z-scale 2] [--tile 0] [--model DIR [--train SECONDS]]
+                                             [--halos 96,64,48,32,16 [--halo-shape 192x160x160] [--seeds 0,1]]
+                                             [--forward 8:4:64,8:4:96,16:4:96] [--sketch 256x1024x1024]
 
 For each shape a uint16 Zarr volume of synthetic nuclei (``bench_3d.nuclei_volume``, one 64 x 128 x 128
 block tiled to the shape) is streamed by ``inference.large.predict_large`` in a child process with the
@@ -12,8 +14,8 @@ not depend on them, the instances (and so the post-processing's work) do. The ch
 
 - ``model``: its RSS with the model loaded (the baseline);
 - ``one tile``: the peak above the baseline of one forward pass on the largest tile input the run
-  reads (``--tile`` voxels per axis plus the network's halo, clipped to the volume): the network's
-  own working memory, which whole-volume prediction needs as well;
+  reads (the tile, by default sized by memory, plus the halo, clipped to the volume): the network's
+  own working memory, which in-memory prediction of the volume needs as well;
 - ``stream``: the peak above the baseline over the whole streamed prediction (tiles, blending,
   writing, block-wise instances), and the seconds it took.
 
@@ -65,7 +67,7 @@ else:
     bundle = load_bundle(sys.argv[6])
 image = zarr.open(sys.argv[1], mode="r")
 pcfg = PredictConfig(volume_tile_size=int(sys.argv[5]))
-spec, allowed = tile_geometry(bundle.net, replace(pcfg, overlap=VOLUME_OVERLAP))
+spec, allowed = tile_geometry(bundle.net, replace(pcfg, overlap=VOLUME_OVERLAP), image.shape)
 tile_in = [min(allowed(min(n, spec.tile)) + 2 * spec.context, n) for n in image.shape]
 base = kib("VmRSS")
 reset_peak()
@@ -86,9 +88,102 @@ for event in predict_large(bundle, image, sys.argv[2], pcfg):
         objects = event.summary["objects"]
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "base_kib": base, "tile_peak_kib": tile_peak, "tile_seconds": tile_seconds,
-                  "tile_input": tile_in, "stream_peak_kib": kib("VmHWM"), "base2_kib": base2, "tiles": tiles,
-                  "objects": objects}))
+                  "tile_input": tile_in, "tile": spec.tile, "stream_peak_kib": kib("VmHWM"), "base2_kib": base2,
+                  "tiles": tiles, "objects": objects}))
 """
+
+
+FORWARD = r"""
+import json, sys, time, torch, numpy as np
+torch.set_num_threads(1)
+from napari_unet.config import TrainConfig, UNetConfig
+from napari_unet.models.bundle import build_network
+from napari_unet.inference.predict import network_forward
+from napari_unet.runtime.device import low_precision_dtype
+
+def kib(key):
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
+
+width, depth, side = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+net = build_network(TrainConfig(model=UNetConfig(dims=3, depth=depth, base_width=width))).eval()
+dtype = low_precision_dtype(torch.device("cpu"), None)
+network_forward(net, np.zeros((1, 1, 16, 32, 32), np.float32), dtype)  # warm up
+x = np.random.default_rng(0).random((1, 1, side, side, side)).astype(np.float32)
+base = kib("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+t = time.perf_counter()
+network_forward(net, x, dtype)
+print(json.dumps({"seconds": time.perf_counter() - t, "peak_kib": kib("VmHWM") - base}))
+"""
+
+
+def forward_memory(entries: list[str]) -> None:
+    """Peak RSS above the model of one bf16 CPU forward pass (one thread) of a 3D U-Net of each
+    ``width:depth:side`` on a side-cubed input, per input voxel (``config.VOLUME_FORWARD_BYTES``)."""
+    for entry in entries:
+        width, depth, side = (int(v) for v in entry.split(":"))
+        out = subprocess.run([sys.executable, "-c", FORWARD, str(width), str(depth), str(side)], stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"forward width {width}, depth {depth}, input {side}^3: {r['peak_kib'] / 1024:.0f} MiB above the model, "
+              f"{r['peak_kib'] * 1024 / side**3:.0f} bytes per input voxel, {r['seconds']:.2f} s", flush=True)
+
+
+SKETCH = r"""
+import json, sys, numpy as np, torch
+torch.set_num_threads(1)
+from napari_unet.config import PredictConfig
+from napari_unet.models.bundle import load_bundle
+from napari_unet.inference.predict import network_forward, tile_geometry
+from napari_unet.inference.tiling import Block, iter_tiled_blocks
+from napari_unet.runtime.device import low_precision_dtype
+
+def kib(key):
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
+
+class Lazy:  # a volume read as random voxels, box by box
+    def __init__(self, shape):
+        self.shape = (1, *shape)
+    def __getitem__(self, key):
+        return np.random.default_rng(0).random([s.stop - s.start for s in key[1:]], np.float32)[None]
+
+shape, tile, real = tuple(int(v) for v in sys.argv[1].split("x")), int(sys.argv[2]), int(sys.argv[4])
+net = load_bundle(sys.argv[3]).net.eval()
+dtype = low_precision_dtype(torch.device("cpu"), None)
+spec, allowed = tile_geometry(net, PredictConfig(volume_tile_size=tile, overlap=16), shape)
+network_forward(net, np.zeros((1, 1, 16, 32, 32), np.float32), dtype)
+count, ran = [0], [0]
+def fn(batch):  # the real network on every 7th tile once the first z-row is done (all buffers resident)
+    count[0] += 1
+    if ran[0] < real and count[0] > first_row and count[0] % 7 == 0:
+        ran[0] += 1
+        return network_forward(net, batch, dtype)
+    return np.full((batch.shape[0], 3, *batch.shape[2:]), 0.3, np.float32)
+from napari_unet.inference.tiling import _plan
+plans = _plan(shape, spec, allowed)[0]
+first_row = len(plans[1][1]) * len(plans[2][1])
+base = kib("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+for item in iter_tiled_blocks(fn, Lazy(shape), 3, spec, allowed):
+    if isinstance(item, Block):
+        item.data.astype(np.float16)  # what predict_large writes
+print(json.dumps({"tile": spec.tile, "tiles": count[0], "real": ran[0], "peak_kib": kib("VmHWM") - base}))
+"""
+
+
+def sketch(shape: str, tile: int, model: str, real: int = 6) -> None:
+    """The tiling's own peak with one real forward pass at a time: ``iter_tiled_blocks`` over a lazy
+    volume of ``shape``, the real network on ``real`` tiles after the first z-row (every buffer
+    resident by then), a constant stand-in elsewhere; no reading, writing or post-processing, so
+    minutes instead of an hour."""
+    out = subprocess.run([sys.executable, "-c", SKETCH, shape, str(tile), model, str(real)], stdout=subprocess.PIPE,
+                         text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    print(f"sketch {shape}: tiles of {r['tile']} ({r['tiles']}, {r['real']} through the network): peak "
+          f"{r['peak_kib'] / 2**20:.2f} GiB above the model", flush=True)
 
 
 def source_block(z_scale: float) -> np.ndarray:
@@ -126,7 +221,8 @@ def bench(shape: tuple[int, int, int], threads: int, z_scale: float, tile: int, 
         shutil.rmtree(work, ignore_errors=True)
     gib = 2**20
     mvox = np.prod(shape) / 1e6
-    print(f"{'x'.join(map(str, shape))} ({mvox:.1f} Mvoxels), {r['tiles']} tiles, {r['objects']} objects: "
+    print(f"{'x'.join(map(str, shape))} ({mvox:.1f} Mvoxels), {r['tiles']} tiles of {r['tile']}, "
+          f"{r['objects']} objects: "
           f"{r['seconds']:.0f} s ({mvox / r['seconds']:.3f} Mvoxels/s); model {r['base_kib'] / gib:.2f} GiB; "
           f"one tile {'x'.join(map(str, r['tile_input']))} {(r['tile_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
           f"({r['tile_seconds']:.1f} s); stream peak {(r['stream_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
@@ -198,20 +294,88 @@ def compare(shape: tuple[int, int, int], threads: int, z_scale: float, block: np
           flush=True)
 
 
+def halos(values: list[int], shape: tuple[int, int, int], tile: int, threads: int, z_scale: float, model: str,
+          seeds: list[int]) -> None:
+    """How a 3D tile's halo changes the prediction: fresh nuclei volumes of ``shape`` (at z-scale 1,
+    ``bench_3d.nuclei_volume``, one per seed) predicted whole (one tile) and in ``tile``-voxel tiles
+    with each halo; per halo the largest and mean absolute probability difference and the
+    instances (the model's post-processing) matched to the whole-volume ones by IoU."""
+    import torch
+    from scipy import ndimage as ndi
+
+    from bench_3d import nuclei_volume
+    from napari_unet.config import PredictConfig
+    from napari_unet.inference.labels import labels_for
+    from napari_unet.inference.predict import predict_probabilities, tile_geometry
+    from napari_unet.models.bundle import load_bundle
+
+    torch.set_num_threads(threads)
+    bundle = load_bundle(model)
+    n = int(120 * np.prod(shape) / (64 * 128 * 128))
+    for seed in seeds:
+        image, _ = nuclei_volume(np.random.default_rng(100 + seed), shape=shape, n=n, z_scale=z_scale)
+        t = time.perf_counter()
+        whole_p = predict_probabilities(bundle, image, PredictConfig(volume_tile_size=1024, volume_context=1024))
+        whole_s = time.perf_counter() - t
+        whole = labels_for(bundle, whole_p, 10)
+        print(f"halo: volume {'x'.join(map(str, image.shape))} (seed {seed}), whole {whole_s:.0f} s, "
+              f"{int(whole.max())} objects", flush=True)
+        for halo in values:
+            cfg = PredictConfig(volume_tile_size=tile, volume_context=halo, overlap=16)
+            spec, _ = tile_geometry(bundle.net, cfg, image.shape)
+            t = time.perf_counter()
+            probs = predict_probabilities(bundle, image, cfg)
+            seconds = time.perf_counter() - t
+            labels = labels_for(bundle, probs, 10)
+            diff = np.abs(probs - whole_p)
+            ious, same = [], 0
+            for i, box in enumerate(ndi.find_objects(whole), start=1):
+                if box is None:
+                    continue
+                inside = whole[box] == i
+                ids, counts = np.unique(labels[box][inside], return_counts=True)
+                best = ids[np.argmax(counts)]
+                if best == 0:
+                    ious.append(0.0)
+                    continue
+                other = labels == best
+                ious.append(float(np.sum((whole == i) & other) / np.sum((whole == i) | other)))
+                same += int(ious[-1] == 1.0)
+            ious = np.array(ious)
+            print(f"halo {halo} (read {spec.context}), tiles of {spec.tile}: {seconds:.0f} s; prob diff max "
+                  f"{diff.max():.4f} mean {diff.mean():.6f}; {int(labels.max())} vs {int(whole.max())} objects; "
+                  f"matched IoU > 0.5 {np.mean(ious > 0.5):.4f}, > 0.9 {np.mean(ious > 0.9):.4f}, mean IoU "
+                  f"{ious.mean():.4f}, identical voxel for voxel {same}/{len(ious)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="128x128x128,512x128x128,64x512x512")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--z-scale", type=float, default=2.0)
-    parser.add_argument("--tile", type=int, default=128, help="3D tile side (PredictConfig.volume_tile_size)")
+    parser.add_argument("--tile", type=int, default=0,
+                        help="3D tile side (PredictConfig.volume_tile_size; default 0: sized by memory)")
     parser.add_argument("--model", default="random", help="a 3D model folder (default: random weights)")
     parser.add_argument("--compare", default="", help="also stream a volume of this shape in 32-voxel blocks and "
                         "match its instances with the whole-volume prediction's, e.g. 64x128x128")
     parser.add_argument("--train", type=float, default=0,
                         help="train a 3D model first for this many seconds (bench_3d's data and command) into "
                              "--model, unless that folder holds one already")
+    parser.add_argument("--halos", default="", help="compare tiled with whole-volume prediction for these halos, "
+                        "e.g. 96,64,48,32,16 (needs --model)")
+    parser.add_argument("--halo-shape", default="192x160x160", help="--halos volumes (z at z-scale 1)")
+    parser.add_argument("--halo-tile", type=int, default=64, help="--halos tile side")
+    parser.add_argument("--seeds", default="0", help="--halos volumes, one per seed")
+    parser.add_argument("--sketch", default="", help="the tiling's peak with a few real forward passes on "
+                        "volumes of these shapes, e.g. 256x1024x1024 (needs --model; minutes)")
+    parser.add_argument("--forward", default="", help="measure one forward pass's memory per input voxel for "
+                        "these width:depth:side entries, e.g. 8:4:64,8:4:96,16:4:96")
     args = parser.parse_args()
     print(machine_description())
+    if args.forward:
+        forward_memory(args.forward.split(","))
+    for text in filter(None, args.sketch.split(",")):
+        sketch(text, args.tile, args.model)
     if args.train and not (Path(args.model) / "model.json").is_file():
         from bench_3d import run, write_set
 
@@ -225,6 +389,9 @@ def main() -> None:
     for text in filter(None, args.shapes.split(",")):
         shape = tuple(int(v) for v in text.lower().split("x"))
         bench(shape, args.threads, args.z_scale, args.tile, block, args.model)  # type: ignore[arg-type]
+    if args.halos:
+        halos([int(v) for v in args.halos.split(",")], tuple(int(v) for v in args.halo_shape.split("x")),
+              args.halo_tile, args.threads, args.z_scale, args.model, [int(v) for v in args.seeds.split(",")])
     if args.compare:
         shape = tuple(int(v) for v in args.compare.lower().split("x"))
         compare(shape, args.threads, args.z_scale, block, args.model)  # type: ignore[arg-type]

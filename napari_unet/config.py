@@ -195,6 +195,18 @@ MPS_VOLUME_SIZES: tuple[int, int] = (64, 4 * 16 * 64 * 64)
 CUDA_VOLUME_SIZES: tuple[tuple[float, int, int], ...] = ((40.0, 128, 4 * 128**3), (20.0, 128, 2 * 128**3),
                                                          (10.0, 96, 96**3))
 MAX_VOLUME_BATCH = 16  # volumes much smaller than the patch budget: at most this many patches per step
+# 3D prediction tiles are sized by memory (``runtime.sizes.volume_tile``): the largest tile whose forward
+# pass, on its input of tile + 2 * halo voxels per axis (clipped to the volume), fits the device's budget.
+# Forward memory per input voxel: VOLUME_FORWARD_BYTES[0] + VOLUME_FORWARD_BYTES[1] * base width (bf16 on
+# a CPU, any depth; measured 117-118 / 144-184 / 254-288 bytes at width 4 / 8 / 16: docs/benchmarks.md,
+# "3D streaming").
+VOLUME_FORWARD_BYTES: tuple[float, float] = (64.0, 16.0)
+CPU_VOLUME_FORWARD_GB = 0.75  # CPU: one tile's forward pass, leaving room for the stream's buffers (2 GB target)
+CUDA_VOLUME_FORWARD_SHARE = 0.5  # CUDA: this share of the card's free memory (fp32 activations counted twice)
+MAX_VOLUME_TILE = 256  # a tile's side at most (its blending buffers grow with tile x tile x X on the host)
+# voxels of context each 3D tile reads around it (at most the network's receptive radius, 96 for depth 4):
+# the smallest halo whose tiles give the whole-volume instances (docs/benchmarks.md, "3D streaming")
+VOLUME_HALO_CONTEXT = 32
 
 
 @dataclass(frozen=True)
@@ -249,7 +261,8 @@ class PredictConfig:
     """How to apply a trained model."""
 
     tile_size: int = 1024  # "same" models see whole images up to this size; larger ones are tiled
-    volume_tile_size: int = 128  # 3D models: tile side per axis (a 3D tile costs the cube of its side)
+    volume_tile_size: int = 0  # 3D models: tile side per axis; 0 = by memory (``runtime.sizes.volume_tile``)
+    volume_context: int = VOLUME_HALO_CONTEXT  # 3D models: halo each tile reads (capped at the receptive radius)
     overlap: int = 64
     batch_size: int = 1
     device: str = setting("device", "auto")

@@ -11,11 +11,11 @@ chunks, whatever the image height. Normalisation percentiles come from a strided
 image.
 
 A 3D model streams a (Z, Y, X) volume box by box (``tiling.iter_tiled_blocks``): 3D tiles
-(``PredictConfig.volume_tile_size`` voxels per axis plus the network's halo, blended over at most
-``VOLUME_OVERLAP`` voxels) run in rows along z and, within a row, along y; each finished box (one
-tile step in z and y, all of x) is written where it lies, and the instances are labelled in
-``VOLUME_BLOCK`` blocks with a ``VOLUME_HALO`` halo, seam-free along all three axes, with the
-model's voxel spacing (z-scale) as the whole-volume post-processing uses it; the outputs'
+(sized by memory, ``runtime.sizes.volume_tile``, each reading a ``PredictConfig.volume_context``
+halo, blended over at most ``VOLUME_OVERLAP`` voxels) run in rows along z and, within a row,
+along y; each finished box (one tile step in z and y, all of x) is written where it lies, and the
+instances are labelled in ``VOLUME_BLOCK`` blocks with a ``VOLUME_HALO`` halo, seam-free along all
+three axes, with the model's voxel spacing (z-scale) as the whole-volume post-processing uses it; the outputs'
 OME-Zarr ``scale`` is (z-scale, 1, 1). Memory holds ``(K + 1) * 4`` bytes per voxel of one
 tile x tile x X buffer and of the tiles' z-overlap across the (Y, X) plane, one tile's forward
 pass and a few post-processing blocks, whatever the number of planes."""
@@ -239,14 +239,16 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     bounds = sampled_percentiles(view, tuple(bundle.config.percentiles), polarity=bundle.config.polarity)
     net = bundle.net.eval()
     dtype = low_precision_dtype(next(net.parameters()).device, None)
-    # 3D tiles carry a halo of the network's receptive radius, so they agree before blending: a thin
-    # blend (``VOLUME_OVERLAP``) suffices and spares most of the overlap's cost, which grows as its cube
+    # 3D tiles carry a halo (``volume_context``), so they nearly agree before blending: a thin blend
+    # (``VOLUME_OVERLAP``) suffices and spares most of the overlap's cost, which grows as its cube
     overlap = cfg.overlap if dims == 2 else min(cfg.overlap, VOLUME_OVERLAP)
     spec, allowed = tile_geometry(net, PredictConfig(tile_size=tile, overlap=overlap,
-                                                     volume_tile_size=cfg.volume_tile_size))
+                                                     volume_tile_size=cfg.volume_tile_size,
+                                                     volume_context=cfg.volume_context), shape)
     k, mc = bundle.n_outputs, max(cfg.mc_samples, 0)
     kinds = uncertainty_kinds(bundle.config) if mc else ()
-    yield Message(f"streaming {'x'.join(map(str, shape))} in {spec.tile}-pixel tiles to {out.name}"
+    unit = "pixel" if dims == 2 else f"voxel (+ {spec.context or spec.margin}-voxel halo)"
+    yield Message(f"streaming {'x'.join(map(str, shape))} in {spec.tile}-{unit} tiles to {out.name}"
                   + (f" with {mc} MC-dropout passes per tile" if mc else ""))
     prob_path, unc_path = _sibling(out, "probabilities"), _sibling(out, "uncertainty") if mc else None
     work = prob_path if probabilities else out.with_name(f".{out.name}.work")

@@ -24,7 +24,8 @@ from napari_unet.inference.uncertainty import CLASS_KINDS, mc_uncertainty
 from napari_unet.models import enable_mc_dropout
 from napari_unet.models.bundle import ModelBundle
 from napari_unet.models.unet import _valid_input_size, _valid_output_size
-from napari_unet.runtime.device import autocast, channels_last_format, low_precision_dtype
+from napari_unet.runtime import sizes
+from napari_unet.runtime.device import autocast, channels_last_format, low_precision_dtype, volume_forward_budget
 
 _log = logging.getLogger(__name__)
 
@@ -53,25 +54,40 @@ def network_forward(net: torch.nn.Module, batch: np.ndarray, dtype: torch.dtype 
     return maps.cpu().numpy()
 
 
-def tile_geometry(net: torch.nn.Module, cfg: PredictConfig) -> tuple[TileSpec, AllowedFn]:
+def tile_geometry(net: torch.nn.Module, cfg: PredictConfig,
+                  shape: Sequence[int] | None = None) -> tuple[TileSpec, AllowedFn]:
     """Overlap-tile geometry for ``net``: mirrored margin for valid networks, a halo of at least
-    the receptive radius for same networks, tile starts on the pooling grid."""
+    the receptive radius for same 2D networks, tile starts on the pooling grid. 3D networks: a halo
+    of ``cfg.volume_context`` voxels (at most the receptive radius) and tiles of
+    ``cfg.volume_tile_size``, or (0) sized by memory for the volume's spatial ``shape``
+    (``runtime.sizes.volume_tile``)."""
     ucfg = getattr(net, "cfg", None)
     if ucfg is None:  # an arbitrary callable network: plain tiles
         return TileSpec(cfg.tile_size, cfg.overlap), lambda n: n
     depth, align = ucfg.depth, 2**ucfg.depth
-    if ucfg.dims == 3:  # a 3D tile costs the cube of its side
-        cfg = replace(cfg, tile_size=min(cfg.tile_size, cfg.volume_tile_size))
     probe = _valid_input_size(1, depth)
     radius = (probe - _valid_output_size(probe, depth)) // 2  # pixels each output sees per side
+    extra = align if (ucfg.attention or ucfg.upsample == "interpolate") else 1  # linear resampling reach
+    context = round_up(radius + extra, align)
+    if ucfg.dims == 3:  # a 3D tile costs the cube of its side plus halo: sized by memory
+        context = min(context, round_up(cfg.volume_context, align))
+        cfg = replace(cfg, tile_size=min(cfg.tile_size, cfg.volume_tile_size or volume_tile_size(
+            net, radius if ucfg.padding == "valid" else context, align, shape)))
     if ucfg.padding == "valid":
         def allowed(n: int) -> int:
             return _valid_output_size(_valid_input_size(n, depth), depth)
         return TileSpec(allowed(cfg.tile_size), cfg.overlap, margin=radius, align=align), allowed
-    extra = align if (ucfg.attention or ucfg.upsample == "interpolate") else 1  # linear resampling reach
-    context = round_up(radius + extra, align)
     return TileSpec(round_up(cfg.tile_size, align), cfg.overlap, context=context, align=align), \
         (lambda n: round_up(n, align))
+
+
+def volume_tile_size(net: torch.nn.Module, halo: int, align: int, shape: Sequence[int] | None = None) -> int:
+    """The 3D tile side whose forward pass (with ``halo`` voxels per side) fits the memory budget of
+    the network's device (``runtime.sizes.volume_tile``)."""
+    device = next(net.parameters()).device
+    low = low_precision_dtype(device, None) is not None
+    return sizes.volume_tile(volume_forward_budget(device), sizes.forward_bytes_per_voxel(net.cfg.base_width, low),
+                             halo, align, shape)
 
 
 def network_tile_fn(net: torch.nn.Module, dtype: torch.dtype | None, seed: int | None = None) -> TileFn:
@@ -140,7 +156,7 @@ def predict_normalized(net: torch.nn.Module, chw: np.ndarray, n_out: int, cfg: P
     ``seed``: one MC-dropout pass with the same dropout mask in every tile.
     """
     while True:
-        spec, allowed = tile_geometry(net, cfg)
+        spec, allowed = tile_geometry(net, cfg, chw.shape[1:])
         try:
             return predict_tiled(network_tile_fn(net, dtype, seed), chw, n_out, spec.tile, spec.overlap,
                                  margin=spec.margin, batch_size=cfg.batch_size, context=spec.context,

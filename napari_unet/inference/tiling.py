@@ -9,7 +9,9 @@ be on the whole image:
 - ``same`` networks (``context`` > 0): each tile reads a halo of ``context`` pixels from its
   neighbours (clipped at the image border, where the network pads exactly as it would on the
   whole image); the halo is cropped from the output. With ``context`` at least the network's
-  receptive radius, the tile's output equals the whole-image output.
+  receptive radius, the tile's output equals the whole-image output. 3D networks read less
+  (``PredictConfig.volume_context``, measured to keep the whole volume's instances), so that a
+  tile's forward pass fits in memory.
 
 Tile starts are multiples of ``align`` (the network's total down-sampling 2**depth), so max
 pooling sees the same grid in every tile. The image is read lazily per tile: any array with
@@ -250,7 +252,8 @@ def iter_tiled_blocks(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowe
     all the other axes would not fit in memory: tiles run in rows along the first axis and, within
     a row, in rows along the second; each finished box (the first two axes one tile step each, the
     rest whole) is yielded as a ``Block`` (blended float32, together covering the image once), in
-    order along the first axis, then the second. Memory: ``(n_out + 1)`` float32 values per voxel
+    order along the first axis, then the second; a block's data is a view into the buffer, valid until
+    the generator resumes (copy or write it before). Memory: ``(n_out + 1)`` float32 values per voxel
     of one tile x tile x rest buffer, plus of the tiles' overlap along the first axis across the
     second and the rest (carried to the next row), whatever the image size."""
     shape = tuple(image.shape[1:])
@@ -289,9 +292,12 @@ def iter_tiled_blocks(fn: TileFn, image: Any, n_out: int, spec: TileSpec, allowe
                 buf[:, :depth, :n] += carry[:, :, y_lo:y_final]
             nz = z_final - z
             if nz > 0:
+                # normalised in place: the box is overwritten below anyway, and a copy of it (K x tile x
+                # tile x X float32) would add to the peak beside the buffers
                 acc = buf[(slice(None), slice(0, nz), slice(0, n), *rest)]
-                data = acc[:n_out] / np.maximum(acc[n_out], 1e-8)
-                yield Block((slice(z, z_final), slice(y_lo, y_final), *rest), data.astype(np.float32, copy=False))
+                np.maximum(acc[n_out], 1e-8, out=acc[n_out])
+                np.divide(acc[:n_out], acc[n_out], out=acc[:n_out])
+                yield Block((slice(z, z_final), slice(y_lo, y_final), *rest), acc[:n_out])
             if depth and r + 1 < len(z_starts):
                 carry[:, :, y_lo:y_final] = buf[:, nz:nz + depth, :n]
             buf[:, :, :ty - n] = buf[:, :, n:]  # keep the overlap with the next row along the second axis

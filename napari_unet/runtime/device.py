@@ -101,6 +101,15 @@ def default_sizes(device: torch.device, dims: int = 2, extents: Sequence[Sequenc
     return sizes.default_sizes(device.type, memory_gb(device), dims, extents, z_scale, depth)
 
 
+def volume_forward_budget(device: torch.device) -> float:
+    """Bytes one 3D prediction tile's forward pass may use on ``device`` (``sizes.volume_forward_budget``:
+    a fixed budget on a CPU, a share of the free memory of a CUDA card)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return sizes.volume_forward_budget("cuda", float(free))
+    return sizes.volume_forward_budget(device.type)
+
+
 def with_device_sizes(cfg: TrainConfig, device: torch.device,
                       extents: Sequence[Sequence[int]] = ()) -> TrainConfig:
     """``cfg`` (a ``TrainConfig``) with its unset (None) batch and patch size filled for ``device``

@@ -10,6 +10,12 @@ was three quarters padding, and a step of 8 of them took about a minute on a 2-c
 are multiples of the network's total down-sampling ``2**depth`` where the data allows (a "same"
 U-Net pads other sizes up to one), and the batch fills the voxel budget. Pure: no torch, so the
 rule can be shown and tested anywhere; ``runtime.device`` supplies the device's kind and memory.
+
+3D prediction tiles (``volume_tile``): by memory, one rule for streamed and in-memory prediction. A
+tile's forward pass holds about ``forward_bytes_per_voxel`` bytes per voxel of its input (the tile plus
+the halo it reads on every side, clipped to the volume), which grows with the network's width and
+hardly with its depth; the tile is the largest whose input fits the device's budget
+(``volume_forward_budget``: ``CPU_VOLUME_FORWARD_GB`` on a CPU, a share of a GPU's free memory).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from napari_unet.config import (CPU_SIZES, CPU_VOLUME_SIZES, CUDA_SIZES, CUDA_VOLUME_SIZES, MAX_VOLUME_BATCH,
+from napari_unet.config import (CPU_SIZES, CPU_VOLUME_FORWARD_GB, CPU_VOLUME_SIZES, CUDA_SIZES,
+                                CUDA_VOLUME_FORWARD_SHARE, CUDA_VOLUME_SIZES, MAX_VOLUME_BATCH, MAX_VOLUME_TILE,
+                                VOLUME_FORWARD_BYTES,
                                 MPS_SIZES, MPS_VOLUME_SIZES)
 from napari_unet.arrays.volumes import planes_for
 
@@ -75,3 +83,33 @@ def default_sizes(kind: str, memory_gb: float | None = None, dims: int = 2,
 def describe_sizes(batch: int, patch: Sequence[int]) -> str:
     """'2 patches of 16 × 64 × 64' (extents per axis)."""
     return f"{batch} patch{'es' if batch != 1 else ''} of {' × '.join(str(int(p)) for p in patch)}"
+
+
+def forward_bytes_per_voxel(base_width: int, low_precision: bool = True) -> float:
+    """Bytes one 3D U-Net forward pass holds per input voxel (``VOLUME_FORWARD_BYTES``, measured in
+    bf16); float32 activations take twice the width-dependent part."""
+    fixed, per_channel = VOLUME_FORWARD_BYTES
+    return fixed + per_channel * base_width * (1 if low_precision else 2)
+
+
+def volume_forward_budget(kind: str, free_bytes: float | None = None) -> float:
+    """Bytes one 3D tile's forward pass may use on a device of ``kind``: ``CUDA_VOLUME_FORWARD_SHARE``
+    of a CUDA card's ``free_bytes``, ``CPU_VOLUME_FORWARD_GB`` elsewhere (MPS shares the RAM)."""
+    if kind == "cuda" and free_bytes is not None:
+        return CUDA_VOLUME_FORWARD_SHARE * free_bytes
+    return CPU_VOLUME_FORWARD_GB * 2**30
+
+
+def volume_tile(budget: float, bytes_per_voxel: float, halo: int, align: int,
+                shape: Sequence[int] | None = None, cap: int = MAX_VOLUME_TILE) -> int:
+    """The largest 3D tile side (a multiple of ``align``, at least one ``align``, at most ``cap``)
+    whose input, the tile plus ``halo`` voxels on every side per axis (clipped to the volume's
+    ``shape`` padded to ``align``, when given), needs at most ``budget`` bytes at ``bytes_per_voxel``."""
+    best, side = align, align
+    while side <= cap:
+        extents = [side + 2 * halo] * 3 if shape is None else \
+            [min(side + 2 * halo, -(-int(n) // align) * align) for n in shape]
+        if math.prod(extents) * bytes_per_voxel > budget:
+            break
+        best, side = side, side + align
+    return best

@@ -11,17 +11,20 @@ from helpers import drain, tiny_bundle
 from scipy import ndimage as ndi
 
 from napari_unet.cli import main
-from napari_unet.config import PredictConfig, TrainConfig, UNetConfig
+from napari_unet.config import VOLUME_HALO_CONTEXT, PredictConfig, TrainConfig, UNetConfig
 from napari_unet.data.targets import instance_classes
 from napari_unet.errors import UserError
 from napari_unet.heads.blockwise import instances_blockwise
 from napari_unet.inference.large import predict_large
 from napari_unet.heads.watershed import instances_from_probabilities
-from napari_unet.inference.predict import predict_image, predict_probabilities
+from napari_unet.inference.predict import network_forward, predict_image, predict_probabilities, tile_geometry
 from napari_unet.files.io import write_image
-from napari_unet.models.bundle import ModelBundle, save_bundle
+from napari_unet.models.bundle import ModelBundle, build_network, save_bundle
+from napari_unet.runtime.device import low_precision_dtype
+from napari_unet.runtime.sizes import forward_bytes_per_voxel, volume_forward_budget, volume_tile
 from napari_unet.files.omezarr import open_ome_zarr
 from napari_unet.data.samples import ball_volume
+from napari_unet.training.engine import Trainer
 
 torch.set_num_threads(1)
 Z_SCALE = 2.0
@@ -143,6 +146,69 @@ def test_streamed_3d_unet_probabilities_equal_the_whole_volume(tmp_path):
     probs = np.asarray(open_ome_zarr(result.probabilities), np.float32)
     ref = predict_probabilities(bundle, image, PredictConfig())
     assert probs.shape == ref.shape == (3, 20, 40, 40) and np.abs(probs - ref).max() < 2e-3
+
+
+def _default_3d_bundle() -> ModelBundle:
+    """The default 3D network (depth 4, width 8: receptive radius 96 voxels) trained briefly on balls."""
+    rng = np.random.default_rng(4)
+    pairs = [ball_volume(rng, shape=(32, 64, 64), n=8, z_scale=Z_SCALE) for _ in range(3)]
+    cfg = TrainConfig(model=UNetConfig(dims=3), z_scale=Z_SCALE, patch_size=(16, 48, 48), batch_size=2, steps=60,
+                      time_limit=None, validation_fraction=0.34, validate_every=1e9, preview_every=0, seed=0)
+    return drain(Trainer(pairs, cfg).run())
+
+
+def test_3d_tiles_are_sized_by_memory_with_the_measured_halo():
+    """The default 3D network's tiles read ``VOLUME_HALO_CONTEXT`` voxels (not its receptive radius)
+    and are sized by the CPU budget (one rule for streamed and in-memory prediction); a tile input
+    of that size runs within the budget; 2D networks keep the receptive-radius halo."""
+    torch.manual_seed(0)
+    net = build_network(TrainConfig(model=UNetConfig(dims=3))).eval()
+    dtype = low_precision_dtype(torch.device("cpu"), None)
+    per_voxel = forward_bytes_per_voxel(8, dtype is not None)
+    big = (256, 1024, 1024)
+    spec, _ = tile_geometry(net, PredictConfig(), big)
+    assert spec.context == VOLUME_HALO_CONTEXT == 32
+    assert spec.tile == volume_tile(volume_forward_budget("cpu"), per_voxel, 32, 16, big) >= 96
+    assert tile_geometry(net, PredictConfig(volume_tile_size=48), big)[0].tile == 48
+    assert tile_geometry(net, PredictConfig(volume_context=1000), big)[0].context == 96  # the receptive radius
+    assert tile_geometry(net, PredictConfig(), (32, 96, 96))[0].tile >= 96  # the volume in one tile
+    net2d = build_network(TrainConfig(model=UNetConfig())).eval()
+    spec2d, _ = tile_geometry(net2d, PredictConfig())
+    assert spec2d.context == 96 and spec2d.tile == 1024  # 2D: unchanged
+
+    budget = 256 * 2**20  # a small budget, so the test stays quick: its tile's forward must fit it
+    side = volume_tile(budget, per_voxel, 32, 16) + 64
+    network_forward(net, np.zeros((1, 1, 16, 32, 32), np.float32), dtype)  # warm up
+    x = np.random.default_rng(0).random((1, 1, side, side, side)).astype(np.float32)
+
+    def kib(key: str) -> int:
+        return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(key)))
+
+    base = kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark
+    network_forward(net, x, dtype)
+    peak = (kib("VmHWM") - base) * 1024
+    assert peak <= budget and peak <= 1.1 * side**3 * per_voxel  # the per-voxel estimate holds
+
+
+def test_streamed_volume_matches_whole_volume_at_the_default_halo(tmp_path):
+    """A trained default 3D network streamed in tiles far smaller than the volume, each reading a
+    32-voxel halo (a third of its receptive radius): the instances of the whole-volume prediction."""
+    bundle = _default_3d_bundle()
+    image, _ = ball_volume(np.random.default_rng(5), shape=(64, 96, 96), n=12, z_scale=Z_SCALE)
+    whole = predict_image(bundle, image, PredictConfig())
+    assert int(whole.labels.max()) >= 8
+    assert tile_geometry(bundle.net, PredictConfig(), image.shape)[0].tile >= 96  # whole: one tile
+    cfg = PredictConfig(volume_tile_size=48, overlap=16)  # 2 x 3 x 3 tiles: seams along every axis
+    assert tile_geometry(bundle.net, cfg, image.shape)[0].context == 32  # not the receptive radius, 96
+    result = drain(predict_large(bundle, image, tmp_path / "d.ome.zarr", cfg, probabilities=True, chunk=48))
+    labels = np.asarray(open_ome_zarr(result.labels))
+    probs = np.asarray(open_ome_zarr(result.probabilities), np.float32)
+    diff = np.abs(probs - whole.probabilities)
+    assert diff.mean() < 2e-3 and diff.max() < 0.1
+    matched, worst, split = _match(whole.labels, labels)
+    assert labels.max() == whole.labels.max() == matched and worst > 0.95 and split < 0.01
 
 
 def test_bad_volumes_and_models_get_one_line_errors(tmp_path):

@@ -122,3 +122,24 @@ def test_unset_3d_sizes_train_fit_the_volumes_and_are_stored(tmp_path):
     meta["config"]["patch_size"] = 24  # a folder saved before per-axis extents
     (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
     assert patch_shape(load_bundle(tmp_path / "m").config) == (24, 24, 24)
+
+
+def test_3d_prediction_tiles_are_sized_by_memory():
+    """The 3D tile is the largest whose input (tile + halo per side, clipped to the volume) fits the
+    forward budget: smaller with a smaller budget, a wider network or a larger halo; larger on a thin
+    volume; one pooling cell at least; a CUDA card's budget follows its free memory."""
+    from napari_unet.config import CUDA_VOLUME_FORWARD_SHARE
+    from napari_unet.runtime.sizes import forward_bytes_per_voxel, volume_forward_budget, volume_tile
+
+    budget, per_voxel, big = volume_forward_budget("cpu"), forward_bytes_per_voxel(8), (256, 1024, 1024)
+    tile = volume_tile(budget, per_voxel, 32, 16, big)
+    assert tile % 16 == 0 and (tile + 64) ** 3 * per_voxel <= budget < (tile + 16 + 64) ** 3 * per_voxel
+    assert volume_tile(budget / 4, per_voxel, 32, 16, big) < tile
+    assert volume_tile(budget, forward_bytes_per_voxel(16), 32, 16, big) < tile
+    assert forward_bytes_per_voxel(8, low_precision=False) > per_voxel
+    assert volume_tile(budget, per_voxel, 48, 16, big) < tile
+    thin = volume_tile(budget, per_voxel, 32, 16, (32, 1024, 1024))
+    assert thin > tile and 32 * (thin + 64) ** 2 * per_voxel <= budget
+    assert volume_tile(budget, per_voxel, 96, 16, big) == 16  # the receptive-radius halo alone overflows it
+    assert volume_tile(budget, per_voxel, 32, 16, (20, 40, 40)) == 256  # a small volume: one tile (the cap)
+    assert volume_forward_budget("cuda", 40e9) == CUDA_VOLUME_FORWARD_SHARE * 40e9 > budget
