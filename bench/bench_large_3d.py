@@ -267,17 +267,7 @@ def compare(shape: tuple[int, int, int], threads: int, z_scale: float, block: np
         whole_s = time.perf_counter() - t
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ious, split = [], 0
-    for i, box in enumerate(ndi.find_objects(whole), start=1):
-        if box is None:
-            continue
-        inside = whole[box] == i
-        ids, counts = np.unique(streamed[box][inside], return_counts=True)
-        best = ids[np.argmax(counts)]
-        ious.append(0.0 if best == 0 else float(np.sum(inside & (streamed[box] == best))
-                                                / np.sum(inside | (streamed[box] == best))))
-        split += int(np.sum((ids != 0) & (ids != best) & (counts >= 10)) > 0)
-    ious = np.array(ious)
+    ious, split = matched_ious(whole, streamed)
     differ = 0  # objects of the same-maps labels not reproduced voxel for voxel by the streamed ones
     for i, box in enumerate(ndi.find_objects(same_maps), start=1):
         if box is not None:
@@ -294,6 +284,28 @@ def compare(shape: tuple[int, int, int], threads: int, z_scale: float, block: np
           flush=True)
 
 
+def matched_ious(reference: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each object of ``reference`` against the label of ``labels`` covering most of it: (their IoUs,
+    over the whole volumes; 0 where background covers most of it, and how many reference objects a
+    second label of at least 10 voxels also covers)."""
+    from scipy import ndimage as ndi
+
+    ious, split = [], 0
+    for i, box in enumerate(ndi.find_objects(reference), start=1):
+        if box is None:
+            continue
+        inside = reference[box] == i
+        ids, counts = np.unique(labels[box][inside], return_counts=True)
+        best = ids[np.argmax(counts)]
+        split += int(np.sum((ids != 0) & (ids != best) & (counts >= 10)) > 0)
+        if best == 0:
+            ious.append(0.0)
+            continue
+        other, own = labels == best, reference == i
+        ious.append(float(np.sum(own & other) / np.sum(own | other)))
+    return np.array(ious), split
+
+
 def halos(values: list[int], shape: tuple[int, int, int], tile: int, threads: int, z_scale: float, model: str,
           seeds: list[int]) -> None:
     """How a 3D tile's halo changes the prediction: fresh nuclei volumes of ``shape`` (at z-scale 1,
@@ -301,7 +313,6 @@ def halos(values: list[int], shape: tuple[int, int, int], tile: int, threads: in
     with each halo; per halo the largest and mean absolute probability difference and the
     instances (the model's post-processing) matched to the whole-volume ones by IoU."""
     import torch
-    from scipy import ndimage as ndi
 
     from bench_3d import nuclei_volume
     from napari_unet.config import PredictConfig
@@ -328,20 +339,8 @@ def halos(values: list[int], shape: tuple[int, int, int], tile: int, threads: in
             seconds = time.perf_counter() - t
             labels = labels_for(bundle, probs, 10)
             diff = np.abs(probs - whole_p)
-            ious, same = [], 0
-            for i, box in enumerate(ndi.find_objects(whole), start=1):
-                if box is None:
-                    continue
-                inside = whole[box] == i
-                ids, counts = np.unique(labels[box][inside], return_counts=True)
-                best = ids[np.argmax(counts)]
-                if best == 0:
-                    ious.append(0.0)
-                    continue
-                other = labels == best
-                ious.append(float(np.sum((whole == i) & other) / np.sum((whole == i) | other)))
-                same += int(ious[-1] == 1.0)
-            ious = np.array(ious)
+            ious, _ = matched_ious(whole, labels)
+            same = int(np.sum(ious == 1.0))
             print(f"halo {halo} (read {spec.context}), tiles of {spec.tile}: {seconds:.0f} s; prob diff max "
                   f"{diff.max():.4f} mean {diff.mean():.6f}; {int(labels.max())} vs {int(whole.max())} objects; "
                   f"matched IoU > 0.5 {np.mean(ious > 0.5):.4f}, > 0.9 {np.mean(ious > 0.9):.4f}, mean IoU "
