@@ -15,7 +15,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generator, Sequence
 
@@ -29,7 +29,7 @@ from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, 
                                       objects_brighter, objects_brighter_of, prepare_pairs,
                                       split_validation, without_zones)
 from napari_unet.arrays.normalize import has_nonfinite, prepare_image
-from napari_unet.data.targets import pack, unpack
+from napari_unet.data.targets import PULL_OBJECTS, pack, pull_for_painted, unannotated_pull, unpack
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, LossReport, Message, Preview, Progress, ValidationReport
 from napari_unet.models.bundle import ModelBundle, build_network, cpu_state_dict, save_bundle
@@ -111,6 +111,7 @@ class Trainer:
         self._checkpoint_to = None if checkpoint_to is None else Path(checkpoint_to)
         self._pairs, self._names, self._validation = pairs, names, validation
         self._init = init
+        self._loss_cfg = cfg  # what the loss reads: ``cfg`` with the pull scaled to the painted objects (``_set_pull``)
         self._preview = preview_image
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -203,6 +204,7 @@ class Trainer:
             pending = self._take_pending()
             if pending is not None:  # new annotations: new patches, the held-out objects still out
                 prepared = prepare_pairs(pending[0], cfg, pending[1])
+                self._set_pull(prepared)
                 train_pairs = without_zones(prepared, zones)
                 sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), setup.synthetic, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
@@ -291,6 +293,23 @@ class Trainer:
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
 
+    def _set_pull(self, prepared: Sequence[PreparedPair]) -> str:
+        """The configuration the loss reads (``self._loss_cfg``): the run's, with the unannotated pixels'
+        pull scaled to the painted objects (``targets.pull_for_painted``; the saved configuration keeps
+        the setting as given, so a resumed run scales it the same way). A line saying so, or ''."""
+        pull = unannotated_pull(self.cfg)
+        self._loss_cfg = self.cfg
+        if pull <= 0:
+            return ""
+        painted = sum(len(np.unique(p.instances[(p.instances > 0) & (p.target >= 0)]))
+                      for p in prepared if p.instances is not None)
+        scaled = pull_for_painted(pull, painted)
+        if scaled == pull:
+            return ""
+        self._loss_cfg = replace(self.cfg, loss=replace(self.cfg.loss, unannotated_background=scaled))
+        return (f"{painted} painted object(s): unannotated pixels pull towards background at {scaled:g} "
+                f"(from {pull:g} at {PULL_OBJECTS} painted objects)")
+
     def _setup(self) -> Generator[object, None, Setup]:
         """Everything before the first step, in this order (the order the RNGs are drawn in, which a
         resumed run repeats): seeds and device, the prepared pairs, batch and patch sized to the
@@ -311,6 +330,9 @@ class Trainer:
         prepared = prepare_pairs(self._pairs, cfg, self._names)
         # unset batch/patch size: sized to the device (and in 3D to the volumes)
         cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
+        message = self._set_pull(prepared)
+        if message:
+            yield Message(message)
         yield run_setup(device, dtype, cfg.batch_size, patch_shape(cfg))
         # zones: objects held out for validation, by image (one or two images)
         train_pairs, val_pairs, zones = yield from self._split(prepared)
@@ -439,7 +461,7 @@ class Trainer:
         head = heads.of(self.cfg)
         extra = [torch.from_numpy(a).to(device) for a in head.targets(warped.cpu().numpy(), self.cfg)] if ids else []
         if head is not None:
-            loss = head.loss(logits, targets, weights, extra, self.cfg)
+            loss = head.loss(logits, targets, weights, extra, self._loss_cfg)
         else:
             loss = segmentation_loss(logits, targets, weights, self.cfg.loss.dice_weight)
         optimizer.zero_grad(set_to_none=True)
