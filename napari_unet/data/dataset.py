@@ -161,9 +161,10 @@ def hold_out_objects(pairs: Sequence[PreparedPair], fraction: float,
     return without_zones(pairs, zones), val, zones
 
 
-def count_held_out(val_pairs: Sequence[PreparedPair]) -> int:
-    """How many annotated objects ``val_pairs`` hold (the objects ``hold_out_objects`` set aside)."""
-    return sum(np.unique(p.truth[p.truth > 0]).size for p in val_pairs)
+def count_objects(pairs: Sequence[PreparedPair]) -> int:
+    """How many annotated objects ``pairs`` hold, unannotated pixels not counted: in validation pairs
+    the objects ``hold_out_objects`` set aside, in partial masks the painted objects."""
+    return sum(np.unique(p.truth[p.truth > 0]).size for p in pairs if p.truth is not None)
 
 
 def without_zones(pairs: Sequence[PreparedPair], zones: dict[str, np.ndarray]) -> list[PreparedPair]:

@@ -25,7 +25,7 @@ import torch
 from napari_unet import heads
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
-from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, count_held_out, hold_out_objects,
+from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, count_objects, hold_out_objects,
                                       objects_brighter, objects_brighter_of, prepare_pairs,
                                       split_validation, without_zones)
 from napari_unet.arrays.normalize import has_nonfinite, prepare_image
@@ -301,8 +301,7 @@ class Trainer:
         self._loss_cfg = self.cfg
         if pull <= 0:
             return ""
-        painted = sum(len(np.unique(p.instances[(p.instances > 0) & (p.target >= 0)]))
-                      for p in prepared if p.instances is not None)
+        painted = count_objects(prepared)
         scaled = pull_for_painted(pull, painted)
         if scaled == pull:
             return ""
@@ -412,7 +411,7 @@ class Trainer:
             return train_pairs, val_pairs, {}
         train_pairs, val_pairs, zones = hold_out_objects(prepared, cfg.validation_fraction, cfg.seed)
         if val_pairs:
-            held = count_held_out(val_pairs)
+            held = count_objects(val_pairs)
             yield Message(f"validation on {held} held-out annotated object(s) "
                           "(too few images to hold out whole ones)")
         return train_pairs, val_pairs, zones
@@ -492,7 +491,7 @@ class Trainer:
                                             "so the starting model cannot be scored on it")}
         if not val_pairs:
             return {"record": guard.not_run("no validation images")}
-        if annotated and (why := guard.too_few_objects(count_held_out(val_pairs))):
+        if annotated and (why := guard.too_few_objects(count_objects(val_pairs))):
             return {"record": guard.not_run(why)}
         began, kept = time.perf_counter(), {}
         metrics = validate(net, annotated or val_pairs, self.cfg, dtype, self._stop.is_set, kept)
