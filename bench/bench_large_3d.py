@@ -79,17 +79,21 @@ tile_peak = kib("VmHWM")
 del x
 reset_peak()
 base2 = kib("VmRSS")
-t = time.perf_counter(); tiles = objects = 0
+t = time.perf_counter(); tiles = objects = 0; phases = {}
 for event in predict_large(bundle, image, sys.argv[2], pcfg):
     name = type(event).__name__
     if name == "Progress" and event.message == "tiles":
         tiles = event.total
+    if name == "Progress":  # seconds per phase (tiles, seeds, instances, relabel, pyramid levels)
+        phases[event.message] = round(event.elapsed, 1)
+        if event.done == event.total or event.done % max(event.total // 10, 1) == 0:
+            print(f"{event.message} {event.done}/{event.total} {event.elapsed:.0f} s", file=sys.stderr, flush=True)
     if name == "Finished":
         objects = event.summary["objects"]
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "base_kib": base, "tile_peak_kib": tile_peak, "tile_seconds": tile_seconds,
                   "tile_input": tile_in, "tile": spec.tile, "stream_peak_kib": kib("VmHWM"), "base2_kib": base2,
-                  "tiles": tiles, "objects": objects}))
+                  "tiles": tiles, "objects": objects, "phases": phases}))
 """
 
 
@@ -226,7 +230,7 @@ def bench(shape: tuple[int, int, int], threads: int, z_scale: float, tile: int, 
           f"{r['seconds']:.0f} s ({mvox / r['seconds']:.3f} Mvoxels/s); model {r['base_kib'] / gib:.2f} GiB; "
           f"one tile {'x'.join(map(str, r['tile_input']))} {(r['tile_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
           f"({r['tile_seconds']:.1f} s); stream peak {(r['stream_peak_kib'] - r['base_kib']) / gib:.2f} GiB "
-          f"above the model", flush=True)
+          f"above the model; seconds per phase {r.get('phases', {})}", flush=True)
 
 
 def compare(shape: tuple[int, int, int], threads: int, z_scale: float, block: np.ndarray, model: str) -> None:

@@ -13,6 +13,7 @@ from skimage.segmentation import watershed
 
 from napari_unet.config import MIN_SIZE
 from napari_unet.data.targets import relabel_sequential
+from napari_unet.heads.maxima import h_maxima
 
 SPLIT_SMOOTHING = 1.0  # Gaussian sigma (pixels) on the interior distance map before its maxima are taken
 
@@ -33,13 +34,8 @@ def interior_distance(interior: np.ndarray, spacing: Spacing = None) -> np.ndarr
 def split_markers(interior: np.ndarray, height: float, spacing: Spacing = None) -> tuple[np.ndarray, np.ndarray]:
     """(markers, distance): one marker per local maximum of the interior distance map that
     stands at least ``height`` pixel widths above the saddle to its neighbours (h-maxima)."""
-    from skimage.morphology import h_maxima
-
     distance = interior_distance(interior, spacing)
-    with warnings.catch_warnings():  # h_maxima warns about float precision; heights here are >= 0.5 px
-        warnings.simplefilter("ignore")
-        markers = h_maxima(distance, height).astype(bool) & interior
-    return markers, distance
+    return h_maxima(distance, height) & interior, distance
 
 
 def interior_mask(probs: np.ndarray, seed_threshold: float | None = None) -> np.ndarray:
