@@ -292,22 +292,10 @@ def matched_ious(reference: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
     """Each object of ``reference`` against the label of ``labels`` covering most of it: (their IoUs,
     over the whole volumes; 0 where background covers most of it, and how many reference objects a
     second label of at least 10 voxels also covers)."""
-    from scipy import ndimage as ndi
+    from napari_unet.metrics import majority_cover
 
-    ious, split = [], 0
-    for i, box in enumerate(ndi.find_objects(reference), start=1):
-        if box is None:
-            continue
-        inside = reference[box] == i
-        ids, counts = np.unique(labels[box][inside], return_counts=True)
-        best = ids[np.argmax(counts)]
-        split += int(np.sum((ids != 0) & (ids != best) & (counts >= 10)) > 0)
-        if best == 0:
-            ious.append(0.0)
-            continue
-        other, own = labels == best, reference == i
-        ious.append(float(np.sum(own & other) / np.sum(own | other)))
-    return np.array(ious), split
+    cover = majority_cover(reference, labels)
+    return cover["iou"], int(np.sum(cover["second"] >= 10))
 
 
 def halos(values: list[int], shape: tuple[int, int, int], tile: int, threads: int, z_scale: float, model: str,

@@ -34,6 +34,7 @@ __all__ = [
     "drop_unannotated",
     "contingency",
     "match_instances",
+    "majority_cover",
     "instance_scores",
     "ap50",
     "evaluate_instances",
@@ -152,6 +153,23 @@ def match_instances(
     iou = np.zeros((len(p["ids_pred"]), len(p["ids_gt"])), dtype=np.float64)
     iou[p["pi"], p["gi"]] = p["iou"]
     return (iou, p["ids_pred"], p["ids_gt"]) if return_ids else iou
+
+
+def majority_cover(reference: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Each object of ``reference`` against the label of ``labels`` covering most of its pixels
+    (background included): ``iou`` with that label (0 where background covers most), ``second``:
+    the pixels of the object on the largest other non-zero label (> 0 where the object was cut),
+    ``size``: the object's pixels; one entry per non-zero id of ``reference``, in sorted order."""
+    ids_r, ids_l, r, c, n = contingency(reference, labels)
+    area_r = np.bincount(r, weights=n, minlength=len(ids_r))
+    area_l = np.bincount(c, weights=n, minlength=len(ids_l))
+    table = sparse.coo_matrix((n, (r, c)), shape=(len(ids_r), len(ids_l))).toarray()[1:]  # (objects, labels)
+    best = table.argmax(axis=1)
+    inter = table[np.arange(len(best)), best].astype(np.float64)
+    iou = np.where(best > 0, inter / (area_r[1:] + area_l[best] - inter), 0.0)
+    table[np.arange(len(best)), best] = 0
+    table[:, 0] = 0
+    return {"iou": iou, "second": table.max(axis=1, initial=0), "size": area_r[1:].astype(np.int64)}
 
 
 def _count_matches(pi: np.ndarray, gi: np.ndarray, iou: np.ndarray, n_pred: int, n_gt: int,

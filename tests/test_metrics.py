@@ -260,3 +260,18 @@ def test_properties(args: tuple[int, int, int]) -> None:
             assert iou[i, j] == pytest.approx(inter / union)
     assert 0.0 <= rand_error(pred, gt) <= 1.0
     assert rand_error(gt, gt) == pytest.approx(0.0)
+
+
+def test_majority_cover_reads_the_label_covering_most_of_each_object():
+    from napari_unet.metrics import majority_cover
+
+    reference = np.zeros((6, 8), int)
+    reference[:3, :4] = 1  # 12 px: 8 on label 5, 4 on label 7
+    reference[4:, 4:] = 3  # 8 px: 6 on background, 2 on label 9
+    labels = np.zeros_like(reference)
+    labels[:2, :4], labels[2, :4] = 5, 7
+    labels[5, 6:] = 9
+    cover = majority_cover(reference, labels)
+    np.testing.assert_allclose(cover["iou"], [8 / 12, 0.0])
+    np.testing.assert_array_equal(cover["second"], [4, 2])
+    np.testing.assert_array_equal(cover["size"], [12, 8])

@@ -16,6 +16,7 @@ from napari_unet.data.targets import instance_classes
 from napari_unet.errors import UserError
 from napari_unet.heads.blockwise import instances_blockwise
 from napari_unet.inference.large import predict_large
+from napari_unet.metrics import majority_cover
 from napari_unet.heads.watershed import instances_from_probabilities
 from napari_unet.inference.predict import network_forward, predict_image, predict_probabilities, tile_geometry
 from napari_unet.files.io import write_image
@@ -56,20 +57,10 @@ def _match(reference: np.ndarray, labels: np.ndarray) -> tuple[int, float, float
     """(matched objects, their lowest IoU, the largest share of a reference object's voxels that
     fall on a second label: > 0 where an object was split), matching each object of
     ``reference`` to the label covering most of it."""
-    matched, worst, split = 0, 1.0, 0.0
-    for i, box in enumerate(ndi.find_objects(reference), start=1):
-        if box is None:
-            continue
-        inside = reference[box] == i
-        ids, counts = np.unique(labels[box][inside], return_counts=True)
-        best = ids[np.argmax(counts)]
-        if best == 0:
-            continue
-        iou = float(np.sum((reference == i) & (labels == best)) / np.sum((reference == i) | (labels == best)))
-        matched, worst = matched + 1, min(worst, iou)
-        others = counts[(ids != best) & (ids != 0)]
-        split = max(split, float(others.max() / inside.sum()) if len(others) else 0.0)
-    return matched, worst, split
+    cover = majority_cover(reference, labels)
+    matched = cover["iou"] > 0
+    worst = float(cover["iou"][matched].min()) if matched.any() else 1.0
+    return int(matched.sum()), worst, float((cover["second"] / cover["size"]).max(initial=0.0))
 
 
 def _crossing(labels: np.ndarray, block: tuple[int, int, int]) -> list[int]:
