@@ -173,13 +173,19 @@ def unannotated_pull(cfg) -> float:
     return float(cfg.loss.unannotated_background) if cfg.task == "instances" and cfg.sparse else 0.0
 
 
-def unannotated_prior(weights: np.ndarray, target: np.ndarray, pull: float) -> np.ndarray:
+def unannotated_prior(weights: np.ndarray, target: np.ndarray, pull: float,
+                      spared: np.ndarray | None = None) -> np.ndarray:
     """``weights`` with ``pull`` on the unannotated (``IGNORE``) pixels: the pixels the loss pulls
     towards background (``heads.losses``). Held-out validation zones and patch padding keep
-    weight 0 and stay out of every loss term."""
+    weight 0 and stay out of every loss term. ``spared`` (bool, like ``target``): unannotated pixels
+    that are not pulled, because the starting model of a fine-tune sees an object there
+    (``training.engine``): an unpainted object the start knows is not taught as background."""
     if pull <= 0:
         return weights
-    return np.where(target == IGNORE, np.float32(pull), weights).astype(np.float32)
+    pulled = target == IGNORE
+    if spared is not None:
+        pulled &= ~spared
+    return np.where(pulled, np.float32(pull), np.where(target == IGNORE, np.float32(0), weights)).astype(np.float32)
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
