@@ -55,8 +55,11 @@ def _targets(mask: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray
 
 
 def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig,
-                  names: Sequence[str] | None = None) -> list[PreparedPair]:
-    """Check and convert (image, mask) pairs; raises ``UserError`` with a one-line reason."""
+                  names: Sequence[str] | None = None,
+                  spared: Sequence[np.ndarray | None] | None = None) -> list[PreparedPair]:
+    """Check and convert (image, mask) pairs; raises ``UserError`` with a one-line reason.
+    ``spared``: per pair, the unannotated pixels the pull towards background leaves alone
+    (``targets.unannotated_prior``), or None."""
     if len(pairs) == 0:
         raise UserError("no training pairs given")
     k = heads.n_output_classes(cfg)
@@ -83,10 +86,11 @@ def prepare_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cfg: TrainConf
     class_w = class_balance_weights(all_targets, k, cfg.loss.balance_power) if cfg.loss.balance_classes else np.ones(k)
     spacing = voxel_spacing(cfg)
     pull = unannotated_pull(cfg)
+    spared = list(spared) if spared is not None else [None] * len(staged)
     return [
         PreparedPair(chw, target, unannotated_prior(pixel_weights(target, instances, k, cfg.loss, class_w, spacing),
-                                                    target, pull), instances, name)
-        for name, chw, target, instances in staged
+                                                    target, pull, spare), instances, name)
+        for (name, chw, target, instances), spare in zip(staged, spared)
     ]
 
 

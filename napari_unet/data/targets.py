@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import torch
 
 IGNORE = -1
+PAINTED_BACKGROUND = 1  # partial and sparse masks: 0 not annotated, 1 background, 2.. objects or classes
 INSTANCE_CLASSES = ("background", "interior", "boundary")
 _CLASS_CODES = 4  # class target + 1 in 0..3 (0 = IGNORE)
 
@@ -185,13 +186,19 @@ def pull_for_painted(pull: float, painted: int) -> float:
     return pull * min(1.0, painted / PULL_OBJECTS)
 
 
-def unannotated_prior(weights: np.ndarray, target: np.ndarray, pull: float) -> np.ndarray:
+def unannotated_prior(weights: np.ndarray, target: np.ndarray, pull: float,
+                      spared: np.ndarray | None = None) -> np.ndarray:
     """``weights`` with ``pull`` on the unannotated (``IGNORE``) pixels: the pixels the loss pulls
     towards background (``heads.losses``). Held-out validation zones and patch padding keep
-    weight 0 and stay out of every loss term."""
+    weight 0 and stay out of every loss term. ``spared`` (bool, like ``target``): unannotated pixels
+    that are not pulled, because the starting model of a fine-tune sees an object there
+    (``training.engine``): an unpainted object the start knows is not taught as background."""
     if pull <= 0:
         return weights
-    return np.where(target == IGNORE, np.float32(pull), weights).astype(np.float32)
+    pulled = target == IGNORE
+    if spared is not None:
+        pulled &= ~spared
+    return np.where(pulled, np.float32(pull), np.where(target == IGNORE, np.float32(0), weights)).astype(np.float32)
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:

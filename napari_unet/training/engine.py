@@ -46,6 +46,7 @@ from napari_unet.inference import size
 from napari_unet.inference.labels import labels_from_probabilities
 from napari_unet.inference.uncertainty import mc_uncertainty
 from napari_unet.models import enable_mc_dropout
+from napari_unet.training.spared import START_AGREES, painted_background, spared_pixels, start_sees
 from napari_unet.training.validation import validate
 
 Pairs = Sequence[tuple[np.ndarray, np.ndarray]]
@@ -112,6 +113,7 @@ class Trainer:
         self._pairs, self._names, self._validation = pairs, names, validation
         self._init = init
         self._loss_cfg = cfg  # what the loss reads: ``cfg`` with the pull scaled to the painted objects (``_set_pull``)
+        self._spared_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # image id -> (image, the start's objects)
         self._preview = preview_image
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -203,7 +205,7 @@ class Trainer:
         while not self._stop.is_set() and fraction_done() < 1.0:
             pending = self._take_pending()
             if pending is not None:  # new annotations: new patches, the held-out objects still out
-                prepared = prepare_pairs(pending[0], cfg, pending[1])
+                prepared = prepare_pairs(pending[0], cfg, pending[1], (yield from self._spared(pending[0])))
                 self._set_pull(prepared)
                 train_pairs = without_zones(prepared, zones)
                 sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), setup.synthetic, rng)
@@ -309,6 +311,31 @@ class Trainer:
         return (f"{painted} painted object(s): unannotated pixels pull towards background at {scaled:g} "
                 f"(from {pull:g} at {PULL_OBJECTS} painted objects)")
 
+    def _spared(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Generator[Message, None, list | None]:
+        """Per pair, the pixels a fine-tune's pull towards background leaves alone (``training.spared``:
+        the start's objects, where it agrees with the painted background), or None; says what it
+        decided. None: no starting model or no pull. Each image is predicted once per run."""
+        if self._init is None or unannotated_pull(self.cfg) <= 0:
+            return None
+        out, shares = [], []
+        for image, mask in pairs:
+            if painted_background(mask) is None:  # nothing to compare the start with, or nothing unannotated
+                out.append(None)
+                continue
+            cached = self._spared_cache.get(id(image))
+            if cached is None or cached[0] is not image:
+                cached = self._spared_cache[id(image)] = (image, start_sees(self._init, image))
+            spared, share = spared_pixels(cached[1], mask)
+            out.append(spared)
+            if share is not None:
+                shares.append(share)
+        if shares:
+            kept = sum(s is not None for s in out)
+            yield Message(f"the starting model sees objects on {100 * max(shares):.0f} % of the painted background"
+                          + (f": its unpainted objects are spared the pull towards background ({kept} image(s))"
+                             if kept else f" (over {100 * START_AGREES:.0f} %): every unannotated pixel is pulled"))
+        return out
+
     def _setup(self) -> Generator[object, None, Setup]:
         """Everything before the first step, in this order (the order the RNGs are drawn in, which a
         resumed run repeats): seeds and device, the prepared pairs, batch and patch sized to the
@@ -326,7 +353,7 @@ class Trainer:
             yield Message(f"{n_bad} image(s) hold NaN/Inf pixels; they are replaced by the image median",
                           level="warning")
 
-        prepared = prepare_pairs(self._pairs, cfg, self._names)
+        prepared = prepare_pairs(self._pairs, cfg, self._names, (yield from self._spared(self._pairs)))
         # unset batch/patch size: sized to the device (and in 3D to the volumes)
         cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
         message = self._set_pull(prepared)

@@ -16,12 +16,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_unet.config import MIN_SIZE, USER_TASKS
-from napari_unet.data.targets import relabel_sequential
+from napari_unet.data.targets import PAINTED_BACKGROUND, relabel_sequential
 from napari_unet.errors import UserError
 
 Mode = str  # a user task (``config.USER_TASKS``) but "classes": "instances" | "sparse" | "partial"
 MODES: tuple[str, ...] = tuple(task for task in USER_TASKS if task != "classes")  # dense classes are not painted here
-BACKGROUND = 1  # the background label of the sparse and partial modes (0 = not annotated there)
+BACKGROUND = PAINTED_BACKGROUND  # the background label of the sparse and partial modes (0 = not annotated there)
 
 
 @dataclass(frozen=True)
