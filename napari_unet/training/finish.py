@@ -19,7 +19,7 @@ from napari_unet.arrays.volumes import anisotropic_spacing
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.dataset import PreparedPair
 from napari_unet.events import Message
-from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate
+from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate, counts_ap, rule_counts
 from napari_unet.inference import predict  # through the module, so a patched predictor is seen
 from napari_unet.inference import size
 from napari_unet.inference.labels import labels_from_probabilities
@@ -203,8 +203,6 @@ def split_for_painted(net: torch.nn.Module, cfg: TrainConfig, rule: dict, pairs:
     height there; on a tie the inherited one stays. Only raised: a lower height is what merges
     touching objects, and the starting model's own rule already separates those.
     docs/benchmarks.md, "Post-processing at the objects' size"."""
-    from napari_unet.heads.calibrate import counts_ap, rule_counts
-
     pairs = [p for p in pairs[:cfg.validation_max_images] if p.instances is not None and p.instances.any()]
     if not pairs:
         return rule, None
