@@ -88,11 +88,16 @@ def part_radii(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(radii), np.concatenate(areas)
 
 
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """The value below which half the total weight lies."""
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The value below which the share ``q`` of the total weight lies."""
     order = np.argsort(values)
     cum = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
+    return float(values[order][min(np.searchsorted(cum, cum[-1] * q), len(cum) - 1)])
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below which half the total weight lies."""
+    return weighted_quantile(values, weights, 0.5)
 
 
 def diameter_of(foreground: np.ndarray) -> tuple[float | None, int]:
@@ -115,17 +120,19 @@ def learned_size(instance_masks: Sequence[np.ndarray]) -> dict[str, Any] | None:
     not one size. (With the masks' percentiles alone, one image gave a range of one value and
     ``auto`` shrank images of the very magnification it was trained at: stained K=20 0.489 against
     0.540, docs/benchmarks.md, "Object size at prediction".)"""
-    diameters, objects = [], [np.zeros(0)]
+    diameters, objects, weights = [], [np.zeros(0)], [np.zeros(0)]
     for mask in instance_masks:
         radii, areas = part_radii(np.asarray(mask) > 0)
         if radii.size:
             diameters.append(2.0 * weighted_median(radii, areas))
             objects.append(2.0 * radii)
+            weights.append(areas)
     if not diameters:
         return None
     low, mid, high = np.percentile(diameters, [10, 50, 90])
-    single = np.concatenate(objects)
-    low, high = min(low, float(np.percentile(single, 10))), max(high, float(np.percentile(single, 90)))
+    single, area = np.concatenate(objects), np.concatenate(weights)
+    low = min(low, float(np.percentile(single, 10)))
+    high = max(high, float(np.percentile(single, 90)), weighted_quantile(single, area, 0.9))
     return {"diameter": round(float(mid), 2), "range": [round(float(low), 2), round(float(high), 2)],
             "images": len(diameters), "parts": int(single.size)}
 

@@ -282,7 +282,8 @@ class Trainer:
         learned = finish.object_size(cfg, prepared, self._init, record)
         postprocess = yield from finish.post_processing(net, cfg, self._init, meta, val_pairs=val_pairs,
                                                         train_pairs=train_pairs, held_out_objects=bool(zones),
-                                                        kept=kept, stopped=stopped, dtype=dtype, learned=learned)
+                                                        kept=kept, stopped=stopped, dtype=dtype, learned=learned,
+                                                        annotated=prepared)
         if blend is not None:
             meta["training"]["fine_tune_keep"] = round(blend[0], 4)
             if blend[1] is not None:

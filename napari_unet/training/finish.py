@@ -19,7 +19,7 @@ from napari_unet.arrays.volumes import anisotropic_spacing
 from napari_unet.config import PredictConfig, TrainConfig
 from napari_unet.data.dataset import PreparedPair
 from napari_unet.events import Message
-from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate
+from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate, counts_ap, rule_counts
 from napari_unet.inference import predict  # through the module, so a patched predictor is seen
 from napari_unet.inference import size
 from napari_unet.inference.labels import labels_from_probabilities
@@ -139,10 +139,13 @@ def object_size(cfg: TrainConfig, pairs: Sequence[PreparedPair], init: Any = Non
 def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dict, *,
                     val_pairs: Sequence[PreparedPair], train_pairs: Sequence[PreparedPair], held_out_objects: bool,
                     kept: dict, stopped: bool, dtype: torch.dtype | None,
-                    learned: dict | None = None) -> Generator[object, None, dict]:
+                    learned: dict | None = None,
+                    annotated: Sequence[PreparedPair] = ()) -> Generator[object, None, dict]:
     """The post-processing the model carries: the starting model's (same head; its lengths
-    scaled to the object size ``learned`` on this run, ``size.rule_for_size``), or thresholds
-    tuned on this run's images; records the tuning time in ``meta``."""
+    scaled to the object size ``learned`` on this run, ``size.rule_for_size``, and its split
+    height raised where a higher one keeps the ``annotated`` pairs' painted objects whole,
+    ``split_for_painted``), or thresholds tuned on this run's images; records the tuning time
+    in ``meta``."""
     same_head = init is not None and (init.task, init.config.instance_head) == (cfg.task, cfg.instance_head)
     postprocess = init.postprocess if same_head else {}
     head, whole_images = heads.of(cfg), bool(val_pairs) and not held_out_objects
@@ -154,6 +157,15 @@ def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dic
                 meta["training"]["rule_scaled"] = round(ratio, 3)
                 yield Message(f"the starting model's split height scaled x{ratio:.2f} to the objects' size "
                               f"({postprocess['split_height']} px)")
+        if postprocess and postprocess.get("split_height") and annotated and not guard.kept_start(meta) \
+                and cfg.instance_head == "3class" and cfg.model.dims == 2:
+            postprocess, record = split_for_painted(net, cfg, postprocess, annotated, dtype)
+            if record is not None:
+                meta["training"]["split_on_painted"] = record
+            if record is not None and record["chosen"] != record["inherited"]:
+                yield Message(f"split height {record['chosen']} px: it keeps the painted objects whole "
+                              f"(AP@0.5 on the {record['objects']} painted objects {record['ap50_chosen']:.2f}, "
+                              f"{record['ap50_inherited']:.2f} at {record['inherited']} px)")
         return postprocess
     # Thresholds are chosen on whole held-out images. A head that ``tunes_in_sample`` (star,
     # flow) with none (one or two annotated images, validated on a few held-out objects at
@@ -171,6 +183,51 @@ def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dic
     which = "validation" if whole_images else "training (no held-out images)"
     yield Message(head.tune_message(tuned, len(tune_on), which))
     return tuned
+
+
+SPLIT_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0)  # split heights tried on the painted objects: the inherited one times these
+
+
+def split_for_painted(net: torch.nn.Module, cfg: TrainConfig, rule: dict, pairs: Sequence[PreparedPair],
+                      dtype: torch.dtype | None) -> tuple[dict, dict | None]:
+    """(``rule`` with the split height that best keeps the painted objects whole, what was
+    measured; None when there was nothing to measure).
+
+    An inherited 3-class rule splits an interior region at every saddle of its distance map
+    deeper than ``split_height``. The height fits the starting model's objects (round nuclei);
+    a fine-tuned model's interiors of other objects (EM cells with organelles) can have deeper
+    saddles, and a height scaled to the size alone cuts them in pieces, the painted ones too.
+    The height is raised to the multiple (``SPLIT_FACTORS``) with the best AP@0.5 on the
+    painted objects of the annotated images (all of them, held-out ones included; predicted
+    objects lying mostly on unannotated pixels ignored), only when it beats the inherited
+    height there; on a tie the inherited one stays. Only raised: a lower height is what merges
+    touching objects, and the starting model's own rule already separates those.
+    docs/benchmarks.md, "Post-processing at the objects' size"."""
+    pairs = [p for p in pairs[:cfg.validation_max_images] if p.instances is not None and p.instances.any()]
+    if not pairs:
+        return rule, None
+    k = heads.n_output_channels(cfg)
+    was = net.training
+    net.eval()
+    try:
+        probs = [predict.predict_normalized(net, p.image, k, PredictConfig(), dtype) for p in pairs]
+    finally:
+        net.train(was)
+    truths = [p.truth for p in pairs]
+    inherited = float(rule["split_height"])
+    scores = {}
+    for factor in SPLIT_FACTORS:
+        height = round(inherited * factor, 2)
+        counts = rule_counts(probs, truths, rule.get("seed_threshold"), rule.get("fg_threshold", 0.5), height)
+        scores[height] = counts_ap(counts)
+    chosen = max(scores, key=lambda h: (scores[h], -h))  # the best; on a tie the lowest
+    objects = int(sum(len(np.unique(p.instances[p.instances > 0])) for p in pairs))
+    record = {"inherited": inherited, "chosen": chosen, "objects": objects,
+              "ap50_inherited": round(scores[round(inherited, 2)], 4), "ap50_chosen": round(scores[chosen], 4),
+              "ap50_by_height": {str(h): round(a, 4) for h, a in scores.items()}}
+    if chosen == round(inherited, 2):
+        return rule, record
+    return {**rule, "split_height": chosen}, record
 
 
 def _tunes(meta: dict, head: Any, whole_images: bool, kept: dict, stopped: bool, validated: bool) -> bool:

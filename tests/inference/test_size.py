@@ -133,7 +133,7 @@ def test_nuclei_at_twice_the_magnification_are_found_whole_with_auto(nuclei):
     off = predict_image(bundle, big, PredictConfig(diameter="off"))
     auto = predict_image(bundle, big, PredictConfig(diameter="auto"))
     assert auto.labels.shape == big.shape and auto.probabilities.shape[1:] == big.shape
-    assert auto.sizing.how == "auto" and auto.sizing.factor == pytest.approx(0.5, abs=0.1)
+    assert auto.sizing.how == "auto" and 0.4 <= auto.sizing.factor <= 0.65, auto.sizing  # to its range's top
     ap = {k: evaluate_instances([(p.labels, t)])["ap50"]
           for k, p, t in (("1x", one, truth), ("off", off, big_truth), ("auto", auto, big_truth))}
     assert ap["auto"] > ap["off"] + 0.1, ap
@@ -233,7 +233,10 @@ def test_a_fine_tune_on_large_objects_carries_a_split_height_at_their_size(nucle
     big, told = fine_tune(22)  # diameter ~44: about 2.8x the 15.6 px the start learned
     ratio = big.meta[size.KEY]["diameter"] / size.learned_diameter(start.meta)
     assert ratio > size.DEAD_ZONE
-    assert big.postprocess["split_height"] == pytest.approx(start.postprocess["split_height"] * ratio, abs=0.01)
+    scaled = round(start.postprocess["split_height"] * ratio, 2)
+    chosen = big.meta["training"]["split_on_painted"]  # then raised where that keeps the painted discs whole
+    assert chosen["inherited"] == pytest.approx(scaled) and big.postprocess["split_height"] == chosen["chosen"]
+    assert chosen["chosen"] >= scaled and chosen["ap50_chosen"] >= chosen["ap50_inherited"]
     assert big.meta["training"]["rule_scaled"] == pytest.approx(ratio, abs=1e-3)
     assert any("split height scaled" in t for t in told)
     same, _ = fine_tune(8)  # diameter ~16: the start's own size, its rule kept as it is
@@ -251,3 +254,58 @@ def test_one_annotated_image_learns_the_range_of_its_objects_sizes():
     assert low <= 11 and high >= 17, learned
     assert size.factor_for((low, high), 16) == 1.0 and size.factor_for((low, high), 10) == 1.0
     assert size.factor_for((low, high), 2 * high * size.DEAD_ZONE) < 1.0
+
+
+def test_the_learned_range_reaches_the_objects_that_hold_the_area():
+    """Painted objects of many small and two large ones, the small holding most of the area: the
+    learned size is theirs, but the range reaches the large ones (the area-weighted 90th
+    percentile), so an image of the same objects where the large ones hold most of the area (its
+    seen size, area-weighted, is theirs) is predicted as it is. With the objects' plain 90th
+    percentile the range stopped at the small ones and ``auto`` shrank such an image: ten painted
+    EM cells learned 6-32 px and the sections, 60 px seen, were shrunk x0.54 (docs/benchmarks.md,
+    "Post-processing at the objects' size")."""
+    painted = np.zeros((256, 256), np.uint16)
+    large = discs(16, shape=(256, 128), n=2, seed=1)
+    painted[:, :128] = discs(4, shape=(256, 128), n=40)
+    painted[:, 128:] = np.where(large > 0, large + 100, 0)
+    learned = size.learned_size([painted])
+    assert learned["diameter"] < 10  # the small discs hold most of the area
+    low, high = size.learned_range({size.KEY: learned})
+    assert high >= 30, learned
+    other = painted.copy()
+    other[:, :128] = discs(4, shape=(256, 128), n=8)  # fewer small ones: the large hold most of the area
+    seen, _ = size.diameter_of(other > 0)
+    assert seen > 30 and size.factor_for((low, high), seen) == 1.0
+    assert size.factor_for((low, high), 3 * seen) < 1.0  # the same objects at three times the magnification
+
+
+def test_the_split_height_is_raised_where_the_inherited_one_cuts_the_painted_objects(nuclei):
+    """The shipped model and ten painted nuclei with their rings: at the magnification it learned its
+    1 px split height keeps them whole and stays (a tie keeps it); at three times the
+    magnification it cuts them, and a higher height, scored on the painted objects, is chosen."""
+    from napari_unet.data.dataset import prepare_pairs
+    from napari_unet.pretrained import fine_tune_config
+    from napari_unet.training import finish
+
+    start, image, mask = nuclei
+    cfg = fine_tune_config(TrainConfig(task="instances", sparse=True, threads=1), start)
+
+    def painted(labels: np.ndarray) -> np.ndarray:
+        ids = [i for i in np.unique(labels)[1:] if (labels == i).sum() >= 30 * (labels.shape[0] // 256) ** 2][:10]
+        out = np.zeros(labels.shape, np.uint16)
+        for j, i in enumerate(ids, start=2):
+            obj = labels == i
+            out[ndi.binary_dilation(obj, iterations=5) & ~ndi.binary_dilation(obj) & (labels == 0)] = 1  # ring
+            out[obj] = j
+        return out
+
+    rule = dict(start.postprocess)
+    same, record = finish.split_for_painted(start.net, cfg, rule, prepare_pairs([(image[:256, :256],
+                                                                                 painted(mask[:256, :256]))], cfg), None)
+    assert same == rule and record["objects"] == 10 and record["chosen"] == rule["split_height"]
+    big = ndi.zoom(image[:256, :256].astype(np.float32), 3, order=1, grid_mode=True, mode="nearest")
+    big_mask = np.repeat(np.repeat(mask[:256, :256], 3, 0), 3, 1)
+    raised, record = finish.split_for_painted(start.net, cfg, rule, prepare_pairs([(big, painted(big_mask))], cfg), None)
+    assert raised["split_height"] > rule["split_height"] and record["chosen"] == raised["split_height"]
+    assert record["ap50_chosen"] > record["ap50_inherited"] + 0.2
+    assert {k: v for k, v in raised.items() if k != "split_height"} == {k: v for k, v in rule.items() if k != "split_height"}
