@@ -157,8 +157,9 @@ def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dic
                 meta["training"]["rule_scaled"] = round(ratio, 3)
                 yield Message(f"the starting model's split height scaled x{ratio:.2f} to the objects' size "
                               f"({postprocess['split_height']} px)")
+        # a split height is the 3-class rule's (``heads.calibrate``), inherited from a start of the same head
         if postprocess and postprocess.get("split_height") and annotated and not guard.kept_start(meta) \
-                and cfg.instance_head == "3class" and cfg.model.dims == 2:
+                and cfg.model.dims == 2:
             postprocess, record = split_for_painted(net, cfg, postprocess, annotated, dtype)
             if record is not None:
                 meta["training"]["split_on_painted"] = record
