@@ -320,16 +320,16 @@ class Trainer:
             return None
         out, shares = [], []
         for image, mask in pairs:
-            if painted_background(mask) is None:  # nothing to compare the start with, or nothing unannotated
+            background = painted_background(mask)
+            if background is None:  # nothing to compare the start with, or nothing unannotated
                 out.append(None)
                 continue
             cached = self._spared_cache.get(id(image))
             if cached is None or cached[0] is not image:
                 cached = self._spared_cache[id(image)] = (image, start_sees(self._init, image))
-            spared, share = spared_pixels(cached[1], mask)
+            spared, share = spared_pixels(cached[1], background)
             out.append(spared)
-            if share is not None:
-                shares.append(share)
+            shares.append(share)
         if shares:
             kept = sum(s is not None for s in out)
             yield Message(f"the starting model sees objects on {100 * max(shares):.0f} % of the painted background"

@@ -44,12 +44,9 @@ def start_sees(start, image: np.ndarray) -> np.ndarray:
     return predict.predict_image(start, image, PredictConfig(diameter="off")).labels > 0
 
 
-def spared_pixels(seen: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | None, float | None]:
-    """(the unannotated pixels to spare, or None; the share of the painted background inside the
-    start's objects ``seen``, or None where no background is painted, which trusts nothing)."""
-    background = painted_background(mask)
-    if background is None:
-        return None, None
+def spared_pixels(seen: np.ndarray, background: np.ndarray) -> tuple[np.ndarray | None, float]:
+    """(the unannotated pixels to spare, or None; the share of the ``painted_background`` inside
+    the start's objects ``seen``)."""
     share = float(seen[background].mean())
     if share > START_AGREES:
         return None, share
