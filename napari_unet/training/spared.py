@@ -7,9 +7,9 @@ corrections of small faint nuclei took the shipped model from 0.781 to 0.419 on 
 their kind (docs/benchmarks.md, "Corrections by the object"). Sparing the start's objects fixed that
 (0.752) but, on brightfield tissue where the start sees objects all over the textured background,
 undid what the pull was for (0.507 -> 0.233). What tells the two apart before training is the
-user's own background strokes: the shipped model sees objects on 0.1-3.9 % of the painted background (more than 2 px from
-the painted objects)
-of fluorescence images and on 14-95 % of stained, brightfield and EM images
+user's own background strokes: the shipped model sees objects on 0.1-3.9 % of the background
+painted more than 2 px from the painted objects of fluorescence images, and on 14-95 % of that of
+stained, brightfield and EM images
 (docs/benchmarks.md, "Sparing the start's objects where it agrees with the painted background").
 """
 
