@@ -17,7 +17,7 @@ import torch
 from napari_unet import heads
 from napari_unet.arrays.volumes import anisotropic_spacing
 from napari_unet.config import PredictConfig, TrainConfig
-from napari_unet.data.dataset import PreparedPair
+from napari_unet.data.dataset import PreparedPair, count_objects
 from napari_unet.events import Message
 from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate, counts_ap, rule_counts
 from napari_unet.inference import predict  # through the module, so a patched predictor is seen
@@ -222,7 +222,7 @@ def split_for_painted(net: torch.nn.Module, cfg: TrainConfig, rule: dict, pairs:
         counts = rule_counts(probs, truths, rule.get("seed_threshold"), rule.get("fg_threshold", 0.5), height)
         scores[height] = counts_ap(counts)
     chosen = max(scores, key=lambda h: (scores[h], -h))  # the best; on a tie the lowest
-    objects = int(sum(len(np.unique(p.instances[p.instances > 0])) for p in pairs))
+    objects = count_objects(pairs)
     record = {"inherited": inherited, "chosen": chosen, "objects": objects,
               "ap50_inherited": round(scores[round(inherited, 2)], 4), "ap50_chosen": round(scores[chosen], 4),
               "ap50_by_height": {str(h): round(a, 4) for h, a in scores.items()}}
