@@ -18,7 +18,8 @@ once, at the end, for the figures. ``--init pretrained:nuclei`` continues from t
 
     OMP_NUM_THREADS=1 nohup .venv/bin/python scripts/train_pretrained.py --init pretrained:nuclei \\
         --time-limit 2700 --threads 1 --out /tmp/pretrained_run > /tmp/pretrained_run.log 2>&1 &
-    # killed? the same command with --resume continues it
+    # killed? the same command with --resume continues it; --resume --time-limit T continues a
+    # finished run to T seconds in all (the learning-rate schedule follows the new length)
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ def make_trainer(args: argparse.Namespace, train: list[Sample], held: list[Sampl
     pairs, names = [(im, m) for _, im, m in train], [n for n, _, _ in train]
     kwargs = dict(names=names, validation=[(im, m) for _, im, m in held], checkpoint_to=folder)
     if args.resume:
-        from napari_unet.training.state import load_state
+        from napari_unet.training.state import load_state, resumed_config
 
-        return Trainer.resuming(load_state(folder), pairs, **kwargs)
-    cfg = replace(TrainConfig(), time_limit=args.time_limit, seed=args.seed, threads=args.threads,
+        state = load_state(folder)  # a --time-limit given with --resume is the run's new total budget
+        return Trainer.resuming(state, pairs, resumed_config(state, time_limit=args.time_limit), **kwargs)
+    cfg = replace(TrainConfig(), time_limit=args.time_limit or 3300.0, seed=args.seed, threads=args.threads,
                   validate_every=args.validate_every, preview_every=0.0, checkpoint_every=args.checkpoint_every)
     from napari_unet.pretrained import fine_tune_config
     from napari_unet.workflows.model_spec import resolve_model
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
     parser.add_argument("--init", default=None, help="continue from this model (e.g. pretrained:nuclei); default scratch")
     parser.add_argument("--resume", action="store_true", help="continue the killed run in OUT/model exactly")
-    parser.add_argument("--time-limit", type=float, default=3300.0, help="training seconds (data prep excluded)")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="training seconds, data prep excluded (default 3300); with --resume, the new total")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validate-every", type=float, default=120.0)

@@ -27,8 +27,18 @@ def train_request(args: argparse.Namespace) -> "TrainRequest":
                         base_width=args.base_width, time_limit=args.time_limit, epochs=args.epochs, steps=args.steps,
                         patch_size=args.patch_size, batch_size=args.batch_size, device=args.device, seed=args.seed,
                         checkpoint_every=args.checkpoint_every or None, synthetic=bool(args.synthetic),
-                        synthetic_ratio=args.synthetic_ratio, z_scale=args.z_scale,
+                        synthetic_ratio=args.synthetic_ratio, z_scale=args.z_scale, volume_scale=args.volume_scale,
                         dims=TrainRequest.dims if args.dims is None else args.dims)
+
+
+def volume_scale_arg(text: str) -> str | float:
+    """``--volume-scale``: auto, off or a factor (``inference.volume_scale.parse_volume_scale``)."""
+    from napari_unet.inference.volume_scale import parse_volume_scale
+
+    try:
+        return parse_volume_scale(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def patch_size_arg(text: str) -> int | tuple[int, ...]:
@@ -174,6 +184,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     t.add_argument("--z-scale", type=float, default=tdef.z_scale,
                    help="3D: voxel depth / pixel width, e.g. 2 for 0.5 um pixels and 1 um planes "
                         "(default: %(default)s)")
+    scale = SETTINGS["volume_scale"]
+    t.add_argument(*scale.flags, type=volume_scale_arg, default=tdef.volume_scale,
+                   help=scale.help + " (default: %(default)s)")
     sized = (f"sized to the device: {CPU_SIZES[0]} x {CPU_SIZES[1]}² on the CPU, "
              f"up to {CUDA_SIZES[0][1]} x {CUDA_SIZES[0][2]}² on a GPU; 3D: to the device and the volumes, "
              f"{CPU_VOLUME_SIZES[1]:,} voxels per step on the CPU in patches up to {CPU_VOLUME_SIZES[0]} wide "

@@ -17,7 +17,7 @@ from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress, run_to_end
 from napari_unet.files.io import labels_dtype, read_image, write_image
-from napari_unet.inference import size
+from napari_unet.inference import size, volume_scale
 from napari_unet.inference.labels import labels_for
 from napari_unet.inference.tiling import AllowedFn, TileFn, TileSpec, predict_tiled, round_up
 from napari_unet.inference.uncertainty import CLASS_KINDS, mc_uncertainty
@@ -208,6 +208,9 @@ def sized(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig, rgb: bool,
     scaled image with ``unscaled`` (a generator of events returning a ``Prediction``), keep it
     only when it is ``confirmed``, and bring it back to the image's grid; else the image as it is."""
     sizing, first = object_sizing(bundle, image, cfg, rgb)
+    factors = volume_scale.factors_of(bundle.config)
+    if factors is not None:  # a 3D model that works on scaled volumes (decided when it trained)
+        return (yield from at_volume_scale(bundle, image, cfg, rgb, unscaled, factors))
     pred = None
     if sizing.factor != 1:
         axes, shape = spatial_axes(bundle, image.shape, rgb)
@@ -217,6 +220,19 @@ def sized(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig, rgb: bool,
     if pred is None:
         pred = first if first is not None and cfg.mc_samples == 0 else (yield from unscaled(image, cfg))
     pred.sizing = sizing
+    return pred
+
+
+def at_volume_scale(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig, rgb: bool,
+                    unscaled: Callable[[np.ndarray, PredictConfig], Generator[object, None, Prediction]],
+                    factors: tuple[float, ...]) -> Generator[object, None, Prediction]:
+    """A volume predicted at its model's volume scale (``inference.volume_scale``), brought back to
+    the volume's grid; the smallest object kept scales with the voxel volume."""
+    axes, shape = spatial_axes(bundle, image.shape, rgb)
+    small = replace(cfg, min_size=max(1, int(round(cfg.min_size * float(np.prod(factors))))))
+    pred = restore((yield from unscaled(size.rescale_image(image, factors, axes), small)), shape)
+    pred.sizing = size.Sizing(f"the model's volume scale, x{factors[1]:.2f} along y/x and x{factors[0]:.2f} along z",
+                              factors[1])
     return pred
 
 
@@ -245,7 +261,7 @@ def predict_unscaled(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig 
 
 
 def spatial_axes(bundle: ModelBundle, shape: tuple[int, ...], rgb: bool = False) -> tuple[list[int], tuple[int, ...]]:
-    """(the image axes of an array of ``shape``, the (H, W) they span) for ``bundle``'s 2D model."""
+    """(the image axes of an array of ``shape``, the (H, W) or (Z, Y, X) they span) for ``bundle``'s model."""
     mcfg = bundle.config.model
     layout = array_layout(shape, rgb, mcfg.in_channels, mcfg.dims)
     axes = [a for a in range(len(shape)) if a not in (layout.channel_axis, layout.stack_axis)]
@@ -258,8 +274,8 @@ def scaled_config(cfg: PredictConfig, factor: float) -> PredictConfig:
 
 
 def restore(pred: Prediction, shape: tuple[int, ...]) -> Prediction:
-    """A prediction made on a scaled image, back on the image's (H, W) grid: maps linearly, labels
-    by nearest neighbour (ids kept)."""
+    """A prediction made on a scaled image, back on the image's (H, W) or (Z, Y, X) grid ``shape``:
+    maps linearly, labels by nearest neighbour (ids kept)."""
     return Prediction(size.resize_maps(pred.probabilities, shape), size.resize_labels(pred.labels, shape),
                       {k: size.resize_maps(v, shape) for k, v in pred.uncertainty.items()})
 

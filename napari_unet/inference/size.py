@@ -169,31 +169,31 @@ def scaled_shape(shape: Sequence[int], factor: float) -> tuple[int, ...]:
     return tuple(max(1, int(round(n * factor))) for n in shape)
 
 
-def rescale_image(image: np.ndarray, factor: float, axes: Sequence[int]) -> np.ndarray:
-    """``image`` resized by ``factor`` along its spatial ``axes`` (linear; a Gaussian low-pass first
-    when shrinking), in float32."""
+def rescale_image(image: np.ndarray, factor: float | Sequence[float], axes: Sequence[int]) -> np.ndarray:
+    """``image`` resized by ``factor`` (one for every axis, or one per axis of ``axes``) along its
+    spatial ``axes`` (linear; a Gaussian low-pass first along the axes it shrinks), in float32."""
     image = np.asarray(image, np.float32)
-    if factor < 1:
-        sigma = [(1 / factor - 1) / 2 if a in axes else 0.0 for a in range(image.ndim)]
+    factors = dict(zip(axes, [float(factor)] * len(axes) if np.isscalar(factor) else [float(f) for f in factor]))
+    sigma = [(1 / factors[a] - 1) / 2 if factors.get(a, 1.0) < 1 else 0.0 for a in range(image.ndim)]
+    if any(sigma):
         image = ndi.gaussian_filter(image, sigma, mode="nearest")
-    zoom = [1.0] * image.ndim
-    for a in axes:
-        zoom[a] = scaled_shape([image.shape[a]], factor)[0] / image.shape[a]
+    zoom = [scaled_shape([n], factors[a])[0] / n if a in factors else 1.0 for a, n in enumerate(image.shape)]
     return ndi.zoom(image, zoom, order=1, mode="nearest", grid_mode=True)
 
 
 def resize_maps(maps: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Maps (..., h, w) resized linearly to (..., *shape)."""
-    zoom = [1.0] * (maps.ndim - 2) + [t / s for t, s in zip(shape, maps.shape[-2:])]
+    """Maps (..., *spatial) resized linearly to (..., *shape): the last ``len(shape)`` axes."""
+    spatial = maps.shape[maps.ndim - len(shape):]
+    zoom = [1.0] * (maps.ndim - len(shape)) + [t / s for t, s in zip(shape, spatial)]
     return ndi.zoom(np.asarray(maps, np.float32), zoom, order=1, mode="nearest", grid_mode=True)
 
 
 def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Labels (..., h, w) resized to (..., *shape) by nearest neighbour (ids kept)."""
-    h, w = labels.shape[-2:]
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.intp), w - 1)
-    return labels[..., rows[:, None], cols[None, :]]
+    """Labels (..., *spatial) resized to (..., *shape) by nearest neighbour (ids kept): the last
+    ``len(shape)`` axes, each output voxel taking the label under its centre."""
+    spatial = labels.shape[labels.ndim - len(shape):]
+    index = [np.minimum(((np.arange(t) + 0.5) * s / t).astype(np.intp), s - 1) for t, s in zip(shape, spatial)]
+    return labels[(Ellipsis, *np.ix_(*index))]
 
 
 def rule_for_size(rule: dict[str, Any], learned: float | None, start: float | None,

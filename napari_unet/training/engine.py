@@ -42,7 +42,7 @@ from napari_unet.training.state import (Position, Sitting, TrainingState, captur
                                         fraction_of, restore, resumed_config, step_budget)
 from napari_unet.arrays.volumes import anisotropic_spacing, check_volume_config, patch_shape, voxel_spacing
 from napari_unet.inference import predict  # through the module, so a patched predictor is seen
-from napari_unet.inference import size
+from napari_unet.inference import size, volume_scale
 from napari_unet.inference.labels import labels_from_probabilities
 from napari_unet.inference.uncertainty import mc_uncertainty
 from napari_unet.models import enable_mc_dropout
@@ -205,7 +205,8 @@ class Trainer:
         while not self._stop.is_set() and fraction_done() < 1.0:
             pending = self._take_pending()
             if pending is not None:  # new annotations: new patches, the held-out objects still out
-                prepared = prepare_pairs(pending[0], cfg, pending[1], (yield from self._spared(pending[0])))
+                scaled = self._working(pending[0])
+                prepared = prepare_pairs(scaled, cfg, pending[1], (yield from self._spared(scaled)))
                 self._set_pull(prepared)
                 train_pairs = without_zones(prepared, zones)
                 sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), setup.synthetic, rng)
@@ -312,6 +313,13 @@ class Trainer:
         return (f"{painted} painted object(s): unannotated pixels pull towards background at {scaled:g} "
                 f"(from {pull:g} at {PULL_OBJECTS} painted objects)")
 
+    def _working(self, pairs: Pairs) -> Pairs:
+        """``pairs`` at the run's volume scale (``inference.volume_scale``; 2D: as they are)."""
+        factors = volume_scale.factors_of(self.cfg)
+        if factors is None:
+            return pairs
+        return [volume_scale.working_pair(image, mask, factors, self.cfg.model.in_channels) for image, mask in pairs]
+
     def _spared(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Generator[Message, None, list | None]:
         """Per pair, the pixels a fine-tune's pull towards background leaves alone (``training.spared``:
         the start's objects, where it agrees with the painted background), or None; says what it
@@ -354,7 +362,12 @@ class Trainer:
             yield Message(f"{n_bad} image(s) hold NaN/Inf pixels; they are replaced by the image median",
                           level="warning")
 
-        prepared = prepare_pairs(self._pairs, cfg, self._names, (yield from self._spared(self._pairs)))
+        cfg, decided = volume_scale.resolved(cfg, [mask for _, mask in self._pairs])
+        self.cfg = cfg
+        if decided:
+            yield Message(decided)
+        pairs = self._working(self._pairs)
+        prepared = prepare_pairs(pairs, cfg, self._names, (yield from self._spared(pairs)))
         # unset batch/patch size: sized to the device (and in 3D to the volumes)
         cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
         message = self._set_pull(prepared)
@@ -432,7 +445,7 @@ class Trainer:
         pairs, whole images held out, or with too few images some annotated objects of them."""
         cfg = self.cfg
         if self._validation is not None:
-            return prepared, prepare_pairs(self._validation, cfg), {}
+            return prepared, prepare_pairs(self._working(self._validation), cfg), {}
         train_pairs, val_pairs = split_validation(prepared, cfg.validation_fraction, cfg.seed,
                                                   cfg.validation_max_images)
         if val_pairs or cfg.task != "instances":
@@ -554,7 +567,22 @@ class Trainer:
         save_bundle(ModelBundle(sitting.net, self.cfg, meta, state), self._checkpoint_to)
 
     def _preview_event(self, net: torch.nn.Module, step: int, dtype: torch.dtype | None, k: int) -> Preview:
-        chw = prepare_image(self._preview, self.cfg.model.in_channels, self.cfg.percentiles, self.cfg.model.dims,
+        """The current network's prediction of the preview image (a volume: at the run's volume scale,
+        brought back to the volume's grid)."""
+        image, factors = self._preview, volume_scale.factors_of(self.cfg)
+        if factors is not None:
+            image, _ = volume_scale.working_pair(image, None, factors, self.cfg.model.in_channels)
+        preview = self._preview_at(net, image, step, dtype, k)
+        if factors is None:
+            return preview
+        shape = volume_scale.spatial_shape(self._preview, self.cfg.model.in_channels)
+        restore = (lambda a: None if a is None else size.resize_maps(a, shape))
+        return Preview(step, 0, restore(preview.probabilities), size.resize_labels(preview.labels, shape),
+                       restore(preview.uncertainty))
+
+    def _preview_at(self, net: torch.nn.Module, image: np.ndarray, step: int, dtype: torch.dtype | None,
+                    k: int) -> Preview:
+        chw = prepare_image(image, self.cfg.model.in_channels, self.cfg.percentiles, self.cfg.model.dims,
                             self.cfg.polarity)
         net.eval()
         uncertainty = None

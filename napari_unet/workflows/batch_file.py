@@ -159,6 +159,7 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
     else:
         # deferred: imports torch
         from napari_unet.inference.predict import predict_image
+        from napari_unet.inference.volume_scale import input_z_scale
 
         cfg = replace(pcfg, mc_samples=bcfg.mc_samples if bcfg.uncertainty else 0)
         try:
@@ -169,8 +170,8 @@ def predict_one_events(model: str, image_path: str, out_dir: str, rel: str, pcfg
         if bundle.task == "instances":
             labels = labels.astype(labels_dtype(int(labels.max()) if labels.size else 0))
         spatial = ["z", "y", "x"][-labels.ndim:]
-        # a 3D model's voxel size (z-scale) in the OME-Zarr metadata, as streamed volumes carry it
-        scale = [float(bundle.config.z_scale), 1.0, 1.0] if bundle.config.model.dims == 3 and labels.ndim == 3 else None
+        # the volume's voxel size (z-scale) in the OME-Zarr metadata, as streamed volumes carry it
+        scale = [input_z_scale(bundle.config), 1.0, 1.0] if bundle.config.model.dims == 3 and labels.ndim == 3 else None
         outputs = [_write(out.with_name(out.name + SUFFIX[bcfg.format]), labels, bcfg.format, spatial, labels=True,
                           scale=scale)]
         extra_fmt = "ome-zarr" if bcfg.format == "ome-zarr" else "tif"

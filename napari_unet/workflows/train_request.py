@@ -33,6 +33,7 @@ class TrainRequest:
     in_channels: int | None = None
     dims: int = UNetConfig.dims  # 2: images (stacks slice by slice); 3: volumes
     z_scale: float = TrainConfig.z_scale  # 3D: voxel depth / pixel width
+    volume_scale: str | float = TrainConfig.volume_scale  # 3D: "auto", "off" or a y/x factor
     depth: int | None = None
     base_width: int | None = None
     time_limit: float | None = None
@@ -94,4 +95,4 @@ def train_config_for(request: TrainRequest, images: Sequence[np.ndarray], masks:
         epochs=r.epochs, steps=r.steps, time_limit=time_limit, validate_every=r.validate_every,
         preview_every=r.preview_every, preview_mc_samples=r.preview_mc_samples, device=r.device, seed=r.seed,
         threads=r.threads, checkpoint_every=r.checkpoint_every, z_scale=r.z_scale,
-        synthetic_ratio=r.synthetic_ratio if r.synthetic else 0.0)
+        volume_scale=r.volume_scale, synthetic_ratio=r.synthetic_ratio if r.synthetic else 0.0)

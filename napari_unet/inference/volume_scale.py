@@ -1,0 +1,147 @@
+"""The working scale of a 3D model: volumes whose objects are too large for a 3D patch train and
+predict scaled down, so that a patch holds a neighbourhood of whole objects; labels come back on
+the volume's own grid. This is the 3D counterpart of the 2D object size (``size``), decided once,
+at training, from the annotated objects, and recorded in the model folder.
+
+A 2D patch of 128² holds dozens of nuclei; a 3D patch on a CPU holds 16-48 planes of 64², about one
+nucleus of 50 pixels. On the cells3d nuclei volume (nuclei about 38 pixels across in a plane) the
+default 3D model scored AP@0.5 0.400 at full resolution and 0.615 on the same volume halved along
+every axis, 120 s each (docs/benchmarks.md, "A real volume").
+
+``TrainConfig.volume_scale``:
+
+* ``"auto"`` (default): the objects' diameter in a plane (``plane_diameter``; the 2D widest
+  inscribed disc, area-weighted median over every annotated plane, as ``size.diameter_of``) is
+  brought to ``WORKING_DIAMETER`` pixels when it is larger than that by ``size.DEAD_ZONE``;
+* ``"off"``: full resolution;
+* a number: that factor along y and x.
+
+Along z the factor stops where a voxel becomes as deep as it is wide (``working_factors``):
+anisotropic stacks lose planes last. Partial annotations (``sparse``: a few annotated planes)
+keep every plane, so no annotated plane is merged away. The run replaces the setting by the
+(z, y, x) factors it used and ``z_scale`` by the scaled grid's, so the model folder describes the
+grid its network works on (``input_z_scale`` gives back the volume's own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from napari_unet.arrays.layout import array_layout
+from napari_unet.errors import UserError
+from napari_unet.inference import size
+
+AUTO, OFF = "auto", "off"
+CHOICES = (AUTO, OFF)  # or a number: the factor along y/x
+WORKING_DIAMETER = 20.0  # pixels: objects larger than this (by size.DEAD_ZONE) are scaled down to it
+MIN_FACTOR = 1 / size.MAX_FACTOR
+
+
+def parse_volume_scale(value: Any) -> str | float | tuple[float, ...]:
+    """"auto", "off", a positive factor, or the (z, y, x) factors a finished run stored."""
+    if isinstance(value, (tuple, list)):
+        factors = tuple(float(v) for v in value)
+        if len(factors) == 3 and all(np.isfinite(f) and f > 0 for f in factors):
+            return factors
+    elif isinstance(value, str) and value.strip().lower() in CHOICES:
+        return value.strip().lower()
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if np.isfinite(number) and MIN_FACTOR <= number <= size.MAX_FACTOR:
+            return number
+    raise UserError(f"volume scale must be auto, off or a factor between {MIN_FACTOR:g} and {size.MAX_FACTOR:g}, "
+                    f"not {value!r}")
+
+
+def plane_diameter(masks: Sequence[np.ndarray], sparse: bool = False) -> float | None:
+    """Twice the area-weighted median radius of the widest disc inscribed in each object part of
+    every annotated plane of the (Z, Y, X) ``masks`` (objects: > 0, or >= 2 in partial masks);
+    None for fewer than ``size.MIN_PARTS`` parts."""
+    radii, areas = [np.zeros(0)], [np.zeros(0)]
+    for mask in masks:
+        mask = np.asarray(mask)
+        r, a = size.part_radii(mask >= 2 if sparse else mask > 0)
+        radii.append(r)
+        areas.append(a)
+    r, a = np.concatenate(radii), np.concatenate(areas)
+    return None if r.size < size.MIN_PARTS else 2.0 * size.weighted_median(r, a)
+
+
+def working_factors(xy: float, z_scale: float, keep_planes: bool = False) -> tuple[tuple[float, float, float], float]:
+    """((z, y, x) factors, the scaled grid's z-scale) for a factor ``xy`` along y/x: a shrinking z
+    factor stops where a voxel is as deep as it is wide (1 with ``keep_planes``)."""
+    fz = 1.0 if keep_planes else (min(1.0, xy * z_scale) if xy < 1 else xy)
+    return (fz, xy, xy), z_scale * xy / fz
+
+
+def resolved(cfg: Any, masks: Sequence[np.ndarray]) -> tuple[Any, str | None]:
+    """(``cfg`` with ``volume_scale`` as (z, y, x) factors and the scaled grid's ``z_scale``, a line
+    saying what was decided or None). Unchanged for 2D models and runs that already decided (a
+    resumed run); ``UserError`` for a setting ``parse_volume_scale`` refuses."""
+    choice = parse_volume_scale(cfg.volume_scale)
+    if cfg.model.dims != 3 or isinstance(choice, tuple):
+        return cfg, None
+    why, xy = "", 1.0
+    if choice == AUTO:
+        diameter = plane_diameter(masks, cfg.sparse) if cfg.task == "instances" else None
+        if diameter is None:
+            why = "objects not measured" if cfg.task == "instances" else "a semantic model"
+        elif diameter > WORKING_DIAMETER * size.DEAD_ZONE:
+            xy = max(WORKING_DIAMETER / diameter, MIN_FACTOR)
+            why = f"objects {diameter:.0f} pixels across"
+        else:
+            why = f"objects {diameter:.0f} pixels across fit a patch"
+    elif choice != OFF:
+        xy, why = float(choice), "as asked"
+    factors, z_scale = working_factors(xy, float(cfg.z_scale), keep_planes=bool(cfg.sparse))
+    cfg = replace(cfg, volume_scale=factors, z_scale=round(z_scale, 6))
+    if factors == (1.0, 1.0, 1.0):
+        return cfg, f"volumes trained at full resolution ({why or 'volume scale off'})"
+    return cfg, (f"volumes trained scaled x{factors[1]:.2f} along y/x and x{factors[0]:.2f} along z ({why}); "
+                 "predictions are made at this scale and restored to the volume's grid")
+
+
+def factors_of(cfg: Any) -> tuple[float, float, float] | None:
+    """The (z, y, x) factors a 3D model works at, None when it works at the volumes' own grid."""
+    value = getattr(cfg, "volume_scale", None)
+    if cfg.model.dims != 3 or not isinstance(value, (tuple, list)):
+        return None
+    factors = tuple(float(v) for v in value)
+    return None if all(f == 1.0 for f in factors) else factors
+
+
+def input_z_scale(cfg: Any) -> float:
+    """The z-scale of the volumes a model is given (its own ``z_scale`` is that of the scaled grid)."""
+    factors = factors_of(cfg)
+    return float(cfg.z_scale) if factors is None else float(cfg.z_scale) * factors[0] / factors[1]
+
+
+def spatial_axes(image: np.ndarray, in_channels: int) -> list[int]:
+    """The (z, y, x) axes of a volume for a 3D model with ``in_channels`` inputs (``arrays.layout``)."""
+    layout = array_layout(np.shape(image), False, in_channels, dims=3)
+    return [a for a in range(np.ndim(image)) if a != layout.channel_axis]
+
+
+def spatial_shape(image: np.ndarray, in_channels: int) -> tuple[int, ...]:
+    return tuple(np.shape(image)[a] for a in spatial_axes(image, in_channels))
+
+
+def working_pair(image: np.ndarray, mask: np.ndarray | None, factors: Sequence[float],
+                 in_channels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A volume and its mask at the working scale: the image linearly, the mask by nearest neighbour
+    (ids, and the 0 = not annotated / 1 = background of partial masks, kept). A mask whose shape is
+    not the volume's is left to ``data.dataset.prepare_pairs`` to refuse, both as they are."""
+    axes = spatial_axes(image, in_channels)
+    shape = tuple(np.shape(image)[a] for a in axes)
+    if mask is not None and np.shape(mask) != shape:
+        return image, mask
+    small = size.rescale_image(image, factors, axes)
+    if mask is None:
+        return small, None
+    return small, size.resize_labels(np.asarray(mask), tuple(small.shape[a] for a in axes))

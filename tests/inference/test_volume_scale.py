@@ -1,0 +1,97 @@
+"""The working scale of 3D models: volumes with large objects train and predict scaled down, the
+labels come back on the volume's grid, and the model folder records the scale."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from helpers import run_trainer
+
+from napari_unet.config import TrainConfig, UNetConfig
+from napari_unet.errors import UserError
+from napari_unet.events import Message, Preview
+from napari_unet.inference import volume_scale
+from napari_unet.inference.predict import predict_image
+from napari_unet.models.bundle import load_bundle, save_bundle
+from napari_unet.training.engine import Trainer
+
+VOLUME = UNetConfig(dims=3, depth=2, base_width=4)
+
+
+def big_balls(seed: int = 0, shape=(24, 96, 96), radius: float = 16.0, z_scale: float = 1.0):
+    """Bright balls of ``radius`` pixel widths in a (Z, Y, X) volume whose planes are ``z_scale`` deep."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape).astype(np.float32)
+    z *= z_scale
+    image = rng.normal(0.2, 0.05, shape).astype(np.float32)
+    mask = np.zeros(shape, np.uint16)
+    centres = [(shape[0] * z_scale / 2, cy, cx) for cy in (24, 72) for cx in (24, 72)]
+    for i, c in enumerate(centres, start=1):
+        ball = (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 < radius**2
+        mask[ball] = i
+        image[ball] += 1.0
+    return image, mask
+
+
+def test_the_setting_is_parsed_once_with_a_clear_refusal():
+    assert volume_scale.parse_volume_scale("Auto") == "auto"
+    assert volume_scale.parse_volume_scale("0.5") == 0.5
+    assert volume_scale.parse_volume_scale([1, 0.5, 0.5]) == (1.0, 0.5, 0.5)
+    for bad in ("half", "0", "-1", "9", [0.5, 0.5]):
+        with pytest.raises(UserError, match="volume scale must be"):
+            volume_scale.parse_volume_scale(bad)
+
+
+def test_large_objects_are_brought_to_the_working_diameter_and_small_ones_kept():
+    cfg = TrainConfig(model=VOLUME)
+    _, big = big_balls()
+    assert 26 < volume_scale.plane_diameter([big]) < 34  # the median disc of a ball of 32 across
+    decided, told = volume_scale.resolved(cfg, [big])
+    fz, fy, fx = decided.volume_scale
+    assert fy == fx and abs(fy * volume_scale.plane_diameter([big]) - volume_scale.WORKING_DIAMETER) < 0.5
+    assert fz == fy and decided.z_scale == 1.0 and "scaled x" in told
+    _, small = big_balls(radius=6.0)
+    assert volume_scale.resolved(cfg, [small])[0].volume_scale == (1.0, 1.0, 1.0)
+    assert volume_scale.resolved(replace(cfg, volume_scale="off"), [big])[0].volume_scale == (1.0, 1.0, 1.0)
+    assert volume_scale.resolved(decided, [small])[0] is decided  # a decided run (resumed) keeps its scale
+    assert volume_scale.resolved(TrainConfig(), [big[0]])[0].volume_scale == "auto"  # 2D models: not theirs
+
+
+def test_deep_voxels_lose_planes_last_and_partial_annotations_keep_every_plane():
+    assert volume_scale.working_factors(0.5, 3.0) == ((1.0, 0.5, 0.5), 1.5)  # planes 3 deep: z kept
+    assert volume_scale.working_factors(0.25, 2.0) == ((0.5, 0.25, 0.25), 1.0)  # down to cubes, no further
+    _, big = big_balls(z_scale=1.0)
+    partial = np.where(big > 0, big + 1, 1).astype(np.uint16)  # 1 = background, 2.. = objects
+    partial[1::2] = 0  # every second plane not annotated
+    decided, _ = volume_scale.resolved(TrainConfig(model=VOLUME, sparse=True), [partial])
+    assert decided.volume_scale[0] == 1.0 and decided.volume_scale[1] < 1.0
+    image = np.zeros(partial.shape, np.float32)
+    small_image, small_mask = volume_scale.working_pair(image, partial, decided.volume_scale, 1)
+    assert small_mask.shape == small_image.shape and small_mask.shape[0] == partial.shape[0]
+    assert set(np.unique(small_mask)) == set(np.unique(partial))  # 0, 1 and every id survive
+    assert (small_mask[1::2] == 0).all()
+
+
+def test_a_model_trained_on_large_nuclei_predicts_them_whole_on_the_volume_grid(tmp_path):
+    pairs = [big_balls(seed) for seed in range(2)]
+    cfg = TrainConfig(model=VOLUME, steps=40, learning_rate=1e-2, batch_size=2, validate_every=1e9,
+                      preview_every=1e-9, seed=0, threads=1)
+    trainer = Trainer(pairs, cfg, preview_image=pairs[0][0])
+    bundle, events = run_trainer(trainer)
+    told = [e.text for e in events if isinstance(e, Message) and "volumes trained" in e.text]
+    assert told and "scaled x" in told[0]
+    previews = [e for e in events if isinstance(e, Preview)]
+    assert previews and previews[-1].labels.shape == pairs[0][0].shape  # shown on the volume's grid
+    fz, fy, _ = bundle.config.volume_scale
+    assert fy < 0.8 and fz == fy
+    assert bundle.config.patch_size[1] <= round(96 * fy) + 1  # patches sized to the scaled volumes
+    save_bundle(bundle, tmp_path / "m")
+    loaded = load_bundle(tmp_path / "m")
+    assert loaded.config.volume_scale == bundle.config.volume_scale
+    image, truth = big_balls(seed=5)
+    pred = predict_image(loaded, image)
+    assert pred.labels.shape == image.shape and pred.probabilities.shape[1:] == image.shape
+    assert "volume scale" in pred.sizing.text
+    assert volume_scale.input_z_scale(loaded.config) == 1.0
+    overlap = (pred.labels > 0) & (truth > 0)
+    assert overlap.sum() > 0.5 * (truth > 0).sum()  # the nuclei are found, on the full-resolution grid
