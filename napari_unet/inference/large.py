@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generator
 
@@ -38,8 +38,9 @@ from napari_unet.arrays.volumes import anisotropic_spacing, voxel_spacing
 from napari_unet.config import PredictConfig
 from napari_unet.errors import UserError
 from napari_unet.events import Finished, Message, Progress
-from napari_unet.files.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr
+from napari_unet.files.omezarr import MIN_LEVEL_SIZE, build_pyramid, create_ome_zarr, open_ome_zarr
 from napari_unet.heads.blockwise import block_grid
+from napari_unet.inference import size, volume_scale
 from napari_unet.inference.tiling import Block, Slab, iter_tiled, iter_tiled_blocks
 from napari_unet.inference.uncertainty import uncertainty_kinds
 from napari_unet.models import enable_mc_dropout
@@ -213,19 +214,84 @@ def predict_large(bundle: ModelBundle, image: Any, out: str | Path, cfg: Predict
     ``min_level_size`` pixels. ``halo`` (default 64 pixels in 2D, ``VOLUME_HALO`` voxels in 3D): the
     block-wise watershed's overlap. Volumes: see ``volume_blocks`` and the module docstring.
     Yields ``Progress`` per tile and per block, then ``Finished``."""
-    # deferred: scikit-image loads at first use
-    from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
-
-    begin = time.perf_counter()
     out = Path(out)
-    dims = bundle.config.model.dims
-    if dims == 3:
+    if bundle.config.model.dims == 3:
         view = VolumeChannelsFirst(image, bundle.config.model.in_channels)
+        factors = volume_scale.factors_of(bundle.config)
+        if factors is not None:
+            return (yield from _at_volume_scale(bundle, view, out, cfg, probabilities, chunk, tile, halo,
+                                                min_level_size, factors))
     else:
         if len(image.shape) == 3 and min(image.shape) > 4:
             raise UserError(f"a 2D model streams 2D images; the (Z, Y, X) volume of shape {tuple(image.shape)} "
                             "needs a 3D model (or predict the stack in memory, plane by plane)")
         view = ChannelsFirst(image, bundle.config.model.in_channels)
+    return (yield from stream_view(bundle, view, out, cfg, probabilities, chunk, tile, halo, min_level_size))
+
+
+def _at_volume_scale(bundle: ModelBundle, view: Any, out: Path, cfg: PredictConfig, probabilities: bool, chunk: int,
+                     tile: int, halo: int | None, min_level_size: int,
+                     factors: tuple[float, ...]) -> Generator[object, None, LargeResult]:
+    """A volume streamed at its model's volume scale (``inference.volume_scale``): read scaled box by
+    box, predicted and labelled on that grid into hidden siblings of ``out``, then every output
+    brought back to the volume's grid block by block (labels: the voxel under each centre, maps:
+    linearly), with the volume's own z-scale in the metadata."""
+    begin = time.perf_counter()
+    full = tuple(view.shape[1:])
+    small = volume_scale.Resampled(view, [size.scaled_shape([n], f)[0] for n, f in zip(full, factors)],
+                                   factors=factors)
+    yield Message(f"the model works on volumes scaled x{factors[1]:.2f} along y/x and x{factors[0]:.2f} along z: "
+                  f"{'x'.join(map(str, full))} is predicted at {'x'.join(map(str, small.shape[1:]))}")
+    work = out.with_name(f".{out.name}.scaled")
+    on_grid = ModelBundle(bundle.net, replace(bundle.config, volume_scale=(1.0, 1.0, 1.0)), bundle.meta)
+    scaled = yield from stream_view(on_grid, small, work, cfg, probabilities, chunk, tile, halo, min_level_size=1 << 30)
+    scale = [volume_scale.input_z_scale(bundle.config), 1.0, 1.0]
+    block, chunks = volume_blocks(full, chunk)
+    pairs = [(scaled.labels, out, 0)] + [(p, _sibling(out, what), 1) for p, what in
+                                          ((scaled.probabilities, "probabilities"), (scaled.uncertainty, "uncertainty"))
+                                          if p is not None]
+    written = {}
+    for source_path, target_path, order in pairs:
+        source = open_ome_zarr(source_path)
+        maps = source.ndim == 4
+        lazy = volume_scale.Resampled(source if maps else _Leading(source), full, order=order)
+        target = create_ome_zarr(target_path, (*lazy.shape[:maps], *full), source.dtype,
+                                 (1, min(chunks[0], VOLUME_BAND), *chunks[1:]) if maps else chunks,
+                                 ["c", "z", "y", "x"] if maps else ["z", "y", "x"], labels=not maps,
+                                 scale=[1.0, *scale] if maps else scale)
+        grid = list(block_grid(full, block))
+        for i, (_, box) in enumerate(grid):
+            data = lazy[(slice(None), *box)]
+            target[(slice(None), *box) if maps else box] = (data if maps else data[0]).astype(target.dtype)
+            yield Progress(i + 1, len(grid), time.perf_counter() - begin, "restoring")
+        shutil.rmtree(source_path, ignore_errors=True)
+        written[source_path] = target_path
+        yield from build_pyramid(target_path, min_size=min_level_size)
+    result = LargeResult(out, written.get(scaled.probabilities), scaled.objects, full, time.perf_counter() - begin,
+                         written.get(scaled.uncertainty))
+    yield Finished({"objects": result.objects, "seconds": result.seconds,
+                    "megapixels_per_second": int(np.prod(full)) / 1e6 / max(result.seconds, 1e-9)})
+    return result
+
+
+class _Leading:
+    """A (Z, Y, X) array-like seen as (1, Z, Y, X)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array, self.shape = array, (1, *array.shape)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return np.asarray(self.array[key[1:]])[None]
+
+
+def stream_view(bundle: ModelBundle, view: Any, out: Path, cfg: PredictConfig, probabilities: bool, chunk: int,
+                tile: int, halo: int | None, min_level_size: int) -> Generator[object, None, LargeResult]:
+    """``predict_large`` of a (C, *S) view (``ChannelsFirst``, ``VolumeChannelsFirst``) on its own grid."""
+    # deferred: scikit-image loads at first use
+    from napari_unet.inference.predict import mc_dropout_tile_fn, network_tile_fn, tile_geometry
+
+    begin = time.perf_counter()
+    dims = bundle.config.model.dims
     shape = tuple(view.shape[1:])
     if dims == 3:
         block, chunks = volume_blocks(shape, chunk)

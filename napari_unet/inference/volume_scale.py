@@ -17,8 +17,10 @@ every axis, 120 s each (docs/benchmarks.md, "A real volume").
 * a number: that factor along y and x.
 
 Along z the factor stops where a voxel becomes as deep as it is wide (``working_factors``):
-anisotropic stacks lose planes last. Partial annotations (``sparse``: a few annotated planes)
-keep every plane, so no annotated plane is merged away. The run replaces the setting by the
+anisotropic stacks lose planes last. ``auto`` scales fully annotated instance volumes only: with
+partial annotations (``sparse``: a few annotated planes) a given factor keeps every plane, so no
+annotated plane is merged away, but the voxels then become deeper than wide in the other
+direction and the patches thicker; that case is not measured, so auto leaves it at full resolution. The run replaces the setting by the
 (z, y, x) factors it used and ``z_scale`` by the scaled grid's, so the model folder describes the
 grid its network works on (``input_z_scale`` gives back the volume's own).
 """
@@ -59,14 +61,14 @@ def parse_volume_scale(value: Any) -> str | float | tuple[float, ...]:
                     f"not {value!r}")
 
 
-def plane_diameter(masks: Sequence[np.ndarray], sparse: bool = False) -> float | None:
+def plane_diameter(masks: Sequence[np.ndarray]) -> float | None:
     """Twice the area-weighted median radius of the widest disc inscribed in each object part of
-    every annotated plane of the (Z, Y, X) ``masks`` (objects: > 0, or >= 2 in partial masks);
-    None for fewer than ``size.MIN_PARTS`` parts."""
+    every plane of the (Z, Y, X) instance ``masks`` (objects: > 0); None for fewer than
+    ``size.MIN_PARTS`` parts."""
     radii, areas = [np.zeros(0)], [np.zeros(0)]
     for mask in masks:
         mask = np.asarray(mask)
-        r, a = size.part_radii(mask >= 2 if sparse else mask > 0)
+        r, a = size.part_radii(mask > 0)
         radii.append(r)
         areas.append(a)
     r, a = np.concatenate(radii), np.concatenate(areas)
@@ -89,9 +91,10 @@ def resolved(cfg: Any, masks: Sequence[np.ndarray]) -> tuple[Any, str | None]:
         return cfg, None
     why, xy = "", 1.0
     if choice == AUTO:
-        diameter = plane_diameter(masks, cfg.sparse) if cfg.task == "instances" else None
+        diameter = plane_diameter(masks) if cfg.task == "instances" and not cfg.sparse else None
         if diameter is None:
-            why = "objects not measured" if cfg.task == "instances" else "a semantic model"
+            why = ("auto scales fully annotated instance volumes only" if cfg.sparse or cfg.task != "instances"
+                   else "too few objects to measure")
         elif diameter > WORKING_DIAMETER * size.DEAD_ZONE:
             xy = max(WORKING_DIAMETER / diameter, MIN_FACTOR)
             why = f"objects {diameter:.0f} pixels across"
@@ -145,3 +148,50 @@ def working_pair(image: np.ndarray, mask: np.ndarray | None, factors: Sequence[f
     if mask is None:
         return small, None
     return small, size.resize_labels(np.asarray(mask), tuple(small.shape[a] for a in axes))
+
+
+def source_coordinates(start: int, stop: int, n_in: int, n_out: int) -> np.ndarray:
+    """Where output voxels ``start..stop-1`` of an axis resized from ``n_in`` to ``n_out`` voxels
+    sample the input: voxel centres matched (``scipy.ndimage.zoom`` with ``grid_mode=True``)."""
+    return (np.arange(start, stop) + 0.5) * (n_in / n_out) - 0.5
+
+
+class Resampled:
+    """Lazy view of a (C, Z, Y, X) array-like resized to (C, *shape) along its last three axes: a box
+    reads only the source box it needs. ``order`` 1: linear, after a Gaussian low-pass along every
+    shrinking axis (box by box, equal to ``size.rescale_image`` of the whole: the source box carries
+    the filter's reach); ``order`` 0: the voxel under each centre (``size.resize_labels``; labels)."""
+
+    def __init__(self, source: Any, shape: Sequence[int], order: int = 1,
+                 factors: Sequence[float] | None = None) -> None:
+        """``factors``: the (z, y, x) factors ``shape`` was made with (``size.scaled_shape``), for the
+        low-pass's width as ``size.rescale_image`` draws it; default the shapes' ratios."""
+        self.source, self.order = source, order
+        self.shape = (int(source.shape[0]), *(int(n) for n in shape))
+        factors = factors or [m / n for n, m in zip(source.shape[1:], self.shape[1:])]
+        self.sigma = [(1 / f - 1) / 2 if order and f < 1 else 0.0 for f in factors]
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        from scipy import ndimage as ndi
+
+        boxes = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
+        coords = [source_coordinates(a, b, n_in, n_out)
+                  for (a, b), n_in, n_out in zip(boxes[1:], self.source.shape[1:], self.shape[1:])]
+        if self.order == 0:
+            index = [np.minimum((c + 0.5).astype(np.intp), n - 1) for c, n in zip(coords, self.source.shape[1:])]
+            lo = [int(i.min()) for i in index]
+            box = tuple(slice(a, int(i.max()) + 1) for a, i in zip(lo, index))
+            block = np.asarray(self.source[(slice(*boxes[0]), *box)])
+            return block[(slice(None), *np.ix_(*[i - a for i, a in zip(index, lo)]))]
+        reach = [int(4.0 * s + 0.5) + 1 for s in self.sigma]  # scipy's Gaussian truncates at 4 sigma
+        lo = [max(int(np.floor(c.min())) - r, 0) for c, r in zip(coords, reach)]
+        hi = [min(int(np.ceil(c.max())) + r + 1, n) for c, r, n in zip(coords, reach, self.source.shape[1:])]
+        block = np.asarray(self.source[(slice(*boxes[0]), *(slice(a, b) for a, b in zip(lo, hi)))], np.float32)
+        out = np.empty((block.shape[0], *(len(c) for c in coords)), np.float32)
+        grid = np.meshgrid(*[np.clip(c, 0, n - 1) - a for c, a, n in zip(coords, lo, self.source.shape[1:])],
+                           indexing="ij")
+        for i, channel in enumerate(block):
+            if any(self.sigma):  # at the source's own borders the edge voxel extends, as for the whole array
+                channel = ndi.gaussian_filter(channel, self.sigma, mode="nearest")
+            out[i] = ndi.map_coordinates(channel, grid, order=1, mode="nearest")
+        return out

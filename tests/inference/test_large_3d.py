@@ -241,3 +241,30 @@ def test_cli_streams_a_zarr_volume_with_a_3d_model(tmp_path, capsys):
                                PredictConfig(), BatchConfig(large_pixels=1000)))
     assert rows[0]["status"] == "ok" and rows[0]["output"].endswith("vol.ome.zarr")
     assert np.asarray(open_ome_zarr(tmp_path / "t" / "vol.ome.zarr")).shape == image.shape
+
+
+def test_a_model_at_a_volume_scale_streams_like_its_in_memory_prediction(tmp_path):
+    """A model that works on volumes scaled x0.5 along y/x (planes kept, voxels 2 deep become cubes):
+    the streamed labels and probabilities come back on the volume's grid and match the in-memory
+    prediction (which scales the whole volume); the metadata carries the volume's z-scale."""
+    from dataclasses import replace
+
+    bundle = _ball_bundle()
+    bundle = ModelBundle(bundle.net, replace(bundle.config, volume_scale=(1.0, 0.5, 0.5), z_scale=1.0), bundle.meta)
+    image, _ = ball_volume(np.random.default_rng(0), shape=(24, 128, 128), n=24, z_scale=Z_SCALE)
+    image = ndi.zoom(image, (1, 2, 2), order=1)[:, :150, :140]  # balls twice as wide in y/x
+    whole = predict_image(bundle, image, PredictConfig())
+    assert whole.labels.shape == image.shape and whole.labels.max() >= 5
+    cfg = PredictConfig(volume_tile_size=16, overlap=4)
+    result = drain(predict_large(bundle, image, tmp_path / "v.ome.zarr", cfg, probabilities=True, chunk=32, halo=16))
+    labels = np.asarray(open_ome_zarr(result.labels))
+    assert labels.shape == image.shape == result.shape
+    probs = np.asarray(open_ome_zarr(result.probabilities), np.float32)
+    assert probs.shape[1:] == image.shape and np.abs(probs - whole.probabilities).max() < 5e-3
+    n = int(whole.labels.max())
+    assert result.objects == labels.max() == n
+    matched, worst, split = _match(whole.labels, labels)
+    assert matched == n and worst > 0.98 and split < 0.01
+    attrs = json.loads((result.labels / ".zattrs").read_text())
+    assert attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [Z_SCALE, 1.0, 1.0]
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # scratch removed

@@ -58,13 +58,16 @@ def test_large_objects_are_brought_to_the_working_diameter_and_small_ones_kept()
 
 
 def test_deep_voxels_lose_planes_last_and_partial_annotations_keep_every_plane():
+    """Partial annotations: auto keeps full resolution; a given factor keeps every plane."""
     assert volume_scale.working_factors(0.5, 3.0) == ((1.0, 0.5, 0.5), 1.5)  # planes 3 deep: z kept
     assert volume_scale.working_factors(0.25, 2.0) == ((0.5, 0.25, 0.25), 1.0)  # down to cubes, no further
     _, big = big_balls(z_scale=1.0)
     partial = np.where(big > 0, big + 1, 1).astype(np.uint16)  # 1 = background, 2.. = objects
     partial[1::2] = 0  # every second plane not annotated
-    decided, _ = volume_scale.resolved(TrainConfig(model=VOLUME, sparse=True), [partial])
-    assert decided.volume_scale[0] == 1.0 and decided.volume_scale[1] < 1.0
+    auto, told = volume_scale.resolved(TrainConfig(model=VOLUME, sparse=True), [partial])
+    assert auto.volume_scale == (1.0, 1.0, 1.0) and "fully annotated" in told  # not measured: left as it is
+    decided, _ = volume_scale.resolved(TrainConfig(model=VOLUME, sparse=True, volume_scale=0.6), [partial])
+    assert decided.volume_scale == (1.0, 0.6, 0.6)
     image = np.zeros(partial.shape, np.float32)
     small_image, small_mask = volume_scale.working_pair(image, partial, decided.volume_scale, 1)
     assert small_mask.shape == small_image.shape and small_mask.shape[0] == partial.shape[0]
@@ -95,3 +98,17 @@ def test_a_model_trained_on_large_nuclei_predicts_them_whole_on_the_volume_grid(
     assert volume_scale.input_z_scale(loaded.config) == 1.0
     overlap = (pred.labels > 0) & (truth > 0)
     assert overlap.sum() > 0.5 * (truth > 0).sum()  # the nuclei are found, on the full-resolution grid
+
+
+def test_a_resumed_3d_run_keeps_the_scale_it_decided(tmp_path):
+    from napari_unet.training.state import load_state, resumed_config
+
+    pairs = [big_balls(seed) for seed in range(2)]
+    cfg = TrainConfig(model=VOLUME, steps=4, batch_size=1, validate_every=1e9, preview_every=0, seed=0, threads=1)
+    first, _ = run_trainer(Trainer(pairs, cfg))
+    save_bundle(first, tmp_path / "m")
+    state = load_state(tmp_path / "m")
+    assert state.config.volume_scale == first.config.volume_scale and first.config.volume_scale[1] < 1
+    again, events = run_trainer(Trainer.resuming(state, pairs, resumed_config(state, steps=6)))
+    assert again.config.volume_scale == first.config.volume_scale and again.config.z_scale == first.config.z_scale
+    assert not any(isinstance(e, Message) and "volumes trained" in e.text for e in events)  # decided once
