@@ -126,16 +126,18 @@ def write_set(folder: Path, count: int, seed: int, z_scale: float) -> None:
         write_image(folder / "masks" / f"v{i}.tif", mask)
 
 
-def write_halves(folder: Path, image_path: Path, labels_path: Path) -> None:
+def write_halves(folder: Path, image_path: Path, labels_path: Path, train_bottom: bool = False) -> None:
     """A real annotated volume split at its middle row: the top half to ``folder/train``, the bottom half
-    to ``folder/test`` (one volume each, ``v0.tif``; objects the cut leaves under 20 voxels dropped)."""
+    to ``folder/test`` (the other way round with ``train_bottom``; one volume each, ``v0.tif``; objects
+    the cut leaves under 20 voxels dropped)."""
     from napari_unet.files.io import read_image, read_mask, write_image
 
     image, labels = np.asarray(read_image(image_path)), np.asarray(read_mask(labels_path))
     if image.shape != labels.shape or image.ndim != 3:
         sys.exit(f"--volume: a (Z, Y, X) image and labels of the same shape, not {image.shape} and {labels.shape}")
     middle = image.shape[1] // 2
-    for split, rows in (("train", slice(None, middle)), ("test", slice(middle, None))):
+    top, bottom = slice(None, middle), slice(middle, None)
+    for split, rows in (("train", bottom if train_bottom else top), ("test", top if train_bottom else bottom)):
         write_image(folder / split / "images" / "v0.tif", image[:, rows])
         write_image(folder / split / "masks" / "v0.tif", relabel(labels[:, rows]))
 
@@ -312,6 +314,8 @@ def main() -> None:
     parser.add_argument("--volume", nargs=2, type=Path, metavar=("IMAGE", "LABELS"),
                         help="a real annotated (Z, Y, X) volume instead of the synthetic ones: trained on its top "
                              "half, scored on its bottom half (see docs/benchmarks.md for the cells3d volume)")
+    parser.add_argument("--train-bottom", action="store_true",
+                        help="with --volume: train on the bottom half and score the top half")
     parser.add_argument("--extra", default="", help="more train flags, e.g. '--steps 300'")
     parser.add_argument("--split", type=int, default=0, metavar="STEPS",
                         help="instead: time STEPS steps split into data and network, and one validation")
@@ -341,7 +345,7 @@ def main() -> None:
     if args.volume is not None:
         args.train = args.test = 1
         if not args.restitch:
-            write_halves(out, *args.volume)
+            write_halves(out, *args.volume, train_bottom=args.train_bottom)
     elif not args.restitch:
         write_set(out / "train", args.train, args.seed, args.z_scale)
         write_set(out / "test", args.test, args.seed + 1000, args.z_scale)

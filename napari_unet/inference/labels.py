@@ -9,6 +9,7 @@ from napari_unet import heads
 from napari_unet.arrays.volumes import anisotropic_spacing
 from napari_unet.config import MIN_SIZE, TrainConfig
 from napari_unet.heads.watershed import Spacing, classes_from_probabilities
+from napari_unet.inference.volume_scale import min_object_size
 
 
 def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = MIN_SIZE,
@@ -25,6 +26,7 @@ def labels_from_probabilities(probs: np.ndarray, task: str, min_size: int = MIN_
 
 def labels_for(bundle, maps: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
     """Labels of a model's output maps with the post-processing stored for it (``ModelBundle``), in
-    the physical units of its voxels (``TrainConfig.z_scale``) for a 3D model."""
-    return labels_from_probabilities(maps, bundle.task, min_size, bundle.config.instance_head,
+    the physical units of its voxels (``TrainConfig.z_scale``) for a 3D model, whose smallest object
+    kept follows the objects it learned (``volume_scale.min_object_size``)."""
+    return labels_from_probabilities(maps, bundle.task, min_object_size(bundle, min_size), bundle.config.instance_head,
                                      anisotropic_spacing(bundle.config), **bundle.postprocess)

@@ -244,6 +244,7 @@ def _at_volume_scale(bundle: ModelBundle, view: Any, out: Path, cfg: PredictConf
                   f"{'x'.join(map(str, full))} is predicted at {'x'.join(map(str, small.shape[1:]))}")
     work = out.with_name(f".{out.name}.scaled")
     on_grid = ModelBundle(bundle.net, replace(bundle.config, volume_scale=(1.0, 1.0, 1.0)), bundle.meta)
+    cfg = replace(cfg, min_size=volume_scale.scaled_min_size(cfg.min_size, factors))
     scaled = yield from stream_view(on_grid, small, work, cfg, probabilities, chunk, tile, halo, min_level_size=1 << 30)
     scale = [volume_scale.input_z_scale(bundle.config), 1.0, 1.0]
     block, chunks = volume_blocks(full, chunk)
@@ -355,7 +356,8 @@ def stream_view(bundle: ModelBundle, view: Any, out: Path, cfg: PredictConfig, p
     if head is not None:  # the instance head's block-wise instances, with the model's tuned thresholds
         scratch = out.with_name(f".{out.name}.seeds")
         told = {} if dims == 2 else {"spacing": anisotropic_spacing(bundle.config)}  # 3D heads take it
-        objects = yield from head.instances_blockwise(probs, labels, block, halo, cfg.min_size, scratch,
+        min_size = volume_scale.min_object_size(bundle, cfg.min_size)
+        objects = yield from head.instances_blockwise(probs, labels, block, halo, min_size, scratch,
                                                       **told, **bundle.postprocess)
         shutil.rmtree(scratch, ignore_errors=True)
     else:

@@ -229,7 +229,7 @@ def at_volume_scale(bundle: ModelBundle, image: np.ndarray, cfg: PredictConfig, 
     """A volume predicted at its model's volume scale (``inference.volume_scale``), brought back to
     the volume's grid; the smallest object kept scales with the voxel volume."""
     axes, shape = spatial_axes(bundle, image.shape, rgb)
-    small = replace(cfg, min_size=max(1, int(round(cfg.min_size * float(np.prod(factors))))))
+    small = replace(cfg, min_size=volume_scale.scaled_min_size(cfg.min_size, factors))
     pred = restore((yield from unscaled(size.rescale_image(image, factors, axes), small)), shape)
     pred.sizing = size.Sizing(f"the model's volume scale, x{factors[1]:.2f} along y/x and x{factors[0]:.2f} along z",
                               factors[1])

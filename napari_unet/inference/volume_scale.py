@@ -40,6 +40,12 @@ AUTO, OFF = "auto", "off"
 CHOICES = (AUTO, OFF)  # or a number: the factor along y/x
 WORKING_DIAMETER = 20.0  # pixels: objects larger than this (by size.DEAD_ZONE) are scaled down to it
 MIN_FACTOR = 1 / size.MAX_FACTOR
+KEY = "object_volume"  # model.json ``meta``: voxels of the annotated objects (median) on the working grid
+# predicted objects under this share of the learned median volume are dropped (``min_object_size``):
+# on cells3d, 120 s models' false objects were fragments of 6-5,300 voxels in the background, the
+# nuclei 14,000-60,000; dropping those under 0.05 / 0.1 / 0.25 of the training median took AP@0.5
+# 0.333 -> 0.538 / 0.583 / 0.636 (docs/benchmarks.md, "A real volume")
+MIN_OBJECT_SHARE = 0.25
 
 
 def parse_volume_scale(value: Any) -> str | float | tuple[float, ...]:
@@ -195,3 +201,28 @@ class Resampled:
                 channel = ndi.gaussian_filter(channel, self.sigma, mode="nearest")
             out[i] = ndi.map_coordinates(channel, grid, order=1, mode="nearest")
         return out
+
+
+def scaled_min_size(min_size: int, factors: Sequence[float]) -> int:
+    """The smallest object kept on the working grid, for ``min_size`` voxels on the volume's."""
+    return max(1, int(round(min_size * float(np.prod(factors)))))
+
+
+def learned_volume(cfg: Any, instance_masks: Sequence[np.ndarray]) -> dict[str, Any] | None:
+    """``meta[KEY]`` of a 3D instance model trained on fully annotated ``instance_masks`` (on its
+    working grid): the median voxel count of their objects; None for other models."""
+    if cfg.model.dims != 3 or cfg.task != "instances" or cfg.sparse:
+        return None
+    counts = [np.bincount(np.asarray(m).ravel().astype(np.intp))[1:] for m in instance_masks if m is not None]
+    counts = np.concatenate(counts) if counts else np.zeros(0)
+    counts = counts[counts > 0]
+    return {"median": int(np.median(counts)), "objects": int(counts.size)} if counts.size else None
+
+
+def min_object_size(bundle: Any, min_size: int) -> int:
+    """The smallest object a 3D model's labels keep: ``min_size`` voxels, or ``MIN_OBJECT_SHARE`` of
+    the median object it learned when that is larger (2D models: ``min_size``)."""
+    entry = bundle.meta.get(KEY) if bundle.config.model.dims == 3 else None
+    if not isinstance(entry, dict) or not entry.get("median"):
+        return min_size
+    return max(min_size, int(round(MIN_OBJECT_SHARE * float(entry["median"]))))

@@ -293,6 +293,9 @@ class Trainer:
             meta["postprocess"] = postprocess
         if learned is not None:
             meta[size.KEY] = learned
+        volume = volume_scale.learned_volume(cfg, [p.instances for p in prepared])
+        if volume is not None:
+            meta[volume_scale.KEY] = volume
         bundle = ModelBundle(net, cfg, meta, resume)
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle

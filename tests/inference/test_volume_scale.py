@@ -112,3 +112,27 @@ def test_a_resumed_3d_run_keeps_the_scale_it_decided(tmp_path):
     again, events = run_trainer(Trainer.resuming(state, pairs, resumed_config(state, steps=6)))
     assert again.config.volume_scale == first.config.volume_scale and again.config.z_scale == first.config.z_scale
     assert not any(isinstance(e, Message) and "volumes trained" in e.text for e in events)  # decided once
+
+
+def test_a_3d_model_drops_fragments_far_below_the_objects_it_learned():
+    from helpers import tiny_bundle
+
+    from napari_unet.inference.labels import labels_for
+    from napari_unet.models.bundle import ModelBundle
+
+    _, mask = big_balls(radius=10.0)
+    cfg = TrainConfig(model=VOLUME)
+    learned = volume_scale.learned_volume(cfg, [mask])
+    assert learned["objects"] == 4 and 3000 < learned["median"] < 5000  # balls of 10: about 4,200 voxels
+    assert volume_scale.learned_volume(replace(cfg, sparse=True), [mask]) is None
+    assert volume_scale.learned_volume(TrainConfig(), [mask[0]]) is None
+    speck = np.zeros_like(mask)
+    speck[10:14, 40:46, 40:46] = 9  # 144 voxels, in the background between the balls
+    interior = (mask > 0) | (speck > 0)
+    probs = np.stack([1.0 - interior, 0.9 * interior, 0.1 * interior]).astype(np.float32)
+    plain = tiny_bundle(dims=3)
+    assert labels_for(plain, probs).max() == 5  # the four balls and the speck
+    told = ModelBundle(plain.net, plain.config, {volume_scale.KEY: learned})
+    assert volume_scale.min_object_size(told, 10) == round(0.25 * learned["median"])
+    assert labels_for(told, probs).max() == 4
+    assert volume_scale.min_object_size(tiny_bundle(), 10) == 10  # 2D models: as asked
