@@ -87,8 +87,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "auto: measure the objects and scale the image so they come to the size the model learned; off: "
             "predict the image as it is; a number: the objects' diameter in pixels"),
     Setting("volume_scale", "Volume scale",
-            "3D: auto: volumes whose objects are large for a 3D patch train and predict scaled down (the labels "
-            "come back at full resolution); off: full resolution; a number: that factor along y/x"),
+            "3D: off: full resolution; auto: volumes whose objects are large for a 3D patch train and predict "
+            "scaled down (the labels come back at full resolution); a number: that factor along y/x"),
     Setting("checkpoint_every", "Checkpoint every (s)",
             "seconds between atomic saves of the model while training (0 = only at the end)"),
 )}
@@ -229,9 +229,10 @@ class TrainConfig:
     # ``CUDA_SIZES``...) and in 3D to the volumes (``runtime.sizes``); 3D: an int is the side along y/x (z gets
     # patch_size / z_scale planes), a tuple the (z, y, x) extents (what the 3D default stores)
     z_scale: float = 1.0  # 3D: voxel depth / pixel width (anisotropy); elastic warps and border weights use it
-    # 3D: "auto" | "off" | a y/x factor: volumes with large objects train and predict scaled down
-    # (``inference.volume_scale``); a run stores the (z, y, x) factors it used, and z_scale of that grid
-    volume_scale: str | float | tuple[float, ...] = setting("volume_scale", "auto")
+    # 3D: "off" | "auto" | a y/x factor: volumes with large objects train and predict scaled down
+    # (``inference.volume_scale``; off by default: auto merged more touching nuclei on the one real volume
+    # measured); a run stores the (z, y, x) factors it used, and z_scale of that grid
+    volume_scale: str | float | tuple[float, ...] = setting("volume_scale", "off")
     batch_size: int | None = None  # patches per step; None = sized to the device
     learning_rate: float = 5e-3
     weight_decay: float = 1e-4

@@ -1,28 +1,33 @@
-"""The working scale of a 3D model: volumes whose objects are too large for a 3D patch train and
-predict scaled down, so that a patch holds a neighbourhood of whole objects; labels come back on
-the volume's own grid. This is the 3D counterpart of the 2D object size (``size``), decided once,
-at training, from the annotated objects, and recorded in the model folder.
+"""The working scale of a 3D model, and the smallest object its labels keep.
 
-A 2D patch of 128² holds dozens of nuclei; a 3D patch on a CPU holds 16-48 planes of 64², about one
-nucleus of 50 pixels. On the cells3d nuclei volume (nuclei about 38 pixels across in a plane) the
-default 3D model scored AP@0.5 0.400 at full resolution and 0.615 on the same volume halved along
-every axis, 120 s each (docs/benchmarks.md, "A real volume").
+**Working scale.** A volume whose objects are too large for a 3D patch can train and predict
+scaled down, so that a patch holds a neighbourhood of whole objects; labels come back on the
+volume's own grid (in memory and streamed). Decided once, at training, and recorded in the model
+folder. ``TrainConfig.volume_scale``:
 
-``TrainConfig.volume_scale``:
-
-* ``"auto"`` (default): the objects' diameter in a plane (``plane_diameter``; the 2D widest
-  inscribed disc, area-weighted median over every annotated plane, as ``size.diameter_of``) is
-  brought to ``WORKING_DIAMETER`` pixels when it is larger than that by ``size.DEAD_ZONE``;
-* ``"off"``: full resolution;
+* ``"off"`` (default): full resolution;
+* ``"auto"``: the objects' diameter in a plane (``plane_diameter``; the 2D widest inscribed disc,
+  area-weighted median over every plane, as ``size.diameter_of``) is brought to
+  ``WORKING_DIAMETER`` pixels when it is larger than that by ``size.DEAD_ZONE``;
 * a number: that factor along y and x.
+
+Off by default because it did not pay where it was measured: on the cells3d nuclei volume (nuclei
+about 38 pixels across in a plane, 120 s, one thread, 3 seeds x 2 halves) auto trained at x0.51-0.58
+made 1.5-2x the steps but merged more touching nuclei (3-4 of 10 against 1-2), AP@0.5 mean 0.606
+against 0.707 on the top half (docs/benchmarks.md, "A real volume").
 
 Along z the factor stops where a voxel becomes as deep as it is wide (``working_factors``):
 anisotropic stacks lose planes last. ``auto`` scales fully annotated instance volumes only: with
 partial annotations (``sparse``: a few annotated planes) a given factor keeps every plane, so no
 annotated plane is merged away, but the voxels then become deeper than wide in the other
-direction and the patches thicker; that case is not measured, so auto leaves it at full resolution. The run replaces the setting by the
-(z, y, x) factors it used and ``z_scale`` by the scaled grid's, so the model folder describes the
-grid its network works on (``input_z_scale`` gives back the volume's own).
+direction and the patches thicker; that case is not measured, so auto leaves it at full resolution.
+The run replaces the setting by the (z, y, x) factors it used and ``z_scale`` by the scaled grid's,
+so the model folder describes the grid its network works on (``input_z_scale`` gives back the
+volume's own).
+
+**Smallest object.** A 3D instance model records the median voxel count of the objects it was
+trained on (``KEY``); its labels drop objects under ``MIN_OBJECT_SHARE`` of it
+(``min_object_size``), the false fragments of a model trained briefly on few objects.
 """
 
 from __future__ import annotations

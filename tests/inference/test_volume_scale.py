@@ -43,8 +43,9 @@ def test_the_setting_is_parsed_once_with_a_clear_refusal():
 
 
 def test_large_objects_are_brought_to_the_working_diameter_and_small_ones_kept():
-    cfg = TrainConfig(model=VOLUME)
+    cfg = TrainConfig(model=VOLUME, volume_scale="auto")
     _, big = big_balls()
+    assert volume_scale.resolved(TrainConfig(model=VOLUME), [big])[0].volume_scale == (1.0, 1.0, 1.0)  # default off
     assert 26 < volume_scale.plane_diameter([big]) < 34  # the median disc of a ball of 32 across
     decided, told = volume_scale.resolved(cfg, [big])
     fz, fy, fx = decided.volume_scale
@@ -54,7 +55,8 @@ def test_large_objects_are_brought_to_the_working_diameter_and_small_ones_kept()
     assert volume_scale.resolved(cfg, [small])[0].volume_scale == (1.0, 1.0, 1.0)
     assert volume_scale.resolved(replace(cfg, volume_scale="off"), [big])[0].volume_scale == (1.0, 1.0, 1.0)
     assert volume_scale.resolved(decided, [small])[0] is decided  # a decided run (resumed) keeps its scale
-    assert volume_scale.resolved(TrainConfig(), [big[0]])[0].volume_scale == "auto"  # 2D models: not theirs
+    flat = replace(TrainConfig(), volume_scale="auto")
+    assert volume_scale.resolved(flat, [big[0]])[0].volume_scale == "auto"  # 2D models: not theirs
 
 
 def test_deep_voxels_lose_planes_last_and_partial_annotations_keep_every_plane():
@@ -64,7 +66,7 @@ def test_deep_voxels_lose_planes_last_and_partial_annotations_keep_every_plane()
     _, big = big_balls(z_scale=1.0)
     partial = np.where(big > 0, big + 1, 1).astype(np.uint16)  # 1 = background, 2.. = objects
     partial[1::2] = 0  # every second plane not annotated
-    auto, told = volume_scale.resolved(TrainConfig(model=VOLUME, sparse=True), [partial])
+    auto, told = volume_scale.resolved(TrainConfig(model=VOLUME, sparse=True, volume_scale="auto"), [partial])
     assert auto.volume_scale == (1.0, 1.0, 1.0) and "fully annotated" in told  # not measured: left as it is
     decided, _ = volume_scale.resolved(TrainConfig(model=VOLUME, sparse=True, volume_scale=0.6), [partial])
     assert decided.volume_scale == (1.0, 0.6, 0.6)
@@ -77,7 +79,7 @@ def test_deep_voxels_lose_planes_last_and_partial_annotations_keep_every_plane()
 
 def test_a_model_trained_on_large_nuclei_predicts_them_whole_on_the_volume_grid(tmp_path):
     pairs = [big_balls(seed) for seed in range(2)]
-    cfg = TrainConfig(model=VOLUME, steps=40, learning_rate=1e-2, batch_size=2, validate_every=1e9,
+    cfg = TrainConfig(model=VOLUME, volume_scale="auto", steps=40, learning_rate=1e-2, batch_size=2, validate_every=1e9,
                       preview_every=1e-9, seed=0, threads=1)
     trainer = Trainer(pairs, cfg, preview_image=pairs[0][0])
     bundle, events = run_trainer(trainer)
@@ -104,7 +106,8 @@ def test_a_resumed_3d_run_keeps_the_scale_it_decided(tmp_path):
     from napari_unet.training.state import load_state, resumed_config
 
     pairs = [big_balls(seed) for seed in range(2)]
-    cfg = TrainConfig(model=VOLUME, steps=4, batch_size=1, validate_every=1e9, preview_every=0, seed=0, threads=1)
+    cfg = TrainConfig(model=VOLUME, volume_scale="auto", steps=4, batch_size=1, validate_every=1e9, preview_every=0,
+                      seed=0, threads=1)
     first, _ = run_trainer(Trainer(pairs, cfg))
     save_bundle(first, tmp_path / "m")
     state = load_state(tmp_path / "m")
