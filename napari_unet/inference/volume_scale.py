@@ -226,7 +226,9 @@ def learned_volume(cfg: Any, instance_masks: Sequence[np.ndarray]) -> dict[str, 
 
 def min_object_size(bundle: Any, min_size: int) -> int:
     """The smallest object a 3D model's labels keep: ``min_size`` voxels, or ``MIN_OBJECT_SHARE`` of
-    the median object it learned when that is larger (2D models: ``min_size``)."""
+    the median object it learned when that is larger (2D models: ``min_size``). As any min size it
+    also drops, under a rule without a split height, seeds under a quarter of it before they grow
+    (``heads.watershed.instance_seeds``); the cells3d figures were measured so."""
     entry = bundle.meta.get(KEY) if bundle.config.model.dims == 3 else None
     if not isinstance(entry, dict) or not entry.get("median"):
         return min_size
