@@ -192,8 +192,13 @@ def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Labels (..., *spatial) resized to (..., *shape) by nearest neighbour (ids kept): the last
     ``len(shape)`` axes, each output voxel taking the label under its centre."""
     spatial = labels.shape[labels.ndim - len(shape):]
-    index = [np.minimum(((np.arange(t) + 0.5) * s / t).astype(np.intp), s - 1) for t, s in zip(shape, spatial)]
-    return labels[(Ellipsis, *np.ix_(*index))]
+    return labels[(Ellipsis, *np.ix_(*[nearest_index(0, t, s, t) for t, s in zip(shape, spatial)]))]
+
+
+def nearest_index(start: int, stop: int, n_in: int, n_out: int) -> np.ndarray:
+    """The input voxel under the centre of output voxels ``start..stop-1`` of an axis resized from
+    ``n_in`` to ``n_out`` voxels."""
+    return np.minimum(((np.arange(start, stop) + 0.5) * n_in / n_out).astype(np.intp), n_in - 1)
 
 
 def rule_for_size(rule: dict[str, Any], learned: float | None, start: float | None,

@@ -186,14 +186,14 @@ class Resampled:
         from scipy import ndimage as ndi
 
         boxes = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
-        coords = [source_coordinates(a, b, n_in, n_out)
-                  for (a, b), n_in, n_out in zip(boxes[1:], self.source.shape[1:], self.shape[1:])]
+        axes = list(zip(boxes[1:], self.source.shape[1:], self.shape[1:]))  # ((start, stop), n_in, n_out)
         if self.order == 0:
-            index = [np.minimum((c + 0.5).astype(np.intp), n - 1) for c, n in zip(coords, self.source.shape[1:])]
+            index = [size.nearest_index(a, b, n_in, n_out) for (a, b), n_in, n_out in axes]
             lo = [int(i.min()) for i in index]
             box = tuple(slice(a, int(i.max()) + 1) for a, i in zip(lo, index))
             block = np.asarray(self.source[(slice(*boxes[0]), *box)])
             return block[(slice(None), *np.ix_(*[i - a for i, a in zip(index, lo)]))]
+        coords = [source_coordinates(a, b, n_in, n_out) for (a, b), n_in, n_out in axes]
         reach = [int(4.0 * s + 0.5) + 1 for s in self.sigma]  # scipy's Gaussian truncates at 4 sigma
         lo = [max(int(np.floor(c.min())) - r, 0) for c, r in zip(coords, reach)]
         hi = [min(int(np.ceil(c.max())) + r + 1, n) for c, r, n in zip(coords, reach, self.source.shape[1:])]
