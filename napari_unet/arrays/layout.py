@@ -41,6 +41,12 @@ class ArrayLayout:
     def is_stack(self) -> bool:
         return self.stack_axis is not None
 
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        """Where ``spatial`` lies in the full array: every axis but the channel and stack axes."""
+        ndim = len(self.spatial) + (self.channel_axis is not None) + (self.stack_axis is not None)
+        return tuple(a for a in range(ndim) if a not in (self.channel_axis, self.stack_axis))
+
 
 def array_layout(shape: tuple[int, ...], rgb: bool = False, model_channels: int | None = None,
                  dims: int = 2) -> ArrayLayout:

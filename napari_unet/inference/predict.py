@@ -264,8 +264,7 @@ def spatial_axes(bundle: ModelBundle, shape: tuple[int, ...], rgb: bool = False)
     """(the image axes of an array of ``shape``, the (H, W) or (Z, Y, X) they span) for ``bundle``'s model."""
     mcfg = bundle.config.model
     layout = array_layout(shape, rgb, mcfg.in_channels, mcfg.dims)
-    axes = [a for a in range(len(shape)) if a not in (layout.channel_axis, layout.stack_axis)]
-    return axes, tuple(shape[a] for a in axes)
+    return list(layout.spatial_axes), tuple(layout.spatial)
 
 
 def scaled_config(cfg: PredictConfig, factor: float) -> PredictConfig:

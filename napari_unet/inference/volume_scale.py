@@ -136,14 +136,9 @@ def input_z_scale(cfg: Any) -> float:
     return float(cfg.z_scale) if factors is None else float(cfg.z_scale) * factors[0] / factors[1]
 
 
-def spatial_axes(image: np.ndarray, in_channels: int) -> list[int]:
-    """The (z, y, x) axes of a volume for a 3D model with ``in_channels`` inputs (``arrays.layout``)."""
-    layout = array_layout(np.shape(image), False, in_channels, dims=3)
-    return [a for a in range(np.ndim(image)) if a != layout.channel_axis]
-
-
-def spatial_shape(image: np.ndarray, in_channels: int) -> tuple[int, ...]:
-    return tuple(np.shape(image)[a] for a in spatial_axes(image, in_channels))
+def volume_shape(image: np.ndarray, in_channels: int) -> tuple[int, ...]:
+    """The (Z, Y, X) extents of a volume for a 3D model with ``in_channels`` inputs (``arrays.layout``)."""
+    return tuple(array_layout(np.shape(image), False, in_channels, dims=3).spatial)
 
 
 def working_pair(image: np.ndarray, mask: np.ndarray | None, factors: Sequence[float],
@@ -151,8 +146,8 @@ def working_pair(image: np.ndarray, mask: np.ndarray | None, factors: Sequence[f
     """A volume and its mask at the working scale: the image linearly, the mask by nearest neighbour
     (ids, and the 0 = not annotated / 1 = background of partial masks, kept). A mask whose shape is
     not the volume's is left to ``data.dataset.prepare_pairs`` to refuse, both as they are."""
-    axes = spatial_axes(image, in_channels)
-    shape = tuple(np.shape(image)[a] for a in axes)
+    layout = array_layout(np.shape(image), False, in_channels, dims=3)
+    axes, shape = layout.spatial_axes, tuple(layout.spatial)
     if mask is not None and np.shape(mask) != shape:
         return image, mask
     small = size.rescale_image(image, factors, axes)

@@ -578,7 +578,7 @@ class Trainer:
         preview = self._preview_at(net, image, step, dtype, k)
         if factors is None:
             return preview
-        shape = volume_scale.spatial_shape(self._preview, self.cfg.model.in_channels)
+        shape = volume_scale.volume_shape(self._preview, self.cfg.model.in_channels)
         restore = (lambda a: None if a is None else size.resize_maps(a, shape))
         return Preview(step, 0, restore(preview.probabilities), size.resize_labels(preview.labels, shape),
                        restore(preview.uncertainty))

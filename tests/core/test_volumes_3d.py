@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import drain, tiny_bundle
 
-from napari_unet.arrays.layout import is_volume
+from napari_unet.arrays.layout import array_layout, is_volume
 from napari_unet.arrays.normalize import to_channels_first
 from napari_unet.arrays.volumes import annotated_z_range, patch_shape, preview_slab, z_scale_of
 from napari_unet.config import AugmentConfig, TrainConfig, UNetConfig
@@ -72,6 +72,9 @@ def test_volume_helpers():
     assert is_volume((10, 32, 32)) and is_volume((10, 32, 32, 2)) and not is_volume((32, 32, 3))
     assert not is_volume((3, 32, 32)) and not is_volume((32, 32, 3), rgb=True)
     assert z_scale_of((2.0, 0.5, 0.5)) == 4.0 and z_scale_of((1.0, 1.0)) == 1.0
+    assert array_layout((10, 2, 16, 18), False, 2, dims=3).spatial_axes == (0, 2, 3)  # (Z, C, Y, X)
+    assert array_layout((5, 32, 32, 3), rgb=True).spatial_axes == (1, 2)  # a stack of colour images
+    assert array_layout((10, 32, 32)).spatial_axes == (1, 2)  # a stack of grey images
     labels = np.zeros((10, 4, 4), np.uint8)
     labels[3, 1, 1], labels[6, 2, 2] = 1, 2
     assert annotated_z_range(labels) == slice(3, 7)
