@@ -159,7 +159,8 @@ def test_3d_tiles_are_sized_by_memory_with_the_measured_halo():
     big = (256, 1024, 1024)
     spec, _ = tile_geometry(net, PredictConfig(), big)
     assert spec.context == VOLUME_HALO_CONTEXT == 32
-    assert spec.tile == volume_tile(volume_forward_budget("cpu"), per_voxel, 32, 16, big) >= 96
+    # bf16 CPUs fit tiles of 96 or more in the budget; float32 ones (no native bf16) tiles of 64
+    assert spec.tile == volume_tile(volume_forward_budget("cpu"), per_voxel, 32, 16, big) >= (96 if dtype else 64)
     assert tile_geometry(net, PredictConfig(volume_tile_size=48), big)[0].tile == 48
     assert tile_geometry(net, PredictConfig(volume_context=1000), big)[0].context == 96  # the receptive radius
     assert tile_geometry(net, PredictConfig(), (32, 96, 96))[0].tile >= 96  # the volume in one tile
