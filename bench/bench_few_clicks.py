@@ -674,7 +674,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     one = [r for r in rows if r["magnification"] == "1x"]
     shown: set[str] = set()
     for i, dataset in enumerate(d for d in DATASETS if any(r["dataset"] == d for r in one)):
@@ -704,7 +704,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("AP@0.5 on the other images")
     ax.set_ylim(0, 1)
     ax.set_title("one annotated image; " + "; ".join(sorted(shown)), fontsize=8)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")

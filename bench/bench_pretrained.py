@@ -12,12 +12,17 @@ Five rows, all scored on the dsb2018_fluo val split (94 images, objects pooled, 
 ``--finetune-steps N`` fine-tunes for N steps instead of seconds (the same training on a loaded
 machine); ``--no-scratch`` leaves out rows 4 and 5.
 
-The 5 images are drawn (seeded) from the 24 train-split images the shipped model held out for
-keep-best validation, so it never trained on them. Every run uses the engine's defaults (as
+The 5 images are drawn (seeded) from the dsb2018_fluo train-split images the starting model held
+out for keep-best validation, so it never trained on them. Every run uses the engine's defaults (as
 ``napari-unet train`` does), so each holds out one of the 5 images for keep-best.
 
+``--start MODEL`` measures another starting model (a candidate to ship, a folder) in place of
+``pretrained:nuclei``; ``--held-by MODEL...`` draws the images among those every named model held
+out too, so two starting models are fine-tuned on the same images (a candidate trained on other
+kinds as well holds out stained and brightfield images, which are not in this split):
+
     .venv/bin/python bench/bench_pretrained.py [--finetune 30] [--finetune-steps N] [--scratch 120]
-        [--no-scratch] [--threads 2]
+        [--no-scratch] [--threads 2] [--start MODEL] [--held-by MODEL ...]
 """
 
 from __future__ import annotations
@@ -43,11 +48,16 @@ from napari_unet.workflows.model_spec import CURRENT, resolve_model  # noqa: E40
 from napari_unet.workflows.train_request import TrainRequest  # noqa: E402
 
 
-def few_images(n: int, seed: int) -> list[str]:
-    """``n`` names (seeded) among the train-split images the shipped model held out."""
-    held = resolve_model("pretrained:nuclei").meta["training"].get("held_out")
-    if not held:
-        raise SystemExit("the shipped model records no held-out images; re-train it with scripts/train_pretrained.py")
+def few_images(n: int, seed: int, models: list[ModelBundle], train_names: set[str]) -> list[str]:
+    """``n`` names (seeded) among the ``train_names`` every one of ``models`` held out."""
+    held = set(train_names)
+    for model in models:
+        names = model.meta["training"].get("held_out")
+        if not names:
+            raise SystemExit("a starting model records no held-out images; re-train it with scripts/train_pretrained.py")
+        held &= set(names)
+    if len(held) < n:
+        raise SystemExit(f"only {len(held)} train-split images are held out by every model; ask for fewer (--n-images)")
     return sorted(np.random.default_rng(seed).choice(sorted(held), size=n, replace=False).tolist())
 
 
@@ -81,15 +91,19 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start", default="pretrained:nuclei", help="the starting model measured (a spec or folder)")
+    parser.add_argument("--held-by", nargs="*", default=[], metavar="MODEL",
+                        help="draw the images among those these models held out too")
     args = parser.parse_args()
     print(machine_description(), flush=True)
     print(f"load average at start: {os.getloadavg()}", flush=True)
     train_split, val = load_dsb("train"), load_dsb("val")
-    names = few_images(args.n_images, args.seed)
+    pretrained = resolve_model(args.start)
+    others = [resolve_model(spec) for spec in args.held_by]
+    names = few_images(args.n_images, args.seed, [pretrained, *others], {s[0] for s in train_split})
     few = [s for s in train_split if s[0] in names]
-    print(f"{len(few)} images for the few-image runs: {', '.join(names)}", flush=True)
+    print(f"starting model {args.start}; {len(few)} images for the few-image runs: {', '.join(names)}", flush=True)
 
-    pretrained = resolve_model("pretrained:nuclei")
     rows: dict[str, dict] = {"pretrained as-is": {"steps": 0, "train_s": 0.0, **score(pretrained, val, args.threads)}}
     print("pretrained as-is:", rows["pretrained as-is"], flush=True)
     tuning = f"{args.finetune_steps} steps" if args.finetune_steps else f"{args.finetune:.0f} s"
@@ -123,7 +137,7 @@ def main() -> None:
               f"x{ft / max(all_scratch, 1e-9):.2f}")
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pretrained.json").write_text(json.dumps({"images": names, "rows": rows}, indent=2))
+    (out / "pretrained.json").write_text(json.dumps({"start": args.start, "images": names, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
