@@ -114,14 +114,16 @@ class Head:
 
     # -- validation and calibration ------------------------------------------------------------------
     def score(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-              keep: dict | None = None, spacing: Sequence[float] | None = None) -> dict[str, float]:
+              keep: dict | None = None, spacing: Sequence[float] | None = None,
+              min_size: int = MIN_SIZE) -> dict[str, float]:
         """Validation metrics (``score``: the one keep-best compares) of the maps against the true
-        ids (-1 unannotated); ``keep`` receives the per-image TP/FP/FN ``counts`` at IoU 0.5."""
+        ids (-1 unannotated); ``keep`` receives the per-image TP/FP/FN ``counts`` at IoU 0.5.
+        ``min_size``: the smallest object kept, as the trained model's labels will keep it."""
         # deferred: scipy.sparse loads at first use
         from napari_unet.metrics import evaluate_instances
 
         told = {} if spacing is None else {"spacing": spacing}
-        metrics = evaluate_instances([(self.instances(m, 10, **told, **self.default_rule), g)
+        metrics = evaluate_instances([(self.instances(m, min_size, **told, **self.default_rule), g)
                                       for m, g in zip(maps, truths)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
         scores["score"] = scores["ap50"]
@@ -130,16 +132,18 @@ class Head:
         return scores
 
     def tune(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], known: dict | None = None,
-             should_stop: Callable[[], bool] | None = None, spacing: Sequence[float] | None = None) -> dict | None:
+             should_stop: Callable[[], bool] | None = None, spacing: Sequence[float] | None = None,
+             min_size: int = MIN_SIZE) -> dict | None:
         """Post-processing thresholds chosen on held-out maps (with their ``ap50`` and the search's
         figures), or None to keep the default rule. ``known``: the per-rule counts ``score`` kept;
-        ``spacing``: as for ``instances`` (this threshold grid search does not use it)."""
+        ``spacing``: as for ``instances`` (this threshold grid search does not use it);
+        ``min_size``: as for ``score``."""
         if not self.threshold_grid:
             return None
         # deferred: scikit-image loads at first use
         from napari_unet.heads.calibrate import tune_head_thresholds
 
-        return tune_head_thresholds(self, maps, truths, should_stop)
+        return tune_head_thresholds(self, maps, truths, should_stop, min_size)
 
     def tune_message(self, tuned: dict, n_images: int, which: str) -> str:
         """One line on what ``tune`` chose (``which``: the kind of images it was chosen on)."""

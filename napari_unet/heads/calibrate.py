@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from napari_unet.config import MIN_SIZE
 from napari_unet.heads.watershed import Spacing, grow_seeds, instance_seeds, instances_from_probabilities
 from napari_unet.metrics import evaluate_instances
 
@@ -50,21 +51,25 @@ def _each(fn: Callable, *arrays: Sequence) -> list:
 
 
 def pooled_ap50(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], seed_threshold: float | None,
-                fg_threshold: float, split_height: float | None = None, spacing: Spacing = None) -> float:
+                fg_threshold: float, split_height: float | None = None, spacing: Spacing = None,
+                min_size: int = MIN_SIZE) -> float:
     """Pooled AP@0.5 of the instances post-processed with these settings."""
-    return counts_ap(rule_counts(probs, instances, seed_threshold, fg_threshold, split_height, spacing=spacing))
+    return counts_ap(rule_counts(probs, instances, seed_threshold, fg_threshold, split_height, spacing=spacing,
+                                 min_size=min_size))
 
 
 def rule_counts(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray], seed_threshold: float | None,
                 fg_threshold: float, split_height: float | None = None,
-                seeds: Sequence[np.ndarray] | None = None, spacing: Spacing = None) -> np.ndarray:
+                seeds: Sequence[np.ndarray] | None = None, spacing: Spacing = None,
+                min_size: int = MIN_SIZE) -> np.ndarray:
     """(images, 3) TP, FP, FN at IoU 0.5 per image (``seeds``: reuse these instead of the seed rule;
-    ``spacing``: an anisotropic volume's voxel size, for the split at saddles)."""
+    ``spacing``: an anisotropic volume's voxel size, for the split at saddles; ``min_size``: the
+    smallest object kept, as the model's labels keep it)."""
     if seeds is None:
-        preds = _each(lambda p: instances_from_probabilities(p, 10, fg_threshold, seed_threshold, split_height,
+        preds = _each(lambda p: instances_from_probabilities(p, min_size, fg_threshold, seed_threshold, split_height,
                                                              spacing), probs)
     else:
-        preds = _each(lambda p, s: grow_seeds(p, s, fg_threshold), probs, seeds)
+        preds = _each(lambda p, s: grow_seeds(p, s, fg_threshold, min_size), probs, seeds)
     return image_counts(preds, instances)
 
 
@@ -92,7 +97,8 @@ def bootstrap_win_rate(better: np.ndarray, worse: np.ndarray, resamples: int = R
 
 def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray],
                     should_stop: Callable[[], bool] | None = None,
-                    known: dict[tuple, np.ndarray] | None = None, spacing: Spacing = None) -> dict[str, float | None]:
+                    known: dict[tuple, np.ndarray] | None = None, spacing: Spacing = None,
+                    min_size: int = MIN_SIZE) -> dict[str, float | None]:
     """Best ``seed_threshold``/``split_height``/``fg_threshold`` on (3, H, W) probabilities vs ids.
 
     The seed rule first (foreground fixed at 0.5), then the foreground threshold for that rule:
@@ -102,14 +108,16 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
     winner's bootstrap win rate over the prior); ``should_stop()`` ends the search early.
     ``known``: per-image counts already computed for these probabilities, keyed (seed threshold,
     split height, foreground threshold) as in ``validate``'s ``rule_counts``; those are not redone.
-    ``spacing``: an anisotropic volume's voxel size (split heights in pixel widths).
+    ``spacing``: an anisotropic volume's voxel size (split heights in pixel widths); ``min_size``:
+    the smallest object the model's labels keep (``known`` must have been counted with it).
     """
     known = dict(known or {})
 
     def counts_of(seed: float | None, split: float | None, fg: float, seeds: list | None = None) -> np.ndarray:
         """Counts of a rule, computed once (``seeds``: that rule's seeds, already made)."""
         if (seed, split, fg) not in known:
-            known[(seed, split, fg)] = rule_counts(probs, instances, seed, fg, split, seeds=seeds, spacing=spacing)
+            known[(seed, split, fg)] = rule_counts(probs, instances, seed, fg, split, seeds=seeds, spacing=spacing,
+                                                   min_size=min_size)
         return known[(seed, split, fg)]
 
     counts = counts_of(None, None, 0.5)
@@ -122,7 +130,7 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
         if counts_ap(c) > best["ap50"]:
             best, counts = {"seed_threshold": seed, "split_height": split, "fg_threshold": 0.5, "ap50": counts_ap(c)}, c
     rule = (best["seed_threshold"], best["split_height"])
-    seeds = _each(lambda p: instance_seeds(p, *rule, spacing=spacing), probs)  # fixed from here on
+    seeds = _each(lambda p: instance_seeds(p, *rule, min_size, spacing), probs)  # fixed from here on
     for fg in FG_THRESHOLDS:
         if should_stop is not None and should_stop():
             break
@@ -141,13 +149,14 @@ def tune_thresholds(probs: Sequence[np.ndarray], instances: Sequence[np.ndarray]
 # for each value of the others (the star head's NMS overlap, the flow head's flow-consistency error).
 
 
-def head_counts(head, maps: Sequence[np.ndarray], instances: Sequence[np.ndarray], **rule: float) -> np.ndarray:
+def head_counts(head, maps: Sequence[np.ndarray], instances: Sequence[np.ndarray], min_size: int = MIN_SIZE,
+                **rule: float) -> np.ndarray:
     """(images, 3) TP, FP, FN at IoU 0.5 per image of ``head``'s instances (``heads.Head``) with ``rule``."""
-    return image_counts(_each(lambda m: head.instances(m, 10, **rule), maps), instances)
+    return image_counts(_each(lambda m: head.instances(m, min_size, **rule), maps), instances)
 
 
 def tune_head_thresholds(head, maps: Sequence[np.ndarray], instances: Sequence[np.ndarray],
-                         should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
+                         should_stop: Callable[[], bool] | None = None, min_size: int = MIN_SIZE) -> dict[str, float]:
     """Best thresholds of ``head`` (its ``threshold_grid``) on the validation maps.
 
     The winner replaces the head's ``default_rule`` when it beats it in ``CONFIDENCE`` of the
@@ -162,7 +171,7 @@ def tune_head_thresholds(head, maps: Sequence[np.ndarray], instances: Sequence[n
     def counts_of(*values: float) -> np.ndarray:
         key = tuple(round(v, 3) for v in values)
         if key not in known:
-            known[key] = head_counts(head, maps, instances, **dict(zip(keys, key)))
+            known[key] = head_counts(head, maps, instances, min_size, **dict(zip(keys, key)))
         return known[key]
 
     default = counts_of(*(default_rule[k] for k in keys))

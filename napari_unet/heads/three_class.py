@@ -78,22 +78,25 @@ class ThreeClassHead(Head):
         return (yield from instances_blockwise(maps, labels, seeds, block, halo, min_size, spacing=spacing, **rule))
 
     def score(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-              keep: dict | None = None, spacing: Sequence[float] | None = None) -> dict[str, float]:
+              keep: dict | None = None, spacing: Sequence[float] | None = None,
+              min_size: int = MIN_SIZE) -> dict[str, float]:
         """AP@0.5 (objects pooled); ``score`` is the best of the argmax rule and ``SCORE_RULES``.
         ``keep`` also receives ``rule_counts``: the per-image counts of every rule scored, keyed
         (seed threshold, split height, foreground threshold), which ``tune`` reuses. ``spacing``:
-        an anisotropic volume's voxel size (the split at saddles measures physical distances)."""
+        an anisotropic volume's voxel size (the split at saddles measures physical distances);
+        ``min_size``: the smallest object the model's labels keep (a 3D model's learned floor)."""
         # deferred: scikit-image loads at first use
         from napari_unet.heads.watershed import instances_from_probabilities
         from napari_unet.metrics import evaluate_instances
         from napari_unet.heads.calibrate import counts_ap, rule_counts
 
-        metrics = evaluate_instances([(instances_from_probabilities(m, spacing=spacing), g)
+        metrics = evaluate_instances([(instances_from_probabilities(m, min_size, spacing=spacing), g)
                                       for m, g in zip(maps, truths)])
         scores = {"ap50": float(metrics["ap50"]), "map": float(metrics["map"]), "dice": float(metrics["dice"])}
         by_rule = {(None, None, 0.5): np.array([[r["tp50"], r["fp50"], r["fn50"]] for r in metrics["per_image"]],
                                                np.float64)}
-        by_rule.update({(seed, split, 0.5): rule_counts(maps, truths, seed, 0.5, split, spacing=spacing)
+        by_rule.update({(seed, split, 0.5): rule_counts(maps, truths, seed, 0.5, split, spacing=spacing,
+                                                         min_size=min_size)
                         for seed, split in SCORE_RULES})
         counts = max(list(by_rule.values())[1:], key=counts_ap)
         scores["score"] = max(scores["ap50"], counts_ap(counts))
@@ -103,12 +106,13 @@ class ThreeClassHead(Head):
         return scores
 
     def tune(self, maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], known: dict | None = None,
-             should_stop: Callable[[], bool] | None = None, spacing: Sequence[float] | None = None) -> dict | None:
+             should_stop: Callable[[], bool] | None = None, spacing: Sequence[float] | None = None,
+             min_size: int = MIN_SIZE) -> dict | None:
         """``heads.calibrate.tune_thresholds``; None when it keeps the argmax rule."""
         # deferred: scikit-image loads at first use
         from napari_unet.heads.calibrate import tune_thresholds
 
-        tuned = tune_thresholds(maps, truths, should_stop, known=known, spacing=spacing)
+        tuned = tune_thresholds(maps, truths, should_stop, known=known, spacing=spacing, min_size=min_size)
         if tuned["seed_threshold"] is None and tuned["split_height"] is None and tuned["fg_threshold"] == 0.5:
             return None  # the argmax rule
         return tuned

@@ -219,12 +219,19 @@ def learned_volume(cfg: Any, instance_masks: Sequence[np.ndarray]) -> dict[str, 
     return {"median": int(np.median(counts)), "objects": int(counts.size)} if counts.size else None
 
 
-def min_object_size(bundle: Any, min_size: int) -> int:
-    """The smallest object a 3D model's labels keep: ``min_size`` voxels, or ``MIN_OBJECT_SHARE`` of
-    the median object it learned when that is larger (2D models: ``min_size``). As any min size it
-    also drops, under a rule without a split height, seeds under a quarter of it before they grow
-    (``heads.watershed.instance_seeds``); the cells3d figures were measured so."""
-    entry = bundle.meta.get(KEY) if bundle.config.model.dims == 3 else None
-    if not isinstance(entry, dict) or not entry.get("median"):
+def floor_of(learned: dict[str, Any] | None, min_size: int) -> int:
+    """``min_size`` voxels, or ``MIN_OBJECT_SHARE`` of the ``learned`` median object (``meta[KEY]``,
+    ``learned_volume``) when that is larger: the one rule behind a 3D model's labels
+    (``min_object_size``) and its scoring while it trains (validation, keep-best, the guard and
+    the post-processing search), so the rule chosen there is the one its labels apply."""
+    if not isinstance(learned, dict) or not learned.get("median"):
         return min_size
-    return max(min_size, int(round(MIN_OBJECT_SHARE * float(entry["median"]))))
+    return max(min_size, int(round(MIN_OBJECT_SHARE * float(learned["median"]))))
+
+
+def min_object_size(bundle: Any, min_size: int) -> int:
+    """The smallest object a 3D model's labels keep (``floor_of`` its learned volume; 2D models:
+    ``min_size``). As any min size it also drops, under a rule without a split height, seeds under
+    a quarter of it before they grow (``heads.watershed.instance_seeds``); the cells3d figures were
+    measured so."""
+    return floor_of(bundle.meta.get(KEY) if bundle.config.model.dims == 3 else None, min_size)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from napari_unet import heads
-from napari_unet.config import PredictConfig, TrainConfig
+from napari_unet.config import MIN_SIZE, PredictConfig, TrainConfig
 from napari_unet.data.augment import augment_batch
 from napari_unet.data.dataset import (MixedSampler, PatchSampler, PreparedPair, count_objects, hold_out_objects,
                                       objects_brighter, objects_brighter_of, prepare_pairs,
@@ -119,6 +119,7 @@ class Trainer:
         self._lock = threading.Lock()
         self._pending: tuple[Pairs, Sequence[str] | None] | None = None
         self._per_epoch = 1  # steps per epoch of the training pairs (set by ``run``)
+        self._volume: dict | None = None  # the annotated objects' median volume (3D instances: ``volume_scale.KEY``)
 
     @classmethod
     def resuming(cls, state: TrainingState, pairs: Pairs, cfg: TrainConfig | None = None, **kwargs) -> "Trainer":
@@ -208,6 +209,7 @@ class Trainer:
                 scaled = self._working(pending[0])
                 prepared = prepare_pairs(scaled, cfg, pending[1], (yield from self._spared(scaled)))
                 self._set_pull(prepared)
+                self._volume = volume_scale.learned_volume(cfg, [p.instances for p in prepared])
                 train_pairs = without_zones(prepared, zones)
                 sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), setup.synthetic, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
@@ -284,7 +286,7 @@ class Trainer:
         postprocess = yield from finish.post_processing(net, cfg, self._init, meta, val_pairs=val_pairs,
                                                         train_pairs=train_pairs, held_out_objects=bool(zones),
                                                         kept=kept, stopped=stopped, dtype=dtype, learned=learned,
-                                                        annotated=prepared)
+                                                        annotated=prepared, min_size=self._min_size())
         if blend is not None:
             meta["training"]["fine_tune_keep"] = round(blend[0], 4)
             if blend[1] is not None:
@@ -293,12 +295,17 @@ class Trainer:
             meta["postprocess"] = postprocess
         if learned is not None:
             meta[size.KEY] = learned
-        volume = volume_scale.learned_volume(cfg, [p.instances for p in prepared])
-        if volume is not None:
-            meta[volume_scale.KEY] = volume
+        if self._volume is not None:
+            meta[volume_scale.KEY] = self._volume
         bundle = ModelBundle(net, cfg, meta, resume)
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
+
+    def _min_size(self) -> int:
+        """The smallest object validation, the guard and the post-processing search keep: the one
+        the model's labels will keep (``volume_scale.floor_of``: a 3D instance model's learned
+        floor; else the default min size)."""
+        return volume_scale.floor_of(self._volume, MIN_SIZE)
 
     def _set_pull(self, prepared: Sequence[PreparedPair]) -> str:
         """The configuration the loss reads (``self._loss_cfg``): the run's, with the unannotated pixels'
@@ -371,6 +378,7 @@ class Trainer:
             yield Message(decided)
         pairs = self._working(self._pairs)
         prepared = prepare_pairs(pairs, cfg, self._names, (yield from self._spared(pairs)))
+        self._volume = volume_scale.learned_volume(cfg, [p.instances for p in prepared])
         # unset batch/patch size: sized to the device (and in 3D to the volumes)
         cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
         message = self._set_pull(prepared)
@@ -465,7 +473,7 @@ class Trainer:
         """Score the weights during the run; a higher score makes them the best model (None: stopped
         half-way through)."""
         latest: dict = {}
-        metrics = validate(net, val_pairs, self.cfg, dtype, self._stop.is_set, latest)
+        metrics = validate(net, val_pairs, self.cfg, dtype, self._stop.is_set, latest, self._min_size())
         if metrics is None:
             return None
         improved = metrics["score"] > pos.best_score
@@ -479,7 +487,7 @@ class Trainer:
         """Score the final weights; they become the best model unless an earlier one was better
         beyond doubt (``finish.final_is_better``; never on held-out objects of one image: too few)."""
         latest: dict = {}
-        metrics = validate(net, val_pairs, self.cfg, dtype, keep=latest)
+        metrics = validate(net, val_pairs, self.cfg, dtype, keep=latest, min_size=self._min_size())
         improved = held_out_objects or finish.final_is_better(metrics, pos.best_score, latest, pos.kept)
         if improved:
             pos.best_state, pos.best_metrics, pos.kept = None, metrics, latest
@@ -538,7 +546,7 @@ class Trainer:
         if annotated and (why := guard.too_few_objects(count_objects(val_pairs))):
             return {"record": guard.not_run(why)}
         began, kept = time.perf_counter(), {}
-        metrics = validate(net, annotated or val_pairs, self.cfg, dtype, self._stop.is_set, kept)
+        metrics = validate(net, annotated or val_pairs, self.cfg, dtype, self._stop.is_set, kept, self._min_size())
         if metrics is None:
             return {"record": guard.not_run("stopped while scoring the starting model")}
         on = "all annotated objects" if annotated else f"{len(val_pairs)} image(s)"
@@ -566,6 +574,8 @@ class Trainer:
         """Save the current weights and the training state atomically: a killed run still leaves a
         usable model, and ``--resume`` continues it."""
         meta = {"training": {"steps": pos.step, "seconds": round(seconds, 1), "checkpoint": True}}
+        if self._volume is not None:  # a killed 3D run's labels drop fragments as the finished model's would
+            meta[volume_scale.KEY] = self._volume
         state = self._snapshot(sitting, pos, False, seconds)
         save_bundle(ModelBundle(sitting.net, self.cfg, meta, state), self._checkpoint_to)
 

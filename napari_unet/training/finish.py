@@ -16,7 +16,7 @@ import torch
 
 from napari_unet import heads
 from napari_unet.arrays.volumes import anisotropic_spacing
-from napari_unet.config import PredictConfig, TrainConfig
+from napari_unet.config import MIN_SIZE, PredictConfig, TrainConfig
 from napari_unet.data.dataset import PreparedPair, count_objects
 from napari_unet.events import Message
 from napari_unet.heads.calibrate import CONFIDENCE, bootstrap_win_rate, counts_ap, rule_counts
@@ -140,12 +140,12 @@ def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dic
                     val_pairs: Sequence[PreparedPair], train_pairs: Sequence[PreparedPair], held_out_objects: bool,
                     kept: dict, stopped: bool, dtype: torch.dtype | None,
                     learned: dict | None = None,
-                    annotated: Sequence[PreparedPair] = ()) -> Generator[object, None, dict]:
+                    annotated: Sequence[PreparedPair] = (), min_size: int = MIN_SIZE) -> Generator[object, None, dict]:
     """The post-processing the model carries: the starting model's (same head; its lengths
     scaled to the object size ``learned`` on this run, ``size.rule_for_size``, and its split
     height raised where a higher one keeps the ``annotated`` pairs' painted objects whole,
-    ``split_for_painted``), or thresholds tuned on this run's images; records the tuning time
-    in ``meta``."""
+    ``split_for_painted``), or thresholds tuned on this run's images (objects under ``min_size``
+    dropped, as validation drops them); records the tuning time in ``meta``."""
     same_head = init is not None and (init.task, init.config.instance_head) == (cfg.task, cfg.instance_head)
     postprocess = init.postprocess if same_head else {}
     head, whole_images = heads.of(cfg), bool(val_pairs) and not held_out_objects
@@ -177,7 +177,7 @@ def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dic
     tune_on = val_pairs if whole_images else train_pairs[:cfg.validation_max_images]
     tune_start = time.perf_counter()
     tuned = tune(net, cfg, tune_on, dtype, kept.get("probs", []) if whole_images else [],
-                 kept.get("rule_counts") if whole_images else None)
+                 kept.get("rule_counts") if whole_images else None, min_size)
     meta["training"]["tuning_seconds"] = round(time.perf_counter() - tune_start, 1)
     if tuned is None:
         return postprocess
@@ -241,13 +241,14 @@ def _tunes(meta: dict, head: Any, whole_images: bool, kept: dict, stopped: bool,
 
 
 def tune(net: torch.nn.Module, cfg: TrainConfig, pairs: Sequence[PreparedPair], dtype: torch.dtype | None,
-         maps: list[np.ndarray], known: dict | None = None) -> dict | None:
+         maps: list[np.ndarray], known: dict | None = None, min_size: int = MIN_SIZE) -> dict | None:
     """The instance head's post-processing chosen on ``pairs`` (``Head.tune``; None: its default).
 
     ``maps``: the kept model's validation maps (from the validation that chose it), else
     empty and predicted here; ``known``: what validation scored on them (``Head.score``'s
     ``rule_counts``). A stopped run is tuned too, on those maps (post-processing only, a few
     seconds), so a model a user stops early splits touching objects like one that ran to its end.
+    ``min_size``: the smallest object kept (``known`` was counted with it).
     """
     if not maps:
         k = heads.n_output_channels(cfg)
@@ -255,5 +256,5 @@ def tune(net: torch.nn.Module, cfg: TrainConfig, pairs: Sequence[PreparedPair], 
                        for p in pairs], None
     spacing = anisotropic_spacing(cfg)
     told = {} if spacing is None else {"spacing": spacing}
-    tuned = heads.of(cfg).tune(maps, [p.truth for p in pairs], known, **told)
+    tuned = heads.of(cfg).tune(maps, [p.truth for p in pairs], known, min_size=min_size, **told)
     return None if tuned is None else {k: (round(v, 4) if isinstance(v, float) else v) for k, v in tuned.items()}

@@ -9,7 +9,7 @@ import torch
 
 from napari_unet import heads
 from napari_unet.arrays.volumes import anisotropic_spacing
-from napari_unet.config import PredictConfig, TrainConfig
+from napari_unet.config import MIN_SIZE, PredictConfig, TrainConfig
 from napari_unet.data.dataset import PreparedPair
 from napari_unet.inference import predict  # through the module, so a patched predictor is seen
 
@@ -28,7 +28,7 @@ def semantic_scores(pred: np.ndarray, target: np.ndarray, n_classes: int) -> dic
 
 def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConfig,
              dtype: torch.dtype | None, should_stop: Callable[[], bool] | None = None,
-             keep: dict | None = None) -> dict[str, float] | None:
+             keep: dict | None = None, min_size: int = MIN_SIZE) -> dict[str, float] | None:
     """Metrics on the validation pairs; ``score`` is the one used to keep the best model.
 
     Instances: the instance head's ``score`` (AP@0.5, objects pooled; ``heads.Head.score``),
@@ -36,7 +36,8 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     between images (the run was cancelled). ``keep``, when given, receives the ``probs`` and
     (instances) what the head's ``score`` keeps: the per-image TP/FP/FN ``counts`` of the
     scoring rule (and for the 3-class head the ``rule_counts`` of every rule scored), for
-    callers that reuse them.
+    callers that reuse them. ``min_size``: the smallest object the model's labels will keep
+    (``volume_scale.floor_of``), so validation scores the objects a user will see.
     """
     was_training = net.training
     net.eval()
@@ -56,7 +57,7 @@ def validate(net: torch.nn.Module, pairs: Sequence[PreparedPair], cfg: TrainConf
     if head is not None:
         spacing = anisotropic_spacing(cfg)  # an anisotropic volume splits at saddles of physical distances
         told = {} if spacing is None else {"spacing": spacing}
-        return head.score(probs, [p.truth for p in pairs], keep, **told)
+        return head.score(probs, [p.truth for p in pairs], keep, min_size=min_size, **told)
     preds = np.concatenate([pr.argmax(0).ravel() for pr in probs])
     targets = np.concatenate([p.target.ravel() for p in pairs])
     scores = semantic_scores(preds, targets, heads.n_output_classes(cfg))

@@ -63,8 +63,9 @@ def test_tuning_reuses_counts_it_is_given(monkeypatch):
              (0.5, 1.0, 0.5): calibrate.rule_counts([probs], [gt], 0.5, 0.5, 1.0)}
     done, original = [], calibrate.rule_counts
     monkeypatch.setattr(calibrate, "rule_counts",
-                        lambda probs, instances, seed, fg, split=None, seeds=None, spacing=None:
-                        done.append((seed, split, fg, seeds is None)) or original(probs, instances, seed, fg, split, seeds))
+                        lambda probs, instances, seed, fg, split=None, seeds=None, spacing=None, min_size=10:
+                        done.append((seed, split, fg, seeds is None)) or original(probs, instances, seed, fg, split, seeds,
+                                                                                  min_size=min_size))
     assert tune_thresholds([probs], [gt], known=known) == fresh
     assert (None, None, 0.5, True) not in done and (0.5, 1.0, 0.5, True) not in done
     assert len(done) == len(calibrate.SEED_RULES) - 2 + len(calibrate.FG_THRESHOLDS) - 1 + 1  # + the prior rule
@@ -84,7 +85,7 @@ def fake_tuning(monkeypatch) -> dict:
 
     seen = {}
 
-    def fake_tune(probs, instances, should_stop=None, known=None, spacing=None):
+    def fake_tune(probs, instances, should_stop=None, known=None, spacing=None, min_size=10):
         seen.update(n=len(probs), shapes=[p.shape for p in probs], known=known)
         return {"seed_threshold": 0.8, "split_height": 1.0, "fg_threshold": 0.6, "ap50": 0.7, "ap50_argmax": 0.5,
                 "confidence": 0.995}

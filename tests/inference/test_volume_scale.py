@@ -139,3 +139,43 @@ def test_a_3d_model_drops_fragments_far_below_the_objects_it_learned():
     assert volume_scale.min_object_size(told, 10) == round(0.25 * learned["median"])
     assert labels_for(told, probs).max() == 4
     assert volume_scale.min_object_size(tiny_bundle(), 10) == 10  # 2D models: as asked
+
+
+def test_validation_and_the_rule_search_drop_the_fragments_the_labels_drop(monkeypatch):
+    import torch
+
+    from napari_unet.data.dataset import PreparedPair
+    from napari_unet.heads.calibrate import tune_thresholds
+    from napari_unet.inference import predict
+    from napari_unet.training.validation import validate
+
+    _, mask = big_balls(radius=10.0)
+    speck = np.zeros_like(mask)
+    speck[10:14, 40:46, 40:46] = 1  # a false fragment of 144 voxels
+    interior = (mask > 0) | (speck > 0)
+    probs = np.stack([1.0 - interior, 0.9 * interior, 0.1 * interior]).astype(np.float32)
+    monkeypatch.setattr(predict, "predict_normalized", lambda *args, **kwargs: probs)
+    pair = PreparedPair(np.zeros((1, *mask.shape), np.float32), (mask > 0).astype(np.int64),
+                        np.ones(mask.shape, np.float32), mask, "balls")
+    cfg = TrainConfig(model=VOLUME)
+    floor = volume_scale.floor_of(volume_scale.learned_volume(cfg, [mask]), 10)
+    assert floor > 144
+    assert validate(torch.nn.Identity(), [pair], cfg, None)["ap50"] == pytest.approx(0.8)  # 4 of 5 objects true
+    assert validate(torch.nn.Identity(), [pair], cfg, None, min_size=floor)["ap50"] == 1.0
+    assert tune_thresholds([probs], [mask], min_size=floor)["ap50"] == 1.0
+
+
+def test_a_3d_run_scores_and_checkpoints_with_the_floor_its_labels_use(tmp_path, monkeypatch):
+    from napari_unet.training import engine
+
+    seen = []
+    real = engine.validate
+    monkeypatch.setattr(engine, "validate", lambda *args, **kwargs: seen.append(
+        kwargs.get("min_size", args[6] if len(args) > 6 else None)) or real(*args, **kwargs))
+    pairs = [big_balls(seed, radius=10.0) for seed in range(3)]
+    cfg = TrainConfig(model=VOLUME, steps=3, batch_size=1, patch_size=32, validate_every=0.0, preview_every=0,
+                      checkpoint_every=1e-9, seed=0, threads=1)
+    bundle, _ = run_trainer(Trainer(pairs, cfg, checkpoint_to=tmp_path / "ckpt"))
+    learned = bundle.meta[volume_scale.KEY]
+    assert seen and set(seen) == {volume_scale.floor_of(learned, 10)} and seen[0] > 10
+    assert load_bundle(tmp_path / "ckpt").meta[volume_scale.KEY] == learned  # a killed run's labels drop them too
