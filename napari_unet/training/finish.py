@@ -163,10 +163,12 @@ def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dic
             postprocess, record = split_for_painted(net, cfg, postprocess, annotated, dtype)
             if record is not None:
                 meta["training"]["split_on_painted"] = record
-            if record is not None and record["chosen"] != record["inherited"]:
-                yield Message(f"split height {record['chosen']} px: it keeps the painted objects whole "
-                              f"(AP@0.5 on the {record['objects']} painted objects {record['ap50_chosen']:.2f}, "
-                              f"{record['ap50_inherited']:.2f} at {record['inherited']} px)")
+            if record is not None and (record["chosen"], record["seed_chosen"]) != \
+                    (record["inherited"], record["seed_inherited"]):
+                yield Message(f"split height {record['chosen']} px, seeds {seed_words(record['seed_chosen'])}: "
+                              f"they keep the painted objects whole (AP@0.5 on the {record['objects']} painted "
+                              f"objects {record['ap50_chosen']:.2f}, {record['ap50_inherited']:.2f} with the "
+                              f"starting model's {record['inherited']} px, {seed_words(record['seed_inherited'])})")
         return postprocess
     # Thresholds are chosen on whole held-out images. A head that ``tunes_in_sample`` (star,
     # flow) with none (one or two annotated images, validated on a few held-out objects at
@@ -187,23 +189,35 @@ def post_processing(net: torch.nn.Module, cfg: TrainConfig, init: Any, meta: dic
 
 
 SPLIT_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0)  # split heights tried on the painted objects: the inherited one times these
+# seed thresholds tried with them besides the inherited one; None: interior the likeliest class
+PAINTED_SEEDS: tuple[float | None, ...] = (0.5, None)
+
+
+def seed_words(threshold: float | None) -> str:
+    """How a seed rule reads in a message."""
+    return "where interior is the likeliest class" if threshold is None else f"interior > {threshold:g}"
 
 
 def split_for_painted(net: torch.nn.Module, cfg: TrainConfig, rule: dict, pairs: Sequence[PreparedPair],
                       dtype: torch.dtype | None) -> tuple[dict, dict | None]:
-    """(``rule`` with the split height that best keeps the painted objects whole, what was
-    measured; None when there was nothing to measure).
+    """(``rule`` with the split height and seed threshold that best keep the painted objects
+    whole, what was measured; None when there was nothing to measure).
 
     An inherited 3-class rule splits an interior region at every saddle of its distance map
     deeper than ``split_height``. The height fits the starting model's objects (round nuclei);
     a fine-tuned model's interiors of other objects (EM cells with organelles) can have deeper
     saddles, and a height scaled to the size alone cuts them in pieces, the painted ones too.
-    The height is raised to the multiple (``SPLIT_FACTORS``) with the best AP@0.5 on the
-    painted objects of the annotated images (all of them, held-out ones included; predicted
-    objects lying mostly on unannotated pixels ignored), only when it beats the inherited
-    height there; on a tie the inherited one stays. Only raised: a lower height is what merges
-    touching objects, and the starting model's own rule already separates those.
-    docs/benchmarks.md, "Post-processing at the objects' size"."""
+    Its seed threshold fits the start's confidence: a model fine-tuned on a few objects of
+    another kind is less sure of their interiors, and a seed region cut by its holes and dents
+    splits them too. Every pair of a height (the inherited one times ``SPLIT_FACTORS``) and a
+    seed threshold (the inherited one, ``PAINTED_SEEDS``) is scored on the painted objects of
+    the annotated images (AP@0.5; all of them, held-out ones included; predicted objects lying
+    mostly on unannotated pixels ignored); the best replaces the inherited rule only when it
+    scores higher there; on a tie the inherited seed threshold, then the lowest height, stays.
+    Heights are only raised (a lower one merges touching objects, and the start's own rule
+    already separates those); seeds only widened (a lower threshold or the likeliest class).
+    docs/benchmarks.md, "Post-processing at the objects' size" and "The seed rule on the
+    painted objects"."""
     pairs = [p for p in pairs[:cfg.validation_max_images] if p.instances is not None and p.instances.any()]
     if not pairs:
         return rule, None
@@ -215,20 +229,23 @@ def split_for_painted(net: torch.nn.Module, cfg: TrainConfig, rule: dict, pairs:
     finally:
         net.train(was)
     truths = [p.truth for p in pairs]
-    inherited = float(rule["split_height"])
+    inherited, seed = float(rule["split_height"]), rule.get("seed_threshold")
+    seeds = [seed] + [s for s in PAINTED_SEEDS if s != seed and (seed is not None and (s is None or s < seed))]
     scores = {}
-    for factor in SPLIT_FACTORS:
-        height = round(inherited * factor, 2)
-        counts = rule_counts(probs, truths, rule.get("seed_threshold"), rule.get("fg_threshold", 0.5), height)
-        scores[height] = counts_ap(counts)
-    chosen = max(scores, key=lambda h: (scores[h], -h))  # the best; on a tie the lowest
+    for threshold in seeds:
+        for factor in SPLIT_FACTORS:
+            height = round(inherited * factor, 2)
+            counts = rule_counts(probs, truths, threshold, rule.get("fg_threshold", 0.5), height)
+            scores[(threshold, height)] = counts_ap(counts)
+    start_rule = (seed, round(inherited, 2))
+    chosen = max(scores, key=lambda r: (scores[r], r[0] == seed, -r[1]))  # the best; on a tie the start's seeds, low
     objects = count_objects(pairs)
-    record = {"inherited": inherited, "chosen": chosen, "objects": objects,
-              "ap50_inherited": round(scores[round(inherited, 2)], 4), "ap50_chosen": round(scores[chosen], 4),
-              "ap50_by_height": {str(h): round(a, 4) for h, a in scores.items()}}
-    if chosen == round(inherited, 2):
+    record = {"inherited": inherited, "chosen": chosen[1], "seed_inherited": seed, "seed_chosen": chosen[0],
+              "objects": objects, "ap50_inherited": round(scores[start_rule], 4), "ap50_chosen": round(scores[chosen], 4),
+              "ap50_by_rule": {f"{'likeliest' if s is None else s} / {h}": round(a, 4) for (s, h), a in scores.items()}}
+    if chosen == start_rule:
         return rule, record
-    return {**rule, "split_height": chosen}, record
+    return {**rule, "split_height": chosen[1], "seed_threshold": chosen[0]}, record
 
 
 def _tunes(meta: dict, head: Any, whole_images: bool, kept: dict, stopped: bool, validated: bool) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage as ndi
 
 from napari_unet.config import PredictConfig, TrainConfig
@@ -308,4 +309,33 @@ def test_the_split_height_is_raised_where_the_inherited_one_cuts_the_painted_obj
     raised, record = finish.split_for_painted(start.net, cfg, rule, prepare_pairs([(big, painted(big_mask))], cfg), None)
     assert raised["split_height"] > rule["split_height"] and record["chosen"] == raised["split_height"]
     assert record["ap50_chosen"] > record["ap50_inherited"] + 0.2
-    assert {k: v for k, v in raised.items() if k != "split_height"} == {k: v for k, v in rule.items() if k != "split_height"}
+    assert raised["fg_threshold"] == rule["fg_threshold"]  # only the seeds may also widen: a lower threshold
+    assert raised["seed_threshold"] in (rule["seed_threshold"], 0.5, None) and record["seed_chosen"] == \
+        raised["seed_threshold"]
+
+
+def test_the_seeds_widen_where_the_inherited_threshold_misses_the_painted_objects(monkeypatch):
+    """A fine-tune unsure of its painted objects' interiors (0.55, under the start's 0.6) gets no seed
+    from the start's threshold; a lower one, scored on the painted objects, finds them; objects it
+    already finds keep the start's seeds (a tie)."""
+    from napari_unet.data.dataset import prepare_pairs
+    from napari_unet.inference import predict
+    from napari_unet.training import finish
+
+    labels = discs(10, shape=(128, 128), n=4)
+    painted = np.where(labels > 0, labels + 1, 0).astype(np.uint16)
+    painted[(ndi.binary_dilation(labels > 0, iterations=4)) & (labels == 0)] = 1  # rings
+    cfg = TrainConfig(task="instances", sparse=True, threads=1)
+    pairs = prepare_pairs([(np.where(labels > 0, 200, 20).astype(np.uint8), painted)], cfg)
+    rule = {"seed_threshold": 0.6, "split_height": 1.0, "fg_threshold": 0.5}
+
+    def probs_with(interior: float) -> np.ndarray:
+        inside = (labels > 0).astype(np.float32)
+        return np.stack([1 - inside, interior * inside, (1 - interior) * inside])
+
+    monkeypatch.setattr(predict, "predict_normalized", lambda *args, **kwargs: probs_with(0.55))
+    widened, record = finish.split_for_painted(torch.nn.Identity(), cfg, rule, pairs, None)
+    assert record["ap50_inherited"] == 0.0 and record["ap50_chosen"] == 1.0
+    assert widened == {**rule, "seed_threshold": 0.5}  # the nearer of the wider rules on a tie
+    monkeypatch.setattr(predict, "predict_normalized", lambda *args, **kwargs: probs_with(0.9))
+    assert finish.split_for_painted(torch.nn.Identity(), cfg, rule, pairs, None)[0] == rule
