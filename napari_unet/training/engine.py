@@ -209,7 +209,7 @@ class Trainer:
                 scaled = self._working(pending[0])
                 prepared = prepare_pairs(scaled, cfg, pending[1], (yield from self._spared(scaled)))
                 self._set_pull(prepared)
-                self._volume = volume_scale.learned_volume(cfg, [p.instances for p in prepared])
+                self._learn_volume(prepared)
                 train_pairs = without_zones(prepared, zones)
                 sampler = self._mixed(self._patches(train_pairs, rng, cfg.sparse), setup.synthetic, rng)
                 yield Message(f"training data updated: {len(train_pairs)} image(s)")
@@ -301,6 +301,11 @@ class Trainer:
         yield Finished({"steps": step, "seconds": elapsed, **best_metrics})
         return bundle
 
+    def _learn_volume(self, prepared: Sequence[PreparedPair]) -> None:
+        """The annotated objects' median volume (``volume_scale.learned_volume``), for the floor
+        the run scores with and the model folder it writes; set again when annotations change."""
+        self._volume = volume_scale.learned_volume(self.cfg, [p.instances for p in prepared])
+
     def _min_size(self) -> int:
         """The smallest object validation, the guard and the post-processing search keep: the one
         the model's labels will keep (``volume_scale.floor_of``: a 3D instance model's learned
@@ -378,7 +383,7 @@ class Trainer:
             yield Message(decided)
         pairs = self._working(self._pairs)
         prepared = prepare_pairs(pairs, cfg, self._names, (yield from self._spared(pairs)))
-        self._volume = volume_scale.learned_volume(cfg, [p.instances for p in prepared])
+        self._learn_volume(prepared)
         # unset batch/patch size: sized to the device (and in 3D to the volumes)
         cfg = self.cfg = with_device_sizes(cfg, device, [p.target.shape for p in prepared])
         message = self._set_pull(prepared)

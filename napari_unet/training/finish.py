@@ -230,9 +230,9 @@ def split_for_painted(net: torch.nn.Module, cfg: TrainConfig, rule: dict, pairs:
         net.train(was)
     truths = [p.truth for p in pairs]
     inherited, seed = float(rule["split_height"]), rule.get("seed_threshold")
-    seeds = [seed] + [s for s in PAINTED_SEEDS if s != seed and (seed is not None and (s is None or s < seed))]
+    wider = [] if seed is None else [s for s in PAINTED_SEEDS if s is None or s < seed]  # seeds only widen
     scores = {}
-    for threshold in seeds:
+    for threshold in [seed, *wider]:
         for factor in SPLIT_FACTORS:
             height = round(inherited * factor, 2)
             counts = rule_counts(probs, truths, threshold, rule.get("fg_threshold", 0.5), height)
